@@ -1,0 +1,78 @@
+"""The one attention function every STDiT-2 layer calls.
+
+It picks a kernel so the model never has to: flash-attn when it is installed, the
+tensors are on CUDA in half precision and the caller allows it; otherwise PyTorch's
+`scaled_dot_product_attention`, which never materialises the attention matrix in
+Python and dispatches to fused kernels itself (flash / memory-efficient on CUDA,
+a flash-style kernel on CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+AttentionBackend = Literal["auto", "sdpa", "flash"]
+
+
+@functools.cache
+def flash_attn_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def _flash_usable(q: torch.Tensor) -> bool:
+    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and flash_attn_installed()
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_mask: torch.Tensor | None = None,
+    backend: AttentionBackend = "auto",
+) -> torch.Tensor:
+    """Softmax attention. q `[B, H, Lq, D]`, k/v `[B, H, Lk, D]` -> `[B, H, Lq, D]`.
+
+    `kv_mask` `[B, Lk]` bool (True = attend) restricts each sample to its own keys, so
+    padding in one sample never changes another's output. Every row must keep at least
+    one key (the caller checks; an all-masked row has no defined softmax).
+    """
+    if backend == "flash" and not _flash_usable(q):
+        raise RuntimeError(
+            "attention backend 'flash' needs the flash-attn package, CUDA tensors and "
+            f"fp16/bf16 (got device={q.device.type}, dtype={q.dtype}, "
+            f"flash_attn installed={flash_attn_installed()})"
+        )
+    if backend != "sdpa" and _flash_usable(q):
+        return _flash_attention(q, k, v, kv_mask)
+    attn_mask = None if kv_mask is None else kv_mask[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+def _flash_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_mask: torch.Tensor | None
+) -> torch.Tensor:
+    import flash_attn  # optional dependency: only imported where it can run
+
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # flash-attn wants [B, L, H, D]
+    if kv_mask is None:
+        return flash_attn.flash_attn_func(q, k, v).transpose(1, 2)
+    # Ragged keys: pack the real keys of all samples and give their offsets.
+    batch, q_len = q.shape[:2]
+    kv_lens = kv_mask.sum(dim=1, dtype=torch.int32)
+    cu_k = F.pad(kv_lens.cumsum(0, dtype=torch.int32), (1, 0))
+    cu_q = torch.arange(0, (batch + 1) * q_len, q_len, dtype=torch.int32, device=q.device)
+    out = flash_attn.flash_attn_varlen_func(
+        q.flatten(0, 1),
+        k[kv_mask],
+        v[kv_mask],
+        cu_seqlens_q=cu_q,
+        cu_seqlens_k=cu_k,
+        max_seqlen_q=q_len,
+        max_seqlen_k=int(kv_lens.max()),
+    )
+    return out.unflatten(0, (batch, q_len)).transpose(1, 2)

@@ -1,0 +1,137 @@
+"""Reading Open-Sora / our STDiT-2 checkpoints and writing ours.
+
+Ours: `model.safetensors` whose metadata holds the config as JSON, plus the same
+config as `config.json` beside it for people and tools that do not read safetensors
+metadata. Open-Sora's: raw or wrapped state dicts in `.pt`/`.pth` (loaded with
+`weights_only=True`) or `.safetensors`, possibly with DDP/ColossalAI `module.` prefixes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from opensora_core.models.stdit2 import STDiT2, STDiT2Config, config_to_json, infer_config
+from opensora_core.utils.atomic import atomic_path, write_text_atomic
+
+CONFIG_METADATA_KEY = "stdit2_config"
+_WRAPPER_KEYS = ("model", "state_dict", "module", "ema")
+_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def load_state_dict(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / "model.safetensors", path / "ema.pt", path / "model.pt"]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"{path}: no checkpoint file inside (looked for {[p.name for p in candidates]})")
+        path = found
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        state = load_file(str(path), device=str(map_location))
+    elif path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    else:
+        raise ValueError(f"{path}: unsupported checkpoint format {path.suffix!r} (expected .safetensors, .pt, .pth)")
+    return _unwrap(state, path)
+
+
+def _unwrap(state: object, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        key = next((k for k in _WRAPPER_KEYS if k in state), None)
+        if key is None:
+            raise ValueError(f"{path}: no tensors found; top-level keys are {sorted(state)[:10]}")
+        state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    for prefix in _PREFIXES:
+        if tensors and all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def read_config(path: str | Path) -> STDiT2Config | None:
+    """The config stored with one of our checkpoints, or None for foreign files."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if path.suffix == ".safetensors" and path.is_file():
+        with safe_open(str(path), framework="pt") as handle:
+            text = (handle.metadata() or {}).get(CONFIG_METADATA_KEY)
+        if text:
+            return STDiT2Config(**json.loads(text))
+    sidecar = path.with_name("config.json")
+    if sidecar.is_file():
+        return STDiT2Config(**json.loads(sidecar.read_text()))
+    return None
+
+
+def save_model(model: STDiT2, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write `model.safetensors` (+ `config.json` beside it) atomically."""
+    path = Path(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {CONFIG_METADATA_KEY: config_to_json(model.config), **(extra_metadata or {})}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    write_text_atomic(path.with_name("config.json"), json.dumps(model.config.model_dump(mode="json"), indent=2))
+    return path
+
+
+@dataclass
+class KeyReport:
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self, limit: int = 8) -> str:
+        parts = []
+        for name, items in (("missing", self.missing), ("unexpected", self.unexpected), ("shape mismatch", self.mismatched)):
+            if items:
+                shown = ", ".join(items[:limit]) + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+                parts.append(f"{name}: {shown}")
+        return "; ".join(parts) or "all keys match"
+
+
+def compare_keys(state_dict: dict[str, torch.Tensor], config: STDiT2Config) -> KeyReport:
+    with torch.device("meta"):
+        expected = STDiT2(config).state_dict()
+    report = KeyReport(
+        missing=sorted(set(expected) - set(state_dict)),
+        unexpected=sorted(set(state_dict) - set(expected)),
+    )
+    for name in sorted(set(expected) & set(state_dict)):
+        if tuple(expected[name].shape) != tuple(state_dict[name].shape):
+            report.mismatched.append(f"{name} {tuple(state_dict[name].shape)} != {tuple(expected[name].shape)}")
+    return report
+
+
+def convert_checkpoint(
+    source: str | Path, target: str | Path, config: STDiT2Config | None = None, dtype: torch.dtype | None = None
+) -> tuple[STDiT2Config, KeyReport, int]:
+    """Open-Sora checkpoint in, our safetensors out. Raises ValueError when the keys
+    do not match the model exactly. Returns the config, the key report and the
+    number of tensors written."""
+    state = load_state_dict(source)
+    config = config or read_config(source) or infer_config(state)
+    report = compare_keys(state, config)
+    if not report.ok:
+        raise ValueError(f"{source}: does not match STDiT-2 {config.model_dump()}: {report.describe()}")
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    with torch.device("meta"):
+        model = STDiT2(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    save_model(model, target, extra_metadata={"converted_from": Path(source).name})
+    return config, report, len(state)
