@@ -277,6 +277,9 @@ class STDiT2(nn.Module):
                 raise ValueError("x_mask needs a temporal patch size of 1")
 
         # 1. Micro-conditions: size, aspect ratio, frame count, fps
+        # One bucket per batch: the first sample's resolution sets the position scale.
+        scale = math.sqrt(_first(height, height_in * VAE_DOWNSAMPLE) * _first(width, width_in * VAE_DOWNSAMPLE))
+        scale /= c.input_sq_size
         height = _batch_scalar(height, height_in * VAE_DOWNSAMPLE, batch, x.device)
         width = _batch_scalar(width, width_in * VAE_DOWNSAMPLE, batch, x.device)
         ar = _batch_scalar(ar, height / width, batch, x.device)
@@ -288,8 +291,6 @@ class STDiT2(nn.Module):
         # 2. Patchify and add 2-D positions (scaled by the sample's resolution)
         frames, grid_h, grid_w = (math.ceil(n / p) for n, p in zip((frames_in, height_in, width_in), c.patch_size))
         patches = grid_h * grid_w
-        # One bucket per batch: the first sample's resolution sets the position scale.
-        scale = math.sqrt(float(height[0]) * float(width[0])) / c.input_sq_size
         pos = spatial_sincos_pos_embed(c.hidden_size, grid_h, grid_w, scale, round(math.sqrt(patches)), x.device)
         x = self.x_embedder(x).view(batch, frames, patches, c.hidden_size) + pos.to(dtype)
 
@@ -373,6 +374,14 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> STDiT
     )
     fields.update(overrides)
     return STDiT2Config(**fields)
+
+
+def _first(value: Any, default: float) -> float:
+    if value is None:
+        return float(default)
+    if isinstance(value, torch.Tensor):
+        return float(value.reshape(-1)[0])
+    return float(value)
 
 
 def _batch_scalar(value: Any, default: Any, batch: int, device: torch.device) -> torch.Tensor:

@@ -77,9 +77,7 @@ class VideoAutoencoder(nn.Module):
         """Latent shape ``(C, T, H/d, W/d)`` for a video of the given size."""
         d = self.spatial_downsample
         if height % d or width % d:
-            raise ValueError(
-                f"height and width must be multiples of {d}, got {height}x{width}"
-            )
+            raise ValueError(f"height and width must be multiples of {d}, got {height}x{width}")
         return (self.latent_channels, num_frames, height // d, width // d)
 
     def _check_video(self, x: torch.Tensor) -> None:
@@ -143,17 +141,29 @@ class DCTAutoencoder(VideoAutoencoder):
       linear and ``encode(pinv(r)) == r``, the result still satisfies
       ``encode(decode(z)) == z`` exactly (before clamping), with fewer block edges.
 
-    Measured on ``Megamind.avi`` (first 8 frames, centre 256x256 crop and full
-    frames), over all 63 AC choices: with the flat pseudo-inverse Y(0,1) gave the
-    lowest error (23.20 dB vs 23.09 dB for Y(1,0), 22.53 dB DC only); with the
-    smooth decode Y(0,1) is also best (24.21 dB vs 24.16 dB for Y(1,0)). The
-    smooth decode gains about 1 dB and is the default; Y(0,1) (horizontal
-    gradient) is the fixed 4th coefficient. A block-mean grey baseline (no chroma)
-    reaches 20.3 dB on the same crop.
+    Choices measured (PSNR over RGB in [-1, 1], peak-to-peak 2) on the first 8
+    frames of ``../shared/data/videos``, trying all 63 luma AC coefficients:
 
-    On that video the latent standard deviations are roughly 0.45 (Y), 0.04 (Cb),
-    0.05 (Cr) and 0.03 (Y AC): all within ``[-1, 1]`` as required, smaller than
-    unit variance for the chroma and AC channels.
+    ==============================  ========  ========  ========  =======  =======
+    clip                            Y(0,1)    Y(1,0)    Y(1,1)    DC only  grey*
+    ==============================  ========  ========  ========  =======  =======
+    Megamind 256x256 crop, flat     26.45     26.11     24.97     24.72    17.69
+    Megamind 256x256 crop, smooth   27.83     27.89     27.02     25.49
+    Megamind full 720x528, flat     30.87     30.03     29.07     28.86    21.19
+    Megamind full 720x528, smooth   **32.44** 32.02     31.33     29.61
+    tree full 320x240, smooth       22.70     22.40     22.32     21.88    20.50
+    ==============================  ========  ========  ========  =======  =======
+
+    (* 8x8 block means of luma only.) Y(0,1), the horizontal luma gradient, is
+    the best or within 0.06 dB of the best in every row but a tree.avi crop
+    (Y(1,0) +0.5 dB there) and best on full frames, so it is the fixed 4th
+    coefficient. The smooth decode gains 0.2-1.6 dB and is the default; bicubic
+    instead of bilinear upsampling would add another ~0.2 dB but can overshoot,
+    which would make the final clamp (and so ``encode(decode(z)) != z``) more frequent.
+
+    Latent standard deviations on Megamind (full frames): Y 0.35, Cb 0.10, Cr 0.07,
+    Y(0,1) 0.05. All lie in ``[-1, 1]`` by construction; the chroma and AC channels
+    are far below unit variance, which is acceptable for the tiny CPU demo models.
     """
 
     block = 8
@@ -232,8 +242,9 @@ class DCTAutoencoder(VideoAutoencoder):
         bsz, _, t, h, w = z.shape
         planes = z.permute(0, 2, 1, 3, 4).reshape(bsz * t, 4, h, w)
         if self.smooth:
-            base = F.interpolate(planes[:, :3], scale_factor=self.block, mode="bilinear",
-                                 align_corners=False)
+            base = F.interpolate(
+                planes[:, :3], scale_factor=self.block, mode="bilinear", align_corners=False
+            )
             ycc = base + self._place(planes - self._project(base))
         else:
             ycc = self._place(planes)
@@ -268,8 +279,14 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    names = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(names)}")
     return names[dtype]
@@ -309,16 +326,20 @@ class SDKLAutoencoder(VideoAutoencoder):
         # Each level but the last halves the resolution: 8x for the 4-level SD VAE.
         self.spatial_downsample = 2 ** (len(cfg.block_out_channels) - 1)
         self._digest: str | None = None
+        self.eval()
 
-    def train(self, mode: bool = True) -> "SDKLAutoencoder":
+    def train(self, mode: bool = True) -> SDKLAutoencoder:
         # Frozen: a parent model's .train() must not switch the VAE out of eval.
         return super().train(False)
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, dtype: torch.dtype | str | None = None,
-        device: torch.device | str | None = None, **kwargs: Any,
-    ) -> "SDKLAutoencoder":
+        cls,
+        path: str | Path,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        **kwargs: Any,
+    ) -> SDKLAutoencoder:
         """Load from a local folder in the ``stabilityai/sd-vae-ft-ema`` layout
         (``config.json`` + ``diffusion_pytorch_model.safetensors`` or ``.bin``).
         A full SD pipeline folder with a ``vae/`` subfolder is accepted too."""
@@ -348,7 +369,7 @@ class SDKLAutoencoder(VideoAutoencoder):
     @classmethod
     def from_config(
         cls, config: dict[str, Any] | None = None, seed: int = 0, **kwargs: Any
-    ) -> "SDKLAutoencoder":
+    ) -> SDKLAutoencoder:
         """Random initialisation (default: the SD VAE architecture). Outputs are
         meaningless; useful for tests, shapes and throughput benchmarks."""
         from diffusers import AutoencoderKL

@@ -1,0 +1,157 @@
+"""The `opensora` command. One subcommand group per pipeline area; each command is a
+thin shell over an `opensora_core` function of the same name.
+
+Exit codes: 0 success, 1 failure while working, 2 bad input (config, arguments, files).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from opensora_core.config import ConfigError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n\n")[0])
+model_app = typer.Typer(no_args_is_help=True, help="Inspect and convert STDiT-2 models.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print tables (they assert nothing).")
+app.add_typer(model_app, name="model")
+app.add_typer(bench_app, name="bench")
+# Groups whose commands arrive with later capabilities; present so the layout is stable.
+for name, text in {
+    "data": "Curate raw videos into a training table (ingest, scenes, scores, filters).",
+    "cache": "Build the T5 / VAE latent caches.",
+    "train": "Train STDiT-2 stages (FSDP, DCP checkpoints, MLflow).",
+    "sample": "Generate videos from a checkpoint.",
+}.items():
+    app.add_typer(typer.Typer(no_args_is_help=True, help=text), name=name)
+
+console = Console()
+err_console = Console(stderr=True)
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        _fail(f"--dtype {name!r} is not one of {sorted(DTYPES)}")
+    return getattr(torch, DTYPES[name])
+
+
+def _human(n: float, unit: str = "") -> str:
+    for suffix in ("", "K", "M", "G", "T", "P"):
+        if abs(n) < 1000:
+            return f"{n:.3g} {suffix}{unit}".rstrip()
+        n /= 1000
+    return f"{n:.3g} E{unit}"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+@model_app.command("info")
+def model_info(
+    preset: Annotated[str, typer.Option(help="Preset name (configs/models stem or STDiT2-XL/2) or YAML path.")] = "stdit2-tiny",
+    num_frames: Annotated[int, typer.Option(help="Video frames (= latent frames for the SD VAE).")] = 16,
+    height: Annotated[int, typer.Option(help="Video height in pixels.")] = 256,
+    width: Annotated[int, typer.Option(help="Video width in pixels.")] = 256,
+    batch_size: Annotated[int, typer.Option(min=1)] = 1,
+    dtype: Annotated[str, typer.Option(help="Compute dtype: bf16, fp16 or fp32.")] = "bf16",
+    grad_checkpoint: Annotated[bool, typer.Option(help="Activation checkpointing per block.")] = False,
+) -> None:
+    """Parameters, FLOPs per training step and a memory estimate for a preset."""
+    from opensora_core.models import load_preset
+    from opensora_core.models.accounting import estimate_step_cost
+
+    config = load_preset(preset)
+    try:
+        cost = estimate_step_cost(config, num_frames, height, width, batch_size, _dtype(dtype), grad_checkpoint)
+    except ValueError as err:
+        _fail(str(err))
+    table = Table(title=f"{preset}: {batch_size} x {num_frames}x{height}x{width}, {dtype}"
+                  f"{', activation checkpointing' if grad_checkpoint else ''}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [
+        ("parameters", f"{cost.parameters:,}"),
+        ("trainable parameters", f"{cost.trainable_parameters:,}"),
+        ("hidden / depth / heads", f"{config.hidden_size} / {config.depth} / {config.num_heads}"),
+        ("tokens per sample", f"{cost.tokens_per_sample:,}"),
+        ("forward FLOPs", _human(cost.forward_flops, "FLOP")),
+        ("train step FLOPs (fwd+bwd)", _human(cost.train_flops, "FLOP")),
+        ("weights (fp32)", _gib(cost.param_bytes)),
+        ("gradients (fp32)", _gib(cost.grad_bytes)),
+        ("AdamW states (fp32)", _gib(cost.optimizer_bytes)),
+        (f"activations ({dtype})", _gib(cost.activation_bytes)),
+        ("total, one device, unsharded", _gib(cost.total_bytes)),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@model_app.command("convert")
+def model_convert(
+    source: Annotated[Path, typer.Option("--from", help="Open-Sora checkpoint: .pt, .pth or .safetensors.")],
+    target: Annotated[Path, typer.Option("--to", help="Output .safetensors path (config.json is written beside it).")],
+    preset: Annotated[Optional[str], typer.Option(help="Verify against this preset instead of inferring the config.")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Cast floating tensors: bf16, fp16 or fp32.")] = None,
+) -> None:
+    """Convert an Open-Sora STDiT-2 checkpoint into our safetensors, verifying every key and shape."""
+    from opensora_core.models import load_preset
+    from opensora_core.models.checkpoint_io import convert_checkpoint
+
+    if target.suffix != ".safetensors":
+        _fail(f"--to {target}: expected a .safetensors path")
+    config = load_preset(preset) if preset else None
+    try:
+        config, report, count = convert_checkpoint(source, target, config, _dtype(dtype) if dtype else None)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    console.print(f"verified {count} tensors ({report.describe()}); wrote {target}")
+    console.print(f"config: hidden {config.hidden_size}, depth {config.depth}, heads {config.num_heads}, "
+                  f"caption {config.caption_channels}x{config.model_max_length}")
+
+
+@bench_app.command("model")
+def bench_model(
+    hidden_size: Annotated[int, typer.Option(help="Width of both models.")] = 192,
+    depth: Annotated[int, typer.Option(help="Blocks of both models.")] = 4,
+    num_heads: Annotated[int, typer.Option()] = 4,
+    frames: Annotated[str, typer.Option(help="Comma-separated latent frame counts.")] = "16,64",
+    size: Annotated[int, typer.Option(help="Latent height = width.")] = 16,
+    repeats: Annotated[int, typer.Option(min=1)] = 3,
+    dtype: Annotated[str, typer.Option()] = "fp32",
+) -> None:
+    """Forward+backward time, tokens/s and peak memory: STDiT-2 vs a full-attention DiT."""
+    from opensora_core.benchmarks.model_step import run_model_step_benchmark
+
+    try:
+        frame_counts = [int(f) for f in frames.split(",")]
+    except ValueError:
+        _fail(f"--frames {frames!r}: expected comma-separated integers like 16,64")
+    run_model_step_benchmark(hidden_size, depth, num_heads, frame_counts, size, repeats, _dtype(dtype), console)
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as err:
+        err_console.print(f"[bold red]config error:[/] {err}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
