@@ -57,8 +57,11 @@ def _human(n: float, unit: str = "") -> str:
     return f"{n:.3g} E{unit}"
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
 
 
 @model_app.command("info")
@@ -91,11 +94,11 @@ def model_info(
         ("tokens per sample", f"{cost.tokens_per_sample:,}"),
         ("forward FLOPs", _human(cost.forward_flops, "FLOP")),
         ("train step FLOPs (fwd+bwd)", _human(cost.train_flops, "FLOP")),
-        ("weights (fp32)", _gib(cost.param_bytes)),
-        ("gradients (fp32)", _gib(cost.grad_bytes)),
-        ("AdamW states (fp32)", _gib(cost.optimizer_bytes)),
-        (f"activations ({dtype})", _gib(cost.activation_bytes)),
-        ("total, one device, unsharded", _gib(cost.total_bytes)),
+        ("weights (fp32)", _bytes(cost.param_bytes)),
+        ("gradients (fp32)", _bytes(cost.grad_bytes)),
+        ("AdamW states (fp32)", _bytes(cost.optimizer_bytes)),
+        (f"activations ({dtype})", _bytes(cost.activation_bytes)),
+        ("total, one device, unsharded", _bytes(cost.total_bytes)),
     ]
     for row in rows:
         table.add_row(*row)

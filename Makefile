@@ -1,0 +1,45 @@
+# Quick start: `make demo`, then `make test`. Both create the virtualenvs when missing.
+#   .venv      the project (torch is installed first: a CPU wheel of exactly 2.13.0)
+#   .venv-dvc  dvc alone: its antlr4 pin breaks Dagster's asset selection syntax
+
+PYTHON ?= python3.11
+VENV := .venv
+VENV_DVC := .venv-dvc
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+DAGSTER_PORT ?= 3000
+
+.PHONY: setup demo test bench ui clean
+
+setup: $(VENV)/.installed $(VENV_DVC)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+$(VENV_DVC)/.installed:
+	test -x $(VENV_DVC)/bin/python || $(PYTHON) -m venv $(VENV_DVC)
+	$(VENV_DVC)/bin/pip install --quiet --upgrade pip
+	$(VENV_DVC)/bin/pip install --quiet "dvc>=3.50"
+	touch $@
+
+demo: setup
+	$(BIN)/python -m orchestration.demo --out outputs/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/model_step.py
+
+# MLflow's UI over the embedded profile's SQLite store, bound to $(HOST) only.
+ui: setup
+	@echo "MLflow UI: http://$(HOST):$(MLFLOW_PORT)  (Ctrl-C stops it)"
+	$(BIN)/mlflow ui --host $(HOST) --port $(MLFLOW_PORT) --backend-store-uri sqlite:///mlruns.db
+
+clean:
+	rm -rf $(VENV) $(VENV_DVC) outputs .pytest_cache

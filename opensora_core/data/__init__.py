@@ -1,0 +1,1 @@
+"""Data: decoding, curation, buckets, datasets and caches."""

@@ -1,0 +1,56 @@
+"""Decoding videos with PyAV into uint8 frames and fitting them to a target size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class VideoDecodeError(RuntimeError):
+    """A video could not be decoded (missing, corrupt, or no video stream)."""
+
+
+def read_frames(path: str | Path, num_frames: int, start: int = 0, stride: int = 1) -> np.ndarray:
+    """Frames `start, start+stride, ...` as uint8 RGB `[T, H, W, 3]`.
+
+    Decoding stops after `num_frames` frames. A file that ends early returns the
+    frames it had; a file that yields none raises `VideoDecodeError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VideoDecodeError(f"{path}: no such file")
+    if num_frames < 1 or stride < 1 or start < 0:
+        raise ValueError(f"need num_frames >= 1, stride >= 1, start >= 0 (got {num_frames}, {stride}, {start})")
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(f"{path}: no video stream")
+            for index, frame in enumerate(container.decode(video=0)):
+                if index >= start and (index - start) % stride == 0:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                    if len(frames) == num_frames:
+                        break
+    except av.FFmpegError as err:
+        if not frames:
+            raise VideoDecodeError(f"{path}: {err}") from err
+    if not frames:
+        raise VideoDecodeError(f"{path}: no decodable frames from frame {start}")
+    return np.stack(frames)
+
+
+def frames_to_tensor(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """uint8 `[T, H, W, 3]` -> float `[3, T, height, width]` in [-1, 1]: resized so the
+    target is covered (aspect kept), then center-cropped."""
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)  # [3, T, H, W]
+    src_h, src_w = video.shape[2:]
+    scale = max(height / src_h, width / src_w)
+    new_h, new_w = max(height, round(src_h * scale)), max(width, round(src_w * scale))
+    video = F.interpolate(video.transpose(0, 1), size=(new_h, new_w), mode="bilinear", antialias=True,
+                          align_corners=False).transpose(0, 1)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    return video[:, :, top : top + height, left : left + width].clamp(-1.0, 1.0)

@@ -1,0 +1,1 @@
+"""Inference: sampling, mask strategies and export."""

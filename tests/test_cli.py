@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from opensora_core import cli
+from opensora_core.models import STDiT2
+
+from .models.model_fixtures import build_random_model
+
+runner = CliRunner()
+
+
+def test_help_lists_every_command_group():
+    result = runner.invoke(cli.app, ["--help"])
+    assert result.exit_code == 0
+    for group in ("data", "cache", "train", "sample", "bench", "model"):
+        assert group in result.output
+
+
+def test_model_info_reports_parameters_and_cost():
+    result = runner.invoke(cli.app, ["model", "info", "--preset", "stdit2-tiny", "--num-frames", "8",
+                                     "--height", "64", "--width", "64", "--dtype", "fp32"])
+    assert result.exit_code == 0, result.output
+    assert "2,103,026" in result.output
+    assert "tokens per sample" in result.output and "│         128 │" in result.output  # 8 x (64/8/2)^2
+    assert "FLOP" in result.output and "GiB" in result.output
+
+
+def test_model_info_rejects_bad_sizes_with_exit_code_2():
+    result = runner.invoke(cli.app, ["model", "info", "--height", "60"])
+    assert result.exit_code == 2
+    assert "multiples of 8" in result.output
+
+
+def test_unknown_preset_is_a_config_error_with_exit_code_2(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["opensora", "model", "info", "--preset", "stdit2-huge"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "stdit2-huge" in err and "stdit2-tiny" in err
+
+
+def test_model_convert_round_trip(tmp_path):
+    model = build_random_model()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "ema.pt")
+    out = tmp_path / "export" / "model.safetensors"
+    result = runner.invoke(cli.app, ["model", "convert", "--from", str(tmp_path / "ema.pt"), "--to", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "verified" in result.output and "all keys match" in result.output
+    loaded = STDiT2.from_checkpoint(out)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+def test_model_convert_against_wrong_preset_fails_cleanly(tmp_path):
+    torch.save(build_random_model().state_dict(), tmp_path / "tiny.pth")
+    result = runner.invoke(cli.app, ["model", "convert", "--from", str(tmp_path / "tiny.pth"),
+                                     "--to", str(tmp_path / "out.safetensors"), "--preset", "stdit2-tiny"])
+    assert result.exit_code == 2
+    assert "shape mismatch" in result.output
+    assert not (tmp_path / "out.safetensors").exists()
