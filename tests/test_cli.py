@@ -27,7 +27,7 @@ def test_model_info_reports_parameters_and_cost():
     assert result.exit_code == 0, result.output
     assert "2,103,026" in result.output
     assert "tokens per sample" in result.output and "│         128 │" in result.output  # 8 x (64/8/2)^2
-    assert "FLOP" in result.output and "GiB" in result.output
+    assert "414 MFLOP" in result.output and "MiB" in result.output
 
 
 def test_model_info_rejects_bad_sizes_with_exit_code_2():
