@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -109,8 +109,8 @@ def model_info(
 def model_convert(
     source: Annotated[Path, typer.Option("--from", help="Open-Sora checkpoint: .pt, .pth or .safetensors.")],
     target: Annotated[Path, typer.Option("--to", help="Output .safetensors path (config.json is written beside it).")],
-    preset: Annotated[Optional[str], typer.Option(help="Verify against this preset instead of inferring the config.")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="Cast floating tensors: bf16, fp16 or fp32.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Verify against this preset instead of inferring the config.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="Cast floating tensors: bf16, fp16 or fp32.")] = None,
 ) -> None:
     """Convert an Open-Sora STDiT-2 checkpoint into our safetensors, verifying every key and shape."""
     from opensora_core.models import load_preset

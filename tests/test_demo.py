@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from orchestration.demo import run_demo
 from opensora_core.data.video_io import read_frames
+from orchestration.demo import run_demo
 
 
 def test_demo_runs_end_to_end_and_writes_a_viewable_video(tmp_path):

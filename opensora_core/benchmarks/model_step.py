@@ -27,9 +27,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 
 from opensora_core.models.accounting import SavedActivationCounter
-from opensora_core.models.layers import CrossAttention, FinalLayer, Mlp, PatchEmbed3D, SelfAttention, TimestepEmbedder, modulate
+from opensora_core.models.layers import (
+    CrossAttention,
+    FinalLayer,
+    Mlp,
+    PatchEmbed3D,
+    SelfAttention,
+    TimestepEmbedder,
+    modulate,
+)
 from opensora_core.models.stdit2 import STDiT2, STDiT2Config
-
 
 # 1. The baseline: one attention over every token of the clip
 

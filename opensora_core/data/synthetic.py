@@ -43,7 +43,7 @@ def moving_square_clip(
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     frames[:] = background
     for t in range(num_frames):
-        top = int(round(y0 + dy * speed * t))
-        left = int(round(x0 + dx * speed * t))
+        top = round(y0 + dy * speed * t)
+        left = round(x0 + dx * speed * t)
         frames[t, max(top, 0) : top + side, max(left, 0) : left + side] = COLORS[color]
     return frames

@@ -24,4 +24,4 @@ def build_stdit2(preset: str | Path = "stdit2-tiny", **overrides: Any) -> STDiT2
     return STDiT2(load_preset(preset), **overrides)
 
 
-__all__ = ["STDiT2", "STDiT2Config", "build_stdit2", "infer_config", "load_preset", "PRESET_ALIASES"]
+__all__ = ["PRESET_ALIASES", "STDiT2", "STDiT2Config", "build_stdit2", "infer_config", "load_preset"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from opensora_core.models.stdit2 import STDiT2, STDiT2Config, VAE_DOWNSAMPLE
+from opensora_core.models.stdit2 import VAE_DOWNSAMPLE, STDiT2, STDiT2Config
 
 # AdamW keeps two fp32 moments per trainable parameter.
 ADAM_STATE_BYTES = 8

@@ -15,7 +15,6 @@ from torch import nn
 from opensora_core.models.attention import AttentionBackend, attention
 from opensora_core.models.rope import apply_rotary
 
-
 # 1. Elementwise helpers
 
 
@@ -209,8 +208,7 @@ class SizeEmbedder(TimestepEmbedder):
     D embeddings are concatenated to `[B, D * hidden]`."""
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        batch, count = values.shape
-        return super().forward(values.reshape(-1)).reshape(batch, -1)
+        return super().forward(values.reshape(-1)).reshape(values.shape[0], -1)
 
 
 class CaptionEmbedder(nn.Module):

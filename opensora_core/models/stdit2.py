@@ -70,7 +70,7 @@ class STDiT2Config(BaseModel):
     enable_flash_attn: bool = Field(True, description="Use flash-attn where installed and on CUDA.")
 
     @model_validator(mode="after")
-    def _check_shapes(self) -> "STDiT2Config":
+    def _check_shapes(self) -> STDiT2Config:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
         if (self.hidden_size // self.num_heads) % 2:
@@ -93,12 +93,13 @@ class STDiT2Config(BaseModel):
         return self.hidden_size // self.num_heads
 
     @classmethod
-    def from_opensora(cls, model_cfg: dict[str, Any]) -> "STDiT2Config":
+    def from_opensora(cls, model_cfg: dict[str, Any]) -> STDiT2Config:
         """Build from an Open-Sora `model = dict(type=..., ...)` config; fields that only
         steer Open-Sora's own loading or kernels are dropped."""
         ignored = {"type", "from_pretrained", "enable_layernorm_kernel", "enable_sequence_parallelism",
                    "input_size", "freeze", "no_temporal_pos_emb", "dtype"}
-        return cls(**{k: v for k, v in model_cfg.items() if k not in ignored})
+        renamed = {"enable_flashattn": "enable_flash_attn"}  # the key's spelling before 1.1
+        return cls(**{renamed.get(k, k): v for k, v in model_cfg.items() if k not in ignored})
 
 
 # 1. The block
@@ -332,7 +333,7 @@ class STDiT2(nn.Module):
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, config: STDiT2Config | None = None, map_location: str | torch.device = "cpu"
-    ) -> "STDiT2":
+    ) -> STDiT2:
         """Load a checkpoint strictly: our `model.safetensors` (config in its metadata
         or a `config.json` beside it), or an Open-Sora `.pt`/`.pth`/`.safetensors`
         (config given, or inferred from tensor shapes)."""

@@ -7,7 +7,13 @@ import torch
 from safetensors.torch import save_file
 
 from opensora_core.models import STDiT2, infer_config
-from opensora_core.models.checkpoint_io import compare_keys, convert_checkpoint, load_state_dict, read_config, save_model
+from opensora_core.models.checkpoint_io import (
+    compare_keys,
+    convert_checkpoint,
+    load_state_dict,
+    read_config,
+    save_model,
+)
 
 from .model_fixtures import build_random_model, dummy_inputs
 

@@ -118,7 +118,6 @@ def test_all_zero_caption_mask_is_a_clear_error():
 
 def test_gradient_checkpointing_is_numerically_equal():
     model = build_random_model().train()
-    model.config.__class__  # config is frozen; the switch lives on the model
     inputs = dummy_inputs()
 
     def run(checkpointing: bool):
@@ -240,3 +239,13 @@ def test_init_starts_new_branches_at_identity():
     model = STDiT2(STDiT2Config(**get_init_dict()))
     out = model(**dummy_inputs())
     assert torch.count_nonzero(out) == 0  # zero final layer, as in DiT/PixArt
+
+
+def test_open_sora_model_dicts_port_as_they_are():
+    published = dict(type="STDiT2-XL/2", from_pretrained=None, input_sq_size=512, qk_norm=True,
+                     qk_norm_legacy=True, enable_flashattn=False, enable_layernorm_kernel=True,
+                     model_max_length=200)
+    config = STDiT2Config.from_opensora(published)
+    assert config.model_dump() == STDiT2Config().model_dump() | {"enable_flash_attn": False}
+    with pytest.raises(ValueError, match="hidden_sise"):
+        STDiT2Config.from_opensora({"hidden_sise": 3})
