@@ -46,28 +46,38 @@ def sinusoidal_embedding(values: torch.Tensor, dim: int = 256, max_period: float
 
 
 def spatial_sincos_pos_embed(
-    dim: int, grid_h: int, grid_w: int, scale: float, base_size: int, device=None
+    dim: int,
+    grid_h: int,
+    grid_w: int,
+    scale: float,
+    base_size: int,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Parameter-free 2-D sin-cos position table `[grid_h * grid_w, dim]` (row-major).
 
     The first half of the channels encodes the column index, the second half the row,
     each as `cat(sin, cos)`. Grid coordinates are divided by `scale` and stretched to
     `base_size`, so that different resolutions share one coordinate range.
+    Angles and sinusoids are fp32 but the inverse frequencies are first rounded to
+    `dtype`, as the published model (which keeps them in a buffer cast with the
+    model) computed them in bf16.
     """
     if dim % 4:
         raise ValueError(f"2-D sin-cos position embedding needs dim % 4 == 0, got {dim}")
-    # Grid coordinates are rounded to fp32 (as the published model saw them), the
-    # sinusoids are computed in fp64.
+    half = dim // 2
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, half, 2, dtype=torch.float32, device=device) / half)
+    inv_freq = inv_freq.to(dtype).float()
     rows = torch.arange(grid_h, dtype=torch.float32, device=device) / scale * (base_size / grid_h)
     cols = torch.arange(grid_w, dtype=torch.float32, device=device) / scale * (base_size / grid_w)
-    row_grid, col_grid = torch.meshgrid(rows.double(), cols.double(), indexing="ij")
 
     def encode_1d(positions: torch.Tensor) -> torch.Tensor:
-        omega = torch.arange(dim // 4, dtype=torch.float64, device=device) / (dim / 4.0)
-        angles = positions.reshape(-1, 1) / 10000.0**omega
+        angles = torch.outer(positions, inv_freq)
         return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
-    return torch.cat([encode_1d(col_grid), encode_1d(row_grid)], dim=1).float()
+    col_emb = encode_1d(cols)[None, :, :].expand(grid_h, grid_w, half)
+    row_emb = encode_1d(rows)[:, None, :].expand(grid_h, grid_w, half)
+    return torch.cat([col_emb, row_emb], dim=-1).reshape(grid_h * grid_w, dim).to(dtype)
 
 
 class RMSNorm(nn.Module):
@@ -248,10 +258,15 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, t0: torch.Tensor | None, x_mask: torch.Tensor | None) -> torch.Tensor:
         """x `[B, T, S, C]`; t, t0 `[B, C]`; x_mask `[B, T]` (True: use t, False: use t0)."""
-        mods = self.scale_shift_table[None] + t[:, None]  # [B, 2, C]
-        mods = select_per_frame(mods, None if t0 is None else self.scale_shift_table[None] + t0[:, None], x_mask)
-        shift, scale = mods.unbind(2)
-        return self.linear(modulate(self.norm_final(x), shift.unsqueeze(2), scale.unsqueeze(2)))
+        shift, scale = (self.scale_shift_table[None] + t[:, None]).unbind(1)  # [B, C] each
+        out = modulate(self.norm_final(x), shift[:, None, None], scale[:, None, None])
+        if x_mask is not None:
+            # Keep: the published model modulates conditioning frames a second time,
+            # normalising the already t-modulated tokens and modulating them with t0.
+            shift0, scale0 = (self.scale_shift_table[None] + t0[:, None]).unbind(1)
+            out0 = modulate(self.norm_final(out), shift0[:, None, None], scale0[:, None, None])
+            out = torch.where(x_mask[:, :, None, None], out, out0)
+        return self.linear(out)
 
 
 def select_per_frame(mods: torch.Tensor, mods_t0: torch.Tensor | None, x_mask: torch.Tensor | None) -> torch.Tensor:

@@ -21,10 +21,14 @@ class RotaryEmbedding(nn.Module):
         self.freqs = nn.Parameter(inv_freq, requires_grad=False)
 
     def angles(self, seq_len: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin tables `[seq_len, dim]`, each frequency repeated for its pair."""
-        freqs = self.freqs.detach().float().to(device)
-        positions = torch.arange(seq_len, device=freqs.device, dtype=torch.float32)
-        angle = torch.outer(positions, freqs).repeat_interleave(2, dim=-1)
+        """cos and sin tables `[seq_len, dim]`, each frequency repeated for its pair.
+
+        Computed in the dtype the frequencies are kept in (the model's): the published
+        bf16 model rotated with bf16 angles, and reproducing its numbers means doing the same.
+        """
+        freqs = self.freqs.detach().to(device)
+        positions = torch.arange(seq_len, device=freqs.device, dtype=freqs.dtype)
+        angle = (positions[:, None] * freqs[None]).repeat_interleave(2, dim=-1)
         return angle.cos(), angle.sin()
 
 
@@ -35,6 +39,5 @@ def rotate_interleaved_pairs(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate `x [..., L, D]` by position; computed in fp32, returned in x's dtype."""
-    x32 = x.float()
-    return (x32 * cos + rotate_interleaved_pairs(x32) * sin).to(x.dtype)
+    """Rotate `x [..., L, D]` by position."""
+    return (x * cos + rotate_interleaved_pairs(x) * sin).to(x.dtype)

@@ -277,26 +277,29 @@ class STDiT2(nn.Module):
             if c.patch_size[0] != 1:
                 raise ValueError("x_mask needs a temporal patch size of 1")
 
-        # 1. Micro-conditions: size, aspect ratio, frame count, fps
+        # 1. Micro-conditions: size, aspect ratio, frame count, fps. Like the timestep,
+        # they enter in the model's dtype (the published bf16 model saw 854 as 856).
         # One bucket per batch: the first sample's resolution sets the position scale.
-        scale = math.sqrt(_first(height, height_in * VAE_DOWNSAMPLE) * _first(width, width_in * VAE_DOWNSAMPLE))
-        scale /= c.input_sq_size
-        height = _batch_scalar(height, height_in * VAE_DOWNSAMPLE, batch, x.device)
-        width = _batch_scalar(width, width_in * VAE_DOWNSAMPLE, batch, x.device)
-        ar = _batch_scalar(ar, height / width, batch, x.device)
-        num_frames = _batch_scalar(num_frames, frames_in, batch, x.device)
-        fps = _batch_scalar(fps, IMAGE_FPS if frames_in == 1 else DEFAULT_VIDEO_FPS, batch, x.device)
+        scale = math.sqrt(
+            _first_value(height, height_in * VAE_DOWNSAMPLE, dtype) * _first_value(width, width_in * VAE_DOWNSAMPLE, dtype)
+        ) / c.input_sq_size
+        height = _micro_condition(height, height_in * VAE_DOWNSAMPLE, dtype, batch, x.device)
+        width = _micro_condition(width, width_in * VAE_DOWNSAMPLE, dtype, batch, x.device)
+        ar = _micro_condition(ar, height / width, dtype, batch, x.device)
+        num_frames = _micro_condition(num_frames, frames_in, dtype, batch, x.device)
+        fps = _micro_condition(fps, IMAGE_FPS if frames_in == 1 else DEFAULT_VIDEO_FPS, dtype, batch, x.device)
         data_info = torch.cat([self.csize_embedder(torch.stack([height, width], 1)), self.ar_embedder(ar[:, None])], 1)
         fl = self.fl_embedder(num_frames[:, None]) + self.fps_embedder(fps[:, None])
 
         # 2. Patchify and add 2-D positions (scaled by the sample's resolution)
         frames, grid_h, grid_w = (math.ceil(n / p) for n, p in zip((frames_in, height_in, width_in), c.patch_size))
         patches = grid_h * grid_w
-        pos = spatial_sincos_pos_embed(c.hidden_size, grid_h, grid_w, scale, round(math.sqrt(patches)), x.device)
-        x = self.x_embedder(x).view(batch, frames, patches, c.hidden_size) + pos.to(dtype)
+        pos = spatial_sincos_pos_embed(c.hidden_size, grid_h, grid_w, scale, round(math.sqrt(patches)), x.device, dtype)
+        x = self.x_embedder(x).view(batch, frames, patches, c.hidden_size) + pos
 
         # 3. Timestep modulation (and timestep 0 for conditioning frames)
-        t = self.t_embedder(timestep.reshape(-1).expand(batch) if timestep.numel() == 1 else timestep)
+        timestep = _micro_condition(timestep, None, dtype, batch, x.device)
+        t = self.t_embedder(timestep)
         t_spatial, t_temporal = self.t_block(t + data_info), self.t_block_temp(t + fl)
         t0 = t0_spatial = t0_temporal = None
         if x_mask is not None:
@@ -377,23 +380,23 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> STDiT
     return STDiT2Config(**fields)
 
 
-def _first(value: Any, default: float) -> float:
-    if value is None:
-        return float(default)
+def _first_value(value: Any, default: float, dtype: torch.dtype) -> float:
+    """The first value of a condition, rounded to `dtype`, read without a device op
+    when it is a Python number (so the meta-device cost model works)."""
     if isinstance(value, torch.Tensor):
-        return float(value.reshape(-1)[0])
-    return float(value)
+        return float(value.reshape(-1)[0].to(dtype))
+    return float(torch.tensor(float(default if value is None else value)).to(dtype))
 
 
-def _batch_scalar(value: Any, default: Any, batch: int, device: torch.device) -> torch.Tensor:
-    """A micro-condition as a float32 `[B]` tensor from a scalar, `[1]` or `[B]`."""
+def _micro_condition(value: Any, default: Any, dtype: torch.dtype, batch: int, device: torch.device) -> torch.Tensor:
+    """A micro-condition (scalar, `[n]` or `[B]`) as `[B]`, rounded to the model dtype
+    and tiled when n divides B (Open-Sora doubles the batch for classifier-free
+    guidance but not the conditions)."""
     value = default if value is None else value
-    tensor = torch.as_tensor(value, dtype=torch.float32, device=device).reshape(-1)
-    if tensor.numel() == 1:
-        return tensor.expand(batch)
-    if tensor.numel() != batch:
-        raise ValueError(f"micro-condition has {tensor.numel()} values for a batch of {batch}")
-    return tensor
+    values = torch.as_tensor(value, dtype=torch.float32, device=device).reshape(-1).to(dtype).float()
+    if batch % values.numel():
+        raise ValueError(f"a condition has {values.numel()} values for a batch of {batch}")
+    return values.repeat(batch // values.numel())
 
 
 def _caption_4d(y: torch.Tensor, batch: int, config: STDiT2Config) -> torch.Tensor:
