@@ -15,15 +15,16 @@ from rich.console import Console
 from rich.table import Table
 
 from opensora_core.config import ConfigError
+from opensora_core.data.cli import data_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n\n")[0])
 model_app = typer.Typer(no_args_is_help=True, help="Inspect and convert STDiT-2 models.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print tables (they assert nothing).")
 app.add_typer(model_app, name="model")
 app.add_typer(bench_app, name="bench")
+app.add_typer(data_app, name="data")
 # Groups whose commands arrive with later capabilities; present so the layout is stable.
 for name, text in {
-    "data": "Curate raw videos into a training table (ingest, scenes, scores, filters).",
     "cache": "Build the T5 / VAE latent caches.",
     "train": "Train STDiT-2 stages (FSDP, DCP checkpoints, MLflow).",
     "sample": "Generate videos from a checkpoint.",
