@@ -27,7 +27,6 @@ app.add_typer(data_app, name="data")
 for name, text in {
     "cache": "Build the T5 / VAE latent caches.",
     "train": "Train STDiT-2 stages (FSDP, DCP checkpoints, MLflow).",
-    "sample": "Generate videos from a checkpoint.",
 }.items():
     app.add_typer(typer.Typer(no_args_is_help=True, help=text), name=name)
 
@@ -147,6 +146,65 @@ def bench_model(
     except ValueError:
         _fail(f"--frames {frames!r}: expected comma-separated integers like 16,64")
     run_model_step_benchmark(hidden_size, depth, num_heads, frame_counts, size, repeats, _dtype(dtype), console)
+
+
+@app.command("sample")
+def sample(
+    out: Annotated[Path, typer.Option(help="Folder for sample_NNN.mp4/.png and their .json sidecars.")],
+    prompt: Annotated[list[str] | None, typer.Option(help="A prompt; repeat for several. May end with Open-Sora's JSON suffix.")] = None,
+    prompt_file: Annotated[Path | None, typer.Option(help="One prompt per line.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="model.safetensors (or its folder), or an Open-Sora .pt/.pth.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Random-init preset instead of a checkpoint (pipeline checks).")] = None,
+    profile: Annotated[str, typer.Option(help="Profile naming the VAE and text encoder.")] = "embedded",
+    num_frames: Annotated[int, typer.Option(help="Frames per loop (1 = image).")] = 16,
+    resolution: Annotated[str | None, typer.Option(help="Named resolution, e.g. 240p (with --aspect-ratio).")] = None,
+    aspect_ratio: Annotated[str, typer.Option(help="height:width as Open-Sora writes it (9:16 is landscape), or 0.56.")] = "9:16",
+    height: Annotated[int | None, typer.Option(help="Pixels; instead of --resolution.")] = None,
+    width: Annotated[int | None, typer.Option(help="Pixels; instead of --resolution.")] = None,
+    fps: Annotated[float, typer.Option()] = 24.0,
+    steps: Annotated[int, typer.Option()] = 100,
+    sampler: Annotated[str, typer.Option(help="iddpm or dpm-solver.")] = "iddpm",
+    cfg_scale: Annotated[float, typer.Option()] = 7.0,
+    cfg_channel: Annotated[int, typer.Option(help="Guide only the first N latent channels.")] = 3,
+    seed: Annotated[int, typer.Option()] = 42,
+    reference: Annotated[list[str] | None, typer.Option(help="Reference image/video; repeat for several (ref_id order).")] = None,
+    mask_strategy: Annotated[str | None, typer.Option(help="loop,ref_id,ref_start,target_start,length,edit_ratio;...")] = None,
+    loops: Annotated[int, typer.Option(help="Generation loops for long videos.")] = 1,
+    condition_frame_length: Annotated[int, typer.Option(help="Frames each loop takes from the previous one.")] = 4,
+    batch_size: Annotated[int, typer.Option()] = 1,
+    device: Annotated[str, typer.Option()] = "cpu",
+) -> None:
+    """Generate videos: text-to-video/image, image-to-video, extension, connection, editing, long videos."""
+    from opensora_core.infer.sample import SampleSettings, load_generation_stack, parse_prompt, write_samples
+    from opensora_core.infer.sizes import image_size
+
+    lines = list(prompt or [])
+    if prompt_file is not None:
+        if not prompt_file.is_file():
+            _fail(f"--prompt-file {prompt_file}: no such file")
+        lines += [line for line in prompt_file.read_text().splitlines() if line.strip()]
+    if not lines:
+        _fail("give at least one --prompt or a --prompt-file")
+    if (checkpoint is None) == (preset is None):
+        _fail("give exactly one of --checkpoint or --preset")
+    try:
+        if resolution is not None:
+            if height is not None or width is not None:
+                _fail("give --resolution/--aspect-ratio or --height/--width, not both")
+            height, width = image_size(resolution, aspect_ratio)
+        elif height is None or width is None:
+            _fail("give --resolution (with --aspect-ratio) or both --height and --width")
+        requests = [parse_prompt(line, reference, mask_strategy) for line in lines]
+        settings = SampleSettings(num_frames=num_frames, height=height, width=width, fps=fps, steps=steps,
+                                  sampler=sampler, cfg_scale=cfg_scale, cfg_channel=cfg_channel, seed=seed,
+                                  loops=loops, condition_frame_length=condition_frame_length, batch_size=batch_size)
+        generator, provenance = load_generation_stack(checkpoint, preset, profile, device)
+        generator.check(settings, requests)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    videos = generator.generate(requests, settings)
+    for path in write_samples(videos, requests, settings, out, provenance):
+        console.print(f"wrote {path}")
 
 
 def main() -> None:

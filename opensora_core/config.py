@@ -48,6 +48,7 @@ __all__ = [
     "load_stage",
     "project_root",
     "validate_config",
+    "validate_mask_ratios",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -191,6 +192,20 @@ class _Strict(BaseModel):
         return data
 
 
+def validate_mask_ratios(value: Mapping[str, float]) -> dict[str, float]:
+    """Check names and ranges and that the ratios sum to 1; return all nine kinds in
+    the published order (omitted kinds get 0 and are never drawn)."""
+    for name, ratio in value.items():
+        if name not in MASK_NAMES:
+            raise ValueError(f"unknown mask '{name}' (valid: {', '.join(MASK_NAMES)})")
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"{name} {ratio} not in [0, 1]")
+    total = math.fsum(value.values())
+    if abs(total - 1.0) > _MASK_SUM_TOLERANCE:
+        raise ValueError(f"ratios sum to {total:.6g}, expected 1 (within {_MASK_SUM_TOLERANCE:g})")
+    return {name: float(value.get(name, 0.0)) for name in MASK_NAMES}
+
+
 class BucketEntry(_Strict):
     """One ``(keep_prob, batch_size)`` cell of a bucket config.
 
@@ -318,20 +333,7 @@ class StageConfig(_Strict):
     @field_validator("mask_ratios")
     @classmethod
     def _check_mask_ratios(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value is None:
-            return None
-        for name, ratio in value.items():
-            if name not in MASK_NAMES:
-                raise ValueError(f"unknown mask '{name}' (valid: {', '.join(MASK_NAMES)})")
-            if not 0.0 <= ratio <= 1.0:
-                raise ValueError(f"{name} {ratio} not in [0, 1]")
-        total = math.fsum(value.values())
-        if abs(total - 1.0) > _MASK_SUM_TOLERANCE:
-            raise ValueError(
-                f"ratios sum to {total:.6g}, expected 1 (within {_MASK_SUM_TOLERANCE:g})"
-            )
-        # Omitted kinds are never drawn; listing all of them keeps consumers simple.
-        return {name: float(value.get(name, 0.0)) for name in MASK_NAMES}
+        return None if value is None else validate_mask_ratios(value)
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> StageConfig:

@@ -1,0 +1,109 @@
+"""Captions (`text`), in order of preference: a sidecar file beside the raw video
+(`clip.mp4` -> `clip.txt`, or `clip.json` with a "text" or "caption" key), a row of an
+imported caption table (Open-Sora's `path,text` CSV, or Panda-70M's
+`videoID,timestamp,caption` with one caption per timestamp range), or a local
+image-text-to-text model (transformers) captioning the clip's middle frame.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from opensora_core.data.storage import Storage
+
+SIDECAR_SUFFIXES = (".txt", ".json")
+
+
+def read_sidecar(storage: Storage, path: str) -> str | None:
+    """The caption beside raw file `path` (relative to `storage`), or None."""
+    stem = PurePosixPath(path).with_suffix("")
+    for suffix in SIDECAR_SUFFIXES:
+        candidate = f"{stem}{suffix}"
+        if not storage.exists(candidate):
+            continue
+        raw = storage.read_text(candidate).strip()
+        if suffix == ".json":
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            raw = str(data.get("text") or data.get("caption") or "").strip() if isinstance(data, dict) else ""
+        if raw:
+            return " ".join(raw.split())
+    return None
+
+
+def _seconds(stamp: str) -> float:
+    parts = [float(p) for p in str(stamp).strip().split(":")]
+    total = 0.0
+    for part in parts:
+        total = total * 60 + part
+    return total
+
+
+@dataclass
+class CaptionTable:
+    """An imported caption CSV, looked up by source file and time range."""
+
+    layout: str  # "opensora" | "panda70m"
+    by_name: dict[str, list[tuple[float, float, str]]]
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> CaptionTable:
+        import pandas as pd
+
+        frame = pd.read_csv(path)
+        columns = set(frame.columns)
+        by_name: dict[str, list[tuple[float, float, str]]] = {}
+        if {"path", "text"} <= columns:
+            for p, text in zip(frame["path"], frame["text"]):
+                if isinstance(text, str) and text.strip():
+                    by_name.setdefault(PurePosixPath(str(p)).name, []).append((0.0, float("inf"), text.strip()))
+            return cls("opensora", by_name)
+        if {"videoID", "timestamp", "caption"} <= columns:
+            for video_id, stamps, captions in zip(frame["videoID"], frame["timestamp"], frame["caption"]):
+                stamps, captions = ast.literal_eval(str(stamps)), ast.literal_eval(str(captions))
+                for (start, end), text in zip(stamps, captions):
+                    by_name.setdefault(str(video_id), []).append((_seconds(start), _seconds(end), str(text).strip()))
+            return cls("panda70m", by_name)
+        raise ValueError(f"{path}: not a caption table: expected columns path,text (Open-Sora) or "
+                         f"videoID,timestamp,caption (Panda-70M), got {', '.join(map(str, frame.columns))}")
+
+    def lookup(self, source_path: str, clip_file: str, start_s: float, end_s: float) -> str | None:
+        """The caption for a clip: by clip or source file name (Open-Sora), or the
+        Panda-70M range of the source video (its videoID is the file stem) that overlaps
+        the clip the most."""
+        if self.layout == "opensora":
+            for name in (PurePosixPath(clip_file).name, PurePosixPath(source_path).name):
+                if name in self.by_name:
+                    return self.by_name[name][0][2]
+            return None
+        best, best_overlap = None, 0.0
+        for start, end, text in self.by_name.get(PurePosixPath(source_path).stem, []):
+            overlap = min(end, end_s) - max(start, start_s)
+            if overlap > best_overlap:
+                best, best_overlap = text, overlap
+        return best
+
+
+class ModelCaptioner:
+    """A local image-text-to-text model (transformers) captioning one frame per clip."""
+
+    def __init__(self, path: str, prompt: str, max_new_tokens: int) -> None:
+        from transformers import pipeline
+
+        self.pipe = pipeline("image-text-to-text", model=path, local_files_only=True)
+        self.prompt, self.max_new_tokens = prompt, max_new_tokens
+
+    def __call__(self, frames: list[np.ndarray]) -> list[str]:
+        from PIL import Image
+
+        messages = [[{"role": "user", "content": [{"type": "image", "image": Image.fromarray(f)},
+                                                   {"type": "text", "text": self.prompt}]}] for f in frames]
+        outputs = self.pipe(text=messages, max_new_tokens=self.max_new_tokens, return_full_text=False)
+        return [" ".join(str(o[0]["generated_text"]).split()) for o in outputs]

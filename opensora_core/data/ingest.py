@@ -1,0 +1,232 @@
+"""Step 1, `raw_videos` / `opensora data probe`: find the raw files, hash them, give each
+a partition key, and probe what they really contain.
+
+A raw file is any file under the input root whose extension is a configured video or
+image extension (sidecar captions and other files are not inputs). Hashes are cached
+in an index keyed by (path, size, mtime), so a sensor tick or a re-run hashes only new
+or changed files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path, PurePosixPath
+
+import av
+
+from opensora_core.data.config import CurationConfig
+from opensora_core.data.storage import Storage
+
+INDEX_FILE = "inputs.json"
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """A raw input: where it is (relative to the input root), its content hash and key."""
+
+    path: str
+    kind: str  # "video" | "image"
+    size: int
+    mtime: float
+    sha256: str
+    key: str
+
+
+def partition_key(path: str, sha256: str) -> str:
+    """`<ascii slug of the file name>-<12 hex>`: readable in the UI, unique per (path,
+    content) pair, and made of characters every store and Dagster accept."""
+    name = unicodedata.normalize("NFKD", PurePosixPath(path).stem).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[:40] or "file"
+    digest = hashlib.sha256(f"{path}\0{sha256}".encode()).hexdigest()[:12]
+    return f"{slug}-{digest}"
+
+
+def media_kind(path: str, config: CurationConfig) -> str | None:
+    suffix = PurePosixPath(path).suffix.lower()
+    if suffix in config.video_extensions:
+        return "video"
+    if suffix in config.image_extensions:
+        return "image"
+    return None
+
+
+def sha256_file(storage: Storage, path: str) -> str:
+    digest = hashlib.sha256()
+    with storage.fs.open(storage.path(path), "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def discover(source: Storage, config: CurationConfig) -> list[str]:
+    """Relative POSIX paths of every raw file under `source`, sorted. Hidden files and
+    folders (temporary names of atomic writes among them) are skipped."""
+    found = []
+    for full in source.fs.find(source.root):
+        rel = PurePosixPath(str(full)).relative_to(PurePosixPath(source.root)).as_posix() if source.is_local \
+            else str(full)[len(source.root.rstrip("/")) + 1 :]
+        if any(part.startswith(".") for part in PurePosixPath(rel).parts):
+            continue
+        if media_kind(rel, config):
+            found.append(rel)
+    return sorted(found)
+
+
+def register_inputs(source: Storage, config: CurationConfig, index: Storage | None = None) -> list[RawFile]:
+    """Every raw file under `source` with its hash and partition key.
+
+    `index` (a storage root, usually the curation output) keeps `inputs.json`, the hash
+    cache; without it every file is hashed.
+    """
+    cache: dict[str, dict] = {}
+    if index is not None and index.exists(INDEX_FILE):
+        cache = {row["path"]: row for row in json.loads(index.read_text(INDEX_FILE))}
+    files = []
+    for rel in discover(source, config):
+        info = source.fs.info(source.path(rel))
+        size, mtime = int(info.get("size") or 0), float(info.get("mtime") or info.get("LastModified", 0) or 0)
+        if isinstance(mtime, float) and math.isnan(mtime):
+            mtime = 0.0
+        known = cache.get(rel)
+        if known and known["size"] == size and known["mtime"] == mtime:
+            sha = known["sha256"]
+        else:
+            sha = sha256_file(source, rel)
+        files.append(RawFile(rel, media_kind(rel, config), size, mtime, sha, partition_key(rel, sha)))
+    if index is not None:
+        index.write_text(json.dumps([asdict(f) for f in files], indent=1), INDEX_FILE)
+    return files
+
+
+@dataclass
+class Probe:
+    """What a raw file contains. `rejected` is the reason it cannot be used, or None."""
+
+    path: str
+    kind: str
+    sha256: str
+    size: int
+    codec: str | None = None
+    fps: float | None = None
+    num_frames: int = 0  # decodable frames (header count only when it agrees with the packets)
+    header_frames: int | None = None
+    width: int = 0
+    height: int = 0
+    duration: float | None = None
+    rotation: int = 0
+    frame_count_source: str = "header"  # header | decoded
+    rejected: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _rate(stream) -> Fraction | None:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate and rate > 0:
+            return Fraction(rate)
+    return None
+
+
+def _count_decodable(path: Path) -> tuple[int, str | None]:
+    count = 0
+    try:
+        with av.open(str(path)) as container:
+            container.streams.video[0].thread_type = "AUTO"
+            for _ in container.decode(video=0):
+                count += 1
+    except (av.FFmpegError, OSError) as err:
+        return count, str(err)
+    return count, None
+
+
+def probe_video(local: Path, probe: Probe) -> Probe:
+    try:
+        container = av.open(str(local))
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+        probe.rejected = f"not a readable media file: {err}"
+        return probe
+    with container:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams})
+            probe.rejected = "no video stream" + (f" (only {', '.join(kinds)})" if kinds else "")
+            return probe
+        stream = container.streams.video[0]
+        probe.codec = stream.codec_context.name
+        rate = _rate(stream)
+        probe.fps = float(rate) if rate else None
+        probe.width, probe.height = stream.codec_context.width, stream.codec_context.height
+        probe.header_frames = stream.frames or None
+        if stream.duration is not None and stream.time_base:
+            probe.duration = float(stream.duration * stream.time_base)
+        elif container.duration:
+            probe.duration = container.duration / av.time_base
+        # Counting packets is a demux, no decode: cheap, and it exposes truncated files
+        # whose header still claims the full length.
+        packets = 0
+        try:
+            for packet in container.demux(stream):
+                if packet.size:
+                    packets += 1
+        except (av.FFmpegError, OSError) as err:
+            probe.notes.append(f"demux stopped after {packets} packets: {err}")
+            packets = -1
+    try:
+        with av.open(str(local)) as container:
+            first = next(container.decode(video=0), None)
+    except (av.FFmpegError, OSError) as err:
+        first, error = None, str(err)
+    else:
+        error = None
+    if first is None:
+        probe.rejected = "no decodable video frame" + (f": {error}" if error else "")
+        return probe
+    probe.rotation = int(getattr(first, "rotation", 0) or 0)
+    probe.width, probe.height = first.width, first.height
+    if probe.header_frames and packets == probe.header_frames:
+        probe.num_frames = packets
+    else:
+        probe.num_frames, error = _count_decodable(local)
+        probe.frame_count_source = "decoded"
+        if probe.header_frames and probe.num_frames != probe.header_frames:
+            probe.notes.append(f"header says {probe.header_frames} frames, {probe.num_frames} decode"
+                               + (f" ({error})" if error else ""))
+    if probe.fps is None:
+        probe.fps = probe.num_frames / probe.duration if probe.duration else None
+    if probe.duration is None and probe.fps:
+        probe.duration = probe.num_frames / probe.fps
+    return probe
+
+
+def probe_image(local: Path, probe: Probe) -> Probe:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(local) as image:
+            image.load()
+            probe.codec = (image.format or "").lower() or None
+            probe.width, probe.height = image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        probe.rejected = f"not a readable image: {err}"
+        return probe
+    probe.num_frames = 1
+    return probe
+
+
+def probe_file(local: str | Path, raw: RawFile) -> Probe:
+    """Probe one raw file (a local copy of it)."""
+    local = Path(local)
+    probe = Probe(path=raw.path, kind=raw.kind, sha256=raw.sha256, size=raw.size)
+    if raw.size == 0:
+        probe.rejected = "empty file (0 bytes)"
+        return probe
+    probe = probe_video(local, probe) if raw.kind == "video" else probe_image(local, probe)
+    if probe.rejected is None and (probe.width < 2 or probe.height < 2):
+        probe.rejected = f"degenerate frame size {probe.width}x{probe.height}"
+    if probe.rejected is None and probe.kind == "video" and probe.fps is not None and not math.isfinite(probe.fps):
+        probe.fps = None
+    return probe

@@ -1,0 +1,59 @@
+"""`quality`: a weights-free technical-quality score in [0, 1] from sharpness,
+exposure and contrast. It is written to its own column and never passed off as `aes`
+(the learned aesthetic score): it says whether frames are blurred, dark, blown out or
+flat, not whether they are beautiful.
+
+- sharpness: variance of the Laplacian at 512 px, mapped by `1 - exp(-v / 100)`;
+- exposure: 1 at mid-grey mean luminance, falling linearly to 0 at black or white,
+  times the fraction of pixels that are neither crushed (< 5) nor clipped (> 250);
+- contrast: luminance standard deviation / 64, capped at 1.
+
+`quality` is their geometric mean, averaged over sampled frames.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from opensora_core.data.config import QualityConfig
+from opensora_core.data.scoring.base import ClipSamples, Scorer, spread_positions
+
+ANALYSIS_SIZE = 512
+
+
+def frame_quality(frame: np.ndarray) -> dict[str, float]:
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    h, w = gray.shape
+    scale = ANALYSIS_SIZE / max(h, w)
+    if scale < 1:
+        gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    sharpness = 1.0 - math.exp(-float(cv2.Laplacian(gray, cv2.CV_64F).var()) / 100.0)
+    mean = float(gray.mean()) / 255.0
+    usable = float(((gray >= 5) & (gray <= 250)).mean())
+    exposure = max(0.0, 1.0 - abs(mean - 0.5) * 2.0) * usable
+    contrast = min(1.0, float(gray.std()) / 64.0)
+    quality = (sharpness * exposure * contrast) ** (1.0 / 3.0)
+    return {"quality": quality, "quality_sharpness": sharpness, "quality_exposure": exposure,
+            "quality_contrast": contrast}
+
+
+class QualityScorer(Scorer):
+    name = "quality"
+    version = "sharp-expo-contrast-1"
+    columns = ("quality", "quality_sharpness", "quality_exposure", "quality_contrast")
+
+    def __init__(self, config: QualityConfig) -> None:
+        self.config = config
+
+    def positions(self, num_frames: int) -> set[int]:
+        return set(spread_positions(num_frames, self.config.samples))
+
+    def score(self, batch: list[ClipSamples]) -> list[dict]:
+        rows = []
+        for clip in batch:
+            per_frame = [frame_quality(f) for f in clip.spread(self.config.samples)]
+            rows.append({k: float(np.mean([p[k] for p in per_frame])) for k in self.columns})
+        return rows
