@@ -148,6 +148,18 @@ def bench_model(
     run_model_step_benchmark(hidden_size, depth, num_heads, frame_counts, size, repeats, _dtype(dtype), console)
 
 
+@bench_app.command("sampling")
+def bench_sampling(
+    presets: Annotated[str, typer.Option(help="Comma-separated presets.")] = "stdit2-tiny,stdit2-small",
+    num_frames: Annotated[int, typer.Option()] = 16,
+    size: Annotated[int, typer.Option(help="Square side in pixels (multiple of 16).")] = 64,
+) -> None:
+    """Seconds per denoising step and per video: IDDPM 100 steps vs DPM-Solver++ 20."""
+    from opensora_core.benchmarks.sampling import run_sampling_benchmark
+
+    run_sampling_benchmark([p.strip() for p in presets.split(",") if p.strip()], num_frames, size, console)
+
+
 @app.command("sample")
 def sample(
     out: Annotated[Path, typer.Option(help="Folder for sample_NNN.mp4/.png and their .json sidecars.")],

@@ -1,9 +1,152 @@
-"""`opensora data ...`: curation steps without Dagster."""
+"""`opensora data ...`: curation steps without Dagster.
+
+Each step command has the name of its pipeline step (`probe` = asset `raw_videos`,
+`scenes` = `scene_clips`, `score` = `scored_clips`, `filter` = `training_dataset`) and
+works on every registered raw file, or on `--key` partitions only. `curate` runs them
+all, reusing partitions that are up to date.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 data_app = typer.Typer(
     no_args_is_help=True, help="Curate raw videos into a training table (ingest, scenes, scores, filters)."
 )
+console = Console()
+err_console = Console(stderr=True)
+
+InputOpt = Annotated[str, typer.Option("--input", help="Folder (or fsspec URL) of raw videos and images.")]
+OutOpt = Annotated[str, typer.Option("--out", help="Output folder (or fsspec URL).")]
+ConfigOpt = Annotated[str, typer.Option("--config", help="configs/data stem or YAML path.")]
+KeyOpt = Annotated[list[str] | None, typer.Option("--key", help="Only these partitions (repeatable).")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _setup(input: str, out: str, config: str):
+    from opensora_core.config import ConfigError
+    from opensora_core.data.config import load_curation_config
+    from opensora_core.data.storage import Storage
+
+    try:
+        settings = load_curation_config(config)
+    except ConfigError as err:
+        _fail(str(err))
+    source = Storage(input)
+    if not source.fs.isdir(source.root):
+        _fail(f"--input {input}: no such folder")
+    return settings, source, Storage(out)
+
+
+def _files(source, out, settings, keys: list[str] | None):
+    from opensora_core.data.ingest import register_inputs
+
+    files = register_inputs(source, settings, index=out)
+    if keys:
+        unknown = sorted(set(keys) - {f.key for f in files})
+        if unknown:
+            _fail(f"unknown partition keys: {', '.join(unknown)} (see {out.url}/inputs.json)")
+        files = [f for f in files if f.key in keys]
+    return files
+
+
+def _print_summary(summary, out) -> None:
+    table = Table(title=f"training dataset: {out.url}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for name, value in (("partitions", summary.partitions), ("clips kept (meta.csv)", summary.kept),
+                        ("clips filtered (filtered.csv)", summary.filtered),
+                        ("files rejected (rejected.csv)", summary.rejected)):
+        table.add_row(name, f"{value:,}")
+    for step, count in sorted(summary.reject_steps.items()):
+        table.add_row(f"  rejected at {step}", f"{count:,}")
+    console.print(table)
+    for warning in summary.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+@data_app.command("probe")
+def probe(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyOpt = None) -> None:
+    """raw_videos: hash and probe every raw file (codec, fps, decodable frames, size)."""
+    from opensora_core.data.curate import raw_videos
+
+    settings, source, storage = _setup(input, out, config)
+    for raw in _files(source, storage, settings, key):
+        manifest = raw_videos(source, storage, raw, settings)
+        p = manifest["probe"]
+        status = f"rejected: {manifest['rejected']['reason']}" if manifest["rejected"] else \
+            f"{p['codec']} {p['width']}x{p['height']} {p['num_frames']} frames @ {p['fps'] or 0:.3g} fps"
+        console.print(f"{raw.key}  {raw.path}  {status}", highlight=False)
+
+
+@data_app.command("scenes")
+def scenes(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyOpt = None) -> None:
+    """scene_clips: detect scenes and cut them into frame-accurate clips."""
+    from opensora_core.data.curate import scene_clips
+
+    settings, source, storage = _setup(input, out, config)
+    for raw in _files(source, storage, settings, key):
+        manifest = scene_clips(source, storage, raw.key, settings)
+        status = f"rejected: {manifest['rejected']['reason']}" if manifest["rejected"] else f"{manifest['clips']} clips"
+        console.print(f"{raw.key}  {status}", highlight=False)
+
+
+@data_app.command("score")
+def score(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyOpt = None) -> None:
+    """scored_clips: captions and scores (flow, ocr, quality; aes and match with CLIP weights)."""
+    from opensora_core.data.curate import Captioning, scored_clips
+
+    settings, source, storage = _setup(input, out, config)
+    captioning = Captioning.from_config(settings)
+    for raw in _files(source, storage, settings, key):
+        manifest = scored_clips(storage, raw.key, settings, captioning, progress=True)
+        console.print(f"{raw.key}  {manifest['clips']} clips scored by {', '.join(manifest['scorers'])}",
+                      highlight=False)
+
+
+@data_app.command("filter")
+def filter_(input: InputOpt, out: OutOpt, config: ConfigOpt = "default") -> None:
+    """training_dataset: merge all partitions, filter, write meta.csv/.parquet and rejected.csv."""
+    from opensora_core.data.curate import training_dataset
+
+    settings, source, storage = _setup(input, out, config)
+    _print_summary(training_dataset(storage, [f.key for f in _files(source, storage, settings, None)], settings),
+                   storage)
+
+
+@data_app.command("curate")
+def curate(input: InputOpt, out: OutOpt, config: ConfigOpt = "default",
+           progress: Annotated[bool, typer.Option(help="Progress bars.")] = True) -> None:
+    """All steps without Dagster: meta.csv, meta.parquet, rejected.csv (+ filtered.csv)."""
+    from opensora_core.data.curate import curate as run
+
+    settings, source, storage = _setup(input, out, config)
+    _print_summary(run(source, storage, settings, progress=progress), storage)
+
+
+@data_app.command("synth")
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the dataset into.")],
+    videos: Annotated[int, typer.Option(min=0, help="Number of mp4 clips.")] = 24,
+    images: Annotated[int, typer.Option(min=0, help="Number of png stills.")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    frames: Annotated[int, typer.Option(min=2, help="Frames per clip.")] = 16,
+    size: Annotated[int, typer.Option(min=16, help="Height and width in pixels.")] = 64,
+    fps: Annotated[float, typer.Option(min=1, help="Frames per second of the clips.")] = 8.0,
+) -> None:
+    """Write the synthetic captioned dataset (coloured shapes moving / still, with sidecar captions)."""
+    from opensora_core.data.synthetic import synth as run
+
+    samples = run(out, videos=videos, images=images, seed=seed, num_frames=frames, height=size, width=size, fps=fps)
+    console.print(f"wrote {videos} videos and {images} images to {out}", highlight=False)
+    for sample in samples[:3]:
+        console.print(f"  {sample.path}: {sample.text}", highlight=False)

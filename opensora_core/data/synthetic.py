@@ -26,8 +26,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES: tuple[str, ...] = ("square", "circle", "triangle")
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
-# Neutral greys, so that an object's colour is the only saturated thing in the frame.
-BACKGROUNDS: tuple[tuple[int, int, int], ...] = ((24, 24, 32), (60, 60, 60), (110, 110, 110), (16, 16, 16))
+# Dark neutral greys: an object's colour is the only saturated thing in the frame, and
+# every colour stays brighter than the background in luma (optical flow reads luma).
+BACKGROUNDS: tuple[tuple[int, int, int], ...] = ((24, 24, 32), (40, 40, 40), (12, 12, 12), (32, 28, 24))
 
 
 def _shape_mask(shape: str, side: int) -> np.ndarray:
@@ -134,12 +135,16 @@ class SyntheticSample:
     direction: str | None  # None for still images
 
 
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def video_caption(color: str, shape: str, direction: str) -> str:
-    return f"a {color} {shape} moving {direction}"
+    return f"{_article(color)} {color} {shape} moving {direction}"
 
 
 def image_caption(color: str, shape: str) -> str:
-    return f"a {color} {shape}"
+    return f"{_article(color)} {color} {shape}"
 
 
 def synth(

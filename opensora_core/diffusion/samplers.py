@@ -89,6 +89,7 @@ def classifier_free_guidance(output: torch.Tensor, cfg_scale: float, cfg_channel
     return guided
 
 
+@torch.no_grad()
 def denoise(
     model_fn: ModelFn,
     sampler,

@@ -171,6 +171,7 @@ class VideoGenerator:
             videos.extend(video.float().cpu() for video in decoded)
         return videos
 
+    @torch.no_grad()
     def generate_latents(
         self, batch: list[PromptRequest], settings: SampleSettings, generator: torch.Generator, progress: bool = True
     ) -> torch.Tensor:

@@ -1,0 +1,204 @@
+"""Curation assets: one dynamic partition per raw file, then one merged training table.
+
+raw_videos -> scene_clips -> scored_clips (partitioned) -> training_dataset (merged,
+filtered), each a call to the `opensora_core.data.curate` function of the same name.
+A bad file materializes successfully with its rejection in the metadata: one broken
+upload must not fail the run that carries the good ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AutomationCondition,
+    DynamicPartitionsDefinition,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from opensora_core.data import curate
+from opensora_core.data.ingest import INDEX_FILE, RawFile, register_inputs
+from opensora_core.data.scoring import SCORE_RANGES
+from orchestration.resources import CurationStorage
+
+raw_partitions = DynamicPartitionsDefinition(name="raw_videos")
+
+
+def _raw_file(storage: CurationStorage, key: str) -> RawFile:
+    """The raw file of partition `key`, from the index the sensor keeps (re-scanned
+    once when the key is not there, e.g. a partition added by hand)."""
+    out = storage.out()
+    for attempt in range(2):
+        if attempt or not out.exists(INDEX_FILE):
+            register_inputs(storage.source(), storage.curation_config(), index=out)
+        for row in json.loads(out.read_text(INDEX_FILE)):
+            if row["key"] == key:
+                raw = RawFile(**row)
+                if not storage.source().exists(raw.path):
+                    raise Failure(f"partition {key}: raw file {raw.path} is gone from {storage.raw_root}")
+                return raw
+    raise Failure(f"partition {key}: no raw file under {storage.raw_root} has this key "
+                  "(renamed or changed since it was registered?)")
+
+
+def _rejection(manifest: dict) -> dict:
+    rejected = manifest.get("rejected")
+    return {"rejected": MetadataValue.text(f"{rejected['step']}: {rejected['reason']}" if rejected else "no")}
+
+
+def _thumbnail_md(storage: CurationStorage, key: str, clips: pd.DataFrame) -> str:
+    if clips.empty:
+        return "no clips"
+    name = clips["thumbnail"].iloc[0]
+    data = base64.b64encode(storage.out().read_bytes(curate.PARTITIONS, key, "clips", name)).decode()
+    mime = "image/png" if name.endswith(".png") else "image/jpeg"
+    return f"![{clips['clip_id'].iloc[0]}](data:{mime};base64,{data})"
+
+
+def histogram_md(table: pd.DataFrame, columns: list[str], bins: int = 5) -> str:
+    """A small Markdown table: per score, clip counts in `bins` equal-width bins."""
+    lines = ["| score | bins (count) |", "| --- | --- |"]
+    for column in columns:
+        values = pd.to_numeric(table[column], errors="coerce").dropna() if column in table else pd.Series()
+        if values.empty:
+            continue
+        counts, edges = np.histogram(values, bins=bins)
+        cells = ", ".join(f"{edges[i]:.3g}-{edges[i + 1]:.3g}: {c}" for i, c in enumerate(counts))
+        lines.append(f"| {column} | {cells} |")
+    return "\n".join(lines)
+
+
+SCORE_COLUMNS = ["aes", "flow", "ocr", "match", "quality"]
+
+
+@asset(partitions_def=raw_partitions, group_name="curation", kinds={"python", "video"})
+def raw_videos(context: AssetExecutionContext, curation_storage: CurationStorage) -> MaterializeResult:
+    """One raw video or image: content hash and probe (codec, fps, decodable frames, size)."""
+    raw = _raw_file(curation_storage, context.partition_key)
+    manifest = curate.raw_videos(curation_storage.source(), curation_storage.out(), raw,
+                                 curation_storage.curation_config())
+    probe = manifest["probe"]
+    return MaterializeResult(metadata={
+        "path": MetadataValue.path(manifest["source"]), "sha256": raw.sha256, "kind": probe["kind"],
+        "codec": str(probe["codec"]), "fps": float(probe["fps"] or 0), "num_frames": probe["num_frames"],
+        "size": f"{probe['width']}x{probe['height']}", "notes": "; ".join(probe["notes"]) or "none",
+        **_rejection(manifest),
+    })
+
+
+@asset(partitions_def=raw_partitions, deps=[raw_videos], group_name="curation", kinds={"python", "video"})
+def scene_clips(context: AssetExecutionContext, curation_storage: CurationStorage) -> MaterializeResult:
+    """Scenes (PySceneDetect adaptive) cut into frame-accurate H.264 clips."""
+    key = context.partition_key
+    manifest = curate.scene_clips(curation_storage.source(), curation_storage.out(), key,
+                                  curation_storage.curation_config())
+    clips = curate.read_clips(curation_storage.out(), key)
+    return MaterializeResult(metadata={
+        "clips": manifest["clips"], "frames": int(clips["num_frames"].sum()) if len(clips) else 0,
+        "scenes": len(manifest.get("scenes", [])), "dropped_pieces": len(manifest.get("dropped", [])),
+        "notes": "; ".join(manifest["notes"]) or "none", "thumbnail": MetadataValue.md(
+            _thumbnail_md(curation_storage, key, clips)), **_rejection(manifest),
+    })
+
+
+@asset(partitions_def=raw_partitions, deps=[scene_clips], group_name="curation", kinds={"python"})
+def scored_clips(context: AssetExecutionContext, curation_storage: CurationStorage) -> MaterializeResult:
+    """Captions and scores per clip: flow, ocr, quality (and aes, match with CLIP weights)."""
+    key = context.partition_key
+    out = curation_storage.out()
+    manifest = curate.scored_clips(out, key, curation_storage.curation_config(),
+                                   curate.Captioning.from_config(curation_storage.curation_config()))
+    for name, reason in manifest["skipped"].items():
+        context.log.warning(f"scorer {name} skipped: {reason}")
+    table = curate.read_scores(out, key)
+    return MaterializeResult(metadata={
+        "clips": manifest["clips"], "scorers": ", ".join(f"{n} {s['version']}" for n, s in manifest["scorers"].items()),
+        "skipped": "; ".join(f"{n}: {r}" for n, r in manifest["skipped"].items()) or "none",
+        "captioned": int(table["text"].notna().sum()) if len(table) else 0,
+        "histograms": MetadataValue.md(histogram_md(table, SCORE_COLUMNS)), **_rejection(manifest),
+    })
+
+
+@asset(deps=[scored_clips], group_name="curation", kinds={"python", "pandas"},
+       automation_condition=AutomationCondition.eager())
+def training_dataset(context: AssetExecutionContext, curation_storage: CurationStorage) -> MaterializeResult:
+    """Every scored partition merged and filtered into Open-Sora's metadata table."""
+    keys = context.instance.get_dynamic_partitions(raw_partitions.name)
+    out = curation_storage.out()
+    summary = curate.training_dataset(out, keys, curation_storage.curation_config())
+    for warning in summary.warnings:
+        context.log.warning(warning)
+    with out.local_copy("meta.parquet") as local:
+        meta = pd.read_parquet(local)
+    preview = meta[[c for c in ("clip_id", "text", "num_frames", "height", "width", *SCORE_COLUMNS) if c in meta]]
+    return MaterializeResult(metadata={
+        "kept": summary.kept, "filtered": summary.filtered, "rejected": summary.rejected,
+        "partitions": summary.partitions, "not_scored_yet": len(summary.missing),
+        "rejected_by_step": MetadataValue.json(summary.reject_steps),
+        "warnings": "\n".join(summary.warnings) or "none",
+        "meta_csv": MetadataValue.path(out.path("meta.csv")),
+        "histograms": MetadataValue.md(histogram_md(meta, SCORE_COLUMNS)),
+        "preview": MetadataValue.md(preview.head(10).to_markdown(index=False) if len(preview) else "empty"),
+    })
+
+
+def _meta(storage: CurationStorage) -> pd.DataFrame:
+    with storage.out().local_copy("meta.parquet") as local:
+        return pd.read_parquet(local)
+
+
+@asset_check(asset=training_dataset, blocking=True, description="The training table has at least one clip.")
+def training_dataset_not_empty(curation_storage: CurationStorage) -> AssetCheckResult:
+    rows = len(_meta(curation_storage))
+    return AssetCheckResult(passed=rows > 0, metadata={"rows": rows})
+
+
+@asset_check(asset=training_dataset, description="Required columns present and non-null (fps: videos only).")
+def training_dataset_columns(curation_storage: CurationStorage) -> AssetCheckResult:
+    meta = _meta(curation_storage)
+    problems = [f"missing column {c}" for c in curate.REQUIRED_COLUMNS if c not in meta]
+    problems += [f"{c}: {n} nulls" for c in curate.REQUIRED_COLUMNS if c in meta and (n := int(meta[c].isna().sum()))]
+    if "fps" in meta and "media" in meta:
+        nulls = int(meta.loc[meta["media"] == "video", "fps"].isna().sum())
+        if nulls:
+            problems.append(f"fps: {nulls} videos without fps")
+    return AssetCheckResult(passed=not problems, metadata={"problems": "\n".join(problems) or "none"})
+
+
+@asset_check(asset=training_dataset, description="Every score lies in its documented range.")
+def training_dataset_scores_in_range(curation_storage: CurationStorage) -> AssetCheckResult:
+    meta = _meta(curation_storage)
+    problems = []
+    for column, (low, high) in SCORE_RANGES.items():
+        if column not in meta:
+            continue
+        values = pd.to_numeric(meta[column], errors="coerce").dropna()
+        bad = int(((values < low) if low is not None else False).sum() + ((values > high) if high is not None
+                                                                         else False).sum())
+        if bad or not np.isfinite(values).all():
+            problems.append(f"{column}: {bad} out of [{low}, {high}] or non-finite")
+    return AssetCheckResult(passed=not problems, metadata={"problems": "\n".join(problems) or "none"})
+
+
+@asset_check(asset=training_dataset, description="Reports how many input files were rejected, and why.")
+def training_dataset_rejected(curation_storage: CurationStorage) -> AssetCheckResult:
+    with curation_storage.out().local_copy("rejected.csv") as local:
+        rejected = pd.read_csv(local)
+    by_step = rejected["step"].value_counts().to_dict() if len(rejected) else {}
+    return AssetCheckResult(passed=True, severity=AssetCheckSeverity.WARN,
+                            metadata={"rejected": len(rejected), "by_step": MetadataValue.json(by_step)})
+
+
+curation_assets = [raw_videos, scene_clips, scored_clips, training_dataset]
+curation_checks = [training_dataset_not_empty, training_dataset_columns, training_dataset_scores_in_range,
+                   training_dataset_rejected]

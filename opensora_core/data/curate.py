@@ -1,0 +1,426 @@
+"""The curation pipeline, one function per step; the same names are the Dagster asset
+keys and the `opensora data` subcommands:
+
+| step | function | writes (under the output root) |
+| --- | --- | --- |
+| ingest/probe | :func:`raw_videos` | `partitions/<key>/raw/manifest.json` |
+| scene cuts | :func:`scene_clips` | `partitions/<key>/clips/` (mp4 + jpg, `clips.parquet`) |
+| scores, captions | :func:`scored_clips` | `partitions/<key>/scores/scores.parquet` |
+| filters, merge | :func:`training_dataset` | `meta.csv`, `meta.parquet`, `rejected.csv`, `filtered.csv` |
+
+One partition per raw file (key from its path and content hash). Each step publishes
+its folder as a whole (:meth:`Storage.staging_dir`) with `manifest.json` written last,
+so re-running one partition touches no other and a crash leaves no half-written step.
+A bad file never stops the pipeline: its step records the reason in the manifest and
+the merge lists it in `rejected.csv`. :func:`curate` runs everything, skipping steps
+whose manifest matches the file's hash and the settings that made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from opensora_core.data.captions import CaptionTable, ModelCaptioner, read_sidecar
+from opensora_core.data.config import CurationConfig
+from opensora_core.data.ingest import RawFile, probe_file, register_inputs
+from opensora_core.data.scenes import cut_scenes
+from opensora_core.data.scoring import SCORE_RANGES, build_scorers, read_samples
+from opensora_core.data.storage import MANIFEST, Storage
+
+log = logging.getLogger(__name__)
+
+PARTITIONS = "partitions"
+OPENSORA_COLUMNS = ("path", "text", "num_frames", "height", "width", "aspect_ratio", "fps", "resolution",
+                    "aes", "flow", "ocr", "match")
+OUR_COLUMNS = ("clip_id", "partition", "source", "source_sha256", "start_frame", "end_frame", "sha256",
+               "media", "text_source", "quality", "quality_sharpness", "quality_exposure", "quality_contrast")
+# Columns every training row must have filled (fps only for videos: images have none).
+REQUIRED_COLUMNS = ("path", "num_frames", "height", "width", "aspect_ratio", "resolution", "clip_id", "source",
+                    "sha256")
+STEPS = ("raw", "clips", "scores")
+
+
+def _step_dir(key: str, step: str) -> tuple[str, str, str]:
+    return PARTITIONS, key, step
+
+
+def read_manifest(out: Storage, key: str, step: str) -> dict | None:
+    parts = (*_step_dir(key, step), MANIFEST)
+    return json.loads(out.read_text(*parts)) if out.exists(*parts) else None
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
+
+
+def _source_url(source: Storage, rel: str) -> str:
+    return source.path(rel) if source.is_local else f"{source.url}/{rel}"
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _up_to_date(out: Storage, raw: RawFile, step: str, fingerprint: str) -> bool:
+    manifest = read_manifest(out, raw.key, step)
+    return bool(manifest) and manifest.get("sha256") == raw.sha256 and manifest.get("fingerprint") == fingerprint
+
+
+# --------------------------------------------------------------------------------------
+# Step 1: raw_videos
+# --------------------------------------------------------------------------------------
+
+
+def raw_videos(source: Storage, out: Storage, raw: RawFile, config: CurationConfig) -> dict:
+    """Probe one raw file and read its sidecar caption; publish the probe manifest."""
+    with source.local_copy(raw.path) as local:
+        probe = probe_file(local, raw)
+    manifest = {
+        "step": "raw_videos", "key": raw.key, "source": _source_url(source, raw.path), "path": raw.path,
+        "sha256": raw.sha256, "fingerprint": config.fingerprint("video_extensions", "image_extensions"),
+        "probe": asdict(probe), "caption": read_sidecar(source, raw.path), "rejected": None,
+    }
+    if probe.rejected:
+        manifest["rejected"] = {"step": "raw_videos", "reason": probe.rejected}
+    with out.staging_dir(*_step_dir(raw.key, "raw")) as folder:
+        _write_manifest(folder, manifest)
+    return manifest
+
+
+# --------------------------------------------------------------------------------------
+# Step 2: scene_clips
+# --------------------------------------------------------------------------------------
+
+
+def _clip_row(out: Storage, key: str, file: str, probe: dict, source_manifest: dict, clip_path: Path,
+              **fields) -> dict:
+    height, width = fields["height"], fields["width"]
+    return {
+        "path": out.path(*_step_dir(key, "clips"), file) if out.is_local
+        else f"{out.url}/{'/'.join(_step_dir(key, 'clips'))}/{file}",
+        "aspect_ratio": height / width, "resolution": height * width,
+        "partition": key, "source": source_manifest["source"], "source_sha256": source_manifest["sha256"],
+        "sha256": _sha256_file(clip_path), "media": probe["kind"], **fields,
+    }
+
+
+def scene_clips(source: Storage, out: Storage, key: str, config: CurationConfig) -> dict:
+    """Cut one raw video into scene clips (an image becomes a one-frame sample)."""
+    raw_manifest = read_manifest(out, key, "raw")
+    if raw_manifest is None:
+        raise FileNotFoundError(f"partition {key}: raw_videos has not been materialized (no probe manifest)")
+    probe = raw_manifest["probe"]
+    manifest = {"step": "scene_clips", "key": key, "source": raw_manifest["source"],
+                "sha256": raw_manifest["sha256"], "fingerprint": config.fingerprint("scenes", "clips"),
+                "clips": 0, "rejected": raw_manifest["rejected"], "notes": list(probe.get("notes") or [])}
+    rows: list[dict] = []
+    with out.staging_dir(*_step_dir(key, "clips")) as folder:
+        if manifest["rejected"] is None and probe["kind"] == "image":
+            file = f"{key}-0000{PurePosixPath(raw_manifest['path']).suffix.lower()}"
+            with source.local_copy(raw_manifest["path"]) as local:
+                shutil.copyfile(local, folder / file)
+            rows.append(_clip_row(out, key, file, probe, raw_manifest, folder / file, clip_id=f"{key}-0000",
+                                  num_frames=1, height=probe["height"], width=probe["width"], fps=float("nan"),
+                                  start_frame=0, end_frame=1, scene=0, thumbnail=file))
+        elif manifest["rejected"] is None:
+            started = time.perf_counter()
+            with source.local_copy(raw_manifest["path"]) as local:
+                cut = cut_scenes(local, folder, key, config.scenes, config.clips, fps=probe["fps"])
+            manifest.update(scenes=[list(s) for s in cut.scenes], dropped=cut.dropped,
+                            decoded_frames=cut.decoded_frames, seconds=round(time.perf_counter() - started, 3))
+            if cut.decode_error:
+                manifest["notes"].append(cut.decode_error)
+            if probe["num_frames"] and cut.decoded_frames != probe["num_frames"]:
+                manifest["notes"].append(f"{cut.decoded_frames} of {probe['num_frames']} probed frames decoded")
+            for clip in cut.clips:
+                rows.append(_clip_row(out, key, clip.file, probe, raw_manifest, folder / clip.file,
+                                      clip_id=clip.clip_id, num_frames=clip.num_frames, height=clip.height,
+                                      width=clip.width, fps=clip.fps, start_frame=clip.start_frame,
+                                      end_frame=clip.end_frame, scene=clip.scene, thumbnail=clip.thumbnail))
+            if not rows:
+                if cut.decoded_frames == 0:
+                    reason = "no frame decoded" + (f" ({cut.decode_error})" if cut.decode_error else "")
+                else:
+                    longest = max((e - s for s, e in cut.scenes), default=0)
+                    reason = (f"no scene of at least {config.scenes.min_frames} frames (scenes.min_frames): "
+                              f"{len(cut.scenes)} scenes, longest {longest} of {cut.decoded_frames} frames")
+                manifest["rejected"] = {"step": "scene_clips", "reason": reason}
+        manifest["clips"] = len(rows)
+        pd.DataFrame(rows, columns=_clip_columns(rows)).to_parquet(folder / "clips.parquet", index=False)
+        _write_manifest(folder, manifest)
+    return manifest
+
+
+def _clip_columns(rows: list[dict]) -> list[str]:
+    return list(rows[0]) if rows else ["path", "clip_id", "num_frames", "height", "width", "fps"]
+
+
+def read_clips(out: Storage, key: str) -> pd.DataFrame:
+    with out.local_copy(*_step_dir(key, "clips"), "clips.parquet") as local:
+        return pd.read_parquet(local)
+
+
+# --------------------------------------------------------------------------------------
+# Step 3: scored_clips
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Captioning:
+    """Caption sources beyond sidecars, built once per run (a model is expensive)."""
+
+    table: CaptionTable | None = None
+    model: ModelCaptioner | None = None
+
+    @classmethod
+    def from_config(cls, config: CurationConfig) -> Captioning:
+        cap = config.scorers.captions
+        return cls(
+            table=CaptionTable.from_csv(cap.import_csv) if cap.import_csv else None,
+            model=ModelCaptioner(cap.model, cap.prompt, cap.max_new_tokens) if cap.model else None,
+        )
+
+
+def scored_clips(out: Storage, key: str, config: CurationConfig, captioning: Captioning | None = None,
+                 progress: bool = False) -> dict:
+    """Caption and score every clip of one partition."""
+    from tqdm.auto import tqdm
+
+    captioning = captioning or Captioning()
+    clips_manifest = read_manifest(out, key, "clips")
+    raw_manifest = read_manifest(out, key, "raw")
+    if clips_manifest is None or raw_manifest is None:
+        raise FileNotFoundError(f"partition {key}: scene_clips has not been materialized")
+    scorers, skipped = build_scorers(config.scorers)
+    for name, reason in skipped.items():
+        if reason != "no local weights configured" and reason != "disabled in config":
+            log.warning("scorer %s skipped: %s", name, reason)
+    clips = read_clips(out, key)
+    texts, text_sources = [], []
+    rows = clips.to_dict("records")
+    for row in rows:
+        text, origin = raw_manifest.get("caption"), "sidecar"
+        if text is None and captioning.table is not None:
+            fps = row["fps"] if row["fps"] and not math.isnan(row["fps"]) else 1.0
+            text = captioning.table.lookup(raw_manifest["path"], row["path"], row["start_frame"] / fps,
+                                           row["end_frame"] / fps)
+            origin = "csv"
+        texts.append(text)
+        text_sources.append(origin if text else None)
+    scores: list[dict] = [{} for _ in rows]
+    batch_size = config.scorers.batch_size
+    started = time.perf_counter()
+    bar = tqdm(total=len(rows), desc=f"scoring {key}", unit="clip", disable=not progress, leave=False)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        batch = []
+        for i, row in enumerate(chunk):
+            wanted = set().union(*(s.positions(int(row["num_frames"])) for s in scorers))
+            if captioning.model is not None and texts[start + i] is None:
+                wanted.add(int(row["num_frames"]) // 2)
+            with out.local_copy(*_step_dir(key, "clips"), PurePosixPath(row["path"]).name) as local:
+                samples = read_samples(local, row["clip_id"], int(row["num_frames"]), wanted)
+            samples.text = texts[start + i]
+            batch.append(samples)
+        if captioning.model is not None:
+            need = [i for i, s in enumerate(batch) if s.text is None]
+            if need:
+                captions = captioning.model([batch[i].frames[min(batch[i].frames, key=lambda p: abs(
+                    p - batch[i].num_frames // 2))] for i in need])
+                for i, caption in zip(need, captions):
+                    batch[i].text = texts[start + i] = caption
+                    text_sources[start + i] = "model"
+        for scorer in scorers:
+            for i, values in enumerate(scorer.score(batch)):
+                scores[start + i].update(values)
+        bar.update(len(chunk))
+    bar.close()
+    table = clips.copy()
+    table["text"] = texts
+    table["text_source"] = text_sources
+    for scorer in scorers:
+        for column in scorer.columns:
+            table[column] = [s.get(column) for s in scores]
+    manifest = {
+        "step": "scored_clips", "key": key, "sha256": clips_manifest["sha256"],
+        "fingerprint": config.fingerprint("scorers") + clips_manifest["fingerprint"],
+        "clips": len(table), "seconds": round(time.perf_counter() - started, 3),
+        "scorers": {s.name: {"version": s.version, "columns": list(s.columns)} for s in scorers},
+        "skipped": skipped, "rejected": clips_manifest["rejected"],
+    }
+    with out.staging_dir(*_step_dir(key, "scores")) as folder:
+        table.to_parquet(folder / "scores.parquet", index=False)
+        _write_manifest(folder, manifest)
+    return manifest
+
+
+def read_scores(out: Storage, key: str) -> pd.DataFrame:
+    with out.local_copy(*_step_dir(key, "scores"), "scores.parquet") as local:
+        return pd.read_parquet(local)
+
+
+# --------------------------------------------------------------------------------------
+# Steps 4-5: training_dataset
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class DatasetSummary:
+    kept: int = 0
+    filtered: int = 0
+    rejected: int = 0
+    partitions: int = 0
+    missing: list[str] = field(default_factory=list)  # partitions not scored yet
+    warnings: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    reject_steps: dict[str, int] = field(default_factory=dict)
+
+
+def _filter_rules(config: CurationConfig) -> list[tuple[str, str, str, float, bool]]:
+    """(setting, column, op, threshold, videos_only) for every threshold that is set."""
+    f = config.filters
+    # Geometry first: a clip that is too small or short is reported as such, whatever its scores.
+    rules = [("min_frames", "num_frames", ">=", f.min_frames, True),
+             ("max_frames", "num_frames", "<=", f.max_frames, True),
+             ("min_resolution", "resolution", ">=", f.min_resolution, False),
+             ("min_aes", "aes", ">=", f.min_aes, False), ("min_flow", "flow", ">=", f.min_flow, True),
+             ("max_flow", "flow", "<=", f.max_flow, True), ("max_ocr", "ocr", "<=", f.max_ocr, False),
+             ("min_match", "match", ">=", f.min_match, False), ("min_quality", "quality", ">=", f.min_quality, False)]
+    return [r for r in rules if r[3] is not None]
+
+
+def apply_filters(table: pd.DataFrame, config: CurationConfig) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Split clips into kept and filtered (with the first failed rule as reason).
+
+    A threshold on a column no clip has (its scorer did not run) is a warning and does
+    not filter; a clip missing a value that others have fails that rule. `flow` and
+    the frame-count rules apply to videos only.
+    """
+    warnings = []
+    reasons = pd.Series([None] * len(table), index=table.index, dtype=object)
+    is_video = table["media"] == "video" if "media" in table else pd.Series(True, index=table.index)
+    for setting, column, op, threshold, videos_only in _filter_rules(config):
+        if column not in table or table[column].isna().all():
+            warnings.append(f"filters.{setting} = {threshold} is set but column '{column}' was not computed; "
+                            "not filtered on it")
+            continue
+        values = pd.to_numeric(table[column], errors="coerce")
+        applies = is_video if videos_only else pd.Series(True, index=table.index)
+        passed = values >= threshold if op == ">=" else values <= threshold
+        failed = applies & ~passed & reasons.isna()
+        reasons[failed & values.isna()] = f"no {column} value (filters.{setting})"
+        failed &= values.notna()
+        reasons[failed] = [f"{column} {v:.4g} {'<' if op == '>=' else '>'} {threshold} (filters.{setting})"
+                           for v in values[failed]]
+    if config.filters.require_caption:
+        no_text = reasons.isna() & (table["text"].isna() | (table["text"].astype(str).str.strip() == ""))
+        reasons[no_text] = "no caption (filters.require_caption)"
+    return table[reasons.isna()], table[reasons.notna()].assign(reason=reasons[reasons.notna()]), warnings
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    first = [c for c in (*OPENSORA_COLUMNS, *OUR_COLUMNS) if c in table.columns]
+    return table[first + [c for c in table.columns if c not in first]]
+
+
+def _write_csv(out: Storage, table: pd.DataFrame, name: str) -> None:
+    out.write_text(table.to_csv(index=False), name)
+
+
+def training_dataset(out: Storage, keys: list[str], config: CurationConfig) -> DatasetSummary:
+    """Merge the scored partitions `keys`, filter, and write the training table.
+
+    Writes `meta.csv` + `meta.parquet` (kept clips, Open-Sora's columns first),
+    `filtered.csv` (clips removed by a filter, with the reason) and `rejected.csv`
+    (input files with no clip kept: path, step, reason).
+    """
+    summary = DatasetSummary()
+    tables, rejected = [], []
+    for key in sorted(keys):
+        manifest = read_manifest(out, key, "scores")
+        if manifest is None:
+            summary.missing.append(key)
+            continue
+        summary.partitions += 1
+        raw_manifest = read_manifest(out, key, "raw") or {}
+        source = raw_manifest.get("source", key)
+        if manifest["rejected"]:
+            rejected.append({"path": source, "step": manifest["rejected"]["step"],
+                             "reason": manifest["rejected"]["reason"], "partition": key})
+            continue
+        tables.append(read_scores(out, key))
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(REQUIRED_COLUMNS))
+    kept, filtered, summary.warnings = apply_filters(table, config)
+    if summary.missing:
+        summary.warnings.append(f"{len(summary.missing)} partitions not scored yet: {', '.join(summary.missing[:5])}")
+    # An input whose every clip was filtered out is rejected at the filter step.
+    kept_sources = set(kept["source"]) if len(kept) else set()
+    for source, group in filtered.groupby("source") if len(filtered) else []:
+        if source not in kept_sources:
+            counts = Counter(r.split(" (filters.")[1].rstrip(")") if " (filters." in r else r for r in group["reason"])
+            reason = f"all {len(group)} clips filtered: " + ", ".join(f"{k} ({n})" for k, n in counts.most_common())
+            rejected.append({"path": source, "step": "training_dataset", "reason": reason,
+                             "partition": group["partition"].iloc[0]})
+    kept = _ordered(kept.drop(columns=["thumbnail"], errors="ignore"))
+    filtered_out = filtered[["path", "source", "reason"]].assign(step="training_dataset") if len(filtered) else \
+        pd.DataFrame(columns=["path", "source", "reason", "step"])
+    rejected_table = pd.DataFrame(rejected, columns=["path", "step", "reason", "partition"])
+    _write_csv(out, kept, "meta.csv")
+    out.write_bytes(kept.to_parquet(index=False), "meta.parquet")
+    _write_csv(out, filtered_out, "filtered.csv")
+    _write_csv(out, rejected_table, "rejected.csv")
+    summary.kept, summary.filtered, summary.rejected = len(kept), len(filtered), len(rejected_table)
+    summary.columns = list(kept.columns)
+    summary.reject_steps = dict(Counter(r["step"] for r in rejected))
+    out.write_text(json.dumps(asdict(summary), indent=1) + "\n", "summary.json")
+    return summary
+
+
+# --------------------------------------------------------------------------------------
+# Everything: curate
+# --------------------------------------------------------------------------------------
+
+
+def curate(input: str | Storage, output: str | Storage, config: CurationConfig | None = None,
+           progress: bool = False) -> DatasetSummary:
+    """Run every step for every raw file under `input`, reusing up-to-date partitions,
+    then merge and filter into `output`."""
+    from tqdm.auto import tqdm
+
+    config = config or CurationConfig()
+    source = input if isinstance(input, Storage) else Storage(input)
+    out = output if isinstance(output, Storage) else Storage(output)
+    files = register_inputs(source, config, index=out)
+    captioning = None
+    fingerprints = {
+        "raw": config.fingerprint("video_extensions", "image_extensions"),
+        "clips": config.fingerprint("scenes", "clips"),
+    }
+    for raw in tqdm(files, desc="curating", unit="file", disable=not progress):
+        fresh = False
+        if not _up_to_date(out, raw, "raw", fingerprints["raw"]):
+            raw_videos(source, out, raw, config)
+            fresh = True
+        if fresh or not _up_to_date(out, raw, "clips", fingerprints["clips"]):
+            scene_clips(source, out, raw.key, config)
+            fresh = True
+        scores = read_manifest(out, raw.key, "scores")
+        scores_fingerprint = config.fingerprint("scorers") + fingerprints["clips"]
+        if fresh or not scores or scores.get("fingerprint") != scores_fingerprint or scores["sha256"] != raw.sha256:
+            captioning = captioning or Captioning.from_config(config)
+            scored_clips(out, raw.key, config, captioning, progress=progress)
+    return training_dataset(out, [f.key for f in files], config)

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from opensora_core.data.captions import CaptionTable, read_sidecar
+from opensora_core.data.config import OCRConfig
+from opensora_core.data.scoring.base import ClipSamples, pair_positions, spread_positions
+from opensora_core.data.scoring.flow import FlowScorer, flow_magnitude
+from opensora_core.data.scoring.quality import frame_quality
+from opensora_core.data.storage import Storage
+from opensora_core.data.synthetic import moving_shape_clip
+
+
+def test_sample_positions_spread_over_the_clip():
+    assert spread_positions(100, 4) == [12, 37, 62, 87]
+    assert spread_positions(2, 5) == [0, 1]
+    assert pair_positions(1, 3) == [] and max(pair_positions(10, 3)) <= 8
+
+
+def test_flow_separates_motion_from_stillness():
+    moving = moving_shape_clip(6, 64, 64, "red", "right", speed=3)
+    still = np.repeat(moving[:1], 6, axis=0)
+    assert flow_magnitude(moving[0], moving[1]) > 0.3
+    assert flow_magnitude(still[0], still[1]) < 0.01
+    faster = moving_shape_clip(6, 64, 64, "red", "right", speed=6)
+    scorer = FlowScorer.__new__(FlowScorer)
+    from opensora_core.data.config import FlowConfig
+
+    scorer.config = FlowConfig(samples=2)
+    rows = []
+    for clip in (moving, faster):
+        samples = ClipSamples("c", 6, {i: f for i, f in enumerate(clip)})
+        rows += scorer.score([samples])
+    assert rows[1]["flow"] > rows[0]["flow"] * 1.5
+
+
+def test_quality_penalises_black_and_blurred_frames():
+    rng = np.random.default_rng(0)
+    textured = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    blurred = cv2.GaussianBlur(textured, (0, 0), 6)
+    black = np.zeros_like(textured)
+    q = {name: frame_quality(f) for name, f in (("textured", textured), ("blurred", blurred), ("black", black))}
+    assert q["black"]["quality"] == 0
+    assert q["textured"]["quality_sharpness"] > q["blurred"]["quality_sharpness"]
+    assert all(0 <= v <= 1 for row in q.values() for v in row.values())
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract binary not installed")
+def test_ocr_coverage_finds_text_and_keeps_frames_apart():
+    from opensora_core.data.scoring.ocr import text_coverage
+
+    text = np.full((240, 320, 3), 255, np.uint8)
+    cv2.putText(text, "HELLO WORLD", (10, 120), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 0, 0), 3)
+    blank = np.full((240, 320, 3), 90, np.uint8)
+    coverage = text_coverage([blank, text, blank], OCRConfig())
+    assert coverage[0] == 0 and coverage[2] == 0
+    assert 0.02 < coverage[1] < 0.5
+
+
+def test_captions_from_sidecars_and_imported_tables(tmp_path):
+    (tmp_path / "a.txt").write_text("  a red\ncircle  \n")
+    (tmp_path / "b.json").write_text('{"caption": "a blue square"}')
+    storage = Storage(tmp_path)
+    assert read_sidecar(storage, "a.mp4") == "a red circle"
+    assert read_sidecar(storage, "b.mp4") == "a blue square"
+    assert read_sidecar(storage, "c.mp4") is None
+    pd.DataFrame({"path": ["/data/x/a.mp4"], "text": ["opensora caption"]}).to_csv(tmp_path / "os.csv", index=False)
+    table = CaptionTable.from_csv(tmp_path / "os.csv")
+    assert table.lookup("raw/a.mp4", "clip-0.mp4", 0, 1) == "opensora caption"
+    pd.DataFrame({"videoID": ["vid"], "timestamp": ["[['0:00:00.000', '0:00:04.000'], ['0:00:04.000', '0:00:09.500']]"],
+                  "caption": ["['first part', 'second part']"]}).to_csv(tmp_path / "panda.csv", index=False)
+    panda = CaptionTable.from_csv(tmp_path / "panda.csv")
+    assert panda.layout == "panda70m"
+    assert panda.lookup("dir/vid.mp4", "c.mp4", 3.5, 8.0) == "second part"
+    assert panda.lookup("dir/vid.mp4", "c.mp4", 0.0, 3.0) == "first part"
+    assert panda.lookup("dir/other.mp4", "c.mp4", 0.0, 3.0) is None
+    pd.DataFrame({"x": [1]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="Panda-70M"):
+        CaptionTable.from_csv(tmp_path / "bad.csv")
