@@ -6,7 +6,6 @@ A bad file materializes successfully with its rejection in the metadata: one bro
 upload must not fail the run that carries the good ones.
 """
 
-from __future__ import annotations
 
 import base64
 import json

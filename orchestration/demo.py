@@ -3,8 +3,8 @@ print where to look.
 
 Today: build the tiny STDiT-2, push a real clip (or a synthetic one when
 ../shared/data/videos is absent) through the embedded video autoencoder and back, encode
-a prompt, run one denoising forward pass, and write the reconstruction next to the
-original as an mp4.
+a prompt, run one denoising forward pass, write the reconstruction next to the original
+as an mp4, and sample text-to-video and image-to-video with the (untrained) model.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from rich.table import Table
 from opensora_core.config import load_profile, project_root
 from opensora_core.data.synthetic import moving_square_clip
 from opensora_core.data.video_io import frames_to_tensor, read_frames
-from opensora_core.infer.export import to_uint8_frames, write_video
+from opensora_core.infer.export import to_uint8_frames, write_image, write_video
+from opensora_core.infer.sample import PromptRequest, SampleSettings, VideoGenerator, write_samples
 from opensora_core.models import build_stdit2
 from opensora_core.models.text_encoder import build_text_encoder
 from opensora_core.models.vae import build_vae
@@ -83,6 +84,17 @@ def run_demo(out_dir: Path, num_frames: int = 16, size: int = 128, profile: str 
     side_by_side = np.concatenate([to_uint8_frames(video), to_uint8_frames(reconstruction)], axis=2)
     movie = write_video(out_dir / "vae_reconstruction.mp4", side_by_side, fps=8)
 
+    # Generation with the untrained model: text-to-video, and image-to-video from the
+    # clip's first frame (mask strategy "0" keeps that frame exactly).
+    first_frame = write_image(out_dir / "reference_frame.png", to_uint8_frames(video)[0])
+    generator = VideoGenerator(model, vae, text_encoder)
+    settings = SampleSettings(num_frames=num_frames, height=size, width=size, steps=20, sampler="dpm-solver",
+                              fps=8, seed=0)
+    requests = [PromptRequest(prompt), PromptRequest(prompt, [str(first_frame)], "0")]
+    samples = timed("sample 2 videos", generator.generate, requests, settings, progress=False)
+    sample_paths = write_samples(samples, requests, settings, out_dir / "samples",
+                                 {"preset": "stdit2-tiny", "checkpoint": None, "note": "untrained weights"})
+
     params = sum(p.numel() for p in model.parameters())
     table = Table(title="opensora-mlops demo (embedded profile)")
     table.add_column("what")
@@ -97,14 +109,17 @@ def run_demo(out_dir: Path, num_frames: int = 16, size: int = 128, profile: str 
         ("model", f"stdit2-tiny: {params:,} parameters, depth {config.depth}, hidden {config.hidden_size}"),
         ("tokens per sample", f"{latents.shape[2] * (latents.shape[3] // 2) * (latents.shape[4] // 2):,}"),
         ("prediction", f"{tuple(prediction.shape)} (noise + learned variance)"),
+        ("samples (untrained)", f"{len(sample_paths)} x {tuple(samples[0].shape)}: text-to-video, image-to-video"),
         *((f"time: {name}", f"{seconds * 1000:.0f} ms") for name, seconds in timings.items()),
     ):
         table.add_row(*row)
     console.print(table)
-    console.print(f"\nLook at [bold]{movie}[/] (left: input, right: VAE reconstruction).")
+    console.print(f"\nLook at [bold]{movie}[/] (left: input, right: VAE reconstruction)")
+    console.print(f"and [bold]{sample_paths[0].parent}[/] (samples of the untrained model, with JSON sidecars).")
     console.print("Next: `opensora model info --preset stdit2-xl2` for the published model's cost, "
                   "`make bench` for the STDiT-2 vs full-attention benchmark.")
-    return {"psnr": _psnr(reconstruction, video), "prediction_shape": tuple(prediction.shape), "video": movie}
+    return {"psnr": _psnr(reconstruction, video), "prediction_shape": tuple(prediction.shape), "video": movie,
+            "samples": sample_paths}
 
 
 def main() -> None:

@@ -1,0 +1,43 @@
+"""The one Definitions object: `dagster dev -m orchestration.definitions`.
+
+Executor: the multiprocess executor on one machine (steps of a run in parallel
+processes; partitions run as separate runs, as many at a time as the run coordinator
+allows). `OPENSORA_DAGSTER_EXECUTOR=k8s` switches to dagster-k8s's `k8s_job_executor`:
+one pod per step, so each partition's curation runs in its own pods; configure its
+image and resources under `execution.config` of the run (see
+`configs/data/k8s_executor.yaml`). Storage roots are fsspec URLs (see
+`CurationStorage`), so pods need no shared disk.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dagster import Definitions, multiprocess_executor
+
+from assets_defs.curation import curation_assets, curation_checks
+from orchestration.resources import curation_storage_from_env
+from orchestration.sensors import curate_partition_job, raw_videos_sensor
+
+
+def executor_from_env():
+    kind = os.environ.get("OPENSORA_DAGSTER_EXECUTOR", "multiprocess")
+    if kind == "multiprocess":
+        return multiprocess_executor.configured({"max_concurrent": int(os.environ.get("OPENSORA_MAX_CONCURRENT", 0))})
+    if kind == "k8s":
+        try:
+            from dagster_k8s import k8s_job_executor
+        except ImportError as err:
+            raise RuntimeError("OPENSORA_DAGSTER_EXECUTOR=k8s needs dagster-k8s (pip install dagster-k8s)") from err
+        return k8s_job_executor
+    raise ValueError(f"OPENSORA_DAGSTER_EXECUTOR={kind!r}: expected 'multiprocess' or 'k8s'")
+
+
+defs = Definitions(
+    assets=curation_assets,
+    asset_checks=curation_checks,
+    jobs=[curate_partition_job],
+    sensors=[raw_videos_sensor],
+    resources={"curation_storage": curation_storage_from_env()},
+    executor=executor_from_env(),
+)

@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import importlib
+
+import pandas as pd
+import pytest
+import yaml
+from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context, materialize
+
+from assets_defs.curation import (
+    curation_checks,
+    raw_partitions,
+    raw_videos,
+    scene_clips,
+    scored_clips,
+    training_dataset,
+)
+from orchestration.resources import CurationStorage
+from orchestration.sensors import raw_videos_sensor
+from tests.data.corpus import EXPECTED, corpus_config, make_corpus
+
+KEEP = ["red left.mp4", "two_scenes.mp4", "still.png", "empty.mp4"]
+
+
+@pytest.fixture
+def setup(tmp_path):
+    raw = tmp_path / "raw"
+    make_corpus(raw)
+    for name in set(EXPECTED) - set(KEEP):
+        (raw / name).unlink()
+    config = tmp_path / "data.yaml"
+    config.write_text(yaml.safe_dump(corpus_config().model_dump(mode="json")))
+    storage = CurationStorage(raw_root=str(raw), curated_root=str(tmp_path / "curated"), data_config=str(config))
+    return DagsterInstance.ephemeral(), storage, raw, tmp_path / "curated"
+
+
+def _tick(instance, storage):
+    result = raw_videos_sensor(build_sensor_context(instance=instance, resources={"curation_storage": storage}))
+    if isinstance(result, SensorResult):
+        for request in result.dynamic_partitions_requests:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def _curate_partition(instance, storage, key):
+    return materialize([raw_videos, scene_clips, scored_clips], partition_key=key, instance=instance,
+                       resources={"curation_storage": storage})
+
+
+def test_sensor_partitions_assets_and_checks(setup):
+    instance, storage, raw, curated = setup
+    result = _tick(instance, storage)
+    keys = sorted(r.partition_key for r in result.run_requests)
+    assert len(keys) == 4 and sorted(instance.get_dynamic_partitions(raw_partitions.name)) == keys
+    assert isinstance(_tick(instance, storage), SkipReason)  # nothing new
+
+    for key in keys:
+        assert _curate_partition(instance, storage, key).success
+    two = next(k for k in keys if k.startswith("two_scenes"))
+    events = instance.get_latest_materialization_event(scene_clips.key)
+    assert events is not None
+    clip_md = _curate_partition(instance, storage, two).asset_materializations_for_node("scene_clips")[0].metadata
+    assert clip_md["clips"].value == 2 and clip_md["thumbnail"].value.startswith("![two_scenes")
+    empty = next(k for k in keys if k.startswith("empty"))
+    empty_md = _curate_partition(instance, storage, empty).asset_materializations_for_node("raw_videos")[0].metadata
+    assert "empty file" in empty_md["rejected"].value
+
+    merged = materialize([training_dataset, *curation_checks], instance=instance,
+                         resources={"curation_storage": storage})
+    assert merged.success
+    md = merged.asset_materializations_for_node("training_dataset")[0].metadata
+    assert md["kept"].value == 4 and md["rejected"].value == 1
+    assert "flow" in md["histograms"].value
+    checks = {e.check_name: e for e in merged.get_asset_check_evaluations()}
+    assert set(checks) == {c.check_key.name for c in curation_checks}
+    assert all(e.passed for e in checks.values())
+    assert checks["training_dataset_rejected"].metadata["rejected"].value == 1
+    meta = pd.read_csv(curated / "meta.csv")
+    assert len(meta) == 4 and set(meta["partition"]) == set(keys) - {empty}
+
+    # A new file: one new partition; re-materializing it touches no other partition's files.
+    others = {p: p.stat().st_mtime_ns for p in (curated / "partitions").rglob("*") if p.is_file()}
+    (raw / "again.mp4").write_bytes((raw / "red left.mp4").read_bytes())
+    new = [r.partition_key for r in _tick(instance, storage).run_requests]
+    assert len(new) == 1 and new[0].startswith("again-")
+    assert _curate_partition(instance, storage, new[0]).success
+    assert {p: p.stat().st_mtime_ns for p in others} == others
+    merged = materialize([training_dataset], instance=instance, resources={"curation_storage": storage})
+    assert merged.asset_materializations_for_node("training_dataset")[0].metadata["kept"].value == 5
+
+
+def test_vanished_raw_file_fails_with_its_name(setup):
+    instance, storage, raw, _ = setup
+    keys = [r.partition_key for r in _tick(instance, storage).run_requests]
+    key = next(k for k in keys if k.startswith("red_left"))
+    (raw / "red left.mp4").unlink()
+    result = materialize([raw_videos], partition_key=key, instance=instance, resources={"curation_storage": storage},
+                         raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].event_specific_data.error
+    assert "red left.mp4" in failure.message and "gone" in failure.message
+
+
+def test_empty_training_dataset_fails_the_blocking_check(setup):
+    instance, storage, raw, _ = setup
+    for path in raw.iterdir():
+        path.unlink()
+    (raw / "empty.mp4").write_bytes(b"")
+    key = _tick(instance, storage).run_requests[0].partition_key
+    assert _curate_partition(instance, storage, key).success
+    merged = materialize([training_dataset, *curation_checks], instance=instance,
+                         resources={"curation_storage": storage}, raise_on_error=False)
+    checks = {e.check_name: e.passed for e in merged.get_asset_check_evaluations()}
+    assert checks["training_dataset_not_empty"] is False and checks["training_dataset_rejected"] is True
+
+
+def test_definitions_load_with_each_executor(monkeypatch):
+    import orchestration.definitions as definitions
+
+    try:
+        assert definitions.defs.resolve_job_def("curate_partition").executor_def.name == "multiprocess"
+        monkeypatch.setenv("OPENSORA_DAGSTER_EXECUTOR", "nomad")
+        with pytest.raises(ValueError, match="nomad"):
+            importlib.reload(definitions)
+        pytest.importorskip("dagster_k8s")
+        from dagster import validate_run_config
+
+        from opensora_core.config import project_root
+
+        monkeypatch.setenv("OPENSORA_DAGSTER_EXECUTOR", "k8s")
+        importlib.reload(definitions)
+        job = definitions.defs.resolve_job_def("curate_partition")
+        assert job.executor_def.name == "k8s"
+        run_config = yaml.safe_load((project_root() / "configs/data/k8s_executor.yaml").read_text())
+        validate_run_config(job, run_config)
+        run_config["execution"]["config"]["max_concurrent"] = "many"
+        with pytest.raises(Exception, match="max_concurrent"):
+            validate_run_config(job, run_config)
+    finally:
+        monkeypatch.delenv("OPENSORA_DAGSTER_EXECUTOR", raising=False)
+        importlib.reload(definitions)
