@@ -182,8 +182,12 @@ def training_dataset_scores_in_range(curation_storage: CurationStorage) -> Asset
         if column not in meta:
             continue
         values = pd.to_numeric(meta[column], errors="coerce").dropna()
-        bad = int(((values < low) if low is not None else False).sum() + ((values > high) if high is not None
-                                                                         else False).sum())
+        outside = pd.Series(False, index=values.index)
+        if low is not None:
+            outside |= values < low
+        if high is not None:
+            outside |= values > high
+        bad = int(outside.sum())
         if bad or not np.isfinite(values).all():
             problems.append(f"{column}: {bad} out of [{low}, {high}] or non-finite")
     return AssetCheckResult(passed=not problems, metadata={"problems": "\n".join(problems) or "none"})

@@ -23,7 +23,7 @@ from orchestration.sensors import curate_partition_job, raw_videos_sensor
 def executor_from_env():
     kind = os.environ.get("OPENSORA_DAGSTER_EXECUTOR", "multiprocess")
     if kind == "multiprocess":
-        return multiprocess_executor.configured({"max_concurrent": int(os.environ.get("OPENSORA_MAX_CONCURRENT", 0))})
+        return multiprocess_executor.configured({"max_concurrent": int(os.environ.get("OPENSORA_MAX_CONCURRENT", "0"))})
     if kind == "k8s":
         try:
             from dagster_k8s import k8s_job_executor

@@ -34,7 +34,7 @@ from opensora_core.data.captions import CaptionTable, ModelCaptioner, read_sidec
 from opensora_core.data.config import CurationConfig
 from opensora_core.data.ingest import RawFile, probe_file, register_inputs
 from opensora_core.data.scenes import cut_scenes
-from opensora_core.data.scoring import SCORE_RANGES, build_scorers, read_samples
+from opensora_core.data.scoring import build_scorers, read_samples
 from opensora_core.data.storage import MANIFEST, Storage
 
 log = logging.getLogger(__name__)

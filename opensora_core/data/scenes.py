@@ -174,7 +174,7 @@ class _Cutter:
         thumb = self.thumbnail
         scale = THUMBNAIL_WIDTH / thumb.shape[1]
         thumb = cv2.resize(thumb, (THUMBNAIL_WIDTH, max(1, round(thumb.shape[0] * scale))), interpolation=cv2.INTER_AREA)
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR))
+        _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR))
         with atomic_path(self.out_dir / f"{name}.jpg") as tmp:
             tmp.write_bytes(jpeg.tobytes())
         self.result.clips.append(Clip(

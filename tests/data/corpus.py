@@ -62,7 +62,7 @@ def _lossless(path: Path, frames: np.ndarray, fps: int) -> None:
 
 def make_corpus(root: Path) -> dict[str, Path]:
     root.mkdir(parents=True, exist_ok=True)
-    clip = lambda color, direction, n=24, **kw: moving_shape_clip(n, 64, 64, color, direction, speed=1.5, **kw)  # noqa: E731
+    clip = lambda color, direction, n=24, **kw: moving_shape_clip(n, 64, 64, color, direction, speed=1.5, **kw)
     write_video(root / "red left.mp4", clip("red", "left"), fps=12)
     (root / "red left.txt").write_text("a red square moving left\n")
     write_video(root / "blå cirkel ä.mp4", clip("blue", "right", shape="circle"), fps=12)

@@ -88,7 +88,7 @@ def test_clips_are_frame_accurate_and_scores_in_range(curated):
 
 
 def test_rerun_reuses_partitions_and_new_file_costs_one_partition(curated, tmp_path, monkeypatch):
-    root, files, _ = curated
+    root, _, _ = curated
     raw, out = tmp_path / "raw", tmp_path / "out"
     shutil.copytree(root / "raw", raw)
     shutil.copytree(root / "out", out)
@@ -128,7 +128,7 @@ def test_partition_keys_are_ascii_and_depend_on_path_and_content():
 
 
 def test_ocr_skipped_with_warning_when_tesseract_missing(tmp_path, monkeypatch, caplog):
-    import opensora_core.data.scoring.ocr as ocr
+    from opensora_core.data.scoring import ocr
 
     monkeypatch.setattr(ocr.shutil, "which", lambda name: None)
     raw = tmp_path / "raw"

@@ -115,7 +115,7 @@ def test_empty_training_dataset_fails_the_blocking_check(setup):
 
 
 def test_definitions_load_with_each_executor(monkeypatch):
-    import orchestration.definitions as definitions
+    from orchestration import definitions
 
     try:
         assert definitions.defs.resolve_job_def("curate_partition").executor_def.name == "multiprocess"

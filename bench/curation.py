@@ -1,0 +1,146 @@
+"""Curation cost per video against bare decoding, and the cost of adding one video.
+
+1. Per video: wall time of probe + scene cut + scores (the weights-free scorers:
+   flow, ocr when tesseract is installed, quality) against decoding every frame to
+   RGB with PyAV, on the videos in ../shared/data/videos (when present) and on
+   synthetic ones. Target: <= 4x.
+2. Incremental: with 20 videos curated, add one and run `curate` again (one new
+   partition plus the merge) against curating that video alone. Target: <= 1.3x.
+
+Prints a table; asserts nothing. `python bench/curation.py [--repeats N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from opensora_core.data.config import load_curation_config
+from opensora_core.data.curate import curate, raw_videos, scene_clips, scored_clips
+from opensora_core.data.ingest import register_inputs
+from opensora_core.data.storage import Storage
+from opensora_core.data.synthetic import moving_shape_clip
+from opensora_core.infer.export import write_video
+
+SHARED_VIDEOS = ROOT.parent / "shared" / "data" / "videos"
+
+
+def decode_seconds(path: Path) -> float:
+    start = time.perf_counter()
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                frame.to_ndarray(format="rgb24")
+        except av.FFmpegError:
+            pass
+    return time.perf_counter() - start
+
+
+def curate_one_seconds(path: Path, config, work: Path) -> tuple[float, int]:
+    source, out = Storage(path.parent), Storage(work / f"out-{time.monotonic_ns()}")
+    start = time.perf_counter()
+    raw = next(f for f in register_inputs(source, config) if f.path == path.name)
+    raw_videos(source, out, raw, config)
+    clips = scene_clips(source, out, raw.key, config)["clips"]
+    scored_clips(out, raw.key, config)
+    return time.perf_counter() - start, clips
+
+
+def synthetic_video(path: Path, seed: int, frames: int, height: int, width: int) -> Path:
+    rng = np.random.default_rng(seed)
+    colors, directions = ["red", "green", "blue", "yellow"], ["left", "right", "up", "down"]
+    half = frames // 2  # two shots: a hard cut in the middle
+    shots = [moving_shape_clip(half, height, width, colors[(seed + i) % 4], directions[(seed + i) % 4],
+                               "circle" if i else "square", speed=2.0 * width / 256,
+                               background=tuple(int(v) for v in rng.integers(0, 60, 3)), seed=seed + i)
+             for i in range(2)]
+    # Texture, so the codecs and scorers work on something like footage.
+    noise = rng.integers(0, 24, (1, height, width, 3), dtype=np.uint8)
+    return write_video(path, np.concatenate(shots) + noise, fps=24)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=2, help="Timed runs per measurement (the minimum is kept).")
+    parser.add_argument("--config", default="default", help="configs/data stem or path.")
+    args = parser.parse_args()
+    config = load_curation_config(args.config)
+    console = Console()
+    work = Path(tempfile.mkdtemp(prefix="bench-curation-"))
+    try:
+        videos = sorted(SHARED_VIDEOS.glob("*.avi")) if SHARED_VIDEOS.is_dir() else []
+        synth_dir = work / "synthetic"
+        synth_dir.mkdir()
+        videos += [synthetic_video(synth_dir / f"synthetic_{h}p.mp4", i, 96, h, h * 4 // 3)
+                   for i, h in enumerate((240, 360))]
+
+        table = Table(title="Curation per video vs bare PyAV decode (probe + scenes + flow/ocr/quality)")
+        for column in ("video", "frames", "size", "clips", "decode s", "curation s", "ratio (target <= 4x)"):
+            table.add_column(column, justify="left" if column == "video" else "right")
+        for path in videos:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                size = f"{stream.codec_context.width}x{stream.codec_context.height}"
+            frames = sum(1 for _ in av.open(str(path)).decode(video=0)) if path.suffix else 0
+            decode = min(decode_seconds(path) for _ in range(args.repeats + 1))
+            runs = [curate_one_seconds(path, config, work) for _ in range(args.repeats)]
+            seconds, clips = min(r[0] for r in runs), runs[0][1]
+            table.add_row(path.name, str(frames), size, str(clips), f"{decode:.3f}", f"{seconds:.3f}",
+                          f"{seconds / decode:.2f}x")
+        console.print(table)
+
+        # Incremental: 20 curated, then one more.
+        raw = work / "raw"
+        raw.mkdir()
+        for i in range(20):
+            synthetic_video(raw / f"v{i:02d}.mp4", 100 + i, 48, 192, 256)
+        new = synthetic_video(work / "new.mp4", 999, 48, 192, 256)
+        out = work / "incremental"
+        start = time.perf_counter()
+        curate(raw, out, config)
+        first = time.perf_counter() - start
+        alone_dir = work / "alone"
+        alone_dir.mkdir()
+        shutil.copy(new, alone_dir / new.name)
+        alone = []
+        for r in range(args.repeats):
+            start = time.perf_counter()
+            curate(alone_dir, work / f"alone-out-{r}", config)
+            alone.append(time.perf_counter() - start)
+        shutil.copy(new, raw / new.name)
+        start = time.perf_counter()
+        summary = curate(raw, out, config)
+        added = time.perf_counter() - start
+        start = time.perf_counter()
+        curate(raw, out, config)
+        nothing = time.perf_counter() - start
+
+        inc = Table(title="Incremental curation (curate over a folder; 256x192, 48 frames per video)")
+        for column in ("run", "videos", "seconds", "vs one video alone (target <= 1.3x)"):
+            inc.add_column(column, justify="left" if column == "run" else "right")
+        inc.add_row("curate 20 videos from scratch", "20", f"{first:.3f}", f"{first / min(alone):.2f}x")
+        inc.add_row("curate 1 video alone", "1", f"{min(alone):.3f}", "1.00x")
+        inc.add_row("add 1 video to the 20 (1 partition + merge)", "21", f"{added:.3f}", f"{added / min(alone):.2f}x")
+        inc.add_row("re-run with nothing new", "21", f"{nothing:.3f}", f"{nothing / min(alone):.2f}x")
+        console.print(inc)
+        console.print(f"training table after the addition: {summary.kept} clips kept, {summary.rejected} files rejected")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from opensora_core.cli import app
+from opensora_core.config import ConfigError
+from opensora_core.data.config import load_curation_config
+from opensora_core.data.synthetic import COLORS, DIRECTIONS, SHAPES, shape_image
+
+runner = CliRunner()
+
+
+def test_synth_then_curate_through_the_cli(tmp_path):
+    result = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "syn"), "--videos", "8", "--images", "3",
+                                 "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    listing = json.loads((tmp_path / "syn" / "synthetic.json").read_text())
+    videos = [s for s in listing if s["direction"]]
+    assert len(videos) == 8 and len(listing) == 11
+    assert {s["color"] for s in videos} <= set(COLORS) and len({s["color"] for s in videos}) >= 6
+    assert {s["shape"] for s in listing} == set(SHAPES) and {s["direction"] for s in videos} == set(DIRECTIONS)
+    assert all((tmp_path / "syn" / s["path"]).with_suffix(".txt").read_text().strip() == s["text"] for s in listing)
+    result = runner.invoke(app, ["data", "curate", "--input", str(tmp_path / "syn"), "--out", str(tmp_path / "out"),
+                                 "--config", "synthetic", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    meta = pd.read_csv(tmp_path / "out" / "meta.csv")
+    assert len(meta) == 11 and meta["text"].str.match(r"^an? \w+ (square|circle|triangle)").all()
+    assert (meta.loc[meta["media"] == "video", "num_frames"] == 16).all()
+
+
+def test_still_images_show_their_shape():
+    circle = shape_image(64, 64, "blue", "circle", seed=3)
+    square = shape_image(64, 64, "blue", "square", seed=3)
+    blue = lambda im: ((im[..., 2] > 150) & (im[..., 0] < 100)).sum()
+    assert 0.7 < blue(circle) / blue(square) < 0.85  # pi/4 of the bounding square
+
+
+def test_config_errors_name_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scenes:\n  treshold: 2\nfilters:\n  max_ocr: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_curation_config(bad)
+    assert "bad.yaml" in str(err.value) and "did you mean 'threshold'" in str(err.value)
+    result = runner.invoke(app, ["data", "curate", "--input", str(tmp_path), "--out", str(tmp_path / "o"),
+                                 "--config", str(bad)])
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["data", "curate", "--input", str(tmp_path / "absent"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no such" in " ".join(result.output.split())
