@@ -150,3 +150,69 @@ def synth(
     console.print(f"wrote {videos} videos and {images} images to {out}", highlight=False)
     for sample in samples[:3]:
         console.print(f"  {sample.path}: {sample.text}", highlight=False)
+
+
+@data_app.command("buckets")
+def buckets(
+    meta: Annotated[Path, typer.Option(help="Training table (meta.csv or .parquet) with num_frames, height, width.")],
+    stage: Annotated[str, typer.Option(help="Stage config: path or stem such as stage1 or tiny/stage1.")],
+    seed: Annotated[int, typer.Option(help="Assignment seed (the training seed).")] = 0,
+    epoch: Annotated[int, typer.Option(help="Epoch whose draw to show (each epoch draws again).")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Also write one row per sample to this CSV.")] = None,
+) -> None:
+    """Show what a stage's bucket_config does to a training table: samples, batches and
+    tokens per (resolution, frames) bucket, and which samples are dropped and why."""
+    import pandas as pd
+
+    from opensora_core.config import load_stage
+    from opensora_core.data.buckets import Bucket, BucketAssigner, bucket_batches, summarize
+    from opensora_core.utils.atomic import atomic_path
+
+    if not meta.is_file():
+        _fail(f"--meta {meta}: no such file")
+    table = pd.read_parquet(meta) if meta.suffix == ".parquet" else pd.read_csv(meta)
+    missing = [c for c in ("num_frames", "height", "width") if c not in table.columns]
+    if missing:
+        _fail(f"--meta {meta}: missing column(s) {', '.join(missing)}")
+    stage_config = load_stage(stage)
+    assigner = BucketAssigner(stage_config)
+    rows = list(zip(table["num_frames"].astype(int), table["height"].astype(int), table["width"].astype(int)))
+    assignments = assigner.assign_all(rows, seed, epoch)
+    batches = bucket_batches(assignments, seed, epoch)
+    summary = summarize(assignments, batches)
+
+    view = Table(title=f"{stage}: {len(rows)} samples, seed {seed}, epoch {epoch}, "
+                       f"frame_interval {stage_config.frame_interval}")
+    for column in ("resolution", "frames", "keep_prob", "batch size", "samples", "full batches", "tokens"):
+        view.add_column(column, justify="right")
+    for resolution, frames, samples, batch_count, tokens in summary.rows:
+        keep_prob, batch_size = assigner.config[resolution][frames]
+        view.add_row(resolution, str(frames), f"{keep_prob:g}", str(batch_size), f"{samples:,}",
+                     f"{batch_count:,}", f"{tokens:,}")
+    kept = sum(r[2] for r in summary.rows)
+    view.add_row("all", "", "", "", f"{kept:,}", f"{len(batches):,}", f"{sum(r[4] for r in summary.rows):,}",
+                 style="bold")
+    console.print(view)
+    if summary.dropped:
+        dropped = Table(title=f"dropped: {sum(summary.dropped.values()):,} samples")
+        dropped.add_column("reason")
+        dropped.add_column("samples", justify="right")
+        for reason, count in summary.dropped.most_common():
+            dropped.add_row(reason, f"{count:,}")
+        console.print(dropped)
+    if out is not None:
+        paths = table["path"] if "path" in table.columns else pd.Series([""] * len(table))
+        records = []
+        for index, (bucket, path) in enumerate(zip(assignments, paths)):
+            placed = isinstance(bucket, Bucket)
+            records.append({
+                "index": index, "path": path,
+                "resolution": bucket.resolution if placed else "",
+                "num_frames": bucket.num_frames if placed else "",
+                "height": bucket.height if placed else "",
+                "width": bucket.width if placed else "",
+                "dropped_reason": "" if placed else bucket.reason,
+            })
+        with atomic_path(out) as tmp:
+            pd.DataFrame.from_records(records).to_csv(tmp, index=False)
+        console.print(f"wrote {out}")
