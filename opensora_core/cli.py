@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from opensora_core.config import ConfigError
+from opensora_core.data.cache_cli import cache_app
 from opensora_core.data.cli import data_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n\n")[0])
@@ -23,12 +24,10 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print tables
 app.add_typer(model_app, name="model")
 app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
-# Groups whose commands arrive with later capabilities; present so the layout is stable.
-for name, text in {
-    "cache": "Build the T5 / VAE latent caches.",
-    "train": "Train STDiT-2 stages (FSDP, DCP checkpoints, MLflow).",
-}.items():
-    app.add_typer(typer.Typer(no_args_is_help=True, help=text), name=name)
+app.add_typer(cache_app, name="cache")
+# Training arrives with its own capability; the group is present so the layout is stable.
+app.add_typer(typer.Typer(no_args_is_help=True, help="Train STDiT-2 stages (FSDP, DCP checkpoints, MLflow)."),
+              name="train")
 
 console = Console()
 err_console = Console(stderr=True)

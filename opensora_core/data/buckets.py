@@ -96,15 +96,13 @@ class BucketAssigner:
             if height * width < AREA_RULE * self.areas[name]:
                 continue
             fits_somewhere = True
-            frames = self._frame_bucket(name, num_frames)
+            frames = self.frame_bucket(name, num_frames)
             if frames is None:
                 continue
             long_enough_somewhere = True
-            keep_prob, batch_size = self.config[name][frames]
+            keep_prob = self.config[name][frames][0]
             if keep_prob >= 1 or (keep_prob > 0 and rng.random() < keep_prob):
-                ratio = min(self.tables[name], key=lambda key: abs(key - height / width))
-                target_h, target_w = self.tables[name][ratio]
-                return Bucket(name, frames, ratio, target_h, target_w, batch_size)
+                return self.bucket_at(name, frames, height, width)
         if not fits_somewhere:
             smallest = self.resolutions[-1]
             return Dropped(f"{height}x{width} is below {AREA_RULE:g} x the smallest resolution ({smallest})")
@@ -112,12 +110,33 @@ class BucketAssigner:
             return Dropped(f"{num_frames} frames fit no frame bucket (T > t x {self.frame_interval})")
         return Dropped("not kept: every eligible bucket's keep_prob draw failed")
 
-    def _frame_bucket(self, resolution: str, num_frames: int) -> int | None:
+    def frame_bucket(self, resolution: str, num_frames: int) -> int | None:
+        """The frame bucket a clip of `num_frames` takes at `resolution`, if any."""
         options = self.config[resolution]
         if num_frames == 1:
             return 1 if 1 in options else None
         eligible = [t for t in options if t != 1 and num_frames > t * self.frame_interval]
         return max(eligible) if eligible else None
+
+    def bucket_at(self, resolution: str, frames: int, height: int, width: int) -> Bucket:
+        """The bucket at (resolution, frames) with the aspect slot nearest height/width."""
+        ratio = min(self.tables[resolution], key=lambda key: abs(key - height / width))
+        target_h, target_w = self.tables[resolution][ratio]
+        return Bucket(resolution, frames, ratio, target_h, target_w, self.config[resolution][frames][1])
+
+    def candidates(self, num_frames: int, height: int, width: int) -> list[Bucket]:
+        """Every bucket some epoch's draw can put this clip in (largest first)."""
+        buckets = []
+        for name in self.resolutions:
+            frames = self.frame_bucket(name, num_frames)
+            if height * width < AREA_RULE * self.areas[name] or frames is None:
+                continue
+            keep_prob = self.config[name][frames][0]
+            if keep_prob > 0:
+                buckets.append(self.bucket_at(name, frames, height, width))
+            if keep_prob >= 1:
+                break  # always kept here: the draw never reaches smaller resolutions
+        return buckets
 
     def assign_all(
         self, rows: Sequence[tuple[int, int, int]], seed: int, epoch: int = 0

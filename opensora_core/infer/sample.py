@@ -268,7 +268,7 @@ def load_generation_stack(
 
     from opensora_core.config import load_profile
     from opensora_core.models import STDiT2, build_stdit2
-    from opensora_core.models.text_encoder import build_text_encoder
+    from opensora_core.models.text_encoder import build_text_encoder_for_model
     from opensora_core.models.vae import build_vae
 
     if (checkpoint is None) == (preset is None):
@@ -283,21 +283,14 @@ def load_generation_stack(
         checkpoint_file = None
     c = model.config
     vae = build_vae(settings.vae.kind, settings.vae.path)
-    if settings.text_encoder.kind == "word-embedding":
-        weights_path = None if checkpoint_file is None else checkpoint_file.with_name(TEXT_ENCODER_WEIGHTS)
-        weights = load_file(str(weights_path)) if weights_path is not None and weights_path.is_file() else None
-        vocab = {} if weights is None else {"vocab_size": weights["embedding.weight"].shape[0]}
-        text_encoder = build_text_encoder("word-embedding", output_dim=c.caption_channels,
-                                          model_max_length=c.model_max_length, **vocab)
-        if weights is None:
-            if checkpoint_file is not None:
-                warnings.warn(f"no {TEXT_ENCODER_WEIGHTS} beside {checkpoint_file}: text encoder is random", stacklevel=2)
-        else:
-            text_encoder.load_state_dict(weights)
-        text_encoder.eval().to(device)
-    else:
-        text_encoder = build_text_encoder(settings.text_encoder.kind, settings.text_encoder.path,
-                                          max_length=c.model_max_length, device=device)
+    weights_path = None if checkpoint_file is None else checkpoint_file.with_name(TEXT_ENCODER_WEIGHTS)
+    weights = load_file(str(weights_path)) if weights_path is not None and weights_path.is_file() else None
+    if settings.text_encoder.kind == "word-embedding" and weights is None and checkpoint_file is not None:
+        warnings.warn(f"no {TEXT_ENCODER_WEIGHTS} beside {checkpoint_file}: text encoder is random", stacklevel=2)
+    text_encoder = build_text_encoder_for_model(
+        settings.text_encoder.kind, settings.text_encoder.path, c.caption_channels, c.model_max_length,
+        weights if settings.text_encoder.kind == "word-embedding" else None, device,
+    )
     provenance = {
         "checkpoint": None if checkpoint_file is None else str(checkpoint_file),
         "checkpoint_sha256": file_sha256(checkpoint_file),

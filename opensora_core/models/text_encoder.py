@@ -309,3 +309,25 @@ def build_text_encoder(
     raise ValueError(
         f"unknown text encoder kind {kind!r}; valid kinds: {', '.join(TEXT_ENCODER_KINDS)}"
     )
+
+
+def build_text_encoder_for_model(
+    kind: str,
+    path: str | Path | None,
+    caption_channels: int,
+    model_max_length: int,
+    weights: dict[str, torch.Tensor] | None = None,
+    device: str | torch.device = "cpu",
+) -> WordEmbeddingTextEncoder | T5TextEncoder:
+    """The text encoder a model with these caption dimensions reads. A jointly trained
+    word-embedding encoder takes its trained `weights` (vocabulary size from them)."""
+    if kind == "word-embedding":
+        vocab = {} if weights is None else {"vocab_size": weights["embedding.weight"].shape[0]}
+        encoder = WordEmbeddingTextEncoder(output_dim=caption_channels, model_max_length=model_max_length, **vocab)
+        if weights is not None:
+            encoder.load_state_dict(weights)
+        return encoder.to(device)
+    encoder = build_text_encoder(kind, path, max_length=model_max_length, device=device)
+    if encoder.output_dim != caption_channels:
+        raise ValueError(f"text encoder at {path} gives {encoder.output_dim} channels, the model expects {caption_channels}")
+    return encoder

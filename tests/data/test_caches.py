@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from opensora_core.cli import app
+from opensora_core.config import load_stage
+from opensora_core.data.buckets import BucketAssigner
+from opensora_core.data.caches import (
+    ShardedTensorCache,
+    build_text_cache,
+    build_video_cache,
+    check_cache,
+    clip_plan,
+    load_caption,
+    text_key,
+)
+from opensora_core.data.dataset import MissingCacheError, VideoTextDataset, collate
+from opensora_core.data.synthetic import moving_square_clip
+from opensora_core.infer.export import write_image, write_video
+from opensora_core.models.text_encoder import WordEmbeddingTextEncoder
+from opensora_core.models.vae import DCTAutoencoder
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _clip(tmp_path, name, color, direction, frames=20):
+    path = tmp_path / name
+    write_video(path, moving_square_clip(frames, 64, 64, color=color, direction=direction), fps=8)
+    return {"path": str(path), "text": f"a {color} square moving {direction}", "num_frames": frames,
+            "height": 64, "width": 64, "fps": 8.0, "sha256": _sha(path)}
+
+
+@pytest.fixture
+def table(tmp_path) -> pd.DataFrame:
+    image = tmp_path / "still.png"
+    write_image(image, moving_square_clip(1, 64, 64, color="green")[0])
+    rows = [_clip(tmp_path, "a.mp4", "red", "left"), _clip(tmp_path, "b.mp4", "blue", "up"),
+            {"path": str(image), "text": "a green square", "num_frames": 1, "height": 64, "width": 64,
+             "fps": 0.0, "sha256": _sha(image)}]
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def assigner() -> BucketAssigner:
+    return BucketAssigner(load_stage("tiny/stage1"))
+
+
+class FrozenEncoder:
+    """Stands in for T5: frozen outputs, cached unpadded."""
+
+    model_max_length, output_dim = 12, 6
+
+    def identity(self) -> str:
+        return "frozen-test-v1"
+
+    def encode(self, prompts):
+        lengths = torch.tensor([min(len(p.split()), 12) for p in prompts])
+        mask = (torch.arange(12)[None] < lengths[:, None]).long()
+        y = torch.randn(len(prompts), 1, 12, 6, generator=torch.Generator().manual_seed(len(prompts[0])))
+        return {"y": y, "mask": mask}
+
+
+def test_text_cache_is_unpadded_incremental_and_keyed_by_encoder(tmp_path, table):
+    encoder = WordEmbeddingTextEncoder(output_dim=16, model_max_length=32)
+    cache = ShardedTensorCache(tmp_path / "text")
+    report = build_text_cache(table["text"], encoder, cache, progress=False)
+    assert (report.added, report.reused) == (3, 0)
+    ids, mask = load_caption(cache, "a red square moving left", encoder)
+    expected_ids, expected_mask = encoder.tokenize(["a red square moving left"])
+    assert torch.equal(ids, expected_ids[0]) and torch.equal(mask, expected_mask[0])
+    assert cache.get(text_key("a red square moving left", encoder)).shape == (int(expected_mask.sum()),)
+
+    again = ShardedTensorCache(tmp_path / "text")  # reopened from disk
+    assert build_text_cache([*table["text"], "a new caption"], encoder, again, progress=False).added == 1
+    other = WordEmbeddingTextEncoder(output_dim=16, model_max_length=16)
+    assert build_text_cache(table["text"], other, again, progress=False).added == 3
+    assert len(ShardedTensorCache(tmp_path / "text")) == 7
+
+    frozen = FrozenEncoder()
+    build_text_cache(["one two three"], frozen, again, progress=False)
+    stored = again.get(text_key("one two three", frozen))
+    assert stored.shape == (3, 6) and stored.dtype == torch.bfloat16
+    y, mask = load_caption(again, "one two three", frozen)
+    assert y.shape == (1, 12, 6) and mask.tolist() == [1, 1, 1] + [0] * 9
+    torch.testing.assert_close(y[0, :3].float(), frozen.encode(["one two three"])["y"][0, 0, :3], atol=1e-2, rtol=1e-2)
+
+
+def test_video_cache_encodes_each_clip_once_per_bucket_size(tmp_path, table, assigner):
+    vae = DCTAutoencoder()
+    cache = ShardedTensorCache(tmp_path / "video")
+    first = build_video_cache(table, assigner, vae, cache, progress=False)
+    planned = sum(len(clip_plan(row, assigner, vae.identity())) for _, row in table.iterrows())
+    assert first.added == planned > len(table) and not first.skipped
+    assert not list((tmp_path / "video").rglob("*.tmp"))
+
+    key, bucket, start = clip_plan(table.iloc[0], assigner, vae.identity())[0]
+    meta = cache.meta(key)
+    assert meta["start_frame"] == start and meta["height"] == bucket.height
+    latents = cache.get(key)
+    assert latents.shape == (4, bucket.num_frames, bucket.height // 8, bucket.width // 8)
+
+    # Re-run: nothing to do. One new video: only its entries.
+    assert build_video_cache(table, assigner, vae, ShardedTensorCache(tmp_path / "video"), progress=False).added == 0
+    grown = pd.concat([table, pd.DataFrame([_clip(tmp_path, "c.mp4", "yellow", "right")])], ignore_index=True)
+    new = build_video_cache(grown, assigner, vae, ShardedTensorCache(tmp_path / "video"), progress=False)
+    assert new.added == len(clip_plan(grown.iloc[3], assigner, vae.identity())) and new.reused == planned
+    # Another VAE identity misses exactly its own entries.
+    flat = DCTAutoencoder(smooth=False)
+    assert flat.identity() != vae.identity()
+    assert build_video_cache(table, assigner, flat, ShardedTensorCache(tmp_path / "video"), progress=False).added == planned
+
+    keys = [k for _, row in grown.iterrows() for k, _, _ in clip_plan(row, assigner, vae.identity())]
+    assert check_cache(ShardedTensorCache(tmp_path / "video"), keys) == ([], [])
+    poisoned = ShardedTensorCache(tmp_path / "video")
+    poisoned.put_many({"nan-entry": (torch.tensor([float("nan")]), {})})
+    assert check_cache(poisoned, [*keys[:1], "nan-entry", "absent"]) == (["absent"], ["nan-entry"])
+    assert poisoned.prune(keys) == planned + 1  # the other VAE's entries and the NaN entry
+    reopened = ShardedTensorCache(tmp_path / "video")
+    assert set(reopened.index["key"]) == set(keys) and "nan-entry" not in reopened
+    assert reopened.get(keys[-1]).shape[0] == 4  # shards still referenced survive the prune
+
+
+def test_dataset_reads_caches_or_decodes(tmp_path, table, assigner):
+    vae, encoder = DCTAutoencoder(), WordEmbeddingTextEncoder(output_dim=16, model_max_length=32)
+    text_cache, video_cache = ShardedTensorCache(tmp_path / "t"), ShardedTensorCache(tmp_path / "v")
+    build_text_cache(table["text"], encoder, text_cache, progress=False)
+    build_video_cache(table, assigner, vae, video_cache, progress=False)
+    bucket = assigner.candidates(20, 64, 64)[0]
+
+    cached = VideoTextDataset(table, assigner.frame_interval, encoder, vae.identity(), text_cache, video_cache,
+                              require_cache=True)
+    sample = cached[(0, bucket)]
+    assert sample["latents"].shape == (4, bucket.num_frames, bucket.height // 8, bucket.width // 8)
+    assert sample["ids"].shape == (32,) and sample["mask"].sum() > 0
+    assert sample["fps"] == 8.0 / assigner.frame_interval and sample["height"] == bucket.height
+
+    decoding = VideoTextDataset(table, assigner.frame_interval)
+    raw = decoding[(0, bucket)]
+    assert raw["video"].shape == (3, bucket.num_frames, bucket.height, bucket.width)
+    # The cached latents are the encoding of the clip's recorded window.
+    key, window = next((k, s) for k, b, s in clip_plan(table.iloc[0], assigner, vae.identity()) if b == bucket)
+    from opensora_core.data.caches import load_clip_window
+
+    expected = vae.encode(load_clip_window(table.iloc[0]["path"], window, bucket.num_frames,
+                                           assigner.frame_interval, bucket.height, bucket.width)[None])[0]
+    torch.testing.assert_close(sample["latents"], expected, atol=0.05, rtol=0.02)
+
+    image_bucket = assigner.candidates(1, 64, 64)[0]
+    assert decoding[(2, image_bucket)]["fps"] == 120.0
+    batch = collate([decoding[(0, bucket)], decoding[(1, bucket)]])
+    assert batch["video"].shape[0] == 2 and batch["text"][1] == "a blue square moving up"
+
+    uncached = VideoTextDataset(table, assigner.frame_interval, encoder, vae.identity(),
+                                ShardedTensorCache(tmp_path / "empty-t"), ShardedTensorCache(tmp_path / "empty-v"),
+                                require_cache=True)
+    with pytest.raises(MissingCacheError, match="no latents at"):
+        uncached[(1, bucket)]
+
+
+def test_cache_commands(tmp_path, table):
+    meta = tmp_path / "meta.csv"
+    table.to_csv(meta, index=False)
+    runner = CliRunner()
+    text = runner.invoke(app, ["cache", "text", "--meta", str(meta), "--out", str(tmp_path / "t")])
+    assert text.exit_code == 0, text.output
+    assert "3 encoded" in text.output
+    video = runner.invoke(app, ["cache", "video", "--meta", str(meta), "--stage", "tiny/stage1",
+                                "--out", str(tmp_path / "v")])
+    assert video.exit_code == 0, video.output
+    again = runner.invoke(app, ["cache", "video", "--meta", str(meta), "--stage", "tiny/stage1",
+                                "--out", str(tmp_path / "v")])
+    assert "0 encoded" in again.output
+    bad = runner.invoke(app, ["cache", "video", "--meta", str(meta), "--stage", "nope", "--out", str(tmp_path)])
+    assert bad.exit_code != 0
