@@ -15,8 +15,9 @@ import os
 
 from dagster import Definitions, multiprocess_executor
 
+from assets_defs.caches import cache_assets, cache_checks
 from assets_defs.curation import curation_assets, curation_checks
-from orchestration.resources import curation_storage_from_env
+from orchestration.resources import cache_settings_from_env, curation_storage_from_env
 from orchestration.sensors import curate_partition_job, raw_videos_sensor
 
 
@@ -34,10 +35,10 @@ def executor_from_env():
 
 
 defs = Definitions(
-    assets=curation_assets,
-    asset_checks=curation_checks,
+    assets=[*curation_assets, *cache_assets],
+    asset_checks=[*curation_checks, *cache_checks],
     jobs=[curate_partition_job],
     sensors=[raw_videos_sensor],
-    resources={"curation_storage": curation_storage_from_env()},
+    resources={"curation_storage": curation_storage_from_env(), "cache_settings": cache_settings_from_env()},
     executor=executor_from_env(),
 )

@@ -45,3 +45,36 @@ def curation_storage_from_env() -> CurationStorage:
         curated_root=os.environ.get("OPENSORA_CURATED_ROOT", f"{data_root}/curated"),
         data_config=os.environ.get("OPENSORA_DATA_CONFIG", "default"),
     )
+
+
+class CacheSettings(ConfigurableResource):
+    """Where the text and video caches live and what decides their contents.
+
+    Caches are local folders on the machine that trains (safetensors are memory-mapped);
+    the video cache covers every bucket size any of `stages` can assign.
+    """
+
+    root: str = Field(description="Local folder holding text/ and video/ caches.")
+    profile: str = Field("embedded", description="Profile naming the VAE and text encoder.")
+    preset: str = Field("stdit2-tiny", description="Model preset: caption width and length.")
+    stages: list[str] = Field(description="Stage configs whose buckets decide the cached video sizes.")
+
+    def text_root(self) -> str:
+        return f"{self.root.rstrip('/')}/text"
+
+    def video_root(self) -> str:
+        return f"{self.root.rstrip('/')}/video"
+
+
+def cache_settings_from_env() -> CacheSettings:
+    """`OPENSORA_CACHE_ROOT` (default `caches/` under the profile's artifacts root),
+    `OPENSORA_PRESET` and `OPENSORA_STAGES` (comma-separated; default the tiny stages)."""
+    profile = os.environ.get("OPENSORA_PROFILE", "embedded")
+    artifacts = load_profile(profile).artifacts_root.rstrip("/")
+    stages = os.environ.get("OPENSORA_STAGES", "tiny/stage0,tiny/stage1,tiny/stage2,tiny/stage3")
+    return CacheSettings(
+        root=os.environ.get("OPENSORA_CACHE_ROOT", f"{artifacts}/caches"),
+        profile=profile,
+        preset=os.environ.get("OPENSORA_PRESET", "stdit2-tiny"),
+        stages=[s.strip() for s in stages.split(",") if s.strip()],
+    )
