@@ -159,6 +159,19 @@ def bench_sampling(
     run_sampling_benchmark([p.strip() for p in presets.split(",") if p.strip()], num_frames, size, console)
 
 
+@bench_app.command("dataloader")
+def bench_dataloader(
+    clips: Annotated[int, typer.Option(min=2)] = 24,
+    frames: Annotated[int, typer.Option(min=1)] = 24,
+    size: Annotated[int, typer.Option(help="Square side in pixels (multiple of 16).")] = 64,
+    max_batches: Annotated[int, typer.Option(min=1)] = 12,
+) -> None:
+    """Samples/s from caches vs on-the-fly decode+encode, and bytes per cached caption."""
+    from opensora_core.benchmarks.dataloader import run_dataloader_benchmark
+
+    run_dataloader_benchmark(clips, frames, size, max_batches, console)
+
+
 @app.command("sample")
 def sample(
     out: Annotated[Path, typer.Option(help="Folder for sample_NNN.mp4/.png and their .json sidecars.")],
