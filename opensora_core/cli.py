@@ -25,9 +25,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
-# Training arrives with its own capability; the group is present so the layout is stable.
-app.add_typer(typer.Typer(no_args_is_help=True, help="Train STDiT-2 stages (FSDP, DCP checkpoints, MLflow)."),
-              name="train")
+
 
 console = Console()
 err_console = Console(stderr=True)
@@ -229,6 +227,35 @@ def sample(
     videos = generator.generate(requests, settings)
     for path in write_samples(videos, requests, settings, out, provenance):
         console.print(f"wrote {path}")
+
+
+@app.command("train")
+def train(
+    stage: Annotated[str, typer.Option(help="Stage config: path or stem (stage1, tiny/stage1).")],
+    data: Annotated[Path, typer.Option(help="Training table: meta.csv or meta.parquet.")],
+    out: Annotated[Path, typer.Option(help="Stage folder: checkpoints/, export/, metrics.jsonl. Resumes if it has checkpoints.")],
+    profile: Annotated[str, typer.Option(help="embedded (CPU, gloo) or cluster (CUDA, NCCL), or a YAML path.")] = "embedded",
+    cache: Annotated[Path | None, typer.Option(help="Cache folder with text/ and video/.")] = None,
+    init: Annotated[Path | None, typer.Option(help="Weights to start from: the previous stage's export.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Override the stage's max_steps.")] = None,
+    ckpt_every: Annotated[int | None, typer.Option(help="Override the stage's ckpt_every.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the stage's seed.")] = None,
+    keep_last: Annotated[int, typer.Option(min=1, help="Checkpoints to keep.")] = 2,
+    parent_run_id: Annotated[str | None, typer.Option(help="MLflow run to nest this stage's run under.")] = None,
+) -> None:
+    """Train one stage (one process, or under torchrun: FSDP2 over gloo/NCCL)."""
+    from opensora_core.train.loop import TrainArgs, TrainingError, train_stage
+
+    args = TrainArgs(stage=stage, data=str(data), out=str(out), profile=profile,
+                     cache=None if cache is None else str(cache), init=None if init is None else str(init),
+                     max_steps=max_steps, ckpt_every=ckpt_every, seed=seed, keep_last=keep_last,
+                     parent_run_id=parent_run_id)
+    try:
+        result = train_stage(args)
+    except (TrainingError, FileNotFoundError) as err:
+        _fail(str(err))
+    console.print(f"stage done: {result.steps} steps, loss {result.final_loss:.4f}, "
+                  f"{result.tokens_per_second:,.0f} tokens/s; export {result.export_path}")
 
 
 def main() -> None:

@@ -1,0 +1,454 @@
+"""One training stage: `opensora train --stage ... --data meta.csv --out DIR`.
+
+Runs as one process or under `torchrun` (gloo on CPU, NCCL on GPU, from the profile).
+Each step: a bucket batch (latents and captions from the caches when they hold it,
+decoded and encoded otherwise), a SpeeDiT or uniform timestep per sample, a training
+mask per sample from the stage's `mask_ratios`, the IDDPM hybrid loss, AdamW with grad
+clipping and warm-up, an fp32 EMA. Checkpoints (DCP) every `ckpt_every` steps and at the
+end; an `--out` that holds checkpoints resumes from the newest, exactly. The end of a
+stage exports `export/model.safetensors` (+ config, + the jointly trained text encoder)
+that `STDiT2.from_checkpoint`, `opensora sample` and the next stage's `--init` read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from tqdm.auto import tqdm
+
+from opensora_core.config import load_profile, load_stage
+from opensora_core.data.buckets import Bucket, BucketAssigner, BucketBatchSampler
+from opensora_core.data.caches import ShardedTensorCache
+from opensora_core.data.dataset import VideoTextDataset, collate
+from opensora_core.diffusion.iddpm import GaussianDiffusion
+from opensora_core.diffusion.masks import MaskGenerator
+from opensora_core.diffusion.speedit import build_timestep_sampler
+from opensora_core.models import STDiT2, load_preset
+from opensora_core.models.accounting import estimate_step_cost
+from opensora_core.models.checkpoint_io import compare_keys, load_state_dict, save_model
+from opensora_core.models.pixart import looks_like_pixart, stdit2_state_from_pixart
+from opensora_core.models.text_encoder import build_text_encoder_for_model
+from opensora_core.models.vae import build_vae
+from opensora_core.train.checkpoint import CheckpointManager
+from opensora_core.train.ema import EMA
+from opensora_core.train.fsdp import DTYPES, all_reduce_gradients, init_distributed, parallelize_stdit2
+from opensora_core.utils.atomic import atomic_path, write_text_atomic
+
+TEXT_ENCODER_WEIGHTS = "text_encoder.safetensors"
+# Dense bf16 peak of GPUs we know, for the MFU estimate (none on CPU).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
+
+
+@dataclass
+class TrainArgs:
+    stage: str
+    data: str
+    out: str
+    profile: str = "embedded"
+    cache: str | None = None
+    init: str | None = None
+    max_steps: int | None = None
+    ckpt_every: int | None = None
+    seed: int | None = None
+    keep_last: int = 2
+    parent_run_id: str | None = None
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    tokens_per_second: float
+    wall_seconds: float
+    export_path: str
+    dcp_dir: str
+    mlflow_run_id: str | None = None
+    mlflow_run_url: str | None = None
+    loss_curve: list[tuple[int, float]] = field(default_factory=list)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stage", required=True, help="stage config: path or stem (stage1, tiny/stage1)")
+    parser.add_argument("--data", required=True, help="training table: meta.csv or meta.parquet")
+    parser.add_argument("--out", required=True, help="stage folder: checkpoints/, export/, metrics.jsonl")
+    parser.add_argument("--profile", default="embedded")
+    parser.add_argument("--cache", default=None, help="cache folder with text/ and video/")
+    parser.add_argument("--init", default=None, help="weights to start from (previous stage's export)")
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--ckpt-every", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--keep-last", type=int, default=2)
+    parser.add_argument("--parent-run-id", default=None, help="MLflow run to nest this stage's run under")
+
+
+def args_from_namespace(ns: argparse.Namespace) -> TrainArgs:
+    return TrainArgs(**{f: getattr(ns, f) for f in TrainArgs.__dataclass_fields__})
+
+
+class TrainingError(ValueError):
+    """Input that makes a stage impossible, reported before any work."""
+
+
+# 1. Checks and set-up
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"--data {path}: no such file")
+    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    if table.empty:
+        raise TrainingError(f"--data {path}: the training table is empty")
+    return table
+
+
+def check_init(path: str | Path, preset_config, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The `--init` weights, verified against the stage's model (names and shapes). A
+    PixArt-alpha image checkpoint is converted first (stage 0)."""
+    state = load_state_dict(path)
+    if looks_like_pixart(state):
+        try:
+            state = stdit2_state_from_pixart(state, preset_config, seed)
+        except ValueError as err:
+            raise TrainingError(f"--init {path}: {err}") from None
+    report = compare_keys(state, preset_config)
+    if not report.ok:
+        raise TrainingError(f"--init {path} does not fit the stage's model: {report.describe()}")
+    return state
+
+
+def check_buckets(assigner: BucketAssigner, rows: list[tuple[int, int, int]], seed: int) -> None:
+    assignments = assigner.assign_all(rows, seed, 0)
+    if not any(isinstance(a, Bucket) for a in assignments):
+        reasons = sorted({a.reason for a in assignments})[:3]
+        raise TrainingError(f"no sample of the {len(rows)} fits any bucket of the stage ({'; '.join(reasons)})")
+
+
+class _Trainable(nn.Module):
+    """The model and (when it trains jointly) the text encoder, as one module so that
+    one optimizer and one DCP state dict cover both."""
+
+    def __init__(self, stdit2: nn.Module, text_encoder: nn.Module | None):
+        super().__init__()
+        self.stdit2 = stdit2
+        self.text_encoder = text_encoder
+
+
+def _grad_norm_and_clip(groups: list[list[nn.Parameter]], max_norm: float) -> float:
+    """Clip over all parameters; sharded (DTensor) and replicated groups are normed apart."""
+    norms = []
+    for params in groups:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads)
+            norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    if not norms:
+        return 0.0
+    total = torch.stack([n.float() for n in norms]).norm()
+    for params in groups:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return float(total)
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+# 2. The stage
+
+
+def train_stage(args: TrainArgs, on_metrics: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    stage = load_stage(args.stage)
+    profile = load_profile(args.profile)
+    seed = stage.seed if args.seed is None else args.seed
+    max_steps = stage.max_steps if args.max_steps is None else args.max_steps
+    ckpt_every = stage.ckpt_every if args.ckpt_every is None else args.ckpt_every
+    if max_steps < 1 or ckpt_every < 1:
+        raise TrainingError(f"max_steps ({max_steps}) and ckpt_every ({ckpt_every}) must be >= 1")
+    config = load_preset(stage.model_preset)
+    table = read_table(args.data)
+    for column in ("path", "text", "num_frames", "height", "width"):
+        if column not in table.columns:
+            raise TrainingError(f"--data {args.data}: missing column {column!r}")
+    assigner = BucketAssigner(stage)
+    rows = list(zip(table["num_frames"].astype(int), table["height"].astype(int), table["width"].astype(int)))
+    check_buckets(assigner, rows, seed)
+    init_state = check_init(args.init, config, seed) if args.init else None
+
+    rank, world, mesh = init_distributed(profile.dist_backend, profile.device)
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if profile.device == "cuda" else "cpu")
+    out = Path(args.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+
+    # Model, text encoder, VAE
+    torch.manual_seed(seed)
+    model = STDiT2(config)
+    if init_state is not None:
+        model.load_state_dict(init_state, strict=True)
+    te_weights = None
+    if args.init and (Path(args.init).parent / TEXT_ENCODER_WEIGHTS).is_file():
+        te_weights = load_file(str(Path(args.init).parent / TEXT_ENCODER_WEIGHTS))
+    text_encoder = build_text_encoder_for_model(profile.text_encoder.kind, profile.text_encoder.path,
+                                                config.caption_channels, config.model_max_length, te_weights)
+    trains_text = isinstance(text_encoder, nn.Module) and any(p.requires_grad for p in text_encoder.parameters())
+    vae = build_vae(profile.vae.kind, profile.vae.path).to(device)
+    model.to(device)
+    if trains_text:
+        text_encoder.to(device)
+    model = parallelize_stdit2(model, mesh, stage.mixed_precision, stage.grad_checkpoint)
+    trainable = _Trainable(model, text_encoder if trains_text else None)
+    optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=stage.lr,
+                                  weight_decay=stage.weight_decay)
+    ema = EMA(model, stage.ema_decay) if stage.ema_decay else None
+
+    # Data
+    text_cache = video_cache = None
+    if args.cache:
+        text_cache = ShardedTensorCache(Path(args.cache) / "text")
+        video_cache = ShardedTensorCache(Path(args.cache) / "video")
+    dataset = VideoTextDataset(table, stage.frame_interval, text_encoder, vae.identity(), text_cache, video_cache,
+                               seed=seed)
+    sampler = BucketBatchSampler(assigner, rows, seed=seed, rank=rank, world_size=world)
+    diffusion = GaussianDiffusion()
+    timesteps = build_timestep_sampler(stage.scheduler, diffusion)
+    masks = MaskGenerator(stage.mask_ratios) if stage.mask_ratios else None
+    generator = torch.Generator().manual_seed(seed * 1000 + rank)
+
+    # Resume
+    checkpoints = CheckpointManager(out / "checkpoints", args.keep_last, rank, world)
+    step = 0
+    latest = checkpoints.latest()
+    if latest is not None:
+        state = _shared_state(trainable, optimizer, ema)
+        own = checkpoints.load(latest, state)
+        _restore_shared(trainable, optimizer, ema, state)
+        step = int(own["step"])
+        sampler.load_state_dict(own["sampler"])
+        torch.set_rng_state(own["torch_rng"])
+        generator.set_state(own["generator"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda_rng"], device)
+
+    tracker = None
+    if rank == 0:
+        tracker = _start_tracker(args, stage, profile, config, seed, max_steps, out)
+
+    compute_dtype = DTYPES[stage.mixed_precision]
+    autocast = mesh is None and compute_dtype != torch.float32
+    peak = _peak_flops(device)
+    costs: dict[tuple, float] = {}
+    metrics_file = out / "metrics.jsonl"
+    loss_curve: list[tuple[int, float]] = []
+    window = {"loss": 0.0, "samples": 0, "tokens": 0, "flops": 0.0, "count": 0, "start": time.perf_counter()}
+    started = time.perf_counter()
+    total_tokens = 0
+    last_loss = float("nan")
+    progress = tqdm(total=max_steps, initial=step, desc=f"{Path(args.stage).stem}", disable=rank != 0)
+    trainable.train()
+    while step < max_steps:
+        if len(sampler) == 0:
+            raise TrainingError(f"epoch {sampler.epoch} has no full batch: too few samples for the buckets' batch sizes")
+        for items in sampler:
+            batch = collate([dataset[item] for item in items])
+            bucket = items[0][1]
+            with torch.autocast(device.type, dtype=compute_dtype, enabled=autocast):
+                loss = _loss(model, text_encoder, vae, diffusion, timesteps, masks, batch, device, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if trains_text:
+                all_reduce_gradients(text_encoder, world)
+            groups = [[p for p in model.parameters() if p.requires_grad]]
+            if trains_text:
+                groups.append(list(text_encoder.parameters()))
+            grad_norm = _grad_norm_and_clip(groups, stage.grad_clip)
+            lr = stage.lr * min(1.0, (step + 1) / stage.warmup_steps) if stage.warmup_steps else stage.lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            progress.update(1)
+
+            key = bucket.key
+            if key not in costs:
+                costs[key] = estimate_step_cost(config, bucket.num_frames, bucket.height, bucket.width, 1,
+                                                compute_dtype).train_flops
+            tokens = bucket.tokens(config.patch_size[1]) * len(items)
+            total_tokens += tokens * world
+            loss_value = float(loss.detach())
+            window["loss"] += loss_value
+            window["samples"] += len(items) * world
+            window["tokens"] += tokens * world
+            window["flops"] += costs[key] * len(items) * world
+            window["count"] += 1
+            if step % stage.log_every == 0 or step == max_steps:
+                elapsed = time.perf_counter() - window["start"]
+                last_loss = window["loss"] / window["count"]
+                metrics = {"loss": last_loss, "grad_norm": grad_norm, "lr": lr,
+                           "samples_per_s": window["samples"] / elapsed, "tokens_per_s": window["tokens"] / elapsed,
+                           "tflops_per_s": window["flops"] / elapsed / 1e12,
+                           "peak_memory_gib": _peak_memory(device) / 2**30, "epoch": float(sampler.epoch)}
+                if peak:
+                    metrics["mfu"] = window["flops"] / elapsed / (peak * world)
+                if rank == 0:
+                    loss_curve.append((step, last_loss))
+                    with open(metrics_file, "a") as handle:
+                        handle.write(json.dumps({"step": step, **metrics}) + "\n")
+                    progress.set_postfix(loss=f"{last_loss:.4f}")
+                    if tracker is not None:
+                        tracker.log_metrics(metrics, step)
+                    if on_metrics is not None:
+                        on_metrics(step, metrics)
+                window = {"loss": 0.0, "samples": 0, "tokens": 0, "flops": 0.0, "count": 0,
+                          "start": time.perf_counter()}
+            if step % ckpt_every == 0 or step == max_steps:
+                _save(checkpoints, step, trainable, optimizer, ema, sampler, generator, device)
+            if step >= max_steps:
+                break
+    progress.close()
+
+    export = _export(out, model, text_encoder if trains_text else None, ema, rank)
+    wall = time.perf_counter() - started
+    result = TrainResult(steps=step, final_loss=last_loss, tokens_per_second=total_tokens / wall if wall else 0.0,
+                         wall_seconds=wall, export_path=str(export), dcp_dir=str(checkpoints.latest()),
+                         loss_curve=loss_curve)
+    if rank == 0:
+        if tracker is not None:
+            tracker.set_tags({"dcp_dir": Path(result.dcp_dir).resolve().as_uri()})
+            tracker.log_artifact(export)
+            tracker.finish()
+            result.mlflow_run_id, result.mlflow_run_url = tracker.run_id, tracker.run_url
+        write_text_atomic(out / "result.json", json.dumps(asdict(result), indent=2))
+    if dist.is_initialized():
+        dist.barrier()
+    return result
+
+
+def _loss(model, text_encoder, vae, diffusion, timesteps, masks, batch, device, generator) -> torch.Tensor:
+    if "latents" in batch:
+        x0 = batch["latents"].to(device)
+    else:
+        with torch.no_grad():
+            x0 = vae.encode(batch["video"].to(device)).float()
+    if "ids" in batch:
+        y, y_mask = text_encoder.embed(batch["ids"].to(device)), batch["mask"].to(device)
+    elif "y" in batch:
+        y, y_mask = batch["y"].to(device), batch["mask"].to(device)
+    else:
+        encoded = text_encoder.encode(batch["text"])
+        y, y_mask = encoded["y"].to(device), encoded["mask"].to(device)
+    size = x0.shape[0]
+    t = timesteps.sample(size, generator).to(device)
+    weights = timesteps.weights(t)
+    frame_mask = masks.get_masks(size, x0.shape[2], generator).to(device) if masks and x0.shape[2] > 1 else None
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    conditions = {k: batch[k].to(device) for k in ("height", "width", "ar", "num_frames", "fps")}
+
+    def model_fn(x_t, t_in, x_mask):
+        return model(x_t, t_in, y, mask=y_mask, x_mask=x_mask, **conditions)
+
+    return diffusion.training_losses(model_fn, x0, t, frame_mask, noise, weights).loss.mean()
+
+
+def _shared_state(trainable: _Trainable, optimizer, ema: EMA | None) -> dict:
+    model_state, optim_state = get_state_dict(trainable, optimizer)
+    state = {"model": model_state, "optim": optim_state}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    return state
+
+
+def _restore_shared(trainable: _Trainable, optimizer, ema: EMA | None, state: dict) -> None:
+    set_state_dict(trainable, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+
+
+def _save(checkpoints, step, trainable, optimizer, ema, sampler, generator, device) -> None:
+    own = {"step": step, "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+           "generator": generator.get_state()}
+    if device.type == "cuda":
+        own["cuda_rng"] = torch.cuda.get_rng_state(device)
+    checkpoints.save(step, _shared_state(trainable, optimizer, ema), own)
+
+
+def _export(out: Path, model, text_encoder, ema: EMA | None, rank: int) -> Path:
+    """Consolidated `export/model.safetensors` (EMA weights when the stage keeps an EMA)."""
+    if ema is not None:
+        state = {name: tensor for name, tensor in ema.state_dict().items()}
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        for name, tensor in state.items():
+            full[name] = tensor.full_tensor().cpu() if hasattr(tensor, "full_tensor") else tensor.cpu()
+    else:
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    path = out / "export" / "model.safetensors"
+    if rank == 0:
+        with torch.device("meta"):
+            shell = STDiT2(model.config)
+        shell.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in full.items()}, assign=True)
+        save_model(shell, path, extra_metadata={"weights": "ema" if ema is not None else "raw"})
+        if text_encoder is not None:
+            with atomic_path(path.with_name(TEXT_ENCODER_WEIGHTS)) as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in text_encoder.state_dict().items()}, str(tmp))
+    return path
+
+
+def _start_tracker(args: TrainArgs, stage, profile, config, seed: int, max_steps: int, out: Path):
+    from opensora_core.train.tracking import StageTracker
+
+    params = {"stage": stage.model_dump(mode="json"), "model": config.model_dump(mode="json"),
+              "profile": profile.name, "seed": seed, "max_steps": max_steps, "data": str(args.data),
+              "init": args.init or "", "cache": args.cache or ""}
+    tags = {"stage": str(stage.stage), "stage_config": str(args.stage), "data_snapshot": _file_digest(args.data)}
+    return StageTracker.start(profile.mlflow_tracking_uri, "opensora-stdit2", f"stage{stage.stage}", params, tags,
+                              args.parent_run_id, out / "mlflow_offline",
+                              required=getattr(profile, "mlflow_required", False))
+
+
+def _file_digest(path: str | Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train one STDiT-2 stage.")
+    add_train_arguments(parser)
+    result = train_stage(args_from_namespace(parser.parse_args(argv)))
+    print(json.dumps(asdict(result), indent=2))
+
+
+if __name__ == "__main__":
+    main()
