@@ -170,6 +170,18 @@ def bench_dataloader(
     run_dataloader_benchmark(clips, frames, size, max_batches, console)
 
 
+@bench_app.command("train")
+def bench_train(
+    presets: Annotated[str, typer.Option(help="Comma-separated presets.")] = "stdit2-tiny,stdit2-small",
+    steps: Annotated[int, typer.Option(min=3)] = 8,
+    clips: Annotated[int, typer.Option(min=4)] = 16,
+) -> None:
+    """Training samples/s, tokens/s and peak memory: 1 vs 2 processes, with and without activation checkpointing."""
+    from opensora_core.benchmarks.train_step import run_train_step_benchmark
+
+    run_train_step_benchmark([p.strip() for p in presets.split(",") if p.strip()], steps, clips, console)
+
+
 @app.command("sample")
 def sample(
     out: Annotated[Path, typer.Option(help="Folder for sample_NNN.mp4/.png and their .json sidecars.")],

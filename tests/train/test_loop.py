@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from opensora_core.models import STDiT2, build_stdit2
+from opensora_core.models.checkpoint_io import save_model
+from opensora_core.train.loop import TrainArgs, TrainingError, train_stage
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _train_command(meta, out, profile, steps=8, every=2):
+    return [sys.executable, "-m", "opensora_core.train.loop", "--stage", "tiny/stage1", "--data", str(meta),
+            "--out", str(out), "--profile", str(profile), "--max-steps", str(steps), "--ckpt-every", str(every)]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path, training_table, test_profile):
+    straight = tmp_path / "straight"
+    subprocess.run(_train_command(training_table, straight, test_profile), check=True, env=_env(),
+                   capture_output=True, timeout=300)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(training_table, killed, test_profile), env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = killed / "checkpoints" / "step-00000002"
+    deadline = time.monotonic() + 240
+    while not first.is_dir() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "export").exists()
+
+    resumed = subprocess.run(_train_command(training_table, killed, test_profile), env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = load_file(str(straight / "export" / "model.safetensors"))
+    b = load_file(str(killed / "export" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    te_a = load_file(str(straight / "export" / "text_encoder.safetensors"))
+    te_b = load_file(str(killed / "export" / "text_encoder.safetensors"))
+    assert all(torch.equal(te_a[k], te_b[k]) for k in te_a)
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step-00000006", "step-00000008"]
+    result = json.loads((killed / "result.json").read_text())
+    assert result["steps"] == 8 and result["final_loss"] == result["final_loss"]  # not NaN
+
+
+def test_stage_exports_a_loadable_model_and_metrics(tmp_path, training_table, test_profile):
+    result = train_stage(TrainArgs(stage="tiny/stage1", data=str(training_table), out=str(tmp_path / "s1"),
+                                   profile=str(test_profile), max_steps=3, ckpt_every=3))
+    assert result.steps == 3 and len(result.loss_curve) == 3
+    model = STDiT2.from_checkpoint(result.export_path)
+    assert model.config.hidden_size == build_stdit2("stdit2-tiny").config.hidden_size
+    lines = [json.loads(line) for line in (tmp_path / "s1" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3]
+    for key in ("loss", "grad_norm", "lr", "samples_per_s", "tokens_per_s", "tflops_per_s", "peak_memory_gib"):
+        assert key in lines[-1]
+    assert lines[0]["lr"] < lines[-1]["lr"]  # warm-up
+
+    # The next stage starts from this export.
+    nxt = train_stage(TrainArgs(stage="tiny/stage2", data=str(training_table), out=str(tmp_path / "s2"),
+                                profile=str(test_profile), init=result.export_path, max_steps=1, ckpt_every=1))
+    assert nxt.steps == 1
+
+
+def test_bad_input_fails_before_any_work(tmp_path, training_table, test_profile):
+    def run(**overrides):
+        values = dict(stage="tiny/stage1", data=str(training_table), out=str(tmp_path / "x"),
+                      profile=str(test_profile), max_steps=1)
+        values.update(overrides)
+        return train_stage(TrainArgs(**values))
+
+    empty = tmp_path / "empty.csv"
+    pd.DataFrame(columns=["path", "text", "num_frames", "height", "width"]).to_csv(empty, index=False)
+    with pytest.raises(TrainingError, match="empty"):
+        run(data=str(empty))
+    tiny = tmp_path / "tiny.csv"
+    pd.DataFrame([{"path": "a.mp4", "text": "x", "num_frames": 16, "height": 8, "width": 8}]).to_csv(tiny, index=False)
+    with pytest.raises(TrainingError, match="fits any bucket"):
+        run(data=str(tiny))
+    wrong = build_stdit2("stdit2-tiny", depth=2)
+    save_model(wrong, tmp_path / "wrong" / "model.safetensors")
+    with pytest.raises(TrainingError, match="missing: blocks.2"):
+        run(init=str(tmp_path / "wrong" / "model.safetensors"))
+    with pytest.raises(TrainingError, match="no such file"):
+        run(data=str(tmp_path / "absent.csv"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_two_processes_with_fsdp2_over_gloo(tmp_path, training_table, test_profile):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "opensora_core.train.loop", "--stage", "tiny/stage1", "--data", str(training_table),
+               "--out", str(out), "--profile", str(test_profile), "--max-steps", "2", "--ckpt-every", "2"]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    checkpoint = out / "checkpoints" / "step-00000002"
+    assert (checkpoint / "rank0.pt").is_file() and (checkpoint / "rank1.pt").is_file()
+    assert len(list(checkpoint.glob("*.distcp"))) == 2  # one shard file per rank
+    model = STDiT2.from_checkpoint(out / "export" / "model.safetensors")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
