@@ -30,20 +30,18 @@ app.add_typer(cache_app, name="cache")
 console = Console()
 err_console = Console(stderr=True)
 
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-
-
 def _fail(message: str, code: int = 2) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
 
 def _dtype(name: str):
-    import torch
+    from opensora_core.utils.dtypes import resolve_dtype
 
-    if name not in DTYPES:
-        _fail(f"--dtype {name!r} is not one of {sorted(DTYPES)}")
-    return getattr(torch, DTYPES[name])
+    try:
+        return resolve_dtype(name)
+    except ValueError as err:
+        _fail(f"--dtype: {err}")
 
 
 def _human(n: float, unit: str = "") -> str:

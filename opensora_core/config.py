@@ -386,6 +386,9 @@ class ProfileConfig(_Strict):
     nnodes: int = Field(ge=1)
     torchx_scheduler: Literal["local_cwd", "kubernetes", "slurm"]
     mlflow_tracking_uri: str
+    # true: training refuses to start when the tracking store is unreachable; false: it
+    # trains and keeps a local record to upload later (opensora_core/train/tracking.py).
+    mlflow_required: bool = False
     dagster_home: str
     data_root: str
     artifacts_root: str

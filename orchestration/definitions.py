@@ -17,7 +17,13 @@ from dagster import Definitions, multiprocess_executor
 
 from assets_defs.caches import cache_assets, cache_checks
 from assets_defs.curation import curation_assets, curation_checks
-from orchestration.resources import cache_settings_from_env, curation_storage_from_env
+from assets_defs.training import training_assets
+from orchestration.resources import (
+    cache_settings_from_env,
+    curation_storage_from_env,
+    torchx_launcher_from_env,
+    training_settings_from_env,
+)
 from orchestration.sensors import curate_partition_job, raw_videos_sensor
 
 
@@ -35,10 +41,15 @@ def executor_from_env():
 
 
 defs = Definitions(
-    assets=[*curation_assets, *cache_assets],
+    assets=[*curation_assets, *cache_assets, *training_assets],
     asset_checks=[*curation_checks, *cache_checks],
     jobs=[curate_partition_job],
     sensors=[raw_videos_sensor],
-    resources={"curation_storage": curation_storage_from_env(), "cache_settings": cache_settings_from_env()},
+    resources={
+        "curation_storage": curation_storage_from_env(),
+        "cache_settings": cache_settings_from_env(),
+        "training_settings": training_settings_from_env(),
+        "torchx_launcher": torchx_launcher_from_env(),
+    },
     executor=executor_from_env(),
 )

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import json
 import os
-from typing import Any
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal, TextIO
 
-from dagster import ConfigurableResource
+import torchx.runner.config as torchx_config
+from dagster import ConfigurableResource, Failure, MetadataValue
 from pydantic import Field
+from torchx import specs
+from torchx.runner import get_runner
 
-from opensora_core.config import load_profile
+from opensora_core.config import load_profile, project_root
 from opensora_core.data.config import CurationConfig, load_curation_config
 from opensora_core.data.storage import Storage
+from orchestration.launch.components import DEFAULT_IMAGE
+
+# The folder holding opensora_core/ and orchestration/: what a local job must import.
+_CHECKOUT = str(Path(__file__).resolve().parents[1])
 
 
 class CurationStorage(ConfigurableResource):
@@ -77,4 +92,187 @@ def cache_settings_from_env() -> CacheSettings:
         profile=profile,
         preset=os.environ.get("OPENSORA_PRESET", "stdit2-tiny"),
         stages=[s.strip() for s in stages.split(",") if s.strip()],
+    )
+
+
+class TrainingSettings(ConfigurableResource):
+    """What the `stdit2_stage0..3` assets train and where their stage folders go.
+
+    `out_root` must be the same path for Dagster and for the training job (on
+    Kubernetes: the same volume mounted at the same place), since the job writes the
+    stage folders and the next stage reads the previous one's export from there.
+    """
+
+    profile: str = Field("embedded", description="Profile the training job runs under.")
+    stages: list[str] = Field(description="Stage configs of stdit2_stage0 .. stdit2_stage3, in order.")
+    out_root: str = Field(description="Folder of the stage folders stage0/ .. stage3/ (checkpoints, export).")
+    max_steps: int | None = Field(None, description="Overrides every stage config's max_steps (demo, tests).")
+    nnodes: int = Field(1, ge=1, description="Hosts per training job.")
+    nproc_per_node: int = Field(1, ge=1, description="Training processes per host (one per GPU).")
+    gpu_per_node: int = Field(0, ge=0, description="GPUs requested per host.")
+    cpu_per_node: int = Field(2, ge=1, description="CPUs requested per host.")
+    mem_mb_per_node: int = Field(8192, ge=1, description="Memory requested per host, MiB.")
+    image: str = Field(DEFAULT_IMAGE, description="Container image of the job (kubernetes).")
+    mounts: list[str] = Field(default_factory=list, description="TorchX mounts, e.g. type=volume,src=pvc,dst=/data.")
+    max_retries: int = Field(0, ge=0, description="Job restarts after a failure; each resumes from a checkpoint.")
+
+    def stage_config(self, index: int) -> str:
+        if not 0 <= index < len(self.stages):
+            raise ValueError(f"stdit2_stage{index}: TrainingSettings.stages has {len(self.stages)} entries "
+                             f"({', '.join(self.stages)}); expected one per stage 0..3")
+        return self.stages[index]
+
+    def stage_dir(self, index: int) -> Path:
+        return Path(self.out_root) / f"stage{index}"
+
+    def export_path(self, index: int) -> Path:
+        """Where stage `index`'s trainer writes its consolidated weights."""
+        return self.stage_dir(index) / "export" / "model.safetensors"
+
+
+def training_settings_from_env() -> TrainingSettings:
+    """`OPENSORA_PROFILE`; `OPENSORA_TRAIN_STAGES` (comma-separated; default the tiny
+    stages on a CPU profile, the published ones otherwise); `OPENSORA_TRAIN_ROOT`
+    (default `train/` under the artifacts root); `OPENSORA_MAX_STEPS`;
+    `OPENSORA_NPROC_PER_NODE` (default the profile's)."""
+    name = os.environ.get("OPENSORA_PROFILE", "embedded")
+    profile = load_profile(name)
+    prefix = "tiny/" if profile.device == "cpu" else ""
+    stages = os.environ.get("OPENSORA_TRAIN_STAGES", ",".join(f"{prefix}stage{i}" for i in range(4)))
+    nproc = int(os.environ.get("OPENSORA_NPROC_PER_NODE", profile.nproc_per_node))
+    max_steps = os.environ.get("OPENSORA_MAX_STEPS")
+    return TrainingSettings(
+        profile=name,
+        stages=[s.strip() for s in stages.split(",") if s.strip()],
+        out_root=os.environ.get("OPENSORA_TRAIN_ROOT", f"{profile.artifacts_root.rstrip('/')}/train"),
+        max_steps=int(max_steps) if max_steps else None,
+        nnodes=profile.nnodes,
+        nproc_per_node=nproc,
+        gpu_per_node=nproc if profile.device == "cuda" else 0,
+    )
+
+
+class TorchXLaunchError(Failure):
+    """A TorchX job ended in a state other than SUCCEEDED; carries the failing replicas' log tails."""
+
+
+class TorchXLauncher(ConfigurableResource):
+    """Runs TorchX AppDefs and waits for them: `local_cwd` on one machine, `kubernetes`
+    or `slurm` on clusters (run options in `scheduler_cfg`, then `.torchxconfig`).
+
+    The job's output is copied to this process's stdout while it runs (Dagster keeps it
+    as the step's compute log); a failed job raises :class:`TorchXLaunchError` whose
+    message ends with the failing replicas' last log lines.
+    """
+
+    scheduler: Literal["local_cwd", "kubernetes", "slurm"] = Field("local_cwd", description="TorchX scheduler.")
+    scheduler_cfg: dict[str, Any] = Field(default_factory=dict, description="Scheduler run options (torchx runopts).")
+    log_dir: str = Field(description="local_cwd: replica logs go to <log_dir>/torchx/<app_id>/<role>/<replica>/.")
+    config_dir: str | None = Field(None, description="Folder whose .torchxconfig supplies options not set here.")
+    wait_interval_s: float = Field(1.0, gt=0, description="Seconds between status polls.")
+    log_tail_lines: int = Field(60, ge=1, description="Log lines per failing replica in the error.")
+
+    def python(self) -> str:
+        """The interpreter jobs run: this one on local_cwd, the image's or host's `python` elsewhere."""
+        return sys.executable if self.scheduler == "local_cwd" else "python"
+
+    def run_config(self) -> dict[str, Any]:
+        cfg = dict(self.scheduler_cfg)
+        if self.scheduler == "local_cwd":
+            cfg.setdefault("log_dir", self.log_dir)
+        if self.config_dir:
+            torchx_config.apply(self.scheduler, cfg, dirs=[self.config_dir])
+        return cfg
+
+    def dryrun(self, app: specs.AppDef) -> Any:
+        """What `launch` would submit (the scheduler's request), without submitting it."""
+        with _own_signal_handlers(), get_runner() as runner:
+            return runner.dryrun(self._prepared(app), self.scheduler, cfg=self.run_config())
+
+    def launch(self, app: specs.AppDef, follow: bool = True, stream: TextIO | None = None) -> str:
+        """Run `app` to completion and return its handle; raise TorchXLaunchError unless it succeeded.
+
+        With `follow`, replica 0's log is copied to `stream` (default: stdout) as it grows.
+        """
+        with _own_signal_handlers(), get_runner() as runner:
+            handle = runner.run(self._prepared(app), self.scheduler, cfg=self.run_config())
+            follower = None
+            if follow:
+                follower = threading.Thread(target=_follow, daemon=True,
+                                            args=(runner, handle, app.roles[0].name, stream or sys.stdout))
+                follower.start()
+            try:
+                status = runner.wait(handle, wait_interval=self.wait_interval_s)
+            except BaseException:
+                runner.cancel(handle)  # interrupted (Dagster run terminated): do not leave the job behind
+                raise
+            if follower is not None:
+                follower.join(timeout=10)
+            if status is None or status.state != specs.AppState.SUCCEEDED:
+                raise self._failure(runner, handle, app, status)
+            return handle
+
+    def _prepared(self, app: specs.AppDef) -> specs.AppDef:
+        if self.scheduler != "local_cwd":
+            return app
+        # The job imports this checkout's code, whatever the working directory.
+        app = copy.deepcopy(app)
+        for role in app.roles:
+            role.env["PYTHONPATH"] = os.pathsep.join(p for p in (_CHECKOUT, os.environ.get("PYTHONPATH")) if p)
+        return app
+
+    def _failure(self, runner, handle: str, app: specs.AppDef, status) -> TorchXLaunchError:
+        state = status.state.name if status is not None else "UNKNOWN (the scheduler no longer knows the job)"
+        failed = [(r.role, r.id) for role in (status.roles if status else []) for r in role.replicas
+                  if r.state == specs.AppState.FAILED]
+        replicas = failed or [(role.name, k) for role in app.roles for k in range(role.num_replicas)][:1]
+        tails = []
+        for role_name, k in replicas:
+            try:
+                lines = list(runner.log_lines(handle, role_name, k))[-self.log_tail_lines :]
+                text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+            except Exception as err:  # noqa: BLE001 - the error must still be raised without logs
+                text = f"(logs unavailable: {type(err).__name__}: {err})\n"
+            tails.append(f"--- {role_name} replica {k}, last {self.log_tail_lines} log lines ---\n{text}")
+        message = status.msg if status is not None and status.msg not in ("", specs.NONE) else ""
+        return TorchXLaunchError(
+            description=f"TorchX job {handle} ended {state}{': ' + message if message else ''}\n" + "".join(tails),
+            metadata={"app_handle": handle, "state": state, "log_tail": MetadataValue.text("".join(tails))},
+        )
+
+
+@contextlib.contextmanager
+def _own_signal_handlers() -> Iterator[None]:
+    """TorchX's local scheduler replaces the process's SIGINT/SIGTERM handlers; put the
+    host's (Dagster's, pytest's) back once the job is over."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+
+
+def _follow(runner, handle: str, role_name: str, stream: TextIO) -> None:
+    """Copy replica 0's log to `stream` until the job ends (best effort: a scheduler
+    without log access leaves the stream quiet, and the error still carries the tail)."""
+    try:
+        for line in runner.log_lines(handle, role_name, 0, should_tail=True):
+            stream.write(line if line.endswith("\n") else line + "\n")
+            stream.flush()
+    except Exception as err:  # noqa: BLE001
+        stream.write(f"(not following {handle}'s log: {type(err).__name__}: {err})\n")
+
+
+def torchx_launcher_from_env() -> TorchXLauncher:
+    """Scheduler from the profile (`OPENSORA_PROFILE`); run options as JSON in
+    `OPENSORA_TORCHX_CFG`; local logs under `<artifacts>/torchx`; `.torchxconfig` from
+    the project folder."""
+    profile = load_profile(os.environ.get("OPENSORA_PROFILE", "embedded"))
+    return TorchXLauncher(
+        scheduler=profile.torchx_scheduler,
+        scheduler_cfg=json.loads(os.environ.get("OPENSORA_TORCHX_CFG", "{}")),
+        log_dir=f"{profile.artifacts_root.rstrip('/')}/torchx",
+        config_dir=str(project_root()),
     )

@@ -4,7 +4,7 @@ keys and the `opensora data` subcommands:
 | step | function | writes (under the output root) |
 | --- | --- | --- |
 | ingest/probe | :func:`raw_videos` | `partitions/<key>/raw/manifest.json` |
-| scene cuts | :func:`scene_clips` | `partitions/<key>/clips/` (mp4 + jpg, `clips.parquet`) |
+| scene cuts | :func:`scene_clips` | `partitions/<key>/clips/` (mp4 + jpg, `clips.parquet`, `sample_scores.parquet`) |
 | scores, captions | :func:`scored_clips` | `partitions/<key>/scores/scores.parquet` |
 | filters, merge | :func:`training_dataset` | `meta.csv`, `meta.parquet`, `rejected.csv`, `filtered.csv` |
 
@@ -14,6 +14,13 @@ so re-running one partition touches no other and a crash leaves no half-written 
 A bad file never stops the pipeline: its step records the reason in the manifest and
 the merge lists it in `rejected.csv`. :func:`curate` runs everything, skipping steps
 whose manifest matches the file's hash and the settings that made it.
+
+The video is decoded once: while :func:`scene_clips` cuts it, the weights-free scorers
+(`flow`, `ocr`, `quality`) score each clip from frames the cutter already has, on a
+background thread, into `sample_scores.parquet`, each recorded in the manifest with
+its fingerprint (name, version, settings). :func:`scored_clips` takes those columns
+as they are while the fingerprints match, and decodes clips only for the rest
+(changed scorer settings, the CLIP scorers, a captioning model).
 """
 
 from __future__ import annotations
@@ -33,8 +40,8 @@ import pandas as pd
 from opensora_core.data.captions import CaptionTable, ModelCaptioner, read_sidecar
 from opensora_core.data.config import CurationConfig
 from opensora_core.data.ingest import RawFile, probe_file, register_inputs
-from opensora_core.data.scenes import cut_scenes
-from opensora_core.data.scoring import build_scorers, read_samples
+from opensora_core.data.scenes import Sampler, cut_scenes
+from opensora_core.data.scoring import BackgroundScorer, ClipSamples, build_scorers, read_samples
 from opensora_core.data.storage import MANIFEST, Storage
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,7 @@ OUR_COLUMNS = ("clip_id", "partition", "source", "source_sha256", "start_frame",
 REQUIRED_COLUMNS = ("path", "num_frames", "height", "width", "aspect_ratio", "resolution", "clip_id", "source",
                     "sha256")
 STEPS = ("raw", "clips", "scores")
+SAMPLE_SCORES = "sample_scores.parquet"
 
 
 def _step_dir(key: str, step: str) -> tuple[str, str, str]:
@@ -118,8 +126,37 @@ def _clip_row(out: Storage, key: str, file: str, probe: dict, source_manifest: d
     }
 
 
+def _cut_and_score(video: Path, folder: Path, key: str, fps: float | None, config: CurationConfig) -> tuple:
+    """Cut `video` into `folder` while the scorers that read luma alone score each clip
+    from the cutter's frames; their columns go to `sample_scores.parquet`. Returns the
+    cut and what the manifest records of those scores (scorer -> version, fingerprint,
+    columns)."""
+    scorers = [s for s in build_scorers(config.scorers)[0] if not s.needs_color]
+    if not scorers:
+        return cut_scenes(video, folder, key, config.scenes, config.clips, fps=fps), {}
+    background = BackgroundScorer(scorers, config.scorers.batch_size)
+    try:
+        cut = cut_scenes(video, folder, key, config.scenes, config.clips, fps=fps,
+                         sampler=Sampler(background.size, background.positions, background.take, background.flush))
+        scores = background.results()
+    finally:
+        background.close()
+    for name, error in background.failed.items():
+        log.warning("partition %s: scorer %s failed while cutting (%s); scored_clips will decode for it",
+                    key, name, error)
+    scored = [s for s in scorers if s.name not in background.failed]
+    if not cut.clips or not scored:
+        return cut, {}
+    columns = [c for s in scored for c in s.columns]
+    pd.DataFrame([{"clip_id": c.clip_id, **{k: scores[c.clip_id].get(k) for k in columns}} for c in cut.clips],
+                 columns=["clip_id", *columns]).to_parquet(folder / SAMPLE_SCORES, index=False)
+    return cut, {s.name: {"version": s.version, "fingerprint": s.fingerprint(), "columns": list(s.columns)}
+                 for s in scored}
+
+
 def scene_clips(source: Storage, out: Storage, key: str, config: CurationConfig) -> dict:
-    """Cut one raw video into scene clips (an image becomes a one-frame sample)."""
+    """Cut one raw video into scene clips (an image becomes a one-frame sample); the
+    weights-free scores are computed on the way (see the module docstring)."""
     raw_manifest = read_manifest(out, key, "raw")
     if raw_manifest is None:
         raise FileNotFoundError(f"partition {key}: raw_videos has not been materialized (no probe manifest)")
@@ -139,7 +176,7 @@ def scene_clips(source: Storage, out: Storage, key: str, config: CurationConfig)
         elif manifest["rejected"] is None:
             started = time.perf_counter()
             with source.local_copy(raw_manifest["path"]) as local:
-                cut = cut_scenes(local, folder, key, config.scenes, config.clips, fps=probe["fps"])
+                cut, manifest["sample_scores"] = _cut_and_score(local, folder, key, probe["fps"], config)
             manifest.update(scenes=[list(s) for s in cut.scenes], dropped=cut.dropped,
                             decoded_frames=cut.decoded_frames, seconds=round(time.perf_counter() - started, 3))
             if cut.decode_error:
@@ -172,6 +209,23 @@ def _clip_columns(rows: list[dict]) -> list[str]:
 def read_clips(out: Storage, key: str) -> pd.DataFrame:
     with out.local_copy(*_step_dir(key, "clips"), "clips.parquet") as local:
         return pd.read_parquet(local)
+
+
+def _stored_scores(out: Storage, key: str, clips_manifest: dict, scorers: list, clip_ids: list[str]) -> dict:
+    """clip id -> stored columns of the scorers in `scorers` whose scores `scene_clips`
+    computed with the same fingerprint (and for every clip); empty when none."""
+    stored = clips_manifest.get("sample_scores") or {}
+    names = [s.name for s in scorers if stored.get(s.name, {}).get("fingerprint") == s.fingerprint()]
+    if not names or not clip_ids or not out.exists(*_step_dir(key, "clips"), SAMPLE_SCORES):
+        return {}
+    with out.local_copy(*_step_dir(key, "clips"), SAMPLE_SCORES) as local:
+        table = pd.read_parquet(local)
+    if not set(clip_ids) <= set(table["clip_id"]):
+        return {}
+    columns = [c for s in scorers if s.name in names for c in s.columns if c in table.columns]
+    table = table.astype(object).where(table.notna(), None)
+    return {"names": names, "rows": {row["clip_id"]: {c: row[c] for c in columns}
+                                     for row in table.to_dict("records")}}
 
 
 # --------------------------------------------------------------------------------------
@@ -224,16 +278,24 @@ def scored_clips(out: Storage, key: str, config: CurationConfig, captioning: Cap
     scores: list[dict] = [{} for _ in rows]
     batch_size = config.scorers.batch_size
     started = time.perf_counter()
+    stored = _stored_scores(out, key, clips_manifest, scorers, [row["clip_id"] for row in rows])
+    reused = stored.get("names", [])
+    for i, row in enumerate(rows):
+        scores[i].update(stored["rows"][row["clip_id"]] if stored else {})
+    decoding = [s for s in scorers if s.name not in reused]
     bar = tqdm(total=len(rows), desc=f"scoring {key}", unit="clip", disable=not progress, leave=False)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         batch = []
         for i, row in enumerate(chunk):
-            wanted = set().union(*(s.positions(int(row["num_frames"])) for s in scorers))
+            wanted = set().union(*(s.positions(int(row["num_frames"])) for s in decoding))
             if captioning.model is not None and texts[start + i] is None:
                 wanted.add(int(row["num_frames"]) // 2)
-            with out.local_copy(*_step_dir(key, "clips"), PurePosixPath(row["path"]).name) as local:
-                samples = read_samples(local, row["clip_id"], int(row["num_frames"]), wanted)
+            if wanted or row.get("media") == "image":
+                with out.local_copy(*_step_dir(key, "clips"), PurePosixPath(row["path"]).name) as local:
+                    samples = read_samples(local, row["clip_id"], int(row["num_frames"]), wanted)
+            else:  # every score is stored already: no decoding
+                samples = ClipSamples(row["clip_id"], int(row["num_frames"]))
             samples.text = texts[start + i]
             batch.append(samples)
         if captioning.model is not None:
@@ -244,7 +306,7 @@ def scored_clips(out: Storage, key: str, config: CurationConfig, captioning: Cap
                 for i, caption in zip(need, captions):
                     batch[i].text = texts[start + i] = caption
                     text_sources[start + i] = "model"
-        for scorer in scorers:
+        for scorer in decoding:
             for i, values in enumerate(scorer.score(batch)):
                 scores[start + i].update(values)
         bar.update(len(chunk))
@@ -261,6 +323,8 @@ def scored_clips(out: Storage, key: str, config: CurationConfig, captioning: Cap
         "clips": len(table), "seconds": round(time.perf_counter() - started, 3),
         "scorers": {s.name: {"version": s.version, "columns": list(s.columns)} for s in scorers},
         "skipped": skipped, "rejected": clips_manifest["rejected"],
+        # Scores taken from scene_clips (computed while cutting) rather than by decoding clips.
+        "reused": reused,
     }
     with out.staging_dir(*_step_dir(key, "scores")) as folder:
         table.to_parquet(folder / "scores.parquet", index=False)
@@ -271,6 +335,33 @@ def scored_clips(out: Storage, key: str, config: CurationConfig, captioning: Cap
 def read_scores(out: Storage, key: str) -> pd.DataFrame:
     with out.local_copy(*_step_dir(key, "scores"), "scores.parquet") as local:
         return pd.read_parquet(local)
+
+
+def _read_all_scores(out: Storage, keys: list[str]) -> pd.DataFrame:
+    """The scores of partitions `keys` as one table, rows in the order of `keys`.
+
+    The tables are joined as Arrow tables and converted to pandas once: converting each
+    small table costs several times its reading, and the merge reads every partition.
+    Columns are unified by name (a column a partition lacks is null there, integers
+    meeting floats become floats), as `pd.concat` would; text columns with missing
+    values are objects with None for them, as `pd.read_parquet` gives them.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for key in keys:
+        with out.local_copy(*_step_dir(key, "scores"), "scores.parquet") as local:
+            # Each file's pandas metadata describes its own index only.
+            tables.append(pq.read_table(local).replace_schema_metadata(None))
+    merged = pa.concat_tables(tables, promote_options="permissive")
+    table = merged.to_pandas()
+    for field in merged.schema:
+        textual = pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+        if pa.types.is_null(field.type) or (textual and merged.column(field.name).null_count):
+            column = table[field.name].astype(object)
+            table[field.name] = column.where(column.notna(), None)
+    return table
 
 
 # --------------------------------------------------------------------------------------
@@ -349,7 +440,7 @@ def training_dataset(out: Storage, keys: list[str], config: CurationConfig) -> D
     (input files with no clip kept: path, step, reason).
     """
     summary = DatasetSummary()
-    tables, rejected = [], []
+    scored, rejected = [], []
     for key in sorted(keys):
         manifest = read_manifest(out, key, "scores")
         if manifest is None:
@@ -362,8 +453,8 @@ def training_dataset(out: Storage, keys: list[str], config: CurationConfig) -> D
             rejected.append({"path": source, "step": manifest["rejected"]["step"],
                              "reason": manifest["rejected"]["reason"], "partition": key})
             continue
-        tables.append(read_scores(out, key))
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(REQUIRED_COLUMNS))
+        scored.append(key)
+    table = _read_all_scores(out, scored) if scored else pd.DataFrame(columns=list(REQUIRED_COLUMNS))
     kept, filtered, summary.warnings = apply_filters(table, config)
     if summary.missing:
         summary.warnings.append(f"{len(summary.missing)} partitions not scored yet: {', '.join(summary.missing[:5])}")

@@ -22,6 +22,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from opensora_core.utils.dtypes import resolve_dtype
+
 from opensora_core.models.vae import state_dict_digest
 
 __all__ = [
@@ -45,20 +47,6 @@ class TextEncoder(Protocol):
     def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]: ...
 
     def identity(self) -> str: ...
-
-
-def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-    }
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(names)}")
-    return names[dtype]
 
 
 # ---------------------------------------------------------------------------- T5
@@ -133,7 +121,7 @@ class T5TextEncoder:
 
         self.path = root
         self.model_max_length = int(max_length)
-        self.dtype = _resolve_dtype(dtype)
+        self.dtype = resolve_dtype(dtype)
         self.device = torch.device(device)
 
         # transformers >= 4.56 renamed torch_dtype to dtype; older versions would

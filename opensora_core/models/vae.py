@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from opensora_core.utils.dtypes import resolve_dtype
+
 __all__ = [
     "VAE_KINDS",
     "DCTAutoencoder",
@@ -285,24 +287,6 @@ SD_VAE_CONFIG: dict[str, Any] = {
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
-def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-    }
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(names)}")
-    return names[dtype]
-
-
 class SDKLAutoencoder(VideoAutoencoder):
     """Stable Diffusion's KL VAE applied frame by frame, as Open-Sora 1.1 does.
 
@@ -371,7 +355,7 @@ class SDKLAutoencoder(VideoAutoencoder):
                 f"no SD VAE weights in {str(root)!r}; expected one of {', '.join(_WEIGHT_FILES)}"
             )
         model = AutoencoderKL.from_pretrained(
-            str(root), local_files_only=True, torch_dtype=_resolve_dtype(dtype)
+            str(root), local_files_only=True, torch_dtype=resolve_dtype(dtype)
         )
         if device is not None:
             model = model.to(device)

@@ -12,7 +12,8 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+from opensora_core.utils.dtypes import resolve_dtype
+
 
 
 def init_distributed(backend: str, device_type: str) -> tuple[int, int, DeviceMesh | None]:
@@ -34,7 +35,7 @@ def parallelize_stdit2(model: nn.Module, mesh: DeviceMesh | None, mixed_precisio
     model.enable_gradient_checkpointing(grad_checkpoint)
     if mesh is None:
         return model
-    policy = MixedPrecisionPolicy(param_dtype=DTYPES[mixed_precision], reduce_dtype=torch.float32)
+    policy = MixedPrecisionPolicy(param_dtype=resolve_dtype(mixed_precision), reduce_dtype=torch.float32)
     for block in model.blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)

@@ -48,8 +48,9 @@ from opensora_core.models.text_encoder import build_text_encoder_for_model
 from opensora_core.models.vae import build_vae
 from opensora_core.train.checkpoint import CheckpointManager
 from opensora_core.train.ema import EMA
-from opensora_core.train.fsdp import DTYPES, all_reduce_gradients, init_distributed, parallelize_stdit2
+from opensora_core.train.fsdp import all_reduce_gradients, init_distributed, parallelize_stdit2
 from opensora_core.utils.atomic import atomic_path, write_text_atomic
+from opensora_core.utils.dtypes import resolve_dtype
 
 TEXT_ENCODER_WEIGHTS = "text_encoder.safetensors"
 # Dense bf16 peak of GPUs we know, for the MFU estimate (none on CPU).
@@ -259,98 +260,103 @@ def train_stage(args: TrainArgs, on_metrics: Callable[[int, dict[str, float]], N
     tracker = None
     if rank == 0:
         tracker = _start_tracker(args, stage, profile, config, seed, max_steps, out)
+    # A stage that fails still closes its MLflow run, as FAILED.
+    try:
+        compute_dtype = resolve_dtype(stage.mixed_precision)
+        autocast = mesh is None and compute_dtype != torch.float32
+        peak = _peak_flops(device)
+        costs: dict[tuple, float] = {}
+        metrics_file = out / "metrics.jsonl"
+        loss_curve: list[tuple[int, float]] = []
+        window = {"loss": 0.0, "samples": 0, "tokens": 0, "flops": 0.0, "count": 0, "start": time.perf_counter()}
+        started = time.perf_counter()
+        total_tokens = 0
+        last_loss = float("nan")
+        progress = tqdm(total=max_steps, initial=step, desc=f"{Path(args.stage).stem}", disable=rank != 0)
+        trainable.train()
+        while step < max_steps:
+            if len(sampler) == 0:
+                raise TrainingError(f"epoch {sampler.epoch} has no full batch: too few samples for the buckets' batch sizes")
+            for items in sampler:
+                batch = collate([dataset[item] for item in items])
+                bucket = items[0][1]
+                with torch.autocast(device.type, dtype=compute_dtype, enabled=autocast):
+                    loss = _loss(model, text_encoder, vae, diffusion, timesteps, masks, batch, device, generator)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if trains_text:
+                    all_reduce_gradients(text_encoder, world)
+                groups = [[p for p in model.parameters() if p.requires_grad]]
+                if trains_text:
+                    groups.append(list(text_encoder.parameters()))
+                grad_norm = _grad_norm_and_clip(groups, stage.grad_clip)
+                lr = stage.lr * min(1.0, (step + 1) / stage.warmup_steps) if stage.warmup_steps else stage.lr
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.step()
+                if ema is not None:
+                    ema.update(model)
+                step += 1
+                progress.update(1)
 
-    compute_dtype = DTYPES[stage.mixed_precision]
-    autocast = mesh is None and compute_dtype != torch.float32
-    peak = _peak_flops(device)
-    costs: dict[tuple, float] = {}
-    metrics_file = out / "metrics.jsonl"
-    loss_curve: list[tuple[int, float]] = []
-    window = {"loss": 0.0, "samples": 0, "tokens": 0, "flops": 0.0, "count": 0, "start": time.perf_counter()}
-    started = time.perf_counter()
-    total_tokens = 0
-    last_loss = float("nan")
-    progress = tqdm(total=max_steps, initial=step, desc=f"{Path(args.stage).stem}", disable=rank != 0)
-    trainable.train()
-    while step < max_steps:
-        if len(sampler) == 0:
-            raise TrainingError(f"epoch {sampler.epoch} has no full batch: too few samples for the buckets' batch sizes")
-        for items in sampler:
-            batch = collate([dataset[item] for item in items])
-            bucket = items[0][1]
-            with torch.autocast(device.type, dtype=compute_dtype, enabled=autocast):
-                loss = _loss(model, text_encoder, vae, diffusion, timesteps, masks, batch, device, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if trains_text:
-                all_reduce_gradients(text_encoder, world)
-            groups = [[p for p in model.parameters() if p.requires_grad]]
-            if trains_text:
-                groups.append(list(text_encoder.parameters()))
-            grad_norm = _grad_norm_and_clip(groups, stage.grad_clip)
-            lr = stage.lr * min(1.0, (step + 1) / stage.warmup_steps) if stage.warmup_steps else stage.lr
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.step()
-            if ema is not None:
-                ema.update(model)
-            step += 1
-            progress.update(1)
+                key = bucket.key
+                if key not in costs:
+                    costs[key] = estimate_step_cost(config, bucket.num_frames, bucket.height, bucket.width, 1,
+                                                    compute_dtype).train_flops
+                tokens = bucket.tokens(config.patch_size[1]) * len(items)
+                total_tokens += tokens * world
+                loss_value = float(loss.detach())
+                window["loss"] += loss_value
+                window["samples"] += len(items) * world
+                window["tokens"] += tokens * world
+                window["flops"] += costs[key] * len(items) * world
+                window["count"] += 1
+                if step % stage.log_every == 0 or step == max_steps:
+                    elapsed = time.perf_counter() - window["start"]
+                    last_loss = window["loss"] / window["count"]
+                    metrics = {"loss": last_loss, "grad_norm": grad_norm, "lr": lr,
+                               "samples_per_s": window["samples"] / elapsed, "tokens_per_s": window["tokens"] / elapsed,
+                               "tflops_per_s": window["flops"] / elapsed / 1e12,
+                               "peak_memory_gib": _peak_memory(device) / 2**30, "epoch": float(sampler.epoch)}
+                    if peak:
+                        metrics["mfu"] = window["flops"] / elapsed / (peak * world)
+                    if rank == 0:
+                        loss_curve.append((step, last_loss))
+                        with open(metrics_file, "a") as handle:
+                            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+                        progress.set_postfix(loss=f"{last_loss:.4f}")
+                        if tracker is not None:
+                            tracker.log_metrics(metrics, step)
+                        if on_metrics is not None:
+                            on_metrics(step, metrics)
+                    window = {"loss": 0.0, "samples": 0, "tokens": 0, "flops": 0.0, "count": 0,
+                              "start": time.perf_counter()}
+                if step % ckpt_every == 0 or step == max_steps:
+                    _save(checkpoints, step, trainable, optimizer, ema, sampler, generator, device)
+                if step >= max_steps:
+                    break
+        progress.close()
 
-            key = bucket.key
-            if key not in costs:
-                costs[key] = estimate_step_cost(config, bucket.num_frames, bucket.height, bucket.width, 1,
-                                                compute_dtype).train_flops
-            tokens = bucket.tokens(config.patch_size[1]) * len(items)
-            total_tokens += tokens * world
-            loss_value = float(loss.detach())
-            window["loss"] += loss_value
-            window["samples"] += len(items) * world
-            window["tokens"] += tokens * world
-            window["flops"] += costs[key] * len(items) * world
-            window["count"] += 1
-            if step % stage.log_every == 0 or step == max_steps:
-                elapsed = time.perf_counter() - window["start"]
-                last_loss = window["loss"] / window["count"]
-                metrics = {"loss": last_loss, "grad_norm": grad_norm, "lr": lr,
-                           "samples_per_s": window["samples"] / elapsed, "tokens_per_s": window["tokens"] / elapsed,
-                           "tflops_per_s": window["flops"] / elapsed / 1e12,
-                           "peak_memory_gib": _peak_memory(device) / 2**30, "epoch": float(sampler.epoch)}
-                if peak:
-                    metrics["mfu"] = window["flops"] / elapsed / (peak * world)
-                if rank == 0:
-                    loss_curve.append((step, last_loss))
-                    with open(metrics_file, "a") as handle:
-                        handle.write(json.dumps({"step": step, **metrics}) + "\n")
-                    progress.set_postfix(loss=f"{last_loss:.4f}")
-                    if tracker is not None:
-                        tracker.log_metrics(metrics, step)
-                    if on_metrics is not None:
-                        on_metrics(step, metrics)
-                window = {"loss": 0.0, "samples": 0, "tokens": 0, "flops": 0.0, "count": 0,
-                          "start": time.perf_counter()}
-            if step % ckpt_every == 0 or step == max_steps:
-                _save(checkpoints, step, trainable, optimizer, ema, sampler, generator, device)
-            if step >= max_steps:
-                break
-    progress.close()
+        export = _export(out, model, text_encoder if trains_text else None, ema, rank)
+        wall = time.perf_counter() - started
+        result = TrainResult(steps=step, final_loss=last_loss, tokens_per_second=total_tokens / wall if wall else 0.0,
+                             wall_seconds=wall, export_path=str(export), dcp_dir=str(checkpoints.latest()),
+                             loss_curve=loss_curve)
+        if rank == 0:
+            if tracker is not None:
+                tracker.set_tags({"dcp_dir": Path(result.dcp_dir).resolve().as_uri()})
+                tracker.log_artifact(export)
+                tracker.finish()
+                result.mlflow_run_id, result.mlflow_run_url = tracker.run_id, tracker.run_url
+            write_text_atomic(out / "result.json", json.dumps(asdict(result), indent=2))
+        if dist.is_initialized():
+            dist.barrier()
+        return result
 
-    export = _export(out, model, text_encoder if trains_text else None, ema, rank)
-    wall = time.perf_counter() - started
-    result = TrainResult(steps=step, final_loss=last_loss, tokens_per_second=total_tokens / wall if wall else 0.0,
-                         wall_seconds=wall, export_path=str(export), dcp_dir=str(checkpoints.latest()),
-                         loss_curve=loss_curve)
-    if rank == 0:
+    except BaseException:
         if tracker is not None:
-            tracker.set_tags({"dcp_dir": Path(result.dcp_dir).resolve().as_uri()})
-            tracker.log_artifact(export)
-            tracker.finish()
-            result.mlflow_run_id, result.mlflow_run_url = tracker.run_id, tracker.run_url
-        write_text_atomic(out / "result.json", json.dumps(asdict(result), indent=2))
-    if dist.is_initialized():
-        dist.barrier()
-    return result
-
+            tracker.finish("FAILED")
+        raise
 
 def _loss(model, text_encoder, vae, diffusion, timesteps, masks, batch, device, generator) -> torch.Tensor:
     if "latents" in batch:

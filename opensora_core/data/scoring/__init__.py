@@ -4,13 +4,14 @@ with local weights). :func:`build_scorers` picks those that can run here."""
 from __future__ import annotations
 
 from opensora_core.data.config import ScorersConfig
+from opensora_core.data.scoring.background import BackgroundScorer
 from opensora_core.data.scoring.base import ClipSamples, Scorer, read_samples
 from opensora_core.data.scoring.clip_models import AestheticScorer, MatchScorer
 from opensora_core.data.scoring.flow import FlowScorer
 from opensora_core.data.scoring.ocr import OCRScorer
 from opensora_core.data.scoring.quality import QualityScorer
 
-__all__ = ["ClipSamples", "Scorer", "build_scorers", "read_samples"]
+__all__ = ["BackgroundScorer", "ClipSamples", "Scorer", "build_scorers", "read_samples"]
 
 # Range every score must lie in (asset checks and tests use it); None = unbounded.
 SCORE_RANGES: dict[str, tuple[float | None, float | None]] = {

@@ -12,18 +12,17 @@ import cv2
 import numpy as np
 
 from opensora_core.data.config import FlowConfig
-from opensora_core.data.scoring.base import ClipSamples, Scorer, pair_positions
+from opensora_core.data.scoring.base import ClipSamples, Scorer, gray, pair_positions
 
 
 def _gray(frame: np.ndarray, size: int) -> np.ndarray:
     h, w = frame.shape[:2]
     scale = size / max(h, w)
-    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    return cv2.resize(gray, (max(8, round(w * scale)), max(8, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(gray(frame), (max(8, round(w * scale)), max(8, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
 def flow_magnitude(a: np.ndarray, b: np.ndarray, size: int = 256) -> float:
-    """Mean Farneback flow magnitude from RGB frame `a` to `b` at `size` px."""
+    """Mean Farneback flow magnitude from frame `a` to `b` (RGB or luma) at `size` px."""
     flow = cv2.calcOpticalFlowFarneback(_gray(a, size), _gray(b, size), None, pyr_scale=0.5, levels=3,
                                         winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
     return float(np.linalg.norm(flow, axis=-1).mean())
@@ -33,9 +32,13 @@ class FlowScorer(Scorer):
     name = "flow"
     version = "farneback-1"
     columns = ("flow",)
+    needs_color = False
 
     def __init__(self, config: FlowConfig) -> None:
         self.config = config
+
+    def sample_size(self) -> int:
+        return self.config.size
 
     def positions(self, num_frames: int) -> set[int]:
         return {p + d for p in pair_positions(num_frames, self.config.samples) for d in (0, 1)}

@@ -20,12 +20,14 @@ import numpy as np
 
 from opensora_core.data.config import QualityConfig
 from opensora_core.data.scoring.base import ClipSamples, Scorer, spread_positions
+from opensora_core.data.scoring.base import gray as to_gray
 
 ANALYSIS_SIZE = 512
 
 
 def frame_quality(frame: np.ndarray) -> dict[str, float]:
-    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    """Scores of one RGB or luma frame."""
+    gray = to_gray(frame)
     h, w = gray.shape
     scale = ANALYSIS_SIZE / max(h, w)
     if scale < 1:
@@ -44,9 +46,13 @@ class QualityScorer(Scorer):
     name = "quality"
     version = "sharp-expo-contrast-1"
     columns = ("quality", "quality_sharpness", "quality_exposure", "quality_contrast")
+    needs_color = False
 
     def __init__(self, config: QualityConfig) -> None:
         self.config = config
+
+    def sample_size(self) -> int:
+        return ANALYSIS_SIZE
 
     def positions(self, num_frames: int) -> set[int]:
         return set(spread_positions(num_frames, self.config.samples))

@@ -1,0 +1,217 @@
+"""Training assets `stdit2_stage0` .. `stdit2_stage3`: one TorchX job per stage.
+
+Each asset checks its inputs in this process (stage config, the `--init` weights'
+names and shapes, a non-empty training table with a sample that fits a bucket), so bad
+input fails before anything is launched; then it runs `opensora train`'s code under
+torchrun through the TorchX launcher and receives metrics and the result through
+Dagster Pipes. Stage N+1 starts from stage N's export when its config says
+`init_from: previous`.
+"""
+
+import base64
+import io
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from dagster import (
+    AssetExecutionContext,
+    Failure,
+    MetadataValue,
+    PipesEnvContextInjector,
+    PipesFileMessageReader,
+    asset,
+    open_pipes_session,
+)
+from safetensors import safe_open
+
+from assets_defs.caches import text_embeddings, video_latents
+from opensora_core.config import ConfigError, StageConfig, load_stage
+from opensora_core.data.buckets import Bucket, BucketAssigner
+from opensora_core.models import load_preset
+from opensora_core.models.checkpoint_io import compare_keys, load_state_dict
+from opensora_core.utils.atomic import atomic_path
+from orchestration.launch.components import train_stage_component
+from orchestration.resources import CacheSettings, CurationStorage, TorchXLauncher, TrainingSettings
+
+TABLE = "meta.parquet"
+_REQUIRED_COLUMNS = ("path", "text", "num_frames", "height", "width")
+
+
+@dataclass
+class StagePlan:
+    """Everything one stage job is launched with, checked."""
+
+    index: int
+    config_name: str
+    config: StageConfig
+    out: Path
+    data: Path
+    init: Path | None
+
+
+def plan_stage(index: int, settings: TrainingSettings, data: Path) -> StagePlan:
+    """Resolve and check stage `index`'s inputs; raise Failure naming what is wrong."""
+    name = settings.stage_config(index)
+    try:
+        config = load_stage(name)
+    except ConfigError as err:
+        raise Failure(f"stdit2_stage{index}: stage config does not validate:\n{err}") from None
+    if config.stage != index:
+        raise Failure(f"stdit2_stage{index}: stage config {name} is for stage {config.stage}, not {index} "
+                      "(check TrainingSettings.stages / OPENSORA_TRAIN_STAGES)")
+    init = _init_path(index, config, settings)
+    plan = StagePlan(index, name, config, settings.stage_dir(index), data, init)
+    check_table(plan)
+    if init is not None:
+        check_init(plan)
+    return plan
+
+
+def _init_path(index: int, config: StageConfig, settings: TrainingSettings) -> Path | None:
+    if config.init_from is None:
+        return None
+    if config.init_from == "previous":
+        path = settings.export_path(index - 1)
+        if not path.is_file():
+            raise Failure(f"stdit2_stage{index}: starts from stage {index - 1}'s export {path}, which does not "
+                          f"exist; materialize stdit2_stage{index - 1} first")
+        return path
+    path = Path(config.init_from).expanduser()
+    if not path.exists():
+        raise Failure(f"stdit2_stage{index}: init_from {path} (from {settings.stage_config(index)}) does not exist")
+    return path
+
+
+def check_table(plan: StagePlan) -> None:
+    import pandas as pd
+
+    table = pd.read_parquet(plan.data)
+    where = f"stdit2_stage{plan.index}: training table {plan.data}"
+    if table.empty:
+        raise Failure(f"{where} is empty; nothing to train on")
+    missing = [c for c in _REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise Failure(f"{where} lacks columns {', '.join(missing)}")
+    rows = list(zip(table["num_frames"].astype(int), table["height"].astype(int), table["width"].astype(int)))
+    # Epoch 0's draw with the stage's seed: the assignment the trainer starts with.
+    assignments = BucketAssigner(plan.config).assign_all(rows, plan.config.seed, 0)
+    if not any(isinstance(a, Bucket) for a in assignments):
+        reasons = sorted({a.reason for a in assignments})
+        raise Failure(f"{where}: none of its {len(rows)} samples fits a bucket of {plan.config_name} "
+                      f"({'; '.join(reasons[:3])})")
+
+
+def check_init(plan: StagePlan) -> None:
+    """The init weights must have exactly the names and shapes of the stage's model."""
+    assert plan.init is not None
+    try:
+        state = _shapes(plan.init)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise Failure(f"stdit2_stage{plan.index}: cannot read --init {plan.init}: {err}") from None
+    report = compare_keys(state, load_preset(plan.config.model_preset))
+    if not report.ok:
+        raise Failure(f"stdit2_stage{plan.index}: --init {plan.init} does not fit model preset "
+                      f"{plan.config.model_preset}: {report.describe()}")
+
+
+def _shapes(path: Path) -> dict[str, torch.Tensor]:
+    """Names and shapes as meta tensors; a safetensors file is not read beyond its header."""
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as handle:
+            return {k: torch.empty(handle.get_slice(k).get_shape(), device="meta") for k in handle.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    return load_state_dict(path, map_location="meta")
+
+
+def snapshot_table(storage: CurationStorage, out: Path) -> Path:
+    """Copy the training table into the stage folder: the job reads it from there (a
+    local or shared path even when curation writes to an object store), and the folder
+    keeps the exact table the stage trained on."""
+    target = out / TABLE
+    if not storage.out().exists(TABLE):
+        raise Failure(f"no training table at {storage.out().path(TABLE)}; materialize training_dataset first")
+    with storage.out().local_copy(TABLE) as local, atomic_path(target) as tmp:
+        shutil.copyfile(local, tmp)
+    return target
+
+
+def loss_curve_markdown(points: list[tuple[int, float]], title: str, png: Path) -> str:
+    """Plot the loss curve to `png` and return Markdown embedding it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 3.2), dpi=100)
+    axes.plot([s for s, _ in points], [v for _, v in points], linewidth=1.2)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    with atomic_path(png) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return f"![loss curve](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+
+
+def train_stage_asset(context: AssetExecutionContext, index: int, curation_storage: CurationStorage,
+                      cache_settings: CacheSettings, training_settings: TrainingSettings,
+                      torchx_launcher: TorchXLauncher) -> Iterator:
+    out = training_settings.stage_dir(index)
+    plan = plan_stage(index, training_settings, snapshot_table(curation_storage, out))
+    context.log.info(f"stage {index}: {plan.config_name}, init {plan.init or 'random'}, out {plan.out}")
+    # Messages go through a file in the stage folder, which the job and this process share
+    # on every scheduler we support (docs/torchx.md), rather than through /tmp here.
+    messages = out / "pipes" / f"{context.run.run_id}.jsonl"
+    messages.parent.mkdir(parents=True, exist_ok=True)
+    with open_pipes_session(context=context, context_injector=PipesEnvContextInjector(),
+                            message_reader=PipesFileMessageReader(str(messages))) as session:
+        app = train_stage_component(
+            stage=plan.config_name, profile=training_settings.profile, data=str(plan.data), out=str(plan.out),
+            cache=cache_settings.root, init=str(plan.init) if plan.init else None,
+            max_steps=training_settings.max_steps, nnodes=training_settings.nnodes,
+            nproc_per_node=training_settings.nproc_per_node, image=training_settings.image,
+            python=torchx_launcher.python(), cpu=training_settings.cpu_per_node,
+            gpu=training_settings.gpu_per_node, memMB=training_settings.mem_mb_per_node,
+            env=dict(session.get_bootstrap_env_vars()), mounts=training_settings.mounts,
+            max_retries=training_settings.max_retries,
+        )
+        handle = torchx_launcher.launch(app)
+    points = [(m["step"], m["metrics"]["loss"]) for m in session.get_custom_messages()
+              if isinstance(m, dict) and "loss" in m.get("metrics", {})]
+    extra = {"stage_config": plan.config_name, "init": MetadataValue.path(str(plan.init)) if plan.init else "random",
+             "torchx_app": handle, "training_table": MetadataValue.path(str(plan.data))}
+    if points:
+        extra["loss_curve"] = MetadataValue.md(
+            loss_curve_markdown(points, f"stdit2_stage{index} ({plan.config_name})", out / "loss_curve.png"))
+    results = session.get_results(implicit_materializations=False, metadata=extra)
+    if not results:
+        raise Failure(f"stdit2_stage{index}: job {handle} succeeded but reported nothing through Dagster Pipes "
+                      f"(it writes to {messages}, which must be the same file here; see docs/torchx.md)")
+    yield from results
+
+
+def _stage_asset(index: int, previous):
+    deps = [text_embeddings, video_latents, *([previous] if previous is not None else [])]
+
+    @asset(name=f"stdit2_stage{index}", deps=deps, group_name="training", kinds={"pytorch", "mlflow"},
+           description=f"STDiT-2 training stage {index} (TorchX job; DCP checkpoints + export/model.safetensors).")
+    def stage(context: AssetExecutionContext, curation_storage: CurationStorage, cache_settings: CacheSettings,
+              training_settings: TrainingSettings, torchx_launcher: TorchXLauncher):
+        yield from train_stage_asset(context, index, curation_storage, cache_settings, training_settings,
+                                     torchx_launcher)
+
+    return stage
+
+
+stdit2_stage0 = _stage_asset(0, None)
+stdit2_stage1 = _stage_asset(1, stdit2_stage0)
+stdit2_stage2 = _stage_asset(2, stdit2_stage1)
+stdit2_stage3 = _stage_asset(3, stdit2_stage2)
+
+training_assets = [stdit2_stage0, stdit2_stage1, stdit2_stage2, stdit2_stage3]

@@ -1,0 +1,1 @@
+"""Launching training processes: the TorchX component and the process torchrun starts."""

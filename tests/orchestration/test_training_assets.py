@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from dagster import AssetKey, Failure, materialize
+
+from assets_defs.training import plan_stage, stdit2_stage0, training_assets
+from opensora_core.config import find_config
+from opensora_core.data.synthetic import moving_square_clip
+from opensora_core.infer.export import write_image
+from opensora_core.models import build_stdit2
+from opensora_core.models.checkpoint_io import save_model
+from orchestration.resources import CacheSettings, CurationStorage, TorchXLauncher, TrainingSettings
+
+TINY = [f"tiny/stage{i}" for i in range(4)]
+
+
+@pytest.fixture
+def curated(tmp_path):
+    """A curated folder whose training table holds four 64x64 stills (stage 0 trains on images)."""
+    folder = tmp_path / "curated"
+    folder.mkdir()
+    rows = []
+    for i, color in enumerate(["red", "green", "blue", "yellow"]):
+        path = folder / f"still{i}.png"
+        write_image(path, moving_square_clip(1, 64, 64, color=color, seed=i)[0])
+        rows.append({"path": str(path), "text": f"a {color} square", "num_frames": 1, "height": 64, "width": 64,
+                     "fps": 0.0, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    pd.DataFrame(rows).to_parquet(folder / "meta.parquet")
+    return folder
+
+
+@pytest.fixture
+def profile(tmp_path):
+    """The embedded profile with its MLflow store in the test's folder."""
+    data = yaml.safe_load(find_config("profiles", "embedded").read_text())
+    data["mlflow_tracking_uri"] = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _settings(tmp_path, profile, stages=TINY):
+    return TrainingSettings(profile=str(profile), stages=stages, out_root=str(tmp_path / "train"), max_steps=2)
+
+
+def _table(tmp_path, rows):
+    path = tmp_path / "table.parquet"
+    pd.DataFrame(rows, columns=["path", "text", "num_frames", "height", "width"]).to_parquet(path)
+    return path
+
+
+def test_definitions_wire_stage0_to_stage3_after_the_caches():
+    from orchestration.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    caches = {AssetKey("text_embeddings"), AssetKey("video_latents")}
+    assert graph.get(AssetKey("stdit2_stage0")).parent_keys == caches
+    for i in range(1, 4):
+        assert graph.get(AssetKey(f"stdit2_stage{i}")).parent_keys == caches | {AssetKey(f"stdit2_stage{i - 1}")}
+    assert {graph.get(a.key).group_name for a in training_assets} == {"training"}
+    assert {"training_settings", "torchx_launcher"} <= set(defs.resources)
+
+
+def test_bad_tables_fail_before_launch(tmp_path, profile, curated):
+    settings = _settings(tmp_path, profile)
+    with pytest.raises(Failure, match="is empty; nothing to train on"):
+        plan_stage(0, settings, _table(tmp_path, []))
+    small = _table(tmp_path, [("a.png", "x", 1, 8, 8)])
+    with pytest.raises(Failure, match=r"none of its 1 samples fits a bucket of tiny/stage0 \(8x8 is below"):
+        plan_stage(0, settings, small)
+    plan = plan_stage(0, settings, curated / "meta.parquet")
+    assert plan.init is None and plan.out == tmp_path / "train" / "stage0"
+
+
+def test_bad_stage_configs_fail_before_launch(tmp_path, profile, curated):
+    data = yaml.safe_load(find_config("stages", "tiny/stage0").read_text())
+    data["lr"] = -1
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(data))
+    with pytest.raises(Failure, match=r"does not validate:\n.*broken.yaml: lr"):
+        plan_stage(0, _settings(tmp_path, profile, [str(broken), *TINY[1:]]), curated / "meta.parquet")
+    with pytest.raises(Failure, match="tiny/stage1 is for stage 1, not 0"):
+        plan_stage(0, _settings(tmp_path, profile, TINY[1:]), curated / "meta.parquet")
+
+
+def test_missing_or_mismatched_init_fails_before_launch(tmp_path, profile, curated):
+    settings = _settings(tmp_path, profile)
+    with pytest.raises(Failure, match="export .*stage0/export/model.safetensors, which does not exist; "
+                                      "materialize stdit2_stage0 first"):
+        plan_stage(1, settings, curated / "meta.parquet")
+    save_model(build_stdit2("stdit2-tiny", depth=2), settings.export_path(0))
+    with pytest.raises(Failure, match="does not fit model preset stdit2-tiny: missing: blocks.2"):
+        plan_stage(1, settings, curated / "meta.parquet")
+    save_model(build_stdit2("stdit2-tiny"), settings.export_path(0))
+    assert plan_stage(1, settings, curated / "meta.parquet").init == settings.export_path(0)
+
+
+class _NoLaunch(TorchXLauncher):
+    def launch(self, app, follow=True, stream=None):
+        raise AssertionError("launched despite bad input")
+
+
+def test_stage_asset_validates_before_launching(tmp_path, profile):
+    empty = tmp_path / "curated"
+    empty.mkdir()
+    pd.DataFrame(columns=["path", "text", "num_frames", "height", "width"]).to_parquet(empty / "meta.parquet")
+    resources = {"curation_storage": CurationStorage(raw_root=str(tmp_path), curated_root=str(empty)),
+                 "cache_settings": CacheSettings(root=str(tmp_path / "caches"), stages=TINY),
+                 "training_settings": _settings(tmp_path, profile),
+                 "torchx_launcher": _NoLaunch(log_dir=str(tmp_path / "logs"))}
+    with pytest.raises(Failure, match="training table .*meta.parquet is empty"):
+        materialize([stdit2_stage0], resources=resources)
+
+
+def test_stage0_trains_through_torchx_and_reports_through_pipes(tmp_path, profile, curated):
+    resources = {"curation_storage": CurationStorage(raw_root=str(tmp_path), curated_root=str(curated)),
+                 "cache_settings": CacheSettings(root=str(tmp_path / "caches"), stages=TINY),
+                 "training_settings": _settings(tmp_path, profile),
+                 "torchx_launcher": TorchXLauncher(log_dir=str(tmp_path / "logs"), wait_interval_s=0.5)}
+    result = materialize([stdit2_stage0], resources=resources)
+    metadata = result.asset_materializations_for_node("stdit2_stage0")[0].metadata
+    assert metadata["steps"].value == 2 and math.isfinite(metadata["final_loss"].value)
+    assert metadata["tokens_per_second"].value > 0 and metadata["wall_seconds"].value > 0
+    assert Path(metadata["checkpoint"].value) == tmp_path / "train" / "stage0" / "export" / "model.safetensors"
+    assert Path(metadata["checkpoint"].value).is_file() and Path(metadata["dcp_dir"].value).is_dir()
+    assert "/#/experiments/" in metadata["mlflow_run"].value
+    assert metadata["loss_curve"].value.startswith("![loss curve](data:image/png;base64,")
+    assert (tmp_path / "train" / "stage0" / "loss_curve.png").is_file()
+    assert metadata["torchx_app"].value.startswith("local_cwd://")
