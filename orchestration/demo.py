@@ -4,7 +4,9 @@ print where to look.
 Today: build the tiny STDiT-2, push a real clip (or a synthetic one when
 ../shared/data/videos is absent) through the embedded video autoencoder and back, encode
 a prompt, run one denoising forward pass, write the reconstruction next to the original
-as an mp4, and sample text-to-video and image-to-video with the (untrained) model.
+as an mp4, and sample text-to-video and image-to-video with the (untrained) model. Then
+the pipeline without Dagster: synthetic data -> curation -> caches -> the tiny stage 1 ->
+samples from its export.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -122,14 +125,88 @@ def run_demo(out_dir: Path, num_frames: int = 16, size: int = 128, profile: str 
             "samples": sample_paths}
 
 
+def run_pipeline(out_dir: Path, videos: int = 16, images: int = 4, steps: int = 30, console: Console | None = None,
+                 profile: str = "embedded") -> dict:
+    """The pipeline without Dagster: synthesise a captioned dataset (plus the shared real
+    video when present), curate it, cache text and latents, train the tiny stage 1 and
+    sample from its export. Each step is the same function its Dagster asset calls."""
+    from opensora_core.config import load_stage
+    from opensora_core.data.buckets import BucketAssigner
+    from opensora_core.data.caches import ShardedTensorCache, build_text_cache, build_video_cache
+    from opensora_core.data.config import load_curation_config
+    from opensora_core.data.curate import curate
+    from opensora_core.data.synthetic import synth
+    from opensora_core.infer.sample import load_generation_stack
+    from opensora_core.models import load_preset
+    from opensora_core.models.text_encoder import build_text_encoder_for_model
+    from opensora_core.train.loop import TrainArgs, train_stage
+
+    console = console or Console()
+    settings = load_profile(profile)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        timings[name] = time.perf_counter() - start
+        console.print(f"[green]done[/] {name} ({timings[name]:.1f} s)")
+        return result
+
+    raw, curated, caches = out_dir / "raw", out_dir / "curated", out_dir / "caches"
+    timed("synthesise dataset", synth, raw, videos=videos, images=images, seed=0)
+    real = project_root().parent / "shared" / "data" / "videos" / SHARED_VIDEO
+    if real.is_file() and not (raw / real.name).exists():
+        (raw / real.name).symlink_to(real)
+    summary = timed("curate", curate, raw, curated, load_curation_config("synthetic"))
+    table = pd.read_csv(curated / "meta.csv")
+    config = load_preset("stdit2-tiny")
+    encoder = build_text_encoder_for_model(settings.text_encoder.kind, settings.text_encoder.path,
+                                           config.caption_channels, config.model_max_length)
+    timed("cache captions", build_text_cache, table["text"].astype(str).tolist(), encoder,
+          ShardedTensorCache(caches / "text"), progress=False)
+    vae = build_vae(settings.vae.kind, settings.vae.path)
+    timed("cache latents", build_video_cache, table, BucketAssigner(load_stage("tiny/stage1")), vae,
+          ShardedTensorCache(caches / "video"), progress=False)
+    result = timed("train tiny stage 1", train_stage, TrainArgs(
+        stage="tiny/stage1", data=str(curated / "meta.csv"), cache=str(caches), out=str(out_dir / "stage1"),
+        profile=profile, max_steps=steps, ckpt_every=steps))
+    generator, provenance = load_generation_stack(checkpoint=result.export_path, profile=profile)
+    requests = [PromptRequest("a red circle moving left"), PromptRequest("a blue square moving up")]
+    sample_settings = SampleSettings(num_frames=8, height=64, width=64, steps=20, sampler="dpm-solver", fps=8)
+    samples = timed("sample from the export", generator.generate, requests, sample_settings, progress=False)
+    paths = write_samples(samples, requests, sample_settings, out_dir / "stage1_samples", provenance)
+
+    table_view = Table(title="pipeline (embedded profile, no Dagster)")
+    table_view.add_column("what")
+    table_view.add_column("value", justify="right")
+    for row in (
+        ("clips kept / filtered / files rejected", f"{summary.kept} / {summary.filtered} / {summary.rejected}"),
+        ("caches", f"{caches} ({sum(p.stat().st_size for p in caches.rglob('*') if p.is_file()) / 2**20:.1f} MiB)"),
+        ("stage 1", f"{result.steps} steps, loss {result.loss_curve[0][1]:.3f} -> {result.final_loss:.3f}, "
+                    f"{result.tokens_per_second:,.0f} tokens/s, {result.wall_seconds:.0f} s"),
+        ("export", result.export_path),
+        ("MLflow run", result.mlflow_run_url or "offline record in the stage folder"),
+        ("samples", str(paths[0].parent)),
+        *((f"time: {name}", f"{seconds:.1f} s") for name, seconds in timings.items()),
+    ):
+        table_view.add_row(*row)
+    console.print(table_view)
+    return {"summary": summary, "train": result, "samples": paths}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--num-frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=128, help="square side in pixels (multiple of 16)")
     parser.add_argument("--profile", default="embedded")
+    parser.add_argument("--steps", type=int, default=30, help="training steps of the tiny stage 1")
     args = parser.parse_args()
     run_demo(args.out, args.num_frames, args.size, args.profile)
+    run_pipeline(args.out / "pipeline", steps=args.steps, profile=args.profile)
+    console = Console()
+    console.print("\nMLflow: `make ui` (http://127.0.0.1:5000). Dagster: `.venv/bin/dagster dev -m "
+                  "orchestration.definitions` (http://127.0.0.1:3000).")
 
 
 if __name__ == "__main__":
