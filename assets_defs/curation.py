@@ -97,7 +97,8 @@ def raw_videos(context: AssetExecutionContext, curation_storage: CurationStorage
 
 @asset(partitions_def=raw_partitions, deps=[raw_videos], group_name="curation", kinds={"python", "video"})
 def scene_clips(context: AssetExecutionContext, curation_storage: CurationStorage) -> MaterializeResult:
-    """Scenes (PySceneDetect adaptive) cut into frame-accurate H.264 clips."""
+    """Scenes (PySceneDetect adaptive) cut into frame-accurate clips (MPEG-4 or H.264, from
+    the data config); the weights-free scores are computed on the way, from the same decode."""
     key = context.partition_key
     manifest = curate.scene_clips(curation_storage.source(), curation_storage.out(), key,
                                   curation_storage.curation_config())
@@ -105,6 +106,7 @@ def scene_clips(context: AssetExecutionContext, curation_storage: CurationStorag
     return MaterializeResult(metadata={
         "clips": manifest["clips"], "frames": int(clips["num_frames"].sum()) if len(clips) else 0,
         "scenes": len(manifest.get("scenes", [])), "dropped_pieces": len(manifest.get("dropped", [])),
+        "scored_while_cutting": ", ".join(manifest.get("sample_scores") or {}) or "none",
         "notes": "; ".join(manifest["notes"]) or "none", "thumbnail": MetadataValue.md(
             _thumbnail_md(curation_storage, key, clips)), **_rejection(manifest),
     })
@@ -123,6 +125,7 @@ def scored_clips(context: AssetExecutionContext, curation_storage: CurationStora
     return MaterializeResult(metadata={
         "clips": manifest["clips"], "scorers": ", ".join(f"{n} {s['version']}" for n, s in manifest["scorers"].items()),
         "skipped": "; ".join(f"{n}: {r}" for n, r in manifest["skipped"].items()) or "none",
+        "reused_from_scene_clips": ", ".join(manifest.get("reused", [])) or "none",
         "captioned": int(table["text"].notna().sum()) if len(table) else 0,
         "histograms": MetadataValue.md(histogram_md(table, SCORE_COLUMNS)), **_rejection(manifest),
     })

@@ -356,11 +356,12 @@ def _read_all_scores(out: Storage, keys: list[str]) -> pd.DataFrame:
             tables.append(pq.read_table(local).replace_schema_metadata(None))
     merged = pa.concat_tables(tables, promote_options="permissive")
     table = merged.to_pandas()
-    for field in merged.schema:
-        textual = pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
-        if pa.types.is_null(field.type) or (textual and merged.column(field.name).null_count):
-            column = table[field.name].astype(object)
-            table[field.name] = column.where(column.notna(), None)
+    for column_type in merged.schema:
+        name, kind = column_type.name, column_type.type
+        textual = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        if pa.types.is_null(kind) or (textual and merged.column(name).null_count):
+            column = table[name].astype(object)
+            table[name] = column.where(column.notna(), None)
     return table
 
 

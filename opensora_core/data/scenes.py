@@ -20,6 +20,7 @@ video length.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -41,7 +42,6 @@ from opensora_core.utils.atomic import atomic_path
 
 THUMBNAIL_WIDTH = 160
 ENCODE_QUEUE = 16  # frames waiting for the encoder thread at most
-DECODE_THREADS = "AUTO"
 
 
 @dataclass
@@ -220,10 +220,8 @@ class _ClipWriter:
 
     def discard(self) -> None:
         """After a failure, on the caller's thread once the encoder has stopped."""
-        try:
+        with contextlib.suppress(Exception):  # a half-written file is removed either way
             self.container.close()
-        except Exception:  # noqa: BLE001 - a half-written file is removed either way
-            pass
         self.tmp.unlink(missing_ok=True)
 
 
@@ -318,10 +316,8 @@ class _Cutter:
         self.encoder.finish()
 
     def abort(self) -> None:
-        try:
+        with contextlib.suppress(BaseException):  # the original error is the one to report
             self.encoder.finish()
-        except BaseException:  # noqa: BLE001 - the original error is the one to report
-            pass
         for writer in self.writers:
             if not writer.path.exists():
                 writer.discard()
@@ -347,8 +343,7 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
     result = SceneCut()
     with av.open(str(video)) as container:
         stream = container.streams.video[0]
-        if DECODE_THREADS:
-            stream.thread_type = DECODE_THREADS
+        stream.thread_type = "AUTO"
         rate = Fraction(fps).limit_denominator(1001) if fps else (stream.average_rate or Fraction(24))
         rate = Fraction(rate).limit_denominator(1001)
         detector = _Detector(

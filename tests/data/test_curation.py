@@ -185,3 +185,127 @@ def test_shared_videos_partly_decodable_kept_with_true_count(videos_dir, tmp_pat
     mega = meta[meta["source"].str.endswith("/Megamind.avi")]
     assert sorted(mega["num_frames"]) == [46, 56, 70, 98]
     assert summary.rejected + len(set(meta["source"])) == 3
+
+
+def _copy_output(root, tmp_path):
+    shutil.copytree(root / "out", tmp_path / "out")
+    return Storage(tmp_path / "out")
+
+
+def _video_keys(out: Storage) -> list[str]:
+    return sorted(k for k in out.listdir("partitions")
+                  if (curate_module.read_manifest(out, k, "clips") or {}).get("sample_scores"))
+
+
+def test_scores_computed_while_cutting_are_reused_without_decoding(curated, tmp_path, monkeypatch):
+    root, _, _ = curated
+    out = _copy_output(root, tmp_path)
+    keys = _video_keys(out)
+    assert len(keys) >= 4  # every kept video was scored while it was cut
+    expected = {"flow", "quality"} | ({"ocr"} if HAVE_TESSERACT else set())
+    for key in keys:
+        assert set(curate_module.read_manifest(out, key, "scores")["reused"]) == expected
+    before = curate_module.read_scores(out, keys[0])
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("clips decoded although their scores are stored")
+
+    monkeypatch.setattr(curate_module, "read_samples", no_decoding)
+    manifest = curate_module.scored_clips(out, keys[0], corpus_config())
+    assert set(manifest["reused"]) == expected
+    pd.testing.assert_frame_equal(curate_module.read_scores(out, keys[0]), before)
+    # Changed flow settings: flow is scored again by decoding the clips, the rest reused.
+    monkeypatch.undo()
+    config = corpus_config()
+    config.scorers.flow.samples = 3
+    manifest = curate_module.scored_clips(out, keys[0], config)
+    assert set(manifest["reused"]) == expected - {"flow"}
+    assert curate_module.read_scores(out, keys[0])["flow"].notna().all()
+
+
+def _source_scores(out: Storage, key: str, config) -> tuple[pd.DataFrame, list[dict]]:
+    """The stored scores of partition `key`, and the same scorers on the source's RGB frames."""
+    from opensora_core.data.scoring.base import ClipSamples
+    from opensora_core.data.scoring.flow import FlowScorer
+    from opensora_core.data.scoring.quality import QualityScorer
+
+    stored = curate_module.read_scores(out, key)
+    source = curate_module.read_manifest(out, key, "raw")["source"]
+    recomputed = []
+    for row in stored.itertuples():
+        frames = read_frames(source, row.num_frames, start=row.start_frame)
+        samples = [ClipSamples(row.clip_id, row.num_frames, dict(enumerate(frames)))]
+        recomputed.append({**FlowScorer(config.flow).score(samples)[0],
+                           **QualityScorer(config.quality).score(samples)[0]})
+    return stored, recomputed
+
+
+def test_scores_while_cutting_are_the_scores_of_the_source_frames(curated):
+    from opensora_core.data.scoring.quality import QualityScorer
+
+    root, _, _ = curated
+    out = Storage(root / "out")
+    for key in _video_keys(out):
+        stored, recomputed = _source_scores(out, key, corpus_config().scorers)
+        for row, expected in zip(stored.itertuples(), recomputed, strict=True):
+            # The cutter's luma against OpenCV's grey of the RGB decode: equal but for
+            # rounding and saturated colours, which Farneback on flat synthetic shapes
+            # magnifies; moving and still stay apart (real footage: test below).
+            assert (row.flow >= 0.02) == (expected["flow"] >= 0.02), key
+            for column in QualityScorer.columns:
+                assert getattr(row, column) == pytest.approx(expected[column], abs=0.03), (key, column)
+
+
+@pytest.mark.real_video
+def test_scores_while_cutting_real_footage(videos_dir, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(videos_dir / "Megamind.avi", raw)
+    config = corpus_config()
+    curate(raw, tmp_path / "out", config)
+    out = Storage(tmp_path / "out")
+    (key,) = _video_keys(out)
+    stored, recomputed = _source_scores(out, key, config.scorers)
+    for row, expected in zip(stored.itertuples(), recomputed, strict=True):
+        assert row.flow == pytest.approx(expected["flow"], rel=0.05)
+        assert row.quality == pytest.approx(expected["quality"], abs=0.02)
+
+
+def test_a_scorer_failing_while_cutting_is_scored_by_decoding(tmp_path, monkeypatch, caplog):
+    from opensora_core.data.scoring.quality import QualityScorer
+
+    original = QualityScorer.score
+
+    def fails_on_luma(self, batch):
+        if any(f.ndim == 2 for clip in batch for f in clip.frames.values()):
+            raise RuntimeError("boom")
+        return original(self, batch)
+
+    monkeypatch.setattr(QualityScorer, "score", fails_on_luma)
+    raw = tmp_path / "raw"
+    make_corpus(raw)
+    for name in list(EXPECTED)[1:]:
+        (raw / name).unlink()
+    with caplog.at_level(logging.WARNING):
+        summary = curate(raw, tmp_path / "out", corpus_config())
+    assert summary.kept == 1 and any("quality failed while cutting" in r.message for r in caplog.records)
+    manifest = json.loads(next((tmp_path / "out" / "partitions").glob("*/scores/manifest.json")).read_text())
+    assert "quality" not in manifest["reused"] and "flow" in manifest["reused"]
+    assert pd.read_csv(tmp_path / "out" / "meta.csv")["quality"].notna().all()
+
+
+def test_merge_reads_partitions_as_pandas_concat_would(curated, tmp_path, monkeypatch):
+    root, _, _ = curated
+    out = _copy_output(root, tmp_path)
+    keys = [f.key for f in register_inputs(Storage(root / "raw"), corpus_config(), index=None)]
+    written = {}
+    for merge in ("arrow", "pandas"):
+        if merge == "pandas":
+            monkeypatch.setattr(curate_module, "_read_all_scores", lambda out, keys: pd.concat(
+                [curate_module.read_scores(out, k) for k in keys], ignore_index=True))
+        training_dataset(out, keys, corpus_config(min_flow=None))
+        written[merge] = {name: (tmp_path / "out" / name).read_bytes()
+                          for name in ("meta.csv", "filtered.csv", "rejected.csv", "summary.json")}
+        written[merge]["meta.parquet"] = pd.read_parquet(tmp_path / "out" / "meta.parquet")
+    pd.testing.assert_frame_equal(written["arrow"].pop("meta.parquet"), written["pandas"].pop("meta.parquet"))
+    assert written["arrow"] == written["pandas"]

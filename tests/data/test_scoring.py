@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import shutil
 
+import av
 import cv2
 import numpy as np
 import pandas as pd
@@ -82,3 +83,69 @@ def test_captions_from_sidecars_and_imported_tables(tmp_path):
     pd.DataFrame({"x": [1]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match="Panda-70M"):
         CaptionTable.from_csv(tmp_path / "bad.csv")
+
+
+def _two_shots(path, n=24):
+    from opensora_core.infer.export import write_video
+
+    frames = np.concatenate([moving_shape_clip(n, 64, 96, "yellow", "up", background=(20, 20, 20)),
+                             moving_shape_clip(n, 64, 96, "green", "down", shape="triangle",
+                                               background=(200, 200, 200))])
+    return write_video(path, frames, fps=12)
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "libx264"])
+def test_cut_is_frame_accurate_and_hands_sample_frames_over(tmp_path, codec):
+    from opensora_core.data.config import ClipsConfig, ScenesConfig
+    from opensora_core.data.scenes import Sampler, cut_scenes
+    from opensora_core.data.video_io import read_frames
+
+    video = _two_shots(tmp_path / "two.mp4")
+    taken = []
+    sampler = Sampler(80, lambda n: set(spread_positions(n, 3)), lambda clip, s: taken.append((clip, s)))
+    cut = cut_scenes(video, tmp_path / "clips", "c", ScenesConfig(min_frames=8, max_frames=16),
+                     ClipsConfig(codec=codec), sampler=sampler)
+    assert [(c.start_frame, c.end_frame) for c in cut.clips] == [(0, 16), (16, 24), (24, 40), (40, 48)]
+    assert sorted(p.name for p in (tmp_path / "clips").iterdir() if p.suffix == ".mp4") == \
+        [c.file for c in cut.clips]  # no temporary file left
+    with av.open(str(tmp_path / "clips" / cut.clips[0].file)) as container:
+        assert container.streams.video[0].codec_context.name == {"mpeg4": "mpeg4", "libx264": "h264"}[codec]
+    for clip, samples in taken:
+        assert len(read_frames(tmp_path / "clips" / clip.file, 1000)) == clip.num_frames
+        assert sorted(samples.frames) == spread_positions(clip.num_frames, 3)
+        frame = samples.frames[spread_positions(clip.num_frames, 3)[0]]
+        assert frame.dtype == np.uint8 and frame.shape == (64, 96)  # luma, within 1.25x the size asked
+    # The sampled luma is the grey of the decoded frame: the background of each shot.
+    assert taken[0][1].frames[2][0, 0] < 40 and taken[2][1].frames[2][0, 0] > 180
+
+
+def test_fast_detector_scores_equal_pyscenedetect(tmp_path):
+    from fractions import Fraction
+
+    from scenedetect import FrameTimecode
+    from scenedetect.detectors import AdaptiveDetector
+
+    from opensora_core.data.scenes import _Detector, detection_frame
+
+    video = _two_shots(tmp_path / "two.mp4")
+    theirs, ours, cuts = AdaptiveDetector(), _Detector(), ([], [])
+    with av.open(str(video)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            small = detection_frame(frame, 1)
+            cuts[0].extend(c.frame_num for c in theirs.process_frame(FrameTimecode(i, Fraction(12)), small))
+            cuts[1].extend(c.frame_num for c in ours.process_frame(FrameTimecode(i, Fraction(12)), small))
+            assert ours._frame_score == theirs._frame_score
+    assert cuts[0] == cuts[1] == [24]
+
+
+def test_an_encoding_error_stops_the_cut_and_leaves_no_files(tmp_path, monkeypatch):
+    from opensora_core.data import scenes
+
+    def broken(self, frame, pts):
+        raise RuntimeError("encoder broke")
+
+    monkeypatch.setattr(scenes._ClipWriter, "_encode", broken)
+    with pytest.raises(RuntimeError, match="encoder broke"):
+        scenes.cut_scenes(_two_shots(tmp_path / "two.mp4"), tmp_path / "clips", "c",
+                          scenes.ScenesConfig(min_frames=8))
+    assert not [p for p in (tmp_path / "clips").iterdir() if p.suffix != ".jpg"]

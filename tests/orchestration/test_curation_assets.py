@@ -59,8 +59,13 @@ def test_sensor_partitions_assets_and_checks(setup):
     two = next(k for k in keys if k.startswith("two_scenes"))
     events = instance.get_latest_materialization_event(scene_clips.key)
     assert events is not None
-    clip_md = _curate_partition(instance, storage, two).asset_materializations_for_node("scene_clips")[0].metadata
+    result = _curate_partition(instance, storage, two)
+    clip_md = result.asset_materializations_for_node("scene_clips")[0].metadata
     assert clip_md["clips"].value == 2 and clip_md["thumbnail"].value.startswith("![two_scenes")
+    # Scored while cutting, and taken as they are by the separate scored_clips step.
+    assert "flow" in clip_md["scored_while_cutting"].value
+    assert "flow" in result.asset_materializations_for_node("scored_clips")[0].metadata[
+        "reused_from_scene_clips"].value
     empty = next(k for k in keys if k.startswith("empty"))
     empty_md = _curate_partition(instance, storage, empty).asset_materializations_for_node("raw_videos")[0].metadata
     assert "empty file" in empty_md["rejected"].value

@@ -60,10 +60,10 @@ def text_coverage(frames: list[np.ndarray], config: OCRConfig) -> list[float]:
         width = max(g.shape[1] for g in chunk)
         tops, rows = [], []
         top = 0
-        for gray in chunk:
+        for image in chunk:
             # Padding with the frame's own median adds no edge that could read as text.
-            padded = np.full((gray.shape[0] + GAP, width), int(np.median(gray)), dtype=np.uint8)
-            padded[: gray.shape[0], : gray.shape[1]] = gray
+            padded = np.full((image.shape[0] + GAP, width), int(np.median(image)), dtype=np.uint8)
+            padded[: image.shape[0], : image.shape[1]] = image
             tops.append(top)
             rows.append(padded)
             top += padded.shape[0]
