@@ -6,7 +6,14 @@ and sizes; the checks verify that every training row is covered and nothing is N
 """
 
 import pandas as pd
-from dagster import AssetCheckResult, AssetExecutionContext, MaterializeResult, MetadataValue, asset, asset_check
+from dagster import (
+    AssetCheckResult,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
 
 from assets_defs.curation import training_dataset
 from opensora_core.config import load_profile, load_stage

@@ -207,7 +207,12 @@ def sample(
     device: Annotated[str, typer.Option()] = "cpu",
 ) -> None:
     """Generate videos: text-to-video/image, image-to-video, extension, connection, editing, long videos."""
-    from opensora_core.infer.sample import SampleSettings, load_generation_stack, parse_prompt, write_samples
+    from opensora_core.infer.sample import (
+        SampleSettings,
+        load_generation_stack,
+        parse_prompt,
+        write_samples,
+    )
     from opensora_core.infer.sizes import image_size
 
     lines = list(prompt or [])

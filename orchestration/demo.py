@@ -46,6 +46,21 @@ def _load_clip(num_frames: int, size: int, console: Console) -> tuple[torch.Tens
     return frames_to_tensor(frames, size, size), source
 
 
+class _Timed:
+    """Call a function and record its wall time under a name (and say so, if given a console)."""
+
+    def __init__(self, timings: dict[str, float], console: Console | None = None):
+        self.timings, self.console = timings, console
+
+    def __call__(self, name: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.timings[name] = time.perf_counter() - start
+        if self.console is not None:
+            self.console.print(f"[green]done[/] {name} ({self.timings[name]:.1f} s)")
+        return result
+
+
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = torch.mean((a.float() - b.float()) ** 2).item()
     return 10 * math.log10(4.0 / mse) if mse > 0 else float("inf")
@@ -55,12 +70,7 @@ def run_demo(out_dir: Path, num_frames: int = 16, size: int = 128, profile: str 
     console = Console()
     settings = load_profile(profile)
     timings: dict[str, float] = {}
-
-    def timed(name: str, fn, *args, **kwargs):
-        start = time.perf_counter()
-        result = fn(*args, **kwargs)
-        timings[name] = time.perf_counter() - start
-        return result
+    timed = _Timed(timings)
 
     torch.manual_seed(0)
     model = timed("build model", build_stdit2, "stdit2-tiny").eval()
@@ -144,13 +154,7 @@ def run_pipeline(out_dir: Path, videos: int = 16, images: int = 4, steps: int = 
     console = console or Console()
     settings = load_profile(profile)
     timings: dict[str, float] = {}
-
-    def timed(name: str, fn, *args, **kwargs):
-        start = time.perf_counter()
-        result = fn(*args, **kwargs)
-        timings[name] = time.perf_counter() - start
-        console.print(f"[green]done[/] {name} ({timings[name]:.1f} s)")
-        return result
+    timed = _Timed(timings, console)
 
     raw, curated, caches = out_dir / "raw", out_dir / "curated", out_dir / "caches"
     timed("synthesise dataset", synth, raw, videos=videos, images=images, seed=0)
@@ -182,8 +186,8 @@ def run_pipeline(out_dir: Path, videos: int = 16, images: int = 4, steps: int = 
     for row in (
         ("clips kept / filtered / files rejected", f"{summary.kept} / {summary.filtered} / {summary.rejected}"),
         ("caches", f"{caches} ({sum(p.stat().st_size for p in caches.rglob('*') if p.is_file()) / 2**20:.1f} MiB)"),
-        ("stage 1", f"{result.steps} steps, loss {result.loss_curve[0][1]:.3f} -> {result.final_loss:.3f}, "
-                    f"{result.tokens_per_second:,.0f} tokens/s, {result.wall_seconds:.0f} s"),
+        ("stage 1", (f"{result.steps} steps, loss {result.loss_curve[0][1]:.3f} -> {result.final_loss:.3f}, "
+                     f"{result.tokens_per_second:,.0f} tokens/s, {result.wall_seconds:.0f} s")),
         ("export", result.export_path),
         ("MLflow run", result.mlflow_run_url or "offline record in the stage folder"),
         ("samples", str(paths[0].parent)),

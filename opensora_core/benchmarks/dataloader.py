@@ -23,7 +23,12 @@ from rich.table import Table
 
 from opensora_core.config import load_stage
 from opensora_core.data.buckets import BucketAssigner, BucketBatchSampler
-from opensora_core.data.caches import ShardedTensorCache, build_text_cache, build_video_cache, stores_token_ids
+from opensora_core.data.caches import (
+    ShardedTensorCache,
+    build_text_cache,
+    build_video_cache,
+    stores_token_ids,
+)
 from opensora_core.data.dataset import VideoTextDataset, collate
 from opensora_core.data.synthetic import COLORS, DIRECTIONS, moving_square_clip
 from opensora_core.infer.export import write_video

@@ -11,7 +11,13 @@ import torch
 from torch.utils.data import Dataset
 
 from opensora_core.data.buckets import Bucket
-from opensora_core.data.caches import ShardedTensorCache, load_caption, load_clip_window, row_video_key, text_key
+from opensora_core.data.caches import (
+    ShardedTensorCache,
+    load_caption,
+    load_clip_window,
+    row_video_key,
+    text_key,
+)
 from opensora_core.models.stdit2 import IMAGE_FPS
 
 

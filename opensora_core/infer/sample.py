@@ -21,7 +21,12 @@ from PIL import Image
 from opensora_core.data.video_io import frames_to_tensor, read_frames
 from opensora_core.diffusion.samplers import build_sampler, classifier_free_guidance, denoise
 from opensora_core.infer.export import to_uint8_frames, write_image, write_video
-from opensora_core.infer.mask_strategy import MaskOp, MaskStrategyError, apply_mask_strategy, parse_mask_strategy
+from opensora_core.infer.mask_strategy import (
+    MaskOp,
+    MaskStrategyError,
+    apply_mask_strategy,
+    parse_mask_strategy,
+)
 from opensora_core.models.stdit2 import IMAGE_FPS
 from opensora_core.utils.atomic import write_text_atomic
 

@@ -56,7 +56,7 @@ def attention(
 def _flash_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_mask: torch.Tensor | None
 ) -> torch.Tensor:
-    import flash_attn  # optional dependency: only imported where it can run
+    flash_attn = importlib.import_module("flash_attn")  # optional: imported only where it can run
 
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # flash-attn wants [B, L, H, D]
     if kv_mask is None:

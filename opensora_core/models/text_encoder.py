@@ -22,9 +22,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from opensora_core.utils.dtypes import resolve_dtype
-
 from opensora_core.models.vae import state_dict_digest
+from opensora_core.utils.dtypes import resolve_dtype
 
 __all__ = [
     "TEXT_ENCODER_KINDS",

@@ -15,7 +15,6 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from opensora_core.utils.dtypes import resolve_dtype
 
 
-
 def init_distributed(backend: str, device_type: str) -> tuple[int, int, DeviceMesh | None]:
     """(rank, world size, mesh) from torchrun's environment; a plain process is rank 0 of 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -3,7 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from opensora_core.infer.mask_strategy import MaskOp, MaskStrategyError, apply_mask_strategy, parse_mask_strategy
+from opensora_core.infer.mask_strategy import (
+    MaskOp,
+    MaskStrategyError,
+    apply_mask_strategy,
+    parse_mask_strategy,
+)
 
 
 def test_defaults_fill_missing_fields():

@@ -62,8 +62,8 @@ def _attention(q, k, v, mask=None):
 
 
 def _pixart_forward(s, image, t, y, mask, scale, base_size):
-    linear = lambda x, name: F.linear(x, s[name + ".weight"], s[name + ".bias"])  # noqa: E731
-    ln = lambda x: F.layer_norm(x, (HIDDEN,), eps=1e-6)  # noqa: E731
+    linear = lambda x, name: F.linear(x, s[name + ".weight"], s[name + ".bias"])
+    ln = lambda x: F.layer_norm(x, (HIDDEN,), eps=1e-6)
     b, _, h, w = image.shape
     x = F.conv2d(image, s["x_embedder.proj.weight"], s["x_embedder.proj.bias"], stride=2)
     gh, gw = x.shape[2:]

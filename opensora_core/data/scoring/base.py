@@ -62,6 +62,17 @@ class ClipSamples:
         return [(self.frames[i], self.frames[i + 1]) for i in pair_positions(self.num_frames, n)]
 
 
+def spread_frames(batch: list, samples: int) -> tuple[list, list[int]]:
+    """Every clip's `samples` spread frames in one list, with the index of the clip each
+    came from, so a scorer can run one batched call over the whole batch."""
+    frames, owners = [], []
+    for index, clip in enumerate(batch):
+        for frame in clip.spread(samples):
+            frames.append(frame)
+            owners.append(index)
+    return frames, owners
+
+
 def spread_positions(num_frames: int, n: int) -> list[int]:
     n = max(1, min(n, num_frames))
     return sorted({min(num_frames - 1, int((i + 0.5) * num_frames / n)) for i in range(n)})

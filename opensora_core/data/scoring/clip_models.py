@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from opensora_core.data.config import AestheticConfig, MatchConfig
-from opensora_core.data.scoring.base import ClipSamples, Scorer, spread_positions
+from opensora_core.data.scoring.base import ClipSamples, Scorer, spread_frames, spread_positions
 
 
 @lru_cache(maxsize=2)
@@ -95,11 +95,7 @@ class AestheticScorer(Scorer):
     def score(self, batch: list[ClipSamples]) -> list[dict]:
         import torch
 
-        frames, owners = [], []
-        for i, clip in enumerate(batch):
-            for frame in clip.spread(self.config.samples):
-                frames.append(frame)
-                owners.append(i)
+        frames, owners = spread_frames(batch, self.config.samples)
         embeds = _image_embeddings(self.config.clip, frames)
         head = _load_head(self.config.mlp, embeds.shape[-1])
         with torch.inference_mode():

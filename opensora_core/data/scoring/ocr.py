@@ -23,7 +23,13 @@ import cv2
 import numpy as np
 
 from opensora_core.data.config import OCRConfig
-from opensora_core.data.scoring.base import ClipSamples, Scorer, gray, spread_positions
+from opensora_core.data.scoring.base import (
+    ClipSamples,
+    Scorer,
+    gray,
+    spread_frames,
+    spread_positions,
+)
 
 GAP = 24  # blank rows between stacked frames: no word box can straddle two frames
 MAX_FRAMES_PER_CALL = 16
@@ -102,11 +108,7 @@ class OCRScorer(Scorer):
         return set(spread_positions(num_frames, self.config.samples))
 
     def score(self, batch: list[ClipSamples]) -> list[dict]:
-        frames, owners = [], []
-        for i, clip in enumerate(batch):
-            for frame in clip.spread(self.config.samples):
-                frames.append(frame)
-                owners.append(i)
+        frames, owners = spread_frames(batch, self.config.samples)
         coverage = text_coverage(frames, self.config) if frames else []
         per_clip: list[list[float]] = [[] for _ in batch]
         for owner, value in zip(owners, coverage):
