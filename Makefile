@@ -28,7 +28,7 @@ $(VENV_DVC)/.installed:
 	touch $@
 
 demo: setup
-	$(BIN)/python -m orchestration.demo --out outputs/demo
+	$(BIN)/python -m orchestration.demo --out outputs/demo --steps 120
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -36,10 +36,15 @@ test: setup
 bench: setup
 	$(BIN)/python bench/model_step.py
 
-# MLflow's UI over the embedded profile's SQLite store, bound to $(HOST) only.
+# Dagster's UI (the asset graph, a local instance in .dagster/) and MLflow's UI (the
+# embedded profile's SQLite store), both bound to $(HOST) only; Ctrl-C stops both.
 ui: setup
-	@echo "MLflow UI: http://$(HOST):$(MLFLOW_PORT)  (Ctrl-C stops it)"
-	$(BIN)/mlflow ui --host $(HOST) --port $(MLFLOW_PORT) --backend-store-uri sqlite:///mlruns.db
+	@mkdir -p .dagster
+	@echo "Dagster UI: http://$(HOST):$(DAGSTER_PORT)"
+	@echo "MLflow UI:  http://$(HOST):$(MLFLOW_PORT)   (Ctrl-C stops both)"
+	@$(BIN)/mlflow ui --host $(HOST) --port $(MLFLOW_PORT) --backend-store-uri sqlite:///$(CURDIR)/mlruns.db & \
+	mlflow_pid=$$!; trap 'kill $$mlflow_pid 2>/dev/null' EXIT; \
+	DAGSTER_HOME=$(CURDIR)/.dagster $(BIN)/dagster dev -m orchestration.definitions -h $(HOST) -p $(DAGSTER_PORT)
 
 clean:
 	rm -rf $(VENV) $(VENV_DVC) outputs .pytest_cache
