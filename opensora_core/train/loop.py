@@ -33,14 +33,14 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm.auto import tqdm
 
-from opensora_core.config import load_profile, load_stage
+from opensora_core.config import ProfileConfig, StageConfig, load_profile, load_stage
 from opensora_core.data.buckets import Bucket, BucketAssigner, BucketBatchSampler
 from opensora_core.data.caches import ShardedTensorCache
 from opensora_core.data.dataset import VideoTextDataset, collate
 from opensora_core.diffusion.iddpm import GaussianDiffusion
 from opensora_core.diffusion.masks import MaskGenerator
 from opensora_core.diffusion.speedit import build_timestep_sampler
-from opensora_core.models import STDiT2, load_preset
+from opensora_core.models import STDiT2, STDiT2Config, load_preset
 from opensora_core.models.accounting import estimate_step_cost
 from opensora_core.models.checkpoint_io import compare_keys, load_state_dict, save_model
 from opensora_core.models.pixart import looks_like_pixart, stdit2_state_from_pixart
@@ -184,7 +184,45 @@ def _peak_flops(device: torch.device) -> float | None:
 # 2. The stage
 
 
-def train_stage(args: TrainArgs, on_metrics: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+@dataclass
+class Stage:
+    """Everything a running stage needs, built once by `prepare_stage`."""
+
+    args: TrainArgs
+    stage: StageConfig
+    profile: ProfileConfig
+    config: STDiT2Config
+    seed: int
+    max_steps: int
+    ckpt_every: int
+    rank: int
+    world: int
+    mesh: object
+    device: torch.device
+    out: Path
+    model: nn.Module
+    text_encoder: object
+    trains_text: bool
+    vae: nn.Module
+    trainable: _Trainable
+    optimizer: torch.optim.Optimizer
+    ema: EMA | None
+    dataset: VideoTextDataset
+    sampler: BucketBatchSampler
+    diffusion: GaussianDiffusion
+    timesteps: object
+    masks: MaskGenerator | None
+    generator: torch.Generator
+    checkpoints: CheckpointManager
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return resolve_dtype(self.stage.mixed_precision)
+
+
+def prepare_stage(args: TrainArgs) -> Stage:
+    """Check every input (before any process group or model exists), then build the
+    model, text encoder, VAE, optimizer, EMA and data path."""
     stage = load_stage(args.stage)
     profile = load_profile(args.profile)
     seed = stage.seed if args.seed is None else args.seed
@@ -208,16 +246,15 @@ def train_stage(args: TrainArgs, on_metrics: Callable[[int, dict[str, float]], N
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
-    # Model, text encoder, VAE
     torch.manual_seed(seed)
     model = STDiT2(config)
     if init_state is not None:
         model.load_state_dict(init_state, strict=True)
-    te_weights = None
-    if args.init and (Path(args.init).parent / TEXT_ENCODER_WEIGHTS).is_file():
-        te_weights = load_file(str(Path(args.init).parent / TEXT_ENCODER_WEIGHTS))
-    text_encoder = build_text_encoder_for_model(profile.text_encoder.kind, profile.text_encoder.path,
-                                                config.caption_channels, config.model_max_length, te_weights)
+    init_text = Path(args.init).parent / TEXT_ENCODER_WEIGHTS if args.init else None
+    text_encoder = build_text_encoder_for_model(
+        profile.text_encoder.kind, profile.text_encoder.path, config.caption_channels, config.model_max_length,
+        load_file(str(init_text)) if init_text is not None and init_text.is_file() else None,
+    )
     trains_text = isinstance(text_encoder, nn.Module) and any(p.requires_grad for p in text_encoder.parameters())
     vae = build_vae(profile.vae.kind, profile.vae.path).to(device)
     model.to(device)
@@ -227,136 +264,171 @@ def train_stage(args: TrainArgs, on_metrics: Callable[[int, dict[str, float]], N
     trainable = _Trainable(model, text_encoder if trains_text else None)
     optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=stage.lr,
                                   weight_decay=stage.weight_decay)
-    ema = EMA(model, stage.ema_decay) if stage.ema_decay else None
 
-    # Data
-    text_cache = video_cache = None
+    caches = (None, None)
     if args.cache:
-        text_cache = ShardedTensorCache(Path(args.cache) / "text")
-        video_cache = ShardedTensorCache(Path(args.cache) / "video")
-    dataset = VideoTextDataset(table, stage.frame_interval, text_encoder, vae.identity(), text_cache, video_cache,
-                               seed=seed)
-    sampler = BucketBatchSampler(assigner, rows, seed=seed, rank=rank, world_size=world)
+        caches = (ShardedTensorCache(Path(args.cache) / "text"), ShardedTensorCache(Path(args.cache) / "video"))
     diffusion = GaussianDiffusion()
-    timesteps = build_timestep_sampler(stage.scheduler, diffusion)
-    masks = MaskGenerator(stage.mask_ratios) if stage.mask_ratios else None
-    generator = torch.Generator().manual_seed(seed * 1000 + rank)
+    return Stage(
+        args=args, stage=stage, profile=profile, config=config, seed=seed, max_steps=max_steps,
+        ckpt_every=ckpt_every, rank=rank, world=world, mesh=mesh, device=device, out=out, model=model,
+        text_encoder=text_encoder, trains_text=trains_text, vae=vae, trainable=trainable, optimizer=optimizer,
+        ema=EMA(model, stage.ema_decay) if stage.ema_decay else None,
+        dataset=VideoTextDataset(table, stage.frame_interval, text_encoder, vae.identity(), *caches, seed=seed),
+        sampler=BucketBatchSampler(assigner, rows, seed=seed, rank=rank, world_size=world),
+        diffusion=diffusion, timesteps=build_timestep_sampler(stage.scheduler, diffusion),
+        masks=MaskGenerator(stage.mask_ratios) if stage.mask_ratios else None,
+        generator=torch.Generator().manual_seed(seed * 1000 + rank),
+        checkpoints=CheckpointManager(out / "checkpoints", args.keep_last, rank, world),
+    )
 
-    # Resume
-    checkpoints = CheckpointManager(out / "checkpoints", args.keep_last, rank, world)
-    step = 0
-    latest = checkpoints.latest()
-    if latest is not None:
-        state = _shared_state(trainable, optimizer, ema)
-        own = checkpoints.load(latest, state)
-        _restore_shared(trainable, optimizer, ema, state)
-        step = int(own["step"])
-        sampler.load_state_dict(own["sampler"])
-        torch.set_rng_state(own["torch_rng"])
-        generator.set_state(own["generator"])
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(own["cuda_rng"], device)
 
-    tracker = None
-    if rank == 0:
-        tracker = _start_tracker(args, stage, profile, config, seed, max_steps, out)
-    # A stage that fails still closes its MLflow run, as FAILED.
+def resume(s: Stage) -> int:
+    """Load the newest complete checkpoint of `--out`, if any; return the step to continue from."""
+    latest = s.checkpoints.latest()
+    if latest is None:
+        return 0
+    state = _shared_state(s)
+    own = s.checkpoints.load(latest, state)
+    set_state_dict(s.trainable, s.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    if s.ema is not None:
+        s.ema.load_state_dict(state["ema"])
+    s.sampler.load_state_dict(own["sampler"])
+    torch.set_rng_state(own["torch_rng"])
+    s.generator.set_state(own["generator"])
+    if s.device.type == "cuda":
+        torch.cuda.set_rng_state(own["cuda_rng"], s.device)
+    return int(own["step"])
+
+
+def train_step(s: Stage, items: list[tuple[int, Bucket]], step: int) -> tuple[float, float, float]:
+    """One optimizer step on one bucket batch: (loss, grad norm, lr)."""
+    batch = collate([s.dataset[item] for item in items])
+    autocast = s.mesh is None and s.compute_dtype != torch.float32
+    with torch.autocast(s.device.type, dtype=s.compute_dtype, enabled=autocast):
+        loss = _loss(s.model, s.text_encoder, s.vae, s.diffusion, s.timesteps, s.masks, batch, s.device, s.generator)
+    s.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    groups = [[p for p in s.model.parameters() if p.requires_grad]]
+    if s.trains_text:
+        all_reduce_gradients(s.text_encoder, s.world)
+        groups.append(list(s.text_encoder.parameters()))
+    grad_norm = _grad_norm_and_clip(groups, s.stage.grad_clip)
+    warmup = s.stage.warmup_steps
+    lr = s.stage.lr * min(1.0, (step + 1) / warmup) if warmup else s.stage.lr
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr
+    s.optimizer.step()
+    if s.ema is not None:
+        s.ema.update(s.model)
+    return float(loss.detach()), grad_norm, lr
+
+
+class StepMeter:
+    """Loss and throughput over the steps since the last report, with the model's FLOPs
+    per bucket (counted once per bucket size on the meta device)."""
+
+    def __init__(self, s: Stage):
+        self.s = s
+        self.peak = _peak_flops(s.device)
+        self.flops_per_sample: dict[tuple, float] = {}
+        self.total_tokens = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss, self.steps, self.samples, self.tokens, self.flops = 0.0, 0, 0, 0, 0.0
+        self.start = time.perf_counter()
+
+    def add(self, items: list[tuple[int, Bucket]], loss: float) -> None:
+        bucket, s = items[0][1], self.s
+        if bucket.key not in self.flops_per_sample:
+            self.flops_per_sample[bucket.key] = estimate_step_cost(
+                s.config, bucket.num_frames, bucket.height, bucket.width, 1, s.compute_dtype).train_flops
+        tokens = bucket.tokens(s.config.patch_size[1]) * len(items) * s.world
+        self.loss += loss
+        self.steps += 1
+        self.samples += len(items) * s.world
+        self.tokens += tokens
+        self.total_tokens += tokens
+        self.flops += self.flops_per_sample[bucket.key] * len(items) * s.world
+
+    def report(self, grad_norm: float, lr: float) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.start
+        metrics = {"loss": self.loss / self.steps, "grad_norm": grad_norm, "lr": lr,
+                   "samples_per_s": self.samples / elapsed, "tokens_per_s": self.tokens / elapsed,
+                   "tflops_per_s": self.flops / elapsed / 1e12,
+                   "peak_memory_gib": _peak_memory(self.s.device) / 2**30, "epoch": float(self.s.sampler.epoch)}
+        if self.peak:
+            metrics["mfu"] = self.flops / elapsed / (self.peak * self.s.world)
+        self._reset()
+        return metrics
+
+
+def train_stage(args: TrainArgs, on_metrics: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    s = prepare_stage(args)
+    step = resume(s)
+    tracker = _start_tracker(s) if s.rank == 0 else None
     try:
-        compute_dtype = resolve_dtype(stage.mixed_precision)
-        autocast = mesh is None and compute_dtype != torch.float32
-        peak = _peak_flops(device)
-        costs: dict[tuple, float] = {}
-        metrics_file = out / "metrics.jsonl"
-        loss_curve: list[tuple[int, float]] = []
-        window = {"loss": 0.0, "samples": 0, "tokens": 0, "flops": 0.0, "count": 0, "start": time.perf_counter()}
-        started = time.perf_counter()
-        total_tokens = 0
-        last_loss = float("nan")
-        progress = tqdm(total=max_steps, initial=step, desc=f"{Path(args.stage).stem}", disable=rank != 0)
-        trainable.train()
-        while step < max_steps:
-            if len(sampler) == 0:
-                raise TrainingError(f"epoch {sampler.epoch} has no full batch: too few samples for the buckets' batch sizes")
-            for items in sampler:
-                batch = collate([dataset[item] for item in items])
-                bucket = items[0][1]
-                with torch.autocast(device.type, dtype=compute_dtype, enabled=autocast):
-                    loss = _loss(model, text_encoder, vae, diffusion, timesteps, masks, batch, device, generator)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if trains_text:
-                    all_reduce_gradients(text_encoder, world)
-                groups = [[p for p in model.parameters() if p.requires_grad]]
-                if trains_text:
-                    groups.append(list(text_encoder.parameters()))
-                grad_norm = _grad_norm_and_clip(groups, stage.grad_clip)
-                lr = stage.lr * min(1.0, (step + 1) / stage.warmup_steps) if stage.warmup_steps else stage.lr
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.step()
-                if ema is not None:
-                    ema.update(model)
-                step += 1
-                progress.update(1)
-
-                key = bucket.key
-                if key not in costs:
-                    costs[key] = estimate_step_cost(config, bucket.num_frames, bucket.height, bucket.width, 1,
-                                                    compute_dtype).train_flops
-                tokens = bucket.tokens(config.patch_size[1]) * len(items)
-                total_tokens += tokens * world
-                loss_value = float(loss.detach())
-                window["loss"] += loss_value
-                window["samples"] += len(items) * world
-                window["tokens"] += tokens * world
-                window["flops"] += costs[key] * len(items) * world
-                window["count"] += 1
-                if step % stage.log_every == 0 or step == max_steps:
-                    elapsed = time.perf_counter() - window["start"]
-                    last_loss = window["loss"] / window["count"]
-                    metrics = {"loss": last_loss, "grad_norm": grad_norm, "lr": lr,
-                               "samples_per_s": window["samples"] / elapsed, "tokens_per_s": window["tokens"] / elapsed,
-                               "tflops_per_s": window["flops"] / elapsed / 1e12,
-                               "peak_memory_gib": _peak_memory(device) / 2**30, "epoch": float(sampler.epoch)}
-                    if peak:
-                        metrics["mfu"] = window["flops"] / elapsed / (peak * world)
-                    if rank == 0:
-                        loss_curve.append((step, last_loss))
-                        with open(metrics_file, "a") as handle:
-                            handle.write(json.dumps({"step": step, **metrics}) + "\n")
-                        progress.set_postfix(loss=f"{last_loss:.4f}")
-                        if tracker is not None:
-                            tracker.log_metrics(metrics, step)
-                        if on_metrics is not None:
-                            on_metrics(step, metrics)
-                    window = {"loss": 0.0, "samples": 0, "tokens": 0, "flops": 0.0, "count": 0,
-                              "start": time.perf_counter()}
-                if step % ckpt_every == 0 or step == max_steps:
-                    _save(checkpoints, step, trainable, optimizer, ema, sampler, generator, device)
-                if step >= max_steps:
-                    break
-        progress.close()
-
-        export = _export(out, model, text_encoder if trains_text else None, ema, rank)
-        wall = time.perf_counter() - started
-        result = TrainResult(steps=step, final_loss=last_loss, tokens_per_second=total_tokens / wall if wall else 0.0,
-                             wall_seconds=wall, export_path=str(export), dcp_dir=str(checkpoints.latest()),
-                             loss_curve=loss_curve)
-        if rank == 0:
-            if tracker is not None:
-                tracker.set_tags({"dcp_dir": Path(result.dcp_dir).resolve().as_uri()})
-                tracker.log_artifact(export)
-                tracker.finish()
-                result.mlflow_run_id, result.mlflow_run_url = tracker.run_id, tracker.run_url
-            write_text_atomic(out / "result.json", json.dumps(asdict(result), indent=2))
-        if dist.is_initialized():
-            dist.barrier()
-        return result
-
+        return _run(s, step, tracker, on_metrics)
     except BaseException:
         if tracker is not None:
-            tracker.finish("FAILED")
+            tracker.finish("FAILED")  # a stage that fails still closes its MLflow run
         raise
+
+
+def _run(s: Stage, step: int, tracker, on_metrics) -> TrainResult:
+    meter = StepMeter(s)
+    loss_curve: list[tuple[int, float]] = []
+    last_loss = float("nan")
+    started = time.perf_counter()
+    progress = tqdm(total=s.max_steps, initial=step, desc=Path(s.args.stage).stem, disable=s.rank != 0)
+    s.trainable.train()
+    while step < s.max_steps:
+        if len(s.sampler) == 0:
+            raise TrainingError(f"epoch {s.sampler.epoch} has no full batch: too few samples for the batch sizes")
+        for items in s.sampler:
+            loss, grad_norm, lr = train_step(s, items, step)
+            step += 1
+            progress.update(1)
+            meter.add(items, loss)
+            if step % s.stage.log_every == 0 or step == s.max_steps:
+                metrics = meter.report(grad_norm, lr)
+                last_loss = metrics["loss"]
+                if s.rank == 0:
+                    loss_curve.append((step, last_loss))
+                    _report(s, step, metrics, tracker, on_metrics)
+                    progress.set_postfix(loss=f"{last_loss:.4f}")
+            if step % s.ckpt_every == 0 or step == s.max_steps:
+                _save(s, step)
+            if step >= s.max_steps:
+                break
+    progress.close()
+
+    export = _export(s.out, s.model, s.text_encoder if s.trains_text else None, s.ema, s.rank)
+    wall = time.perf_counter() - started
+    result = TrainResult(steps=step, final_loss=last_loss, tokens_per_second=meter.total_tokens / wall,
+                         wall_seconds=wall, export_path=str(export), dcp_dir=str(s.checkpoints.latest()),
+                         loss_curve=loss_curve)
+    if s.rank == 0:
+        if tracker is not None:
+            tracker.set_tags({"dcp_dir": Path(result.dcp_dir).resolve().as_uri()})
+            tracker.log_artifact(export)
+            tracker.finish()
+            result.mlflow_run_id, result.mlflow_run_url = tracker.run_id, tracker.run_url
+        write_text_atomic(s.out / "result.json", json.dumps(asdict(result), indent=2))
+    if dist.is_initialized():
+        dist.barrier()
+    return result
+
+
+def _report(s: Stage, step: int, metrics: dict[str, float], tracker, on_metrics) -> None:
+    with open(s.out / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps({"step": step, **metrics}) + "\n")
+    if tracker is not None:
+        tracker.log_metrics(metrics, step)
+    if on_metrics is not None:
+        on_metrics(step, metrics)
+
 
 def _loss(model, text_encoder, vae, diffusion, timesteps, masks, batch, device, generator) -> torch.Tensor:
     if "latents" in batch:
@@ -384,26 +456,20 @@ def _loss(model, text_encoder, vae, diffusion, timesteps, masks, batch, device, 
     return diffusion.training_losses(model_fn, x0, t, frame_mask, noise, weights).loss.mean()
 
 
-def _shared_state(trainable: _Trainable, optimizer, ema: EMA | None) -> dict:
-    model_state, optim_state = get_state_dict(trainable, optimizer)
+def _shared_state(s: Stage) -> dict:
+    model_state, optim_state = get_state_dict(s.trainable, s.optimizer)
     state = {"model": model_state, "optim": optim_state}
-    if ema is not None:
-        state["ema"] = ema.state_dict()
+    if s.ema is not None:
+        state["ema"] = s.ema.state_dict()
     return state
 
 
-def _restore_shared(trainable: _Trainable, optimizer, ema: EMA | None, state: dict) -> None:
-    set_state_dict(trainable, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    if ema is not None:
-        ema.load_state_dict(state["ema"])
-
-
-def _save(checkpoints, step, trainable, optimizer, ema, sampler, generator, device) -> None:
-    own = {"step": step, "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
-           "generator": generator.get_state()}
-    if device.type == "cuda":
-        own["cuda_rng"] = torch.cuda.get_rng_state(device)
-    checkpoints.save(step, _shared_state(trainable, optimizer, ema), own)
+def _save(s: Stage, step: int) -> None:
+    own = {"step": step, "sampler": s.sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+           "generator": s.generator.get_state()}
+    if s.device.type == "cuda":
+        own["cuda_rng"] = torch.cuda.get_rng_state(s.device)
+    s.checkpoints.save(step, _shared_state(s), own)
 
 
 def _export(out: Path, model, text_encoder, ema: EMA | None, rank: int) -> Path:
@@ -427,16 +493,16 @@ def _export(out: Path, model, text_encoder, ema: EMA | None, rank: int) -> Path:
     return path
 
 
-def _start_tracker(args: TrainArgs, stage, profile, config, seed: int, max_steps: int, out: Path):
+def _start_tracker(s: Stage):
     from opensora_core.train.tracking import StageTracker
 
-    params = {"stage": stage.model_dump(mode="json"), "model": config.model_dump(mode="json"),
-              "profile": profile.name, "seed": seed, "max_steps": max_steps, "data": str(args.data),
+    args = s.args
+    params = {"stage": s.stage.model_dump(mode="json"), "model": s.config.model_dump(mode="json"),
+              "profile": s.profile.name, "seed": s.seed, "max_steps": s.max_steps, "data": str(args.data),
               "init": args.init or "", "cache": args.cache or ""}
-    tags = {"stage": str(stage.stage), "stage_config": str(args.stage), "data_snapshot": _file_digest(args.data)}
-    return StageTracker.start(profile.mlflow_tracking_uri, "opensora-stdit2", f"stage{stage.stage}", params, tags,
-                              args.parent_run_id, out / "mlflow_offline",
-                              required=getattr(profile, "mlflow_required", False))
+    tags = {"stage": str(s.stage.stage), "stage_config": str(args.stage), "data_snapshot": _file_digest(args.data)}
+    return StageTracker.start(s.profile.mlflow_tracking_uri, "opensora-stdit2", f"stage{s.stage.stage}", params,
+                              tags, args.parent_run_id, s.out / "mlflow_offline", required=s.profile.mlflow_required)
 
 
 def _file_digest(path: str | Path) -> str:
