@@ -17,17 +17,20 @@ from pathlib import Path
 
 import torch
 from dagster import (
+    AssetCheckResult,
     AssetExecutionContext,
     Failure,
     MetadataValue,
     PipesEnvContextInjector,
     PipesFileMessageReader,
     asset,
+    asset_check,
     open_pipes_session,
 )
 from safetensors import safe_open
 
 from assets_defs.caches import text_embeddings, video_latents
+from opensora_core.train.metrics import summarize_loss
 from opensora_core.config import ConfigError, StageConfig, load_stage
 from opensora_core.data.buckets import Bucket, BucketAssigner
 from opensora_core.models import load_preset
@@ -215,3 +218,21 @@ stdit2_stage2 = _stage_asset(2, stdit2_stage1)
 stdit2_stage3 = _stage_asset(3, stdit2_stage2)
 
 training_assets = [stdit2_stage0, stdit2_stage1, stdit2_stage2, stdit2_stage3]
+
+
+def _loss_check(index: int, stage_asset):
+    @asset_check(asset=stage_asset, name=f"stdit2_stage{index}_loss",
+                 description="Every logged loss is finite and the last quarter's mean is below the first quarter's.")
+    def check(training_settings: TrainingSettings) -> AssetCheckResult:
+        metrics = training_settings.stage_dir(index) / "metrics.jsonl"
+        if not metrics.is_file():
+            return AssetCheckResult(passed=False, metadata={"problem": f"{metrics} not found"})
+        summary = summarize_loss(metrics)
+        return AssetCheckResult(passed=summary.decreased, metadata={
+            "logged_steps": summary.points, "all_finite": summary.finite,
+            "first_quarter_loss": summary.first, "last_quarter_loss": summary.last})
+
+    return check
+
+
+training_checks = [_loss_check(i, a) for i, a in enumerate(training_assets)]

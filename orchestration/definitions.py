@@ -17,7 +17,7 @@ from dagster import Definitions, multiprocess_executor
 
 from assets_defs.caches import cache_assets, cache_checks
 from assets_defs.curation import curation_assets, curation_checks
-from assets_defs.training import training_assets
+from assets_defs.training import training_assets, training_checks
 from orchestration.resources import (
     cache_settings_from_env,
     curation_storage_from_env,
@@ -42,7 +42,7 @@ def executor_from_env():
 
 defs = Definitions(
     assets=[*curation_assets, *cache_assets, *training_assets],
-    asset_checks=[*curation_checks, *cache_checks],
+    asset_checks=[*curation_checks, *cache_checks, *training_checks],
     jobs=[curate_partition_job],
     sensors=[raw_videos_sensor],
     resources={

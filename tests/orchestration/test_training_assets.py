@@ -133,3 +133,18 @@ def test_stage0_trains_through_torchx_and_reports_through_pipes(tmp_path, profil
     assert metadata["loss_curve"].value.startswith("![loss curve](data:image/png;base64,")
     assert (tmp_path / "train" / "stage0" / "loss_curve.png").is_file()
     assert metadata["torchx_app"].value.startswith("local_cwd://")
+
+
+def test_loss_checks_read_each_stage_metrics(tmp_path):
+    import json as _json
+
+    from assets_defs.training import training_checks
+    from orchestration.resources import TrainingSettings
+
+    settings = TrainingSettings(out_root=str(tmp_path), stages=["tiny/stage0", "tiny/stage1", "tiny/stage2", "tiny/stage3"])
+    stage_dir = settings.stage_dir(1)
+    stage_dir.mkdir(parents=True)
+    (stage_dir / "metrics.jsonl").write_text(
+        "".join(_json.dumps({"step": i, "loss": 1.0 / i}) + "\n" for i in range(1, 9)))
+    assert training_checks[1](training_settings=settings).passed
+    assert not training_checks[2](training_settings=settings).passed  # never trained: no metrics

@@ -116,3 +116,17 @@ def test_two_processes_with_fsdp2_over_gloo(tmp_path, training_table, test_profi
     assert len(list(checkpoint.glob("*.distcp"))) == 2  # one shard file per rank
     model = STDiT2.from_checkpoint(out / "export" / "model.safetensors")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_loss_summary_flags_nan_and_rising_loss(tmp_path):
+    from opensora_core.train.metrics import summarize_loss
+
+    def write(values):
+        path = tmp_path / "metrics.jsonl"
+        path.write_text("".join(json.dumps({"step": i + 1, "loss": v}) + "\n" for i, v in enumerate(values)))
+        return summarize_loss(path)
+
+    good = write([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4])
+    assert good.finite and good.decreased and good.points == 8 and good.first == pytest.approx(0.95)
+    assert not write([1.0, 0.9, float("nan"), 0.5]).decreased
+    assert not write([0.5, 0.6, 0.7, 0.9]).decreased
