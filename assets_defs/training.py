@@ -30,11 +30,11 @@ from dagster import (
 from safetensors import safe_open
 
 from assets_defs.caches import text_embeddings, video_latents
-from opensora_core.train.metrics import summarize_loss
 from opensora_core.config import ConfigError, StageConfig, load_stage
 from opensora_core.data.buckets import Bucket, BucketAssigner
 from opensora_core.models import load_preset
 from opensora_core.models.checkpoint_io import compare_keys, load_state_dict
+from opensora_core.train.metrics import summarize_loss
 from opensora_core.utils.atomic import atomic_path
 from orchestration.launch.components import train_stage_component
 from orchestration.resources import CacheSettings, CurationStorage, TorchXLauncher, TrainingSettings
