@@ -25,6 +25,8 @@ app.add_typer(model_app, name="model")
 app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
+runs_app = typer.Typer(no_args_is_help=True, help="Compare MLflow training runs.")
+app.add_typer(runs_app, name="runs")
 
 
 console = Console()
@@ -271,6 +273,19 @@ def train(
         _fail(str(err))
     console.print(f"stage done: {result.steps} steps, loss {result.final_loss:.4f}, "
                   f"{result.tokens_per_second:,.0f} tokens/s; export {result.export_path}")
+
+
+@runs_app.command("compare")
+def runs_compare_command(
+    stage: Annotated[int | None, typer.Option(help="Only runs of this stage (the run's `stage` tag).")] = None,
+    last: Annotated[int, typer.Option(min=1, help="How many of the newest runs.")] = 5,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow tracking URI (default: the embedded profile's mlflow_tracking_uri).")] = None,
+) -> None:
+    """Print the newest stage runs side by side: tags, key params, latest metrics."""
+    from opensora_core.train.runs_cli import runs_compare
+
+    runs_compare(stage=stage, last=last, tracking_uri=tracking_uri)
 
 
 def main() -> None:

@@ -24,7 +24,12 @@ from orchestration.resources import (
     torchx_launcher_from_env,
     training_settings_from_env,
 )
-from orchestration.sensors import curate_partition_job, raw_videos_sensor
+from orchestration.schedules import retrain_job, retrain_schedule_from_env
+from orchestration.sensors import (
+    curate_partition_job,
+    raw_videos_sensor,
+    retrain_on_new_data_sensor,
+)
 
 
 def executor_from_env():
@@ -43,8 +48,9 @@ def executor_from_env():
 defs = Definitions(
     assets=[*curation_assets, *cache_assets, *training_assets],
     asset_checks=[*curation_checks, *cache_checks, *training_checks],
-    jobs=[curate_partition_job],
-    sensors=[raw_videos_sensor],
+    jobs=[curate_partition_job, retrain_job],
+    schedules=[retrain_schedule_from_env()],
+    sensors=[raw_videos_sensor, retrain_on_new_data_sensor],
     resources={
         "curation_storage": curation_storage_from_env(),
         "cache_settings": cache_settings_from_env(),

@@ -494,15 +494,30 @@ def _export(out: Path, model, text_encoder, ema: EMA | None, rank: int) -> Path:
 
 
 def _start_tracker(s: Stage):
-    from opensora_core.train.tracking import StageTracker
+    from opensora_core.train.tracking import EXPERIMENT, StageTracker
 
     args = s.args
     params = {"stage": s.stage.model_dump(mode="json"), "model": s.config.model_dump(mode="json"),
               "profile": s.profile.name, "seed": s.seed, "max_steps": s.max_steps, "data": str(args.data),
               "init": args.init or "", "cache": args.cache or ""}
-    tags = {"stage": str(s.stage.stage), "stage_config": str(args.stage), "data_snapshot": _file_digest(args.data)}
-    return StageTracker.start(s.profile.mlflow_tracking_uri, "opensora-stdit2", f"stage{s.stage.stage}", params,
+    tags = {"stage": str(s.stage.stage), "stage_config": str(args.stage), "data_snapshot": _file_digest(args.data),
+            "code_version": _code_version()}
+    return StageTracker.start(s.profile.mlflow_tracking_uri, EXPERIMENT, f"stage{s.stage.stage}", params,
                               tags, args.parent_run_id, s.out / "mlflow_offline", required=s.profile.mlflow_required)
+
+
+def _code_version() -> str:
+    """The package version plus the git commit of the checkout it runs from, when there is one."""
+    import subprocess
+
+    import opensora_core
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(opensora_core.__file__).parent,
+                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{opensora_core.__version__}+{commit}" if commit else opensora_core.__version__
 
 
 def _file_digest(path: str | Path) -> str:

@@ -1,0 +1,54 @@
+"""`opensora runs compare`: the newest stage runs of the MLflow experiment side by side."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from opensora_core.train.tracking import EXPERIMENT, METRICS, PARAMS, compare_runs
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, pd.Timestamp):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def compare_table(frame: pd.DataFrame, title: str) -> Table:
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(column, justify="right" if column in (*PARAMS, *METRICS, "stage") else "left",
+                         no_wrap=column in ("run_id", "start_time"))
+    for row in frame.itertuples(index=False):
+        table.add_row(*(_cell(v) for v in row))
+    return table
+
+
+def runs_compare(
+    stage: Annotated[int | None, typer.Option(help="Only runs of this stage (the run's `stage` tag).")] = None,
+    last: Annotated[int, typer.Option(min=1, help="How many of the newest runs.")] = 5,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow tracking URI (default: the embedded profile's mlflow_tracking_uri).")] = None,
+) -> None:
+    """Print the newest stage runs side by side: tags, key params, latest metrics."""
+    if tracking_uri is None:
+        from opensora_core.config import load_profile
+
+        tracking_uri = load_profile("embedded").mlflow_tracking_uri
+    frame = compare_runs(tracking_uri, stage=stage, last=last)
+    console = Console(width=max(Console().width, 200))
+    if frame.empty:
+        which = f"stage {stage} runs" if stage is not None else "runs"
+        console.print(f"no {which} in experiment {EXPERIMENT!r} at {tracking_uri}")
+        return
+    scope = f"stage {stage}" if stage is not None else "all stages"
+    console.print(compare_table(frame, f"{EXPERIMENT}: last {len(frame)} runs, {scope} ({tracking_uri})"))

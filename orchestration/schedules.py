@@ -1,0 +1,50 @@
+"""Retraining: the job, and the schedule that launches it on a cron from config.
+
+`retrain_job` rebuilds the training table from the curated partitions, updates the
+caches (both are incremental: unchanged captions and clips are reused) and retrains
+the last stage, `stdit2_stage3`, which starts from stage 2's export with the last
+stage's config. Earlier stages are not in the job; materialize them on their own.
+
+Two things launch it: `retrain_schedule` (cron from `OPENSORA_RETRAIN_CRON`, default
+Sundays 03:00, in `OPENSORA_RETRAIN_TIMEZONE`, default UTC) and
+`orchestration.sensors.retrain_on_new_data_sensor` (when the training table changed).
+Both are stopped by default: a retraining run trains a model, so turn them on in the
+Dagster UI (Automation) where that is wanted.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
+
+from assets_defs.caches import text_embeddings, video_latents
+from assets_defs.curation import training_dataset
+from assets_defs.training import stdit2_stage3
+
+RETRAIN_CRON_ENV = "OPENSORA_RETRAIN_CRON"
+RETRAIN_TIMEZONE_ENV = "OPENSORA_RETRAIN_TIMEZONE"
+DEFAULT_RETRAIN_CRON = "0 3 * * 0"  # Sundays 03:00
+
+retrain_job = define_asset_job(
+    "retrain_job",
+    selection=AssetSelection.assets(training_dataset, text_embeddings, video_latents, stdit2_stage3),
+    description="Rebuild the training table, update the caches, retrain the last stage (stdit2_stage3).",
+    tags={"opensora/kind": "retrain"},
+)
+
+
+def retrain_schedule_from_env() -> ScheduleDefinition:
+    """The retraining schedule with the cron of `OPENSORA_RETRAIN_CRON` (read now)."""
+    cron = os.environ.get(RETRAIN_CRON_ENV, "").strip() or DEFAULT_RETRAIN_CRON
+    return ScheduleDefinition(
+        name="retrain_schedule",
+        job=retrain_job,
+        cron_schedule=cron,
+        execution_timezone=os.environ.get(RETRAIN_TIMEZONE_ENV, "UTC"),
+        default_status=DefaultScheduleStatus.STOPPED,
+        description=f"Retrain on a cron ({RETRAIN_CRON_ENV}, default '{DEFAULT_RETRAIN_CRON}').",
+    )
+
+
+retrain_schedule = retrain_schedule_from_env()
