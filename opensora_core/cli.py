@@ -17,6 +17,7 @@ from rich.table import Table
 from opensora_core.config import ConfigError
 from opensora_core.data.cache_cli import cache_app
 from opensora_core.data.cli import data_app
+from opensora_core.eval.cli import eval_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n\n")[0])
 model_app = typer.Typer(no_args_is_help=True, help="Inspect and convert STDiT-2 models.")
@@ -27,6 +28,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
 runs_app = typer.Typer(no_args_is_help=True, help="Compare MLflow training runs.")
 app.add_typer(runs_app, name="runs")
+app.command("eval")(eval_command)
 
 
 console = Console()

@@ -1,0 +1,159 @@
+"""`opensora eval`: generate a fixed prompt set with several seeds from a checkpoint,
+write the samples, score prompt following and print/write the metrics.
+
+Registered in `opensora_core/cli.py` as `app.command("eval")(eval_command)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from opensora_core.utils.atomic import write_text_atomic
+
+DEFAULT_PROMPT_SET = "default"
+METRICS_FILE = "metrics.json"
+# The evaluation geometry: what the tiny stages train on.
+EVAL_FRAMES, EVAL_HEIGHT, EVAL_WIDTH, EVAL_FPS = 8, 64, 64, 8.0
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def default_prompts_path() -> Path:
+    """`configs/eval/prompts.yaml` of the project (else of this checkout)."""
+    from opensora_core.config import project_root
+
+    for root in (project_root(), Path(__file__).resolve().parents[2]):
+        path = root / "configs" / "eval" / "prompts.yaml"
+        if path.is_file():
+            return path
+    raise FileNotFoundError("configs/eval/prompts.yaml not found")
+
+
+def load_prompts(prompts: str | Path = DEFAULT_PROMPT_SET) -> list[str]:
+    """The prompt set: "default" (configs/eval/prompts.yaml), a YAML file with a
+    `prompts:` list, or a text file with one prompt per line."""
+    path = default_prompts_path() if str(prompts) == DEFAULT_PROMPT_SET else Path(prompts)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt set {path}: no such file")
+    if path.suffix in (".yaml", ".yml"):
+        data = yaml.safe_load(path.read_text())
+        lines = data.get("prompts") if isinstance(data, dict) else data
+        if not isinstance(lines, list) or not all(isinstance(p, str) for p in lines):
+            raise ValueError(f"{path}: expected a `prompts:` list of strings")
+    else:
+        lines = path.read_text().splitlines()
+    lines = [p.strip() for p in lines if p.strip()]
+    if not lines:
+        raise ValueError(f"{path}: no prompts")
+    return lines
+
+
+def _json_safe(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def run_eval(
+    checkpoint: str | Path,
+    prompts: str | Path = DEFAULT_PROMPT_SET,
+    seeds: int = 2,
+    steps: int = 20,
+    out: str | Path = "outputs/eval",
+    profile: str = "embedded",
+    device: str = "cpu",
+    cfg_scale: float = 7.0,
+    progress: bool = False,
+) -> dict:
+    """Generate `seeds` samples of every prompt (seeds 0..seeds-1, DPM-Solver++,
+    8 frames at 64x64), write them under `out/samples/seed_N/`, and write
+    `out/metrics.json` with the metrics, settings and per-sample results."""
+    from opensora_core.eval.metrics import evaluate_videos
+    from opensora_core.infer.sample import (
+        SampleSettings,
+        load_generation_stack,
+        parse_prompt,
+        write_samples,
+    )
+
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    texts = load_prompts(prompts)
+    requests = [parse_prompt(text) for text in texts]
+    generator, provenance = load_generation_stack(checkpoint=checkpoint, profile=profile, device=device)
+    out = Path(out)
+    videos, video_prompts, files = [], [], []
+    for seed in range(seeds):
+        settings = SampleSettings(num_frames=EVAL_FRAMES, height=EVAL_HEIGHT, width=EVAL_WIDTH, fps=EVAL_FPS,
+                                  steps=steps, sampler="dpm-solver", cfg_scale=cfg_scale, seed=seed,
+                                  batch_size=len(requests))
+        generated = generator.generate(requests, settings, progress=progress)
+        written = write_samples(generated, requests, settings, out / "samples" / f"seed_{seed}", provenance)
+        videos += generated
+        video_prompts += [r.text for r in requests]
+        files += [str(p) for p in written]
+    details: list[dict] = []
+    metrics = evaluate_videos(videos, video_prompts, details)
+    for row, path in zip(details, files):
+        row["file"] = path
+    report = {
+        "metrics": {k: _json_safe(v) for k, v in metrics.items()},
+        "settings": {"prompts": texts, "seeds": seeds, "steps": steps, "sampler": "dpm-solver",
+                     "num_frames": EVAL_FRAMES, "height": EVAL_HEIGHT, "width": EVAL_WIDTH, "cfg_scale": cfg_scale},
+        "provenance": provenance,
+        "samples": details,
+    }
+    write_text_atomic(out / METRICS_FILE, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return report
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def eval_command(
+    checkpoint: Annotated[Path, typer.Option(help="model.safetensors (or its folder) to evaluate.")],
+    prompts: Annotated[str, typer.Option(help="'default' (configs/eval/prompts.yaml), a YAML or a text file.")] = DEFAULT_PROMPT_SET,
+    seeds: Annotated[int, typer.Option(min=1, help="Samples per prompt (seeds 0..N-1).")] = 2,
+    steps: Annotated[int, typer.Option(min=1, help="DPM-Solver++ steps.")] = 20,
+    out: Annotated[Path, typer.Option(help="Folder for samples/ and metrics.json.")] = Path("outputs/eval"),
+    profile: Annotated[str, typer.Option(help="Profile naming the VAE and text encoder.")] = "embedded",
+    device: Annotated[str, typer.Option()] = "cpu",
+    cfg_scale: Annotated[float, typer.Option()] = 7.0,
+) -> None:
+    """Score prompt following (colour, motion direction) and sample diversity of a checkpoint."""
+    if not checkpoint.exists():
+        err_console.print(f"[bold red]error:[/] --checkpoint {checkpoint}: no such file", highlight=False)
+        raise typer.Exit(2)
+    try:
+        report = run_eval(checkpoint, prompts, seeds, steps, out, profile, device, cfg_scale)
+    except (ValueError, FileNotFoundError) as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        raise typer.Exit(2) from None
+    samples = Table(title="samples")
+    for column in ("prompt", "colour", "direction", "flow dx, dy"):
+        samples.add_column(column)
+    for row in report["samples"]:
+        mark = {True: "[green]ok[/]", False: "[red]x[/]", None: "-"}
+        samples.add_row(row["prompt"], f"{row['predicted_color']} {mark[row['color_correct']]}",
+                        f"{row['predicted_direction']} {mark[row['direction_correct']]}",
+                        f"{row['flow_dx']:+.2f}, {row['flow_dy']:+.2f}")
+    console.print(samples)
+    m = report["metrics"]
+    summary = Table(title="evaluation")
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    summary.add_column("counted", justify="right")
+    summary.add_row("color_accuracy", _fmt(m["color_accuracy"]), f"{m['color_counted']:.0f} ({m['color_skipped']:.0f} skipped)")
+    summary.add_row("direction_accuracy", _fmt(m["direction_accuracy"]),
+                    f"{m['direction_counted']:.0f} ({m['direction_skipped']:.0f} skipped)")
+    summary.add_row("diversity", _fmt(m["diversity"]), f"{m['diversity_prompts']:.0f} prompts")
+    console.print(summary)
+    console.print(f"wrote {Path(out) / METRICS_FILE}")

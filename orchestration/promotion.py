@@ -1,0 +1,89 @@
+"""Promotion in the MLflow model registry: register a run's exported model as a new
+version of `stdit2` and move the alias `champion` to it only if its evaluation score
+beats the current champion's.
+
+Lives in `orchestration` because `opensora_core.train.tracking` is the only module of
+`opensora_core` allowed to import mlflow. Scores are stored on each version as the tag
+`eval.<metric>`; a version that is not promoted gets the alias `challenger`.
+"""
+
+from __future__ import annotations
+
+import math
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+DEFAULT_MODEL_NAME = "stdit2"
+
+
+def score_tag(metric: str) -> str:
+    return f"eval.{metric}"
+
+
+def _source(client, run_id: str, artifact_path_or_model_uri: str) -> str:
+    """A full URI (`runs:/`, `models:/`, `file:`, `s3://`...) as given; a relative
+    artifact path joined onto the run's artifact URI."""
+    if "://" in artifact_path_or_model_uri or artifact_path_or_model_uri.startswith(("runs:/", "models:/", "file:")):
+        return artifact_path_or_model_uri
+    base = client.get_run(run_id).info.artifact_uri.rstrip("/")
+    return f"{base}/{artifact_path_or_model_uri.lstrip('/')}"
+
+
+def promote_if_better(
+    tracking_uri: str,
+    model_name: str = DEFAULT_MODEL_NAME,
+    run_id: str | None = None,
+    artifact_path_or_model_uri: str = "export/model.safetensors",
+    score: float = float("nan"),
+    metric: str = "color_accuracy",
+) -> dict:
+    """Register a new version from `run_id`'s artifact, tag it with `score`, and move
+    `champion` to it when there is no champion yet or `score` is strictly higher than
+    the champion's. Returns `decision` ("promoted" or "kept"), `new_version`,
+    `new_score`, `champion_version` and `champion_score` (the champion before this
+    call; None when there was none)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if run_id is None:
+        raise ValueError("run_id is required")
+    score = float(score)
+    if math.isnan(score):
+        raise ValueError(f"cannot promote on a NaN {metric}")
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException:
+        client.create_registered_model(model_name, description="STDiT-2 text-to-video exports")
+
+    champion_version = champion_score = None
+    try:
+        champion = client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        champion = None
+    if champion is not None:
+        champion_version = int(champion.version)
+        raw = (champion.tags or {}).get(score_tag(metric))
+        champion_score = float(raw) if raw is not None else None
+
+    source = _source(client, run_id, artifact_path_or_model_uri)
+    version = client.create_model_version(model_name, source, run_id=run_id,
+                                          tags={score_tag(metric): repr(score), "eval.metric": metric})
+    new_version = int(version.version)
+    better = champion is None or champion_score is None or score > champion_score
+    if better:
+        client.set_registered_model_alias(model_name, CHAMPION, str(new_version))
+        decision = "promoted"
+    else:
+        client.set_registered_model_alias(model_name, CHALLENGER, str(new_version))
+        decision = "kept"
+    client.set_model_version_tag(model_name, str(new_version), "promotion.decision", decision)
+    return {
+        "decision": decision,
+        "new_version": new_version,
+        "new_score": score,
+        "champion_version": champion_version,
+        "champion_score": champion_score,
+        "metric": metric,
+        "source": source,
+    }
