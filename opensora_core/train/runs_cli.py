@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
 
 import pandas as pd
-import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -33,13 +31,9 @@ def compare_table(frame: pd.DataFrame, title: str) -> Table:
     return table
 
 
-def runs_compare(
-    stage: Annotated[int | None, typer.Option(help="Only runs of this stage (the run's `stage` tag).")] = None,
-    last: Annotated[int, typer.Option(min=1, help="How many of the newest runs.")] = 5,
-    tracking_uri: Annotated[str | None, typer.Option(
-        help="MLflow tracking URI (default: the embedded profile's mlflow_tracking_uri).")] = None,
-) -> None:
-    """Print the newest stage runs side by side: tags, key params, latest metrics."""
+def runs_compare(stage: int | None = None, last: int = 5, tracking_uri: str | None = None) -> None:
+    """Print the newest stage runs side by side (the body of `opensora runs compare`);
+    the tracking URI defaults to the embedded profile's."""
     if tracking_uri is None:
         from opensora_core.config import load_profile
 
