@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from opensora_core.config import ConfigError
 from opensora_core.data.cache_cli import cache_app
 from opensora_core.data.cli import data_app
 from opensora_core.eval.cli import eval_command
+from opensora_core.utils.cli import console, err_console, fail
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n\n")[0])
 model_app = typer.Typer(no_args_is_help=True, help="Inspect and convert STDiT-2 models.")
@@ -31,12 +31,6 @@ app.add_typer(runs_app, name="runs")
 app.command("eval")(eval_command)
 
 
-console = Console()
-err_console = Console(stderr=True)
-
-def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _dtype(name: str):
@@ -45,7 +39,7 @@ def _dtype(name: str):
     try:
         return resolve_dtype(name)
     except ValueError as err:
-        _fail(f"--dtype: {err}")
+        fail(f"--dtype: {err}")
 
 
 def _human(n: float, unit: str = "") -> str:
@@ -81,7 +75,7 @@ def model_info(
     try:
         cost = estimate_step_cost(config, num_frames, height, width, batch_size, _dtype(dtype), grad_checkpoint)
     except ValueError as err:
-        _fail(str(err))
+        fail(str(err))
     table = Table(title=f"{preset}: {batch_size} x {num_frames}x{height}x{width}, {dtype}"
                   f"{', activation checkpointing' if grad_checkpoint else ''}")
     table.add_column("quantity")
@@ -116,12 +110,12 @@ def model_convert(
     from opensora_core.models.checkpoint_io import convert_checkpoint
 
     if target.suffix != ".safetensors":
-        _fail(f"--to {target}: expected a .safetensors path")
+        fail(f"--to {target}: expected a .safetensors path")
     config = load_preset(preset) if preset else None
     try:
         config, report, count = convert_checkpoint(source, target, config, _dtype(dtype) if dtype else None)
     except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(f"verified {count} tensors ({report.describe()}); wrote {target}")
     console.print(f"config: hidden {config.hidden_size}, depth {config.depth}, heads {config.num_heads}, "
                   f"caption {config.caption_channels}x{config.model_max_length}")
@@ -143,7 +137,7 @@ def bench_model(
     try:
         frame_counts = [int(f) for f in frames.split(",")]
     except ValueError:
-        _fail(f"--frames {frames!r}: expected comma-separated integers like 16,64")
+        fail(f"--frames {frames!r}: expected comma-separated integers like 16,64")
     run_model_step_benchmark(hidden_size, depth, num_heads, frame_counts, size, repeats, _dtype(dtype), console)
 
 
@@ -222,19 +216,19 @@ def sample(
     lines = list(prompt or [])
     if prompt_file is not None:
         if not prompt_file.is_file():
-            _fail(f"--prompt-file {prompt_file}: no such file")
+            fail(f"--prompt-file {prompt_file}: no such file")
         lines += [line for line in prompt_file.read_text().splitlines() if line.strip()]
     if not lines:
-        _fail("give at least one --prompt or a --prompt-file")
+        fail("give at least one --prompt or a --prompt-file")
     if (checkpoint is None) == (preset is None):
-        _fail("give exactly one of --checkpoint or --preset")
+        fail("give exactly one of --checkpoint or --preset")
     try:
         if resolution is not None:
             if height is not None or width is not None:
-                _fail("give --resolution/--aspect-ratio or --height/--width, not both")
+                fail("give --resolution/--aspect-ratio or --height/--width, not both")
             height, width = image_size(resolution, aspect_ratio)
         elif height is None or width is None:
-            _fail("give --resolution (with --aspect-ratio) or both --height and --width")
+            fail("give --resolution (with --aspect-ratio) or both --height and --width")
         requests = [parse_prompt(line, reference, mask_strategy) for line in lines]
         settings = SampleSettings(num_frames=num_frames, height=height, width=width, fps=fps, steps=steps,
                                   sampler=sampler, cfg_scale=cfg_scale, cfg_channel=cfg_channel, seed=seed,
@@ -242,7 +236,7 @@ def sample(
         generator, provenance = load_generation_stack(checkpoint, preset, profile, device)
         generator.check(settings, requests)
     except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+        fail(str(err))
     videos = generator.generate(requests, settings)
     for path in write_samples(videos, requests, settings, out, provenance):
         console.print(f"wrote {path}")
@@ -272,7 +266,7 @@ def train(
     try:
         result = train_stage(args)
     except (TrainingError, FileNotFoundError) as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(f"stage done: {result.steps} steps, loss {result.final_loss:.4f}, "
                   f"{result.tokens_per_second:,.0f} tokens/s; export {result.export_path}")
 

@@ -6,32 +6,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from opensora_core.data.meta import TableError, read_training_table
+from opensora_core.utils.cli import console, err_console, fail
 
 cache_app = typer.Typer(no_args_is_help=True, help="Build the T5 / VAE latent caches.")
-console = Console()
-err_console = Console(stderr=True)
 
 MetaOpt = Annotated[Path, typer.Option("--meta", help="Training table (meta.csv or .parquet).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Cache folder (created; reused across runs).")]
 ProfileOpt = Annotated[str, typer.Option("--profile", help="Profile naming the VAE / text encoder.")]
 
 
-def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(2)
-
-
 def _table(meta: Path, columns: tuple[str, ...]):
-    import pandas as pd
-
-    if not meta.is_file():
-        _fail(f"--meta {meta}: no such file")
-    table = pd.read_parquet(meta) if meta.suffix == ".parquet" else pd.read_csv(meta)
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        _fail(f"--meta {meta}: missing column(s) {', '.join(missing)}")
-    return table
+    try:
+        return read_training_table(meta, columns)
+    except TableError as err:
+        fail(str(err))
 
 
 @cache_app.command("text")

@@ -12,24 +12,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from opensora_core.utils.cli import console, err_console, fail
 
 data_app = typer.Typer(
     no_args_is_help=True, help="Curate raw videos into a training table (ingest, scenes, scores, filters)."
 )
-console = Console()
-err_console = Console(stderr=True)
 
 InputOpt = Annotated[str, typer.Option("--input", help="Folder (or fsspec URL) of raw videos and images.")]
 OutOpt = Annotated[str, typer.Option("--out", help="Output folder (or fsspec URL).")]
 ConfigOpt = Annotated[str, typer.Option("--config", help="configs/data stem or YAML path.")]
 KeyOpt = Annotated[list[str] | None, typer.Option("--key", help="Only these partitions (repeatable).")]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _setup(input: str, out: str, config: str):
@@ -40,10 +34,10 @@ def _setup(input: str, out: str, config: str):
     try:
         settings = load_curation_config(config)
     except ConfigError as err:
-        _fail(str(err))
+        fail(str(err))
     source = Storage(input)
     if not source.fs.isdir(source.root):
-        _fail(f"--input {input}: no such folder")
+        fail(f"--input {input}: no such folder")
     return settings, source, Storage(out)
 
 
@@ -54,7 +48,7 @@ def _files(source, out, settings, keys: list[str] | None):
     if keys:
         unknown = sorted(set(keys) - {f.key for f in files})
         if unknown:
-            _fail(f"unknown partition keys: {', '.join(unknown)} (see {out.url}/inputs.json)")
+            fail(f"unknown partition keys: {', '.join(unknown)} (see {out.url}/inputs.json)")
         files = [f for f in files if f.key in keys]
     return files
 
@@ -166,14 +160,13 @@ def buckets(
 
     from opensora_core.config import load_stage
     from opensora_core.data.buckets import Bucket, BucketAssigner, bucket_batches, summarize
+    from opensora_core.data.meta import TableError, read_training_table
     from opensora_core.utils.atomic import atomic_path
 
-    if not meta.is_file():
-        _fail(f"--meta {meta}: no such file")
-    table = pd.read_parquet(meta) if meta.suffix == ".parquet" else pd.read_csv(meta)
-    missing = [c for c in ("num_frames", "height", "width") if c not in table.columns]
-    if missing:
-        _fail(f"--meta {meta}: missing column(s) {', '.join(missing)}")
+    try:
+        table = read_training_table(meta, ("num_frames", "height", "width"))
+    except TableError as err:
+        fail(str(err))
     stage_config = load_stage(stage)
     assigner = BucketAssigner(stage_config)
     rows = list(zip(table["num_frames"].astype(int), table["height"].astype(int), table["width"].astype(int)))

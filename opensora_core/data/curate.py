@@ -25,7 +25,6 @@ as they are while the fingerprints match, and decodes clips only for the rest
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -43,6 +42,7 @@ from opensora_core.data.ingest import RawFile, probe_file, register_inputs
 from opensora_core.data.scenes import Sampler, cut_scenes
 from opensora_core.data.scoring import BackgroundScorer, ClipSamples, build_scorers, read_samples
 from opensora_core.data.storage import MANIFEST, Storage
+from opensora_core.utils.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +73,6 @@ def _write_manifest(folder: Path, manifest: dict) -> None:
 
 def _source_url(source: Storage, rel: str) -> str:
     return source.path(rel) if source.is_local else f"{source.url}/{rel}"
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _up_to_date(out: Storage, raw: RawFile, step: str, fingerprint: str) -> bool:
@@ -122,7 +114,7 @@ def _clip_row(out: Storage, key: str, file: str, probe: dict, source_manifest: d
         else f"{out.url}/{'/'.join(_step_dir(key, 'clips'))}/{file}",
         "aspect_ratio": height / width, "resolution": height * width,
         "partition": key, "source": source_manifest["source"], "source_sha256": source_manifest["sha256"],
-        "sha256": _sha256_file(clip_path), "media": probe["kind"], **fields,
+        "sha256": file_sha256(clip_path), "media": probe["kind"], **fields,
     }
 
 

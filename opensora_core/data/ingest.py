@@ -22,6 +22,7 @@ import av
 
 from opensora_core.data.config import CurationConfig
 from opensora_core.data.storage import Storage
+from opensora_core.utils.hashing import stream_sha256
 
 INDEX_FILE = "inputs.json"
 
@@ -57,11 +58,8 @@ def media_kind(path: str, config: CurationConfig) -> str | None:
 
 
 def sha256_file(storage: Storage, path: str) -> str:
-    digest = hashlib.sha256()
     with storage.fs.open(storage.path(path), "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return stream_sha256(handle)
 
 
 def discover(source: Storage, config: CurationConfig) -> list[str]:

@@ -8,7 +8,6 @@ needed to reproduce it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from opensora_core.infer.mask_strategy import (
 )
 from opensora_core.models.stdit2 import IMAGE_FPS
 from opensora_core.utils.atomic import write_text_atomic
+from opensora_core.utils.hashing import file_sha256
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 MAX_REFERENCE_FRAMES = 1024
@@ -225,16 +225,6 @@ class VideoGenerator:
         return torch.cat(pieces, dim=2)
 
 
-def file_sha256(path: str | Path | None) -> str | None:
-    if path is None:
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_samples(
     videos: list[torch.Tensor], requests: list[PromptRequest], settings: SampleSettings, out_dir: str | Path,
     provenance: dict,
@@ -298,7 +288,7 @@ def load_generation_stack(
     )
     provenance = {
         "checkpoint": None if checkpoint_file is None else str(checkpoint_file),
-        "checkpoint_sha256": file_sha256(checkpoint_file),
+        "checkpoint_sha256": None if checkpoint_file is None else file_sha256(checkpoint_file),
         "preset": preset,
         "profile": profile,
         "vae": vae.identity(),

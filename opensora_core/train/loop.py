@@ -37,6 +37,7 @@ from opensora_core.config import ProfileConfig, StageConfig, load_profile, load_
 from opensora_core.data.buckets import Bucket, BucketAssigner, BucketBatchSampler
 from opensora_core.data.caches import ShardedTensorCache
 from opensora_core.data.dataset import VideoTextDataset, collate
+from opensora_core.data.meta import TableError, read_training_table
 from opensora_core.diffusion.iddpm import GaussianDiffusion
 from opensora_core.diffusion.masks import MaskGenerator
 from opensora_core.diffusion.speedit import build_timestep_sampler
@@ -51,6 +52,7 @@ from opensora_core.train.ema import EMA
 from opensora_core.train.fsdp import all_reduce_gradients, init_distributed, parallelize_stdit2
 from opensora_core.utils.atomic import atomic_path, write_text_atomic
 from opensora_core.utils.dtypes import resolve_dtype
+from opensora_core.utils.hashing import file_sha256
 
 TEXT_ENCODER_WEIGHTS = "text_encoder.safetensors"
 # Dense bf16 peak of GPUs we know, for the MFU estimate (none on CPU).
@@ -111,10 +113,10 @@ class TrainingError(ValueError):
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"--data {path}: no such file")
-    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    try:
+        table = read_training_table(path, ("path", "text", "num_frames", "height", "width"), option="--data")
+    except TableError as err:
+        raise TrainingError(str(err)) from None
     if table.empty:
         raise TrainingError(f"--data {path}: the training table is empty")
     return table
@@ -232,9 +234,6 @@ def prepare_stage(args: TrainArgs) -> Stage:
         raise TrainingError(f"max_steps ({max_steps}) and ckpt_every ({ckpt_every}) must be >= 1")
     config = load_preset(stage.model_preset)
     table = read_table(args.data)
-    for column in ("path", "text", "num_frames", "height", "width"):
-        if column not in table.columns:
-            raise TrainingError(f"--data {args.data}: missing column {column!r}")
     assigner = BucketAssigner(stage)
     rows = list(zip(table["num_frames"].astype(int), table["height"].astype(int), table["width"].astype(int)))
     check_buckets(assigner, rows, seed)
@@ -500,7 +499,7 @@ def _start_tracker(s: Stage):
     params = {"stage": s.stage.model_dump(mode="json"), "model": s.config.model_dump(mode="json"),
               "profile": s.profile.name, "seed": s.seed, "max_steps": s.max_steps, "data": str(args.data),
               "init": args.init or "", "cache": args.cache or ""}
-    tags = {"stage": str(s.stage.stage), "stage_config": str(args.stage), "data_snapshot": _file_digest(args.data),
+    tags = {"stage": str(s.stage.stage), "stage_config": str(args.stage), "data_snapshot": file_sha256(args.data)[:16],
             "code_version": _code_version()}
     return StageTracker.start(s.profile.mlflow_tracking_uri, EXPERIMENT, f"stage{s.stage.stage}", params,
                               tags, args.parent_run_id, s.out / "mlflow_offline", required=s.profile.mlflow_required)
@@ -518,16 +517,6 @@ def _code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{opensora_core.__version__}+{commit}" if commit else opensora_core.__version__
-
-
-def _file_digest(path: str | Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def main(argv: list[str] | None = None) -> None:
