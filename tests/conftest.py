@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+
+from opensora_core.config import find_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -30,3 +33,13 @@ def reference_dir() -> Path:
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def test_profile(tmp_path):
+    """The embedded profile with its MLflow store in the test's folder."""
+    data = yaml.safe_load(find_config("profiles", "embedded").read_text())
+    data["mlflow_tracking_uri"] = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

@@ -36,13 +36,8 @@ def curated(tmp_path):
 
 
 @pytest.fixture
-def profile(tmp_path):
-    """The embedded profile with its MLflow store in the test's folder."""
-    data = yaml.safe_load(find_config("profiles", "embedded").read_text())
-    data["mlflow_tracking_uri"] = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    path = tmp_path / "profile.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+def profile(test_profile):
+    return test_profile
 
 
 def _settings(tmp_path, profile, stages=TINY):

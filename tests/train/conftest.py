@@ -4,9 +4,7 @@ import hashlib
 
 import pandas as pd
 import pytest
-import yaml
 
-from opensora_core.config import find_config
 from opensora_core.data.synthetic import moving_square_clip
 from opensora_core.infer.export import write_image, write_video
 
@@ -31,13 +29,3 @@ def training_table(tmp_path_factory):
     meta = folder / "meta.csv"
     pd.DataFrame(rows).to_csv(meta, index=False)
     return meta
-
-
-@pytest.fixture
-def test_profile(tmp_path):
-    """The embedded profile with its MLflow store in the test's folder."""
-    data = yaml.safe_load(find_config("profiles", "embedded").read_text())
-    data["mlflow_tracking_uri"] = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    path = tmp_path / "profile.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
