@@ -255,6 +255,7 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Override the stage's seed.")] = None,
     keep_last: Annotated[int, typer.Option(min=1, help="Checkpoints to keep.")] = 2,
     parent_run_id: Annotated[str | None, typer.Option(help="MLflow run to nest this stage's run under.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Override the stage's lr (peak, after warm-up); > 0.")] = None,
 ) -> None:
     """Train one stage (one process, or under torchrun: FSDP2 over gloo/NCCL)."""
     from opensora_core.train.loop import TrainArgs, TrainingError, train_stage
@@ -262,7 +263,7 @@ def train(
     args = TrainArgs(stage=stage, data=str(data), out=str(out), profile=profile,
                      cache=None if cache is None else str(cache), init=None if init is None else str(init),
                      max_steps=max_steps, ckpt_every=ckpt_every, seed=seed, keep_last=keep_last,
-                     parent_run_id=parent_run_id)
+                     parent_run_id=parent_run_id, lr=lr)
     try:
         result = train_stage(args)
     except (TrainingError, FileNotFoundError) as err:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import time
 from collections.abc import Callable
@@ -72,6 +73,7 @@ class TrainArgs:
     seed: int | None = None
     keep_last: int = 2
     parent_run_id: str | None = None
+    lr: float | None = None
 
 
 @dataclass
@@ -99,6 +101,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep-last", type=int, default=2)
     parser.add_argument("--parent-run-id", default=None, help="MLflow run to nest this stage's run under")
+    parser.add_argument("--lr", type=float, default=None, help="override the stage's lr (peak, after warm-up)")
 
 
 def args_from_namespace(ns: argparse.Namespace) -> TrainArgs:
@@ -232,6 +235,11 @@ def prepare_stage(args: TrainArgs) -> Stage:
     ckpt_every = stage.ckpt_every if args.ckpt_every is None else args.ckpt_every
     if max_steps < 1 or ckpt_every < 1:
         raise TrainingError(f"max_steps ({max_steps}) and ckpt_every ({ckpt_every}) must be >= 1")
+    if args.lr is not None:
+        if not (math.isfinite(args.lr) and args.lr > 0):
+            raise TrainingError(f"--lr must be a finite number > 0, got {args.lr}")
+        # The override replaces the stage's lr everywhere, the logged `stage.lr` included.
+        stage = stage.model_copy(update={"lr": float(args.lr)})
     config = load_preset(stage.model_preset)
     table = read_table(args.data)
     assigner = BucketAssigner(stage)
@@ -497,7 +505,8 @@ def _start_tracker(s: Stage):
 
     args = s.args
     params = {"stage": s.stage.model_dump(mode="json"), "model": s.config.model_dump(mode="json"),
-              "profile": s.profile.name, "seed": s.seed, "max_steps": s.max_steps, "data": str(args.data),
+              "profile": s.profile.name, "seed": s.seed, "max_steps": s.max_steps, "lr": s.stage.lr,
+              "data": str(args.data),
               "init": args.init or "", "cache": args.cache or ""}
     tags = {"stage": str(s.stage.stage), "stage_config": str(args.stage), "data_snapshot": file_sha256(args.data)[:16],
             "code_version": _code_version()}
