@@ -10,16 +10,20 @@ Dagster Pipes. Stage N+1 starts from stage N's export when its config says
 
 import base64
 import io
+import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
+    Config,
     Failure,
+    MaterializeResult,
     MetadataValue,
     PipesEnvContextInjector,
     PipesFileMessageReader,
@@ -27,6 +31,7 @@ from dagster import (
     asset_check,
     open_pipes_session,
 )
+from pydantic import Field
 from safetensors import safe_open
 
 from assets_defs.caches import text_embeddings, video_latents
@@ -35,12 +40,31 @@ from opensora_core.data.buckets import Bucket, BucketAssigner
 from opensora_core.models import load_preset
 from opensora_core.models.checkpoint_io import compare_keys, load_state_dict
 from opensora_core.train.metrics import summarize_loss
-from opensora_core.utils.atomic import atomic_path
+from opensora_core.utils.atomic import atomic_path, write_text_atomic
+from opensora_core.utils.hashing import file_sha256
 from orchestration.launch.components import train_stage_component
-from orchestration.resources import CacheSettings, CurationStorage, TorchXLauncher, TrainingSettings
+from orchestration.promotion import download_champion
+from orchestration.resources import (
+    CacheSettings,
+    CurationStorage,
+    MlflowTracking,
+    TorchXLauncher,
+    TrainingSettings,
+)
 
 TABLE = "meta.parquet"
+INPUTS = "inputs.json"  # what the stage folder's checkpoints were trained from
+# Outputs of a training run in the stage folder; removed when the inputs change.
+_RUN_OUTPUTS = ("checkpoints", "export", "result.json", "metrics.jsonl", "mlflow_offline", "loss_curve.png")
 _REQUIRED_COLUMNS = ("path", "text", "num_frames", "height", "width")
+
+
+class StageRunConfig(Config):
+    """Run configuration of a stage asset (Launchpad, or a job's `ops:` config)."""
+
+    init: Literal["config", "champion"] = Field(
+        "config", description="'config': the stage config's init_from (stage N-1's export, a path or random); "
+                              "'champion': the MLflow registry's champion (retraining fine-tunes from it).")
 
 
 @dataclass
@@ -55,8 +79,9 @@ class StagePlan:
     init: Path | None
 
 
-def plan_stage(index: int, settings: TrainingSettings, data: Path) -> StagePlan:
-    """Resolve and check stage `index`'s inputs; raise Failure naming what is wrong."""
+def plan_stage(index: int, settings: TrainingSettings, data: Path, init: Path | None = None) -> StagePlan:
+    """Resolve and check stage `index`'s inputs; raise Failure naming what is wrong.
+    `init` replaces the stage config's `init_from`."""
     name = settings.stage_config(index)
     try:
         config = load_stage(name)
@@ -65,7 +90,7 @@ def plan_stage(index: int, settings: TrainingSettings, data: Path) -> StagePlan:
     if config.stage != index:
         raise Failure(f"stdit2_stage{index}: stage config {name} is for stage {config.stage}, not {index} "
                       "(check TrainingSettings.stages / OPENSORA_TRAIN_STAGES)")
-    init = _init_path(index, config, settings)
+    init = init or _init_path(index, config, settings)
     plan = StagePlan(index, name, config, settings.stage_dir(index), data, init)
     check_table(plan)
     if init is not None:
@@ -162,11 +187,74 @@ def loss_curve_markdown(points: list[tuple[int, float]], title: str, png: Path) 
     return f"![loss curve](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
 
 
-def train_stage_asset(context: AssetExecutionContext, index: int, curation_storage: CurationStorage,
-                      cache_settings: CacheSettings, training_settings: TrainingSettings,
-                      torchx_launcher: TorchXLauncher) -> Iterator:
+def champion_init(index: int, out: Path, mlflow_tracking: MlflowTracking) -> tuple[Path, str]:
+    """Download the registry's champion into the stage folder; (weights path, description)."""
+    try:
+        path, version = download_champion(mlflow_tracking.tracking_uri, out / "init_champion",
+                                          mlflow_tracking.model_name)
+    except (LookupError, FileNotFoundError) as err:
+        raise Failure(f"stdit2_stage{index}: init 'champion': {err}") from None
+    return path, f"{mlflow_tracking.model_name} v{version} (champion)"
+
+
+def stage_inputs(plan: StagePlan, settings: TrainingSettings) -> dict:
+    """Everything the stage's result depends on: the table's and init weights' content,
+    the stage config, the step override and the profile."""
+    return {"table_sha256": file_sha256(plan.data), "stage_config": plan.config.model_dump(mode="json"),
+            "init_sha256": file_sha256(plan.init) if plan.init is not None and plan.init.is_file() else None,
+            "max_steps": settings.max_steps, "profile": settings.profile}
+
+
+def reuse_or_reset(plan: StagePlan, inputs: dict) -> dict | None:
+    """The stage folder's finished result when it was trained from exactly `inputs`.
+
+    Otherwise None, after making the folder fit `inputs`: the same inputs keep their
+    checkpoints (the job resumes from the newest, e.g. after a failure), other inputs
+    clear the previous run's outputs so training starts from step 0.
+    """
+    marker = plan.out / INPUTS
+    previous = json.loads(marker.read_text()) if marker.is_file() else None
+    if previous == inputs:
+        result = plan.out / "result.json"
+        if result.is_file() and (plan.out / "export" / "model.safetensors").is_file():
+            return json.loads(result.read_text())
+        return None
+    for name in _RUN_OUTPUTS:
+        path = plan.out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    write_text_atomic(marker, json.dumps(inputs, indent=2, sort_keys=True) + "\n")
+    return None
+
+
+def _reused(index: int, plan: StagePlan, result: dict, init_source: str | None) -> MaterializeResult:
+    metadata = {"up_to_date": MetadataValue.text(f"inputs unchanged since the run that wrote {plan.out / 'result.json'}"
+                                                 "; nothing launched"),
+                "stage_config": plan.config_name, "init_source": init_source or ("stage config" if plan.init else "random"),
+                "final_loss": float(result["final_loss"]), "steps": int(result["steps"]),
+                "wall_seconds": float(result["wall_seconds"]), "checkpoint": MetadataValue.path(result["export_path"]),
+                "training_table": MetadataValue.path(str(plan.data))}
+    if result.get("mlflow_run_url"):
+        metadata["mlflow_run"] = MetadataValue.url(result["mlflow_run_url"])
+    return MaterializeResult(metadata=metadata)
+
+
+def train_stage_asset(context: AssetExecutionContext, index: int, run_config: StageRunConfig,
+                      curation_storage: CurationStorage, cache_settings: CacheSettings,
+                      training_settings: TrainingSettings, torchx_launcher: TorchXLauncher,
+                      mlflow_tracking: MlflowTracking) -> Iterator:
     out = training_settings.stage_dir(index)
-    plan = plan_stage(index, training_settings, snapshot_table(curation_storage, out))
+    init, init_source = None, None
+    if run_config.init == "champion":
+        init, init_source = champion_init(index, out, mlflow_tracking)
+    plan = plan_stage(index, training_settings, snapshot_table(curation_storage, out), init)
+    previous = reuse_or_reset(plan, stage_inputs(plan, training_settings))
+    if previous is not None:
+        context.log.info(f"stage {index}: inputs unchanged, reusing {plan.out / 'export'}")
+        yield _reused(index, plan, previous, init_source)
+        return
     context.log.info(f"stage {index}: {plan.config_name}, init {plan.init or 'random'}, out {plan.out}")
     # Messages go through a file in the stage folder, which the job and this process share
     # on every scheduler we support (docs/torchx.md), rather than through /tmp here.
@@ -188,6 +276,7 @@ def train_stage_asset(context: AssetExecutionContext, index: int, curation_stora
     points = [(m["step"], m["metrics"]["loss"]) for m in session.get_custom_messages()
               if isinstance(m, dict) and "loss" in m.get("metrics", {})]
     extra = {"stage_config": plan.config_name, "init": MetadataValue.path(str(plan.init)) if plan.init else "random",
+             "init_source": init_source or ("stage config" if plan.init else "random"),
              "torchx_app": handle, "training_table": MetadataValue.path(str(plan.data))}
     if points:
         extra["loss_curve"] = MetadataValue.md(
@@ -204,10 +293,11 @@ def _stage_asset(index: int, previous):
 
     @asset(name=f"stdit2_stage{index}", deps=deps, group_name="training", kinds={"pytorch", "mlflow"},
            description=f"STDiT-2 training stage {index} (TorchX job; DCP checkpoints + export/model.safetensors).")
-    def stage(context: AssetExecutionContext, curation_storage: CurationStorage, cache_settings: CacheSettings,
-              training_settings: TrainingSettings, torchx_launcher: TorchXLauncher):
-        yield from train_stage_asset(context, index, curation_storage, cache_settings, training_settings,
-                                     torchx_launcher)
+    def stage(context: AssetExecutionContext, config: StageRunConfig, curation_storage: CurationStorage,
+              cache_settings: CacheSettings, training_settings: TrainingSettings, torchx_launcher: TorchXLauncher,
+              mlflow_tracking: MlflowTracking):
+        yield from train_stage_asset(context, index, config, curation_storage, cache_settings, training_settings,
+                                     torchx_launcher, mlflow_tracking)
 
     return stage
 

@@ -17,10 +17,13 @@ from dagster import Definitions, multiprocess_executor
 
 from assets_defs.caches import cache_assets, cache_checks
 from assets_defs.curation import curation_assets, curation_checks
+from assets_defs.evaluation import evaluation_assets
 from assets_defs.training import training_assets, training_checks
 from orchestration.resources import (
     cache_settings_from_env,
     curation_storage_from_env,
+    evaluation_settings_from_env,
+    mlflow_tracking_from_env,
     torchx_launcher_from_env,
     training_settings_from_env,
 )
@@ -45,17 +48,30 @@ def executor_from_env():
     raise ValueError(f"OPENSORA_DAGSTER_EXECUTOR={kind!r}: expected 'multiprocess' or 'k8s'")
 
 
-defs = Definitions(
-    assets=[*curation_assets, *cache_assets, *training_assets],
-    asset_checks=[*curation_checks, *cache_checks, *training_checks],
-    jobs=[curate_partition_job, retrain_job],
-    schedules=[retrain_schedule_from_env()],
-    sensors=[raw_videos_sensor, retrain_on_new_data_sensor],
-    resources={
+def resources_from_env() -> dict:
+    """Every resource, configured from the profile and environment variables read now."""
+    return {
         "curation_storage": curation_storage_from_env(),
         "cache_settings": cache_settings_from_env(),
         "training_settings": training_settings_from_env(),
         "torchx_launcher": torchx_launcher_from_env(),
-    },
-    executor=executor_from_env(),
-)
+        "mlflow_tracking": mlflow_tracking_from_env(),
+        "evaluation_settings": evaluation_settings_from_env(),
+    }
+
+
+def build_definitions() -> Definitions:
+    """The code location, configured from the environment as it is now (the demo and
+    tests set variables first; `dagster dev` reads them at load)."""
+    return Definitions(
+        assets=[*curation_assets, *cache_assets, *training_assets, *evaluation_assets],
+        asset_checks=[*curation_checks, *cache_checks, *training_checks],
+        jobs=[curate_partition_job, retrain_job],
+        schedules=[retrain_schedule_from_env()],
+        sensors=[raw_videos_sensor, retrain_on_new_data_sensor],
+        resources=resources_from_env(),
+        executor=executor_from_env(),
+    )
+
+
+defs = build_definitions()

@@ -10,6 +10,9 @@ Lives in `orchestration` because `opensora_core.train.tracking` is the only modu
 from __future__ import annotations
 
 import math
+import os
+import shutil
+from pathlib import Path
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -33,11 +36,12 @@ def promote_if_better(
     tracking_uri: str,
     model_name: str = DEFAULT_MODEL_NAME,
     run_id: str | None = None,
-    artifact_path_or_model_uri: str = "export/model.safetensors",
+    artifact_path_or_model_uri: str = "export",
     score: float = float("nan"),
     metric: str = "color_accuracy",
 ) -> dict:
-    """Register a new version from `run_id`'s artifact, tag it with `score`, and move
+    """Register a new version from `run_id`'s artifact (by default the stage's `export/`
+    folder: weights, config and a trained text encoder), tag it with `score`, and move
     `champion` to it when there is no champion yet or `score` is strictly higher than
     the champion's. Returns `decision` ("promoted" or "kept"), `new_version`,
     `new_score`, `champion_version` and `champion_score` (the champion before this
@@ -87,3 +91,45 @@ def promote_if_better(
         "metric": metric,
         "source": source,
     }
+
+
+def champion(tracking_uri: str, model_name: str = DEFAULT_MODEL_NAME):
+    """The model version under the alias `champion`, or None when there is none (or no
+    registered model of that name yet)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        return client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def download_champion(tracking_uri: str, destination: Path, model_name: str = DEFAULT_MODEL_NAME) -> tuple[Path, int]:
+    """Download the champion's files into `destination` (replaced whole, atomically) and
+    return the path of its `model.safetensors` and the version number.
+
+    Raises LookupError when there is no champion, FileNotFoundError when its files hold
+    no `model.safetensors`.
+    """
+    import mlflow.artifacts
+
+    version = champion(tracking_uri, model_name)
+    if version is None:
+        raise LookupError(f"model {model_name!r} has no {CHAMPION!r} alias in the MLflow registry at {tracking_uri}; "
+                          "run eval_samples once (it registers and promotes the first version)")
+    destination = Path(destination)
+    staging = destination.with_name(f".{destination.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(staging),
+                                                     tracking_uri=tracking_uri))
+    folder = local if local.is_dir() else local.parent
+    if not (folder / "model.safetensors").is_file():
+        shutil.rmtree(staging, ignore_errors=True)
+        raise FileNotFoundError(f"{model_name} version {version.version} ({version.source}) holds no model.safetensors")
+    shutil.rmtree(destination, ignore_errors=True)
+    os.replace(folder, destination)
+    shutil.rmtree(staging, ignore_errors=True)
+    return destination / "model.safetensors", int(version.version)

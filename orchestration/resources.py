@@ -152,6 +152,90 @@ def training_settings_from_env() -> TrainingSettings:
     )
 
 
+class MlflowTracking(ConfigurableResource):
+    """The MLflow store the training jobs log to, and its model registry.
+
+    A small adapter around `MlflowClient` (rather than dagster-mlflow's op-era
+    resource): the tracking URI is the profile's, so Dagster and the training jobs
+    always talk to the same store.
+    """
+
+    tracking_uri: str = Field(description="MLflow tracking (and registry) URI.")
+    experiment: str = Field("opensora-stdit2", description="Experiment of the training and evaluation runs.")
+    model_name: str = Field("stdit2", description="Registered model that evaluation promotes into.")
+    ui_url: str | None = Field(None, description="Base URL of the MLflow UI for links (http URIs link to themselves).")
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        if self.tracking_uri.startswith(("http://", "https://")):
+            _check_reachable(self.tracking_uri)
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def experiment_id(self, client) -> str:
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None
+        if self.tracking_uri.startswith("sqlite:///"):  # artifacts beside the database, as training does
+            location = (Path(self.tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        return client.create_experiment(self.experiment, artifact_location=location)
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        if self.tracking_uri.startswith(("http://", "https://")):
+            base = self.tracking_uri
+        else:
+            base = self.ui_url or os.environ.get("OPENSORA_MLFLOW_UI_URL", "http://127.0.0.1:5000")
+        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _check_reachable(uri: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).close()
+    except urllib.error.HTTPError:
+        return
+    except OSError as err:
+        raise Failure(f"MLflow tracking server {uri} is unreachable ({err}); start it or set the profile's "
+                      "mlflow_tracking_uri") from None
+
+
+def mlflow_tracking_from_env() -> MlflowTracking:
+    """The tracking URI of the profile named by `OPENSORA_PROFILE`; `OPENSORA_MODEL_NAME`
+    (default `stdit2`); `OPENSORA_MLFLOW_UI_URL` for links to a SQLite store's UI."""
+    profile = load_profile(os.environ.get("OPENSORA_PROFILE", "embedded"))
+    return MlflowTracking(tracking_uri=profile.mlflow_tracking_uri,
+                          model_name=os.environ.get("OPENSORA_MODEL_NAME", "stdit2"),
+                          ui_url=os.environ.get("OPENSORA_MLFLOW_UI_URL"))
+
+
+class EvaluationSettings(ConfigurableResource):
+    """What `eval_samples` generates and scores, and the score that decides promotion."""
+
+    out_root: str = Field(description="Folder of evaluation rounds (samples, metrics.json, previews).")
+    prompts: str = Field("default", description="'default' (configs/eval/prompts.yaml), a YAML or a text file.")
+    seeds: int = Field(2, ge=1, description="Samples per prompt (seeds 0..N-1).")
+    steps: int = Field(20, ge=1, description="DPM-Solver++ steps per sample.")
+    cfg_scale: float = Field(7.0, description="Classifier-free guidance scale.")
+    metric: Literal["color_accuracy", "direction_accuracy", "diversity"] = Field(
+        "color_accuracy", description="Score compared with the champion's to decide promotion.")
+
+
+def evaluation_settings_from_env() -> EvaluationSettings:
+    """`OPENSORA_EVAL_ROOT` (default `eval/` under the artifacts root), `OPENSORA_EVAL_PROMPTS`,
+    `OPENSORA_EVAL_SEEDS`, `OPENSORA_EVAL_STEPS`, `OPENSORA_EVAL_METRIC`."""
+    profile = load_profile(os.environ.get("OPENSORA_PROFILE", "embedded"))
+    return EvaluationSettings(
+        out_root=os.environ.get("OPENSORA_EVAL_ROOT", f"{profile.artifacts_root.rstrip('/')}/eval"),
+        prompts=os.environ.get("OPENSORA_EVAL_PROMPTS", "default"),
+        seeds=int(os.environ.get("OPENSORA_EVAL_SEEDS", "2")),
+        steps=int(os.environ.get("OPENSORA_EVAL_STEPS", "20")),
+        metric=os.environ.get("OPENSORA_EVAL_METRIC", "color_accuracy"),
+    )
+
+
 class TorchXLaunchError(Failure):
     """A TorchX job ended in a state other than SUCCEEDED; carries the failing replicas' log tails."""
 

@@ -1,9 +1,11 @@
 """Retraining: the job, and the schedule that launches it on a cron from config.
 
-`retrain_job` rebuilds the training table from the curated partitions, updates the
-caches (both are incremental: unchanged captions and clips are reused) and retrains
-the last stage, `stdit2_stage3`, which starts from stage 2's export with the last
-stage's config. Earlier stages are not in the job; materialize them on their own.
+`retrain_job` rebuilds the training table from the curated partitions (new raw files
+are curated as they arrive, by `raw_videos_sensor`'s per-partition runs), updates the
+caches (both are incremental: unchanged captions and clips are reused), fine-tunes
+the MLflow registry's champion with the last stage's config (`stdit2_stage3` with run
+config `init: champion`), evaluates the result and promotes it if it beats the
+champion (`eval_samples`). Earlier stages are not in the job.
 
 Two things launch it: `retrain_schedule` (cron from `OPENSORA_RETRAIN_CRON`, default
 Sundays 03:00, in `OPENSORA_RETRAIN_TIMEZONE`, default UTC) and
@@ -20,6 +22,7 @@ from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, d
 
 from assets_defs.caches import text_embeddings, video_latents
 from assets_defs.curation import training_dataset
+from assets_defs.evaluation import eval_samples
 from assets_defs.training import stdit2_stage3
 
 RETRAIN_CRON_ENV = "OPENSORA_RETRAIN_CRON"
@@ -28,8 +31,10 @@ DEFAULT_RETRAIN_CRON = "0 3 * * 0"  # Sundays 03:00
 
 retrain_job = define_asset_job(
     "retrain_job",
-    selection=AssetSelection.assets(training_dataset, text_embeddings, video_latents, stdit2_stage3),
-    description="Rebuild the training table, update the caches, retrain the last stage (stdit2_stage3).",
+    selection=AssetSelection.assets(training_dataset, text_embeddings, video_latents, stdit2_stage3, eval_samples),
+    config={"ops": {stdit2_stage3.op.name: {"config": {"init": "champion"}}}},
+    description="Rebuild the training table, update the caches, fine-tune the champion with the last stage's "
+                "config (stdit2_stage3), evaluate and promote if better.",
     tags={"opensora/kind": "retrain"},
 )
 

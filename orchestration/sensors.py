@@ -1,8 +1,8 @@
 """Sensors and the jobs they launch."""
 
-import hashlib
-
 from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
     AssetSelection,
     DefaultSensorStatus,
     RunRequest,
@@ -19,6 +19,7 @@ from orchestration.resources import CurationStorage
 from orchestration.schedules import retrain_job
 
 TRAINING_TABLE = "meta.parquet"  # the training table under CurationStorage.out()
+STAGE_TO_RETRAIN = "stdit2_stage3"  # what retrain_job trains: its materializations mark "the last training"
 
 curate_partition_job = define_asset_job(
     "curate_partition",
@@ -48,31 +49,38 @@ def raw_videos_sensor(context: SensorEvaluationContext, curation_storage: Curati
     )
 
 
-def table_digest(curation_storage: CurationStorage) -> str | None:
-    """sha256 (16 hex digits) of the training table, None when there is none yet.
+def _latest_storage_id(instance, key: AssetKey) -> int | None:
+    records = instance.fetch_materializations(key, limit=1).records
+    return records[0].storage_id if records else None
 
-    The same digest training logs as the `data_snapshot` tag of its MLflow runs.
-    """
-    out = curation_storage.out()
-    if not out.exists(TRAINING_TABLE):
-        return None
-    return hashlib.sha256(out.read_bytes(TRAINING_TABLE)).hexdigest()[:16]
+
+def curated_since(instance, storage_id: int) -> list[str]:
+    """Partitions whose `scored_clips` were materialized after event `storage_id`."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=scored_clips.key, after_storage_id=storage_id), limit=10_000).records
+    return sorted({r.partition_key for r in records if r.partition_key})
 
 
 @sensor(job=retrain_job, minimum_interval_seconds=120, default_status=DefaultSensorStatus.STOPPED)
-def retrain_on_new_data_sensor(context: SensorEvaluationContext, curation_storage: CurationStorage):
-    """Requests `retrain_job` when the training table changed since the last request.
+def retrain_on_new_data_sensor(context: SensorEvaluationContext):
+    """Requests `retrain_job` when raw files were curated since the last training.
 
-    The cursor is the digest of `meta.parquet` the last request was made for; a table
-    seen before (same content, even if rewritten) is skipped. Stopped by default, like
-    `retrain_schedule`: turn it on where new data should retrain the model by itself.
+    "Since the last training": after the newest `stdit2_stage3` materialization, and
+    after what the previous request already covered (the cursor: the newest curated
+    event it saw), so one batch of new files launches one retraining. Stopped by
+    default, like `retrain_schedule`: turn it on where new data should retrain the
+    model by itself.
     """
-    digest = table_digest(curation_storage)
-    if digest is None:
-        return SkipReason(f"no training table {curation_storage.out().path(TRAINING_TABLE)} yet")
-    if digest == context.cursor:
-        return SkipReason(f"training table unchanged since the last retraining request ({digest})")
+    newest = _latest_storage_id(context.instance, scored_clips.key)
+    if newest is None:
+        return SkipReason("nothing curated yet")
+    trained = _latest_storage_id(context.instance, AssetKey(STAGE_TO_RETRAIN)) or 0
+    covered = max(trained, int(context.cursor or 0))
+    if newest <= covered:
+        return SkipReason("no raw files curated since the last training or retraining request")
+    partitions = curated_since(context.instance, covered)
     return SensorResult(
-        run_requests=[RunRequest(run_key=f"retrain-{digest}", tags={"opensora/data_snapshot": digest})],
-        cursor=digest,
+        run_requests=[RunRequest(run_key=f"retrain-{newest}",
+                                 tags={"opensora/new_partitions": str(len(partitions))})],
+        cursor=str(newest),
     )

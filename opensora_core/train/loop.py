@@ -56,6 +56,7 @@ from opensora_core.utils.dtypes import resolve_dtype
 from opensora_core.utils.hashing import file_sha256
 
 TEXT_ENCODER_WEIGHTS = "text_encoder.safetensors"
+EXPORT_ARTIFACT_PATH = "export"  # the MLflow run's copy of the stage's export/ folder
 # Dense bf16 peak of GPUs we know, for the MFU estimate (none on CPU).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
 
@@ -419,7 +420,8 @@ def _run(s: Stage, step: int, tracker, on_metrics) -> TrainResult:
     if s.rank == 0:
         if tracker is not None:
             tracker.set_tags({"dcp_dir": Path(result.dcp_dir).resolve().as_uri()})
-            tracker.log_artifact(export)
+            for file in sorted(export.parent.iterdir()):  # weights, config, trained text encoder
+                tracker.log_artifact(file, EXPORT_ARTIFACT_PATH)
             tracker.finish()
             result.mlflow_run_id, result.mlflow_run_url = tracker.run_id, tracker.run_url
         write_text_atomic(s.out / "result.json", json.dumps(asdict(result), indent=2))

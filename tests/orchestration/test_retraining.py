@@ -1,27 +1,24 @@
 """Retraining wiring, in-process: the job, the cron schedule and the new-data sensor.
 
-The retraining job itself is not run here (it trains a model); its assets are
-covered by the curation, cache and training asset tests.
-"""
+The retraining job itself runs in tests/orchestration/test_pipeline.py, after the
+whole graph."""
 
 from __future__ import annotations
 
 import importlib
 
-import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance, SensorResult, SkipReason, build_sensor_context
+from dagster import AssetKey, AssetMaterialization, DagsterInstance, SensorResult, SkipReason, build_sensor_context
 
-from orchestration.resources import CurationStorage
 from orchestration.schedules import (
     DEFAULT_RETRAIN_CRON,
     RETRAIN_CRON_ENV,
     retrain_job,
     retrain_schedule_from_env,
 )
-from orchestration.sensors import retrain_on_new_data_sensor, table_digest
+from orchestration.sensors import retrain_on_new_data_sensor
 
-RETRAIN_ASSETS = {"training_dataset", "text_embeddings", "video_latents", "stdit2_stage3"}
+RETRAIN_ASSETS = {"training_dataset", "text_embeddings", "video_latents", "stdit2_stage3", "eval_samples"}
 
 
 def test_definitions_hold_the_retraining_job_schedule_and_sensor():
@@ -63,43 +60,33 @@ def test_schedule_rejects_a_bad_cron(monkeypatch):
         retrain_schedule_from_env()
 
 
-def _tick(instance, storage, cursor):
-    context = build_sensor_context(instance=instance, cursor=cursor, resources={"curation_storage": storage})
-    return retrain_on_new_data_sensor(context)
+def _tick(instance, cursor):
+    return retrain_on_new_data_sensor(build_sensor_context(instance=instance, cursor=cursor))
 
 
-def _write_table(path, captions):
-    pd.DataFrame({"path": [f"clip{i}.mp4" for i in range(len(captions))], "text": captions}).to_parquet(path)
+def _event(instance, asset, partition=None):
+    instance.report_runless_asset_event(AssetMaterialization(asset_key=asset, partition=partition))
 
 
-def test_sensor_requests_retraining_once_per_table_version(tmp_path):
-    curated = tmp_path / "curated"
-    storage = CurationStorage(raw_root=str(tmp_path / "raw"), curated_root=str(curated))
+def test_sensor_requests_retraining_once_per_batch_of_newly_curated_files():
     instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("raw_videos", ["a", "b", "c"])
+    nothing = _tick(instance, None)
+    assert isinstance(nothing, SkipReason) and "nothing curated" in nothing.skip_message
 
-    result = _tick(instance, storage, None)  # no curated folder at all
-    assert isinstance(result, SkipReason) and "meta.parquet" in result.skip_message
-    curated.mkdir()
-    assert isinstance(_tick(instance, storage, None), SkipReason)  # folder, no table
-
-    _write_table(curated / "meta.parquet", ["a red square", "a blue circle"])
-    first = _tick(instance, storage, None)
+    _event(instance, "scored_clips", "a")
+    _event(instance, "scored_clips", "b")
+    first = _tick(instance, None)
     assert isinstance(first, SensorResult) and len(first.run_requests) == 1
-    digest = table_digest(storage)
-    assert first.cursor == digest
-    assert first.run_requests[0].run_key == f"retrain-{digest}"
-    assert first.run_requests[0].tags["opensora/data_snapshot"] == digest
+    assert first.run_requests[0].tags["opensora/new_partitions"] == "2"
+    again = _tick(instance, first.cursor)  # the same files: covered by the request already made
+    assert isinstance(again, SkipReason) and "since the last training" in again.skip_message
 
-    again = _tick(instance, storage, first.cursor)
-    assert isinstance(again, SkipReason) and "unchanged" in again.skip_message
+    _event(instance, "stdit2_stage3")  # trained after both curations
+    assert isinstance(_tick(instance, None), SkipReason)
 
-    # Rewritten with the same content: still the same table, no new run.
-    _write_table(curated / "meta.parquet", ["a red square", "a blue circle"])
-    assert isinstance(_tick(instance, storage, first.cursor), SkipReason)
-
-    _write_table(curated / "meta.parquet", ["a red square", "a blue circle", "a green square"])
-    changed = _tick(instance, storage, first.cursor)
-    assert isinstance(changed, SensorResult) and len(changed.run_requests) == 1
-    assert changed.cursor != first.cursor and changed.cursor == table_digest(storage)
-    assert changed.run_requests[0].run_key != first.run_requests[0].run_key
-    assert isinstance(_tick(instance, storage, changed.cursor), SkipReason)
+    _event(instance, "scored_clips", "c")
+    third = _tick(instance, first.cursor)
+    assert isinstance(third, SensorResult) and third.run_requests[0].tags["opensora/new_partitions"] == "1"
+    assert third.run_requests[0].run_key != first.run_requests[0].run_key
+    assert isinstance(_tick(instance, third.cursor), SkipReason)

@@ -15,7 +15,13 @@ from opensora_core.data.synthetic import moving_square_clip
 from opensora_core.infer.export import write_image
 from opensora_core.models import build_stdit2
 from opensora_core.models.checkpoint_io import save_model
-from orchestration.resources import CacheSettings, CurationStorage, TorchXLauncher, TrainingSettings
+from orchestration.resources import (
+    CacheSettings,
+    CurationStorage,
+    MlflowTracking,
+    TorchXLauncher,
+    TrainingSettings,
+)
 
 TINY = [f"tiny/stage{i}" for i in range(4)]
 
@@ -42,6 +48,10 @@ def profile(test_profile):
 
 def _settings(tmp_path, profile, stages=TINY):
     return TrainingSettings(profile=str(profile), stages=stages, out_root=str(tmp_path / "train"), max_steps=2)
+
+
+def _tracking(tmp_path):
+    return MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
 
 
 def _table(tmp_path, rows):
@@ -108,7 +118,7 @@ def test_stage_asset_validates_before_launching(tmp_path, profile):
     resources = {"curation_storage": CurationStorage(raw_root=str(tmp_path), curated_root=str(empty)),
                  "cache_settings": CacheSettings(root=str(tmp_path / "caches"), stages=TINY),
                  "training_settings": _settings(tmp_path, profile),
-                 "torchx_launcher": _NoLaunch(log_dir=str(tmp_path / "logs"))}
+                 "torchx_launcher": _NoLaunch(log_dir=str(tmp_path / "logs")), "mlflow_tracking": _tracking(tmp_path)}
     with pytest.raises(Failure, match="training table .*meta.parquet is empty"):
         materialize([stdit2_stage0], resources=resources)
 
@@ -117,7 +127,8 @@ def test_stage0_trains_through_torchx_and_reports_through_pipes(tmp_path, profil
     resources = {"curation_storage": CurationStorage(raw_root=str(tmp_path), curated_root=str(curated)),
                  "cache_settings": CacheSettings(root=str(tmp_path / "caches"), stages=TINY),
                  "training_settings": _settings(tmp_path, profile),
-                 "torchx_launcher": TorchXLauncher(log_dir=str(tmp_path / "logs"), wait_interval_s=0.5)}
+                 "torchx_launcher": TorchXLauncher(log_dir=str(tmp_path / "logs"), wait_interval_s=0.5),
+                 "mlflow_tracking": _tracking(tmp_path)}
     result = materialize([stdit2_stage0], resources=resources)
     metadata = result.asset_materializations_for_node("stdit2_stage0")[0].metadata
     assert metadata["steps"].value == 2 and math.isfinite(metadata["final_loss"].value)
@@ -143,3 +154,36 @@ def test_loss_checks_read_each_stage_metrics(tmp_path):
         "".join(_json.dumps({"step": i, "loss": 1.0 / i}) + "\n" for i in range(1, 9)))
     assert training_checks[1](training_settings=settings).passed
     assert not training_checks[2](training_settings=settings).passed  # never trained: no metrics
+
+
+def test_changed_inputs_restart_the_stage_and_equal_inputs_reuse_it(tmp_path, profile, curated):
+    from assets_defs.training import reuse_or_reset, stage_inputs
+
+    settings = _settings(tmp_path, profile)
+    plan = plan_stage(0, settings, curated / "meta.parquet")
+    inputs = stage_inputs(plan, settings)
+    assert reuse_or_reset(plan, inputs) is None  # nothing trained yet
+    step = plan.out / "checkpoints" / "step-00000002"
+    step.mkdir(parents=True)
+    (plan.out / "export").mkdir()
+    (plan.out / "export" / "model.safetensors").write_bytes(b"weights")
+    (plan.out / "result.json").write_text('{"steps": 2}')
+    assert reuse_or_reset(plan, inputs) == {"steps": 2}  # same inputs: the finished result
+    (plan.out / "result.json").unlink()
+    assert reuse_or_reset(plan, inputs) is None and step.is_dir()  # same inputs, unfinished: resume
+
+    other = dict(inputs, stage_config=dict(inputs["stage_config"], lr=1e-5))
+    assert reuse_or_reset(plan, other) is None
+    assert not (plan.out / "checkpoints").exists() and not (plan.out / "export").exists()
+
+
+def test_champion_init_without_a_champion_fails_before_launch(tmp_path, profile, curated):
+    from dagster import RunConfig
+
+    resources = {"curation_storage": CurationStorage(raw_root=str(tmp_path), curated_root=str(curated)),
+                 "cache_settings": CacheSettings(root=str(tmp_path / "caches"), stages=TINY),
+                 "training_settings": _settings(tmp_path, profile),
+                 "torchx_launcher": _NoLaunch(log_dir=str(tmp_path / "logs")), "mlflow_tracking": _tracking(tmp_path)}
+    with pytest.raises(Failure, match="init 'champion': model 'stdit2' has no 'champion' alias"):
+        materialize([stdit2_stage0], resources=resources,
+                    run_config=RunConfig(ops={"stdit2_stage0": {"config": {"init": "champion"}}}))
