@@ -9,6 +9,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 DAGSTER_PORT ?= 3000
+# What `make demo` curates: the synthetic dataset (use `default` for real footage).
+OPENSORA_DATA_CONFIG ?= synthetic
+export OPENSORA_DATA_CONFIG
 
 .PHONY: setup demo test bench ui clean
 
@@ -27,8 +30,9 @@ $(VENV_DVC)/.installed:
 	$(VENV_DVC)/bin/pip install --quiet "dvc>=3.50"
 	touch $@
 
+# The whole pipeline through Dagster in .dagster/ (data/, artifacts/, mlruns.db here).
 demo: setup
-	$(BIN)/python -m orchestration.demo --out outputs/demo --steps 120
+	$(BIN)/python -m orchestration.demo --out outputs/demo
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -47,4 +51,4 @@ ui: setup
 	DAGSTER_HOME=$(CURDIR)/.dagster $(BIN)/dagster dev -m orchestration.definitions -h $(HOST) -p $(DAGSTER_PORT)
 
 clean:
-	rm -rf $(VENV) $(VENV_DVC) outputs .pytest_cache
+	rm -rf $(VENV) $(VENV_DVC) outputs .pytest_cache data artifacts runs .dagster mlruns.db mlartifacts

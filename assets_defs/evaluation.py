@@ -198,6 +198,7 @@ def eval_samples(context: AssetExecutionContext, training_settings: TrainingSett
     if not export.is_file():
         raise Failure(f"eval_samples: no export of stage {EVALUATED_STAGE} at {export}; "
                       f"materialize stdit2_stage{EVALUATED_STAGE} first")
+    mlflow_tracking.client()  # an unreachable tracking server fails here, before any sampling
     try:
         inputs = round_inputs(export, s, training_settings.profile)
     except (ValueError, FileNotFoundError) as err:

@@ -1,12 +1,13 @@
-"""`make demo`: run everything the project can do so far on the embedded default and
-print where to look.
+"""`make demo`: the whole pipeline on the embedded default, through Dagster, then a
+summary of where to look.
 
-Today: build the tiny STDiT-2, push a real clip (or a synthetic one when
-../shared/data/videos is absent) through the embedded video autoencoder and back, encode
-a prompt, run one denoising forward pass, write the reconstruction next to the original
-as an mp4, and sample text-to-video and image-to-video with the (untrained) model. Then
-the pipeline without Dagster: synthetic data -> curation -> caches -> the tiny stage 1 ->
-samples from its export.
+First a short look at the parts: a real clip (or a synthetic one when
+../shared/data/videos is absent) through the embedded video autoencoder and back, and
+text-to-video and image-to-video samples of the untrained tiny model (outputs/demo).
+Then every asset in order in the local Dagster instance (`.dagster/` in the project
+folder): synthetic dataset + shared real videos -> per-file curation partitions ->
+training table -> caches -> four TorchX training stages -> evaluation and promotion in
+the MLflow registry. A second run reuses everything that is up to date.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -30,6 +30,7 @@ from opensora_core.infer.sample import PromptRequest, SampleSettings, VideoGener
 from opensora_core.models import build_stdit2
 from opensora_core.models.text_encoder import build_text_encoder
 from opensora_core.models.vae import build_vae
+from orchestration.local_run import metadata_of
 
 SHARED_VIDEO = "Megamind.avi"
 
@@ -135,82 +136,140 @@ def run_demo(out_dir: Path, num_frames: int = 16, size: int = 128, profile: str 
             "samples": sample_paths}
 
 
-def run_pipeline(out_dir: Path, videos: int = 16, images: int = 4, steps: int = 30, console: Console | None = None,
-                 profile: str = "embedded") -> dict:
-    """The pipeline without Dagster: synthesise a captioned dataset (plus the shared real
-    video when present), curate it, cache text and latents, train the tiny stage 1 and
-    sample from its export. Each step is the same function its Dagster asset calls."""
-    from opensora_core.config import load_stage
-    from opensora_core.data.buckets import BucketAssigner
-    from opensora_core.data.caches import ShardedTensorCache, build_text_cache, build_video_cache
-    from opensora_core.data.config import load_curation_config
-    from opensora_core.data.curate import curate
-    from opensora_core.data.synthetic import synth
-    from opensora_core.infer.sample import load_generation_stack
-    from opensora_core.models import load_preset
-    from opensora_core.models.text_encoder import build_text_encoder_for_model
-    from opensora_core.train.loop import TrainArgs, train_stage
+def _stage_rows(result, names: list[str]) -> list[tuple[str, str]]:
+    rows = []
+    for name in names:
+        md = metadata_of(result, name)
+        if not md:
+            continue
+        reused = " (reused: inputs unchanged)" if "up_to_date" in md else ""
+        rows.append((name, (f"{md['steps']} steps, final loss {md['final_loss']:.3f}, "
+                           f"{md['wall_seconds']:.0f} s{reused}")))
+    return rows
 
-    console = console or Console()
-    settings = load_profile(profile)
+
+def _promotion(evaluation: dict) -> str:
+    if "model_version" not in evaluation:
+        return str(evaluation.get("decision"))
+    before = evaluation["champion_version_before"]
+    previous = "no champion before" if before == "none" else (
+        f"champion before: v{before}, {evaluation['metric']} {evaluation['champion_score_before']:.3f}")
+    reused = "; reused: these weights were evaluated already" if "up_to_date" in evaluation else ""
+    return f"{evaluation['decision']}: stdit2 v{evaluation['model_version']} ({previous}){reused}"
+
+
+def _peak_rss_mib() -> tuple[float, float]:
+    """Peak resident memory of this process and of its largest finished child, MiB."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return own, children
+
+
+def run_pipeline(root: Path, profile: str = "embedded", videos: int = 48, images: int = 16,
+                 console: Console | None = None, **environment: str | int | None) -> dict:
+    """The whole asset graph in the local Dagster instance under `root`: synthesise the
+    demo dataset (plus the shared real videos when present) into `data/raw`, register
+    and curate every new raw file as a partition, then training_dataset -> caches ->
+    stdit2_stage0..3 (TorchX jobs) -> eval_samples. What is up to date is reused.
+    `environment` adds variables the resources read (`OPENSORA_MAX_STEPS=2`, ...)."""
+    from rich.progress import Progress
+
+    from opensora_core.data.synthetic import synth
+    from orchestration.definitions import build_definitions
+    from orchestration.local_run import (
+        PipelineFolders,
+        configure_environment,
+        curate_partitions,
+        local_instance,
+        materialize_downstream,
+        register_new_partitions,
+        unprocessed_partitions,
+    )
+
+    console = console or Console(width=max(Console().width, 120))
+    folders = PipelineFolders(Path(root).resolve())
+    configure_environment(folders, profile, OPENSORA_DATA_CONFIG="synthetic", **environment)
     timings: dict[str, float] = {}
     timed = _Timed(timings, console)
+    if not (folders.raw / "synthetic.json").is_file():  # written last by synth: rewriting would change the files
+        timed("synthesise the demo dataset", synth, folders.raw, videos=videos, images=images, seed=0)
+    shared = project_root().parent / "shared" / "data" / "videos"
+    for video in sorted(shared.glob("*.avi")) if shared.is_dir() else []:
+        link = folders.raw / video.name
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(video)
 
-    raw, curated, caches = out_dir / "raw", out_dir / "curated", out_dir / "caches"
-    timed("synthesise dataset", synth, raw, videos=videos, images=images, seed=0)
-    real = project_root().parent / "shared" / "data" / "videos" / SHARED_VIDEO
-    if real.is_file() and not (raw / real.name).exists():
-        (raw / real.name).symlink_to(real)
-    summary = timed("curate", curate, raw, curated, load_curation_config("synthetic"))
-    table = pd.read_csv(curated / "meta.csv")
-    config = load_preset("stdit2-tiny")
-    encoder = build_text_encoder_for_model(settings.text_encoder.kind, settings.text_encoder.path,
-                                           config.caption_channels, config.model_max_length)
-    timed("cache captions", build_text_cache, table["text"].astype(str).tolist(), encoder,
-          ShardedTensorCache(caches / "text"), progress=False)
-    vae = build_vae(settings.vae.kind, settings.vae.path)
-    timed("cache latents", build_video_cache, table, BucketAssigner(load_stage("tiny/stage1")), vae,
-          ShardedTensorCache(caches / "video"), progress=False)
-    result = timed("train tiny stage 1", train_stage, TrainArgs(
-        stage="tiny/stage1", data=str(curated / "meta.csv"), cache=str(caches), out=str(out_dir / "stage1"),
-        profile=profile, max_steps=steps, ckpt_every=steps))
-    generator, provenance = load_generation_stack(checkpoint=result.export_path, profile=profile)
-    requests = [PromptRequest("a red circle moving left"), PromptRequest("a blue square moving up")]
-    sample_settings = SampleSettings(num_frames=8, height=64, width=64, steps=20, sampler="dpm-solver", fps=8)
-    samples = timed("sample from the export", generator.generate, requests, sample_settings, progress=False)
-    paths = write_samples(samples, requests, sample_settings, out_dir / "stage1_samples", provenance)
+    defs = build_definitions()
+    instance = local_instance(folders)
+    register_new_partitions(instance, defs)
+    todo = unprocessed_partitions(instance)
+    started = time.perf_counter()
+    failed: list[str] = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"curating {len(todo)} new raw files", total=len(todo))
 
-    table_view = Table(title="pipeline (embedded profile, no Dagster)")
-    table_view.add_column("what")
-    table_view.add_column("value", justify="right")
+        def advance(key: str, ok: bool) -> None:
+            if not ok:
+                failed.append(key)
+            progress.advance(task)
+
+        curate_partitions(instance, defs, todo, on_partition=advance)
+    timings["curate new partitions"] = time.perf_counter() - started
+    console.print(f"[green]done[/] curated {len(todo)} new raw files ({timings['curate new partitions']:.1f} s)"
+                  + (f", [red]{len(failed)} failed[/]: {', '.join(failed)}" if failed else ""))
+
+    result = timed("training_dataset -> caches -> stages 0-3 -> eval_samples", materialize_downstream,
+                   instance, defs, "INFO")
+    if not result.success:
+        raise SystemExit("the pipeline run failed; the error is above (and in the Dagster UI)")
+    dataset, text, video = (metadata_of(result, n) for n in ("training_dataset", "text_embeddings", "video_latents"))
+    evaluation = metadata_of(result, "eval_samples")
+    own, child = _peak_rss_mib()
+    mlflow_uri = defs.resources["mlflow_tracking"].tracking_uri
+    table = Table(title="make demo: the whole pipeline in Dagster (embedded profile)")
+    table.add_column("what")
+    table.add_column("value")
     for row in (
-        ("clips kept / filtered / files rejected", f"{summary.kept} / {summary.filtered} / {summary.rejected}"),
-        ("caches", f"{caches} ({sum(p.stat().st_size for p in caches.rglob('*') if p.is_file()) / 2**20:.1f} MiB)"),
-        ("stage 1", (f"{result.steps} steps, loss {result.loss_curve[0][1]:.3f} -> {result.final_loss:.3f}, "
-                     f"{result.tokens_per_second:,.0f} tokens/s, {result.wall_seconds:.0f} s")),
-        ("export", result.export_path),
-        ("MLflow run", result.mlflow_run_url or "offline record in the stage folder"),
-        ("samples", str(paths[0].parent)),
+        ("raw files (partitions)", (f"{len(instance.get_dynamic_partitions('raw_videos'))} "
+                                   f"({len(todo)} curated in this run)")),
+        ("clips kept / filtered / files rejected",
+         f"{dataset['kept']} / {dataset['filtered']} / {dataset['rejected']}"),
+        ("text cache", f"{text['entries']} captions, {text['bytes'] / 2**20:.2f} MiB ({text['encoded']} new)"),
+        ("video cache", f"{video['entries']} latents, {video['bytes'] / 2**20:.2f} MiB ({video['encoded']} new)"),
+        *_stage_rows(result, [f"stdit2_stage{i}" for i in range(4)]),
+        ("evaluation", (f"colour accuracy {evaluation['color_accuracy']:.3f} (chance 0.167), direction "
+                       f"accuracy {evaluation['direction_accuracy']:.3f} (chance 0.25), diversity "
+                       f"{evaluation['diversity']:.3f}")),
+        ("promotion", (f"{evaluation.get('decision')}: stdit2 v{evaluation.get('model_version')} "
+                      f"(champion before: v{evaluation.get('champion_version_before')}, "
+                      f"score {evaluation.get('champion_score_before')})")),
+        ("samples", f"{evaluation['folder']}/samples (preview.gif, frame_strip.png beside)"),
+        ("peak memory", f"{own:,.0f} MiB here, {child:,.0f} MiB in the largest training job"),
+        ("MLflow store", mlflow_uri),
+        ("Dagster instance", str(folders.dagster_home)),
         *((f"time: {name}", f"{seconds:.1f} s") for name, seconds in timings.items()),
     ):
-        table_view.add_row(*row)
-    console.print(table_view)
-    return {"summary": summary, "train": result, "samples": paths}
+        table.add_row(*row)
+    console.print(table)
+    console.print("Open both UIs with [bold]make ui[/] (Dagster http://127.0.0.1:3000: the asset graph and "
+                  "this run; MLflow http://127.0.0.1:5000: stage runs, eval run, model registry `stdit2`).")
+    return {"result": result, "evaluation": evaluation, "dataset": dataset, "timings": timings,
+            "peak_rss_mib": (own, child)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
-    parser.add_argument("--num-frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=128, help="square side in pixels (multiple of 16)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="codec and untrained-sampling demo")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="folder of data/, artifacts/ and .dagster/ (default: the project folder)")
     parser.add_argument("--profile", default="embedded")
-    parser.add_argument("--steps", type=int, default=30, help="training steps of the tiny stage 1")
+    parser.add_argument("--skip-codec-demo", action="store_true")
     args = parser.parse_args()
-    run_demo(args.out, args.num_frames, args.size, args.profile)
-    run_pipeline(args.out / "pipeline", steps=args.steps, profile=args.profile)
-    console = Console()
-    console.print("\nMLflow: `make ui` (http://127.0.0.1:5000). Dagster: `.venv/bin/dagster dev -m "
-                  "orchestration.definitions` (http://127.0.0.1:3000).")
+    if not args.skip_codec_demo:
+        run_demo(args.out, profile=args.profile)
+    run_pipeline(args.root or project_root(), profile=args.profile)
 
 
 if __name__ == "__main__":

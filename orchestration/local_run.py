@@ -140,11 +140,14 @@ def curate_partitions(instance: DagsterInstance, defs: Definitions, keys: list[s
     return outcome
 
 
-def materialize_downstream(instance: DagsterInstance, defs: Definitions) -> ExecuteInProcessResult:
+def materialize_downstream(instance: DagsterInstance, defs: Definitions,
+                           log_level: str = "DEBUG") -> ExecuteInProcessResult:
     """training_dataset -> caches -> stdit2_stage0..3 -> eval_samples, with their checks,
-    in one run (stages whose inputs are unchanged reuse their results)."""
+    in one run (stages whose inputs are unchanged reuse their results). `log_level`
+    filters the run's console log (the instance keeps every event)."""
     return materialize([*DOWNSTREAM_ASSETS, *DOWNSTREAM_CHECKS], instance=instance, resources=defs.resources,
-                       tags={"opensora/kind": "pipeline"})
+                       tags={"opensora/kind": "pipeline"},
+                       run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
 
 
 def metadata_of(result: ExecuteInProcessResult, asset_name: str) -> dict:

@@ -12,13 +12,3 @@ def test_demo_runs_end_to_end_and_writes_a_viewable_video(tmp_path):
     assert frames.shape == (8, 64, 128, 3)  # input and reconstruction side by side
     assert [p.suffix for p in result["samples"]] == [".mp4", ".mp4"]
     assert read_frames(result["samples"][1], num_frames=100).shape == (8, 64, 64, 3)
-
-
-def test_demo_pipeline_curates_caches_trains_and_samples(tmp_path, test_profile):
-    from orchestration.demo import run_pipeline
-
-    result = run_pipeline(tmp_path / "pipeline", videos=6, images=2, steps=2, profile=str(test_profile))
-    assert result["summary"].kept >= 6
-    assert result["train"].steps == 2
-    assert [p.suffix for p in result["samples"]] == [".mp4", ".mp4"]
-    assert read_frames(result["samples"][0], num_frames=100).shape == (8, 64, 64, 3)
