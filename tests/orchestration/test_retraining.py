@@ -8,7 +8,14 @@ from __future__ import annotations
 import importlib
 
 import pytest
-from dagster import AssetKey, AssetMaterialization, DagsterInstance, SensorResult, SkipReason, build_sensor_context
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    DagsterInstance,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+)
 
 from orchestration.schedules import (
     DEFAULT_RETRAIN_CRON,
