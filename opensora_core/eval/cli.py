@@ -71,10 +71,15 @@ def run_eval(
     device: str = "cpu",
     cfg_scale: float = 7.0,
     progress: bool = False,
+    clip: str | Path | None = None,
 ) -> dict:
     """Generate `seeds` samples of every prompt (seeds 0..seeds-1, DPM-Solver++,
     8 frames at 64x64), write them under `out/samples/seed_N/`, and write
-    `out/metrics.json` with the metrics, settings and per-sample results."""
+    `out/metrics.json` with the metrics, settings and per-sample results.
+
+    With `clip` (a local Hugging Face CLIP folder) the metrics gain `clip_score`, the
+    mean over samples of `opensora_core.eval.clip_score`'s CLIP score, and every sample
+    its own; without it nothing about CLIP is imported and `clip_score` is absent."""
     from opensora_core.eval.metrics import evaluate_videos
     from opensora_core.infer.sample import (
         SampleSettings,
@@ -86,6 +91,11 @@ def run_eval(
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     texts = load_prompts(prompts)
+    scorer = None
+    if clip is not None:  # before generating: a bad folder fails fast
+        from opensora_core.eval.clip_score import ClipScorer
+
+        scorer = ClipScorer.from_pretrained(clip, device=device)
     requests = [parse_prompt(text) for text in texts]
     generator, provenance = load_generation_stack(checkpoint=checkpoint, profile=profile, device=device)
     out = Path(out)
@@ -103,10 +113,16 @@ def run_eval(
     metrics = evaluate_videos(videos, video_prompts, details)
     for row, path in zip(details, files):
         row["file"] = path
+    if scorer is not None:
+        scores = scorer.score(videos, video_prompts)
+        for row, value in zip(details, scores):
+            row["clip_score"] = value
+        metrics["clip_score"] = sum(scores) / len(scores)
     report = {
         "metrics": {k: _json_safe(v) for k, v in metrics.items()},
         "settings": {"prompts": texts, "seeds": seeds, "steps": steps, "sampler": "dpm-solver",
-                     "num_frames": EVAL_FRAMES, "height": EVAL_HEIGHT, "width": EVAL_WIDTH, "cfg_scale": cfg_scale},
+                     "num_frames": EVAL_FRAMES, "height": EVAL_HEIGHT, "width": EVAL_WIDTH, "cfg_scale": cfg_scale,
+                     "clip": None if clip is None else str(clip)},
         "provenance": provenance,
         "samples": details,
     }
@@ -127,24 +143,28 @@ def eval_command(
     profile: Annotated[str, typer.Option(help="Profile naming the VAE and text encoder.")] = "embedded",
     device: Annotated[str, typer.Option()] = "cpu",
     cfg_scale: Annotated[float, typer.Option()] = 7.0,
+    clip: Annotated[Path | None, typer.Option(
+        help="Local Hugging Face CLIP folder (config.json, weights, tokenizer, preprocessor): adds the CLIP score.")] = None,
 ) -> None:
-    """Score prompt following (colour, motion direction) and sample diversity of a checkpoint."""
+    """Score prompt following (colour, motion direction, CLIP score with --clip) and sample diversity of a checkpoint."""
     if not checkpoint.exists():
         err_console.print(f"[bold red]error:[/] --checkpoint {checkpoint}: no such file", highlight=False)
         raise typer.Exit(2)
     try:
-        report = run_eval(checkpoint, prompts, seeds, steps, out, profile, device, cfg_scale)
+        report = run_eval(checkpoint, prompts, seeds, steps, out, profile, device, cfg_scale, clip=clip)
     except (ValueError, FileNotFoundError) as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False)
         raise typer.Exit(2) from None
+    with_clip = clip is not None
     samples = Table(title="samples")
-    for column in ("prompt", "colour", "direction", "flow dx, dy"):
+    for column in ("prompt", "colour", "direction", "flow dx, dy") + (("clip",) if with_clip else ()):
         samples.add_column(column)
     for row in report["samples"]:
         mark = {True: "[green]ok[/]", False: "[red]x[/]", None: "-"}
-        samples.add_row(row["prompt"], f"{row['predicted_color']} {mark[row['color_correct']]}",
-                        f"{row['predicted_direction']} {mark[row['direction_correct']]}",
-                        f"{row['flow_dx']:+.2f}, {row['flow_dy']:+.2f}")
+        cells = [row["prompt"], f"{row['predicted_color']} {mark[row['color_correct']]}",
+                 f"{row['predicted_direction']} {mark[row['direction_correct']]}",
+                 f"{row['flow_dx']:+.2f}, {row['flow_dy']:+.2f}"]
+        samples.add_row(*cells, *([_fmt(row["clip_score"])] if with_clip else []))
     console.print(samples)
     m = report["metrics"]
     summary = Table(title="evaluation")
@@ -155,5 +175,7 @@ def eval_command(
     summary.add_row("direction_accuracy", _fmt(m["direction_accuracy"]),
                     f"{m['direction_counted']:.0f} ({m['direction_skipped']:.0f} skipped)")
     summary.add_row("diversity", _fmt(m["diversity"]), f"{m['diversity_prompts']:.0f} prompts")
+    if "clip_score" in m:
+        summary.add_row("clip_score", _fmt(m["clip_score"]), f"{m['num_samples']:.0f} samples")
     console.print(summary)
     console.print(f"wrote {Path(out) / METRICS_FILE}")
