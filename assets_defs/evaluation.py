@@ -152,7 +152,7 @@ def round_inputs(export: Path, settings: EvaluationSettings, profile: str) -> di
     return {"export_sha256": file_sha256(export),
             "text_encoder_sha256": file_sha256(text_encoder) if text_encoder.is_file() else None,
             "prompts": load_prompts(settings.prompts), "seeds": settings.seeds, "steps": settings.steps,
-            "cfg_scale": settings.cfg_scale, "metric": settings.metric, "profile": profile}
+            "cfg_scale": settings.cfg_scale, "metric": settings.metric, "profile": profile, "clip": settings.clip}
 
 
 def _dagster_metadata(plain: dict, folder: Path) -> dict:
@@ -175,7 +175,7 @@ def evaluate_round(context: AssetExecutionContext, export: Path, folder: Path, s
     shutil.rmtree(partial, ignore_errors=True)
     try:
         report = run_eval(export, settings.prompts, settings.seeds, settings.steps, partial, profile,
-                          cfg_scale=settings.cfg_scale)
+                          cfg_scale=settings.cfg_scale, clip=settings.clip)
         write_previews(report, partial, fps=EVAL_FPS)
     except (ValueError, FileNotFoundError) as err:
         shutil.rmtree(partial, ignore_errors=True)
@@ -217,7 +217,8 @@ def eval_samples(context: AssetExecutionContext, training_settings: TrainingSett
     metrics = report["metrics"]
     eval_run, eval_url, source_run = log_evaluation(mlflow_tracking, folder, report, export,
                                                     _training_run_id(training_settings))
-    plain = {**{name: _number(metrics[name]) for name in ("color_accuracy", "direction_accuracy", "diversity")},
+    scores = ("color_accuracy", "direction_accuracy", "diversity", *(("clip_score",) if "clip_score" in metrics else ()))
+    plain = {**{name: _number(metrics[name]) for name in scores},
              "samples": len(report["samples"]), "checkpoint": str(export), "metric": s.metric,
              "mlflow_eval_run": eval_url}
     score = metrics.get(s.metric)

@@ -219,13 +219,14 @@ class EvaluationSettings(ConfigurableResource):
     seeds: int = Field(2, ge=1, description="Samples per prompt (seeds 0..N-1).")
     steps: int = Field(20, ge=1, description="DPM-Solver++ steps per sample.")
     cfg_scale: float = Field(7.0, description="Classifier-free guidance scale.")
-    metric: Literal["color_accuracy", "direction_accuracy", "diversity"] = Field(
+    metric: Literal["color_accuracy", "direction_accuracy", "diversity", "clip_score"] = Field(
         "color_accuracy", description="Score compared with the champion's to decide promotion.")
+    clip: str | None = Field(None, description="Local CLIP folder: adds clip_score (none is downloaded).")
 
 
 def evaluation_settings_from_env() -> EvaluationSettings:
     """`OPENSORA_EVAL_ROOT` (default `eval/` under the artifacts root), `OPENSORA_EVAL_PROMPTS`,
-    `OPENSORA_EVAL_SEEDS`, `OPENSORA_EVAL_STEPS`, `OPENSORA_EVAL_METRIC`."""
+    `OPENSORA_EVAL_SEEDS`, `OPENSORA_EVAL_STEPS`, `OPENSORA_EVAL_METRIC`, `OPENSORA_EVAL_CLIP`."""
     profile = load_profile(os.environ.get("OPENSORA_PROFILE", "embedded"))
     return EvaluationSettings(
         out_root=os.environ.get("OPENSORA_EVAL_ROOT", f"{profile.artifacts_root.rstrip('/')}/eval"),
@@ -233,6 +234,7 @@ def evaluation_settings_from_env() -> EvaluationSettings:
         seeds=int(os.environ.get("OPENSORA_EVAL_SEEDS", "2")),
         steps=int(os.environ.get("OPENSORA_EVAL_STEPS", "20")),
         metric=os.environ.get("OPENSORA_EVAL_METRIC", "color_accuracy"),
+        clip=os.environ.get("OPENSORA_EVAL_CLIP") or None,
     )
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from opensora_core.eval.metrics import as_uint8_frames
+from opensora_core.utils.clip import projected_features
 
 # Frames per video that are scored (evenly spaced, first and last included).
 DEFAULT_FRAMES = 4
@@ -75,11 +76,6 @@ def frame_positions(num_frames: int, count: int = DEFAULT_FRAMES) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, num_frames - 1, count).round()})
 
 
-def _features(output) -> torch.Tensor:
-    # transformers 4 returns the projected embeddings; 5 a ModelOutput with them as pooler_output.
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
 class ClipScorer:
     """CLIP score (see the module docstring) of videos against prompts."""
 
@@ -117,7 +113,7 @@ class ClipScorer:
         for start in range(0, len(images), self.batch_size):
             batch = list(images[start:start + self.batch_size])
             pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
-            chunks.append(_features(self.model.get_image_features(pixel_values=pixels)).float())
+            chunks.append(projected_features(self.model.get_image_features(pixel_values=pixels)).float())
         return torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
 
     @torch.no_grad()
@@ -128,7 +124,7 @@ class ClipScorer:
             tokens = self.processor(text=list(texts[start:start + self.batch_size]), return_tensors="pt",
                                     padding=True, truncation=True, max_length=self.max_length)
             tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
-            chunks.append(_features(self.model.get_text_features(**tokens)).float())
+            chunks.append(projected_features(self.model.get_text_features(**tokens)).float())
         return torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
 
     def score(self, videos: Sequence[torch.Tensor | np.ndarray], prompts: Sequence[str]) -> list[float]:

@@ -174,3 +174,15 @@ def test_run_eval_without_clip_imports_nothing_of_clip(checkpoint, one_prompt, t
     assert not [n for n in sys.modules if n.startswith(watched)]
     assert "clip_score" not in report["metrics"] and report["settings"]["clip"] is None
     assert all("clip_score" not in row for row in report["samples"])
+
+
+def test_curation_match_scorer_reads_the_same_clip_folder(tiny_clip):
+    """The curation `match` scorer (caption-frame similarity) works with the installed transformers."""
+    from opensora_core.data.config import MatchConfig
+    from opensora_core.data.scoring.base import ClipSamples
+    from opensora_core.data.scoring.clip_models import MatchScorer
+
+    frames = clip_video().permute(1, 2, 3, 0).add(1).mul(127.5).round().byte().numpy()
+    samples = ClipSamples("c0", len(frames), {i: f for i, f in enumerate(frames)}, "a red square moving right")
+    rows = MatchScorer(MatchConfig(clip=str(tiny_clip), samples=2)).score([samples, ClipSamples("c1", 1, {0: frames[0]})])
+    assert -1.0 <= rows[0]["match"] <= 1.0 and rows[1]["match"] is None

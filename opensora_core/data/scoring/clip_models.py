@@ -19,6 +19,7 @@ import numpy as np
 
 from opensora_core.data.config import AestheticConfig, MatchConfig
 from opensora_core.data.scoring.base import ClipSamples, Scorer, spread_frames, spread_positions
+from opensora_core.utils.clip import projected_features
 
 
 @lru_cache(maxsize=2)
@@ -35,7 +36,7 @@ def _image_embeddings(path: str, frames: list[np.ndarray]):
     model, processor = _load_clip(path)
     with torch.inference_mode():
         inputs = processor(images=frames, return_tensors="pt")
-        embeds = model.get_image_features(**inputs)
+        embeds = projected_features(model.get_image_features(**inputs))
     return torch.nn.functional.normalize(embeds.float(), dim=-1)
 
 
@@ -132,6 +133,6 @@ class MatchScorer(Scorer):
             images = _image_embeddings(self.config.clip, clip.spread(self.config.samples))
             with torch.inference_mode():
                 tokens = processor(text=[clip.text], return_tensors="pt", padding=True, truncation=True)
-                text = torch.nn.functional.normalize(model.get_text_features(**tokens).float(), dim=-1)
+                text = torch.nn.functional.normalize(projected_features(model.get_text_features(**tokens)).float(), dim=-1)
             rows.append({"match": float((images @ text.T).mean())})
         return rows
