@@ -213,6 +213,13 @@ class WordEmbeddingTextEncoder(nn.Module):
 
     :meth:`tokenize` and :meth:`embed` are separate so caches can store token ids:
     the embedding trains with the diffusion model, the ids do not change.
+
+    The table starts at unit scale (``init_std=1``, ``nn.Embedding``'s own default),
+    not at the 0.02 of a transformer's input embeddings: nothing normalises these
+    vectors before STDiT-2's caption MLP ``y_proj``, whose weights start at std 0.02
+    too, so a 0.02 table gives caption tokens that are nearly identical after the
+    projection (and ~6x smaller than the model's null caption). Cross-attention then
+    cannot tell one prompt from another and the model learns to ignore the caption.
     """
 
     PAD_ID = 0
@@ -224,7 +231,7 @@ class WordEmbeddingTextEncoder(nn.Module):
         output_dim: int,
         vocab_size: int = 4096,
         model_max_length: int = 32,
-        init_std: float = 0.02,
+        init_std: float = 1.0,
     ) -> None:
         super().__init__()
         if vocab_size <= self._FIRST_WORD_ID:
