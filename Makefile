@@ -11,7 +11,10 @@ MLFLOW_PORT ?= 5000
 DAGSTER_PORT ?= 3000
 # What `make demo` curates: the synthetic dataset (use `default` for real footage).
 OPENSORA_DATA_CONFIG ?= synthetic
-export OPENSORA_DATA_CONFIG
+# ... and trains with (configs/stages/demo); the UI shows the same stage configs.
+OPENSORA_TRAIN_STAGES ?= demo/stage0,demo/stage1,demo/stage2,demo/stage3
+OPENSORA_STAGES ?= $(OPENSORA_TRAIN_STAGES)
+export OPENSORA_DATA_CONFIG OPENSORA_TRAIN_STAGES OPENSORA_STAGES
 
 .PHONY: setup demo test bench ui clean
 

@@ -231,9 +231,10 @@ def eval_samples(context: AssetExecutionContext, training_settings: TrainingSett
         client = mlflow_tracking.client()
         client.set_tag(eval_run, "promotion.decision", outcome["decision"])
         client.set_tag(eval_run, "model_version", str(outcome["new_version"]))
+        before = ("no champion before" if outcome["champion_version"] is None else
+                  f"champion before: v{outcome['champion_version']}, score {outcome['champion_score']}")
         context.log.info(f"{mlflow_tracking.model_name} v{outcome['new_version']} ({s.metric} {score:.3f}): "
-                         f"{outcome['decision']} (champion before: v{outcome['champion_version']}, "
-                         f"score {outcome['champion_score']})")
+                         f"{outcome['decision']} ({before})")
         none = "none"
         plain.update({
             "decision": outcome["decision"], "model_version": outcome["new_version"], "score": float(score),

@@ -33,6 +33,8 @@ from opensora_core.models.vae import build_vae
 from orchestration.local_run import metadata_of
 
 SHARED_VIDEO = "Megamind.avi"
+# configs/stages/demo: the tiny stages with a budget that learns the prompts' colours.
+DEMO_STAGES = tuple(f"demo/stage{i}" for i in range(4))
 
 
 def _load_clip(num_frames: int, size: int, console: Console) -> tuple[torch.Tensor, str]:
@@ -190,7 +192,9 @@ def run_pipeline(root: Path, profile: str = "embedded", videos: int = 48, images
 
     console = console or Console(width=max(Console().width, 120))
     folders = PipelineFolders(Path(root).resolve())
-    configure_environment(folders, profile, OPENSORA_DATA_CONFIG="synthetic", **environment)
+    demo_stages = ",".join(DEMO_STAGES)
+    configure_environment(folders, profile, **{"OPENSORA_DATA_CONFIG": "synthetic", "OPENSORA_TRAIN_STAGES": demo_stages,
+                                               "OPENSORA_STAGES": demo_stages, **environment})
     timings: dict[str, float] = {}
     timed = _Timed(timings, console)
     if not (folders.raw / "synthetic.json").is_file():  # written last by synth: rewriting would change the files
