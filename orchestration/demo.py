@@ -154,8 +154,10 @@ def _promotion(evaluation: dict) -> str:
     if "model_version" not in evaluation:
         return str(evaluation.get("decision"))
     before = evaluation["champion_version_before"]
+    score_before = evaluation["champion_score_before"]
+    score_text = f"{score_before:.3f}" if isinstance(score_before, float) else "not recorded"
     previous = "no champion before" if before == "none" else (
-        f"champion before: v{before}, {evaluation['metric']} {evaluation['champion_score_before']:.3f}")
+        f"champion before: v{before}, {evaluation['metric']} {score_text}")
     reused = "; reused: these weights were evaluated already" if "up_to_date" in evaluation else ""
     return f"{evaluation['decision']}: stdit2 v{evaluation['model_version']} ({previous}){reused}"
 
@@ -246,9 +248,7 @@ def run_pipeline(root: Path, profile: str = "embedded", videos: int = 48, images
         ("evaluation", (f"colour accuracy {evaluation['color_accuracy']:.3f} (chance 0.167), direction "
                        f"accuracy {evaluation['direction_accuracy']:.3f} (chance 0.25), diversity "
                        f"{evaluation['diversity']:.3f}")),
-        ("promotion", (f"{evaluation.get('decision')}: stdit2 v{evaluation.get('model_version')} "
-                      f"(champion before: v{evaluation.get('champion_version_before')}, "
-                      f"score {evaluation.get('champion_score_before')})")),
+        ("promotion", _promotion(evaluation)),
         ("samples", f"{evaluation['folder']}/samples (preview.gif, frame_strip.png beside)"),
         ("peak memory", f"{own:,.0f} MiB here, {child:,.0f} MiB in the largest training job"),
         ("MLflow store", mlflow_uri),

@@ -209,11 +209,11 @@ def run_model_step_benchmark(
     for name, model in models.items():
         model.to(device=device, dtype=dtype).train()
         for frames in frame_counts:
-            inputs = dict(
-                x=torch.randn(1, config.in_channels, frames, size, size, device=device, dtype=dtype),
-                timestep=torch.tensor([500.0], device=device),
-                y=torch.randn(1, 1, config.model_max_length, config.caption_channels, device=device, dtype=dtype),
-            )
+            inputs = {
+                "x": torch.randn(1, config.in_channels, frames, size, size, device=device, dtype=dtype),
+                "timestep": torch.tensor([500.0], device=device),
+                "y": torch.randn(1, 1, config.model_max_length, config.caption_channels, device=device, dtype=dtype),
+            }
             tokens = frames * (size // config.patch_size[1]) * (size // config.patch_size[2])
             for checkpointing in (False, True):
                 model.enable_gradient_checkpointing(checkpointing)

@@ -192,8 +192,8 @@ class VideoGenerator:
         references = [[self.encode_reference(p, settings.height, settings.width) for p in r.references] for r in batch]
         strategies = [parse_mask_strategy(r.mask_strategy) for r in batch]
         fps = IMAGE_FPS if frames == 1 else settings.fps
-        conditions = dict(height=float(settings.height), width=float(settings.width),
-                          ar=settings.height / settings.width, num_frames=float(frames), fps=float(fps))
+        conditions = {"height": float(settings.height), "width": float(settings.width),
+                          "ar": settings.height / settings.width, "num_frames": float(frames), "fps": float(fps)}
 
         def model_fn(z, t, x_mask):
             doubled = None if x_mask is None else torch.cat([x_mask, x_mask])

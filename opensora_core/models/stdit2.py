@@ -364,18 +364,18 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> STDiT
         mlp_hidden = state_dict["blocks.0.mlp.fc1.weight"].shape[0]
     except (KeyError, ValueError) as err:
         raise ValueError(f"not an STDiT-2 state dict: cannot read {err} from its tensors") from err
-    fields: dict[str, Any] = dict(
-        in_channels=in_channels,
-        patch_size=tuple(patch),
-        hidden_size=hidden,
-        depth=depth,
-        num_heads=hidden // head_dim,
-        mlp_ratio=mlp_hidden / hidden,
-        pred_sigma=out_channels == 2 * in_channels,
-        caption_channels=caption_channels,
-        model_max_length=caption_tokens,
-        qk_norm=qk_norm,
-    )
+    fields: dict[str, Any] = {
+        "in_channels": in_channels,
+        "patch_size": tuple(patch),
+        "hidden_size": hidden,
+        "depth": depth,
+        "num_heads": hidden // head_dim,
+        "mlp_ratio": mlp_hidden / hidden,
+        "pred_sigma": out_channels == 2 * in_channels,
+        "caption_channels": caption_channels,
+        "model_max_length": caption_tokens,
+        "qk_norm": qk_norm,
+    }
     fields.update(overrides)
     return STDiT2Config(**fields)
 

@@ -533,8 +533,15 @@ def _code_version() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train one STDiT-2 stage.")
     add_train_arguments(parser)
-    result = train_stage(args_from_namespace(parser.parse_args(argv)))
-    print(json.dumps(asdict(result), indent=2))
+    args = args_from_namespace(parser.parse_args(argv))
+    print(result_summary(train_stage(args), args.out))
+
+
+def result_summary(result: TrainResult, out: Path | str) -> str:
+    """One JSON line for the terminal: the result without its loss curve (that is in
+    result.json and metrics.jsonl beside the export)."""
+    short = {k: v for k, v in asdict(result).items() if k != "loss_curve"}
+    return json.dumps({**short, "loss_points": len(result.loss_curve), "result": str(Path(out) / "result.json")})
 
 
 if __name__ == "__main__":

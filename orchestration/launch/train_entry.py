@@ -12,10 +12,8 @@ variables it is a plain training run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
@@ -65,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
             result = loop.train_stage(args, on_metrics=metrics_forwarder(pipes))
             pipes.report_asset_materialization(metadata=materialization_metadata(result))
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(asdict(result), indent=2))
+        print(loop.result_summary(result, args.out))
 
 
 if __name__ == "__main__":

@@ -145,7 +145,7 @@ def test_dataset_reads_caches_or_decodes(tmp_path, table, assigner):
     raw = decoding[(0, bucket)]
     assert raw["video"].shape == (3, bucket.num_frames, bucket.height, bucket.width)
     # The cached latents are the encoding of the clip's recorded window.
-    key, window = next((k, s) for k, b, s in clip_plan(table.iloc[0], assigner, vae.identity()) if b == bucket)
+    _key, window = next((k, s) for k, b, s in clip_plan(table.iloc[0], assigner, vae.identity()) if b == bucket)
     from opensora_core.data.caches import load_clip_window
 
     expected = vae.encode(load_clip_window(table.iloc[0]["path"], window, bucket.num_frames,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -51,7 +53,7 @@ def test_synthetic_square_moves_in_its_direction():
     clip = moving_square_clip(num_frames=8, height=64, width=64, color="red", direction="left", speed=3)
     red = (clip[..., 0] > 150) & (clip[..., 1] < 100)
     columns = [np.nonzero(red[t].any(axis=0))[0].mean() for t in range(8)]
-    assert all(b < a for a, b in zip(columns, columns[1:]))
+    assert all(b < a for a, b in itertools.pairwise(columns))
     assert red[0].sum() == red[-1].sum() > 0  # stays whole inside the frame
     with pytest.raises(ValueError, match="unknown color"):
         moving_square_clip(color="mauve")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -35,7 +36,7 @@ def references(tmp_path):
 
 
 def _settings(**overrides) -> SampleSettings:
-    values = dict(num_frames=6, height=32, width=32, steps=4, sampler="dpm-solver", cfg_scale=4.0, seed=7)
+    values = {"num_frames": 6, "height": 32, "width": 32, "steps": 4, "sampler": "dpm-solver", "cfg_scale": 4.0, "seed": 7}
     values.update(overrides)
     return SampleSettings(**values)
 
@@ -96,8 +97,8 @@ def test_long_video_loops_continue_from_the_previous_tail_without_duplicates(gen
                                          progress=False)
     assert latents.shape[2] == 6 + 4 + 4
     assert calls[0][0] is None
-    for previous, current in zip(calls, calls[1:]):
-        frame_mask, reference, out = current
+    for previous, current in itertools.pairwise(calls):
+        frame_mask, reference, _out = current
         assert frame_mask[0].tolist() == [0, 0, 1, 1, 1, 1]
         torch.testing.assert_close(reference[0, :, :2], previous[2][0, :, -2:], rtol=0, atol=0)
     torch.testing.assert_close(latents[0, :, 6:10], calls[1][2][0, :, 2:], rtol=0, atol=0)

@@ -64,7 +64,7 @@ def _attention(q, k, v, mask=None):
 def _pixart_forward(s, image, t, y, mask, scale, base_size):
     linear = lambda x, name: F.linear(x, s[name + ".weight"], s[name + ".bias"])
     ln = lambda x: F.layer_norm(x, (HIDDEN,), eps=1e-6)
-    b, _, h, w = image.shape
+    b, _, _h, _w = image.shape
     x = F.conv2d(image, s["x_embedder.proj.weight"], s["x_embedder.proj.bias"], stride=2)
     gh, gw = x.shape[2:]
     x = x.flatten(2).transpose(1, 2) + spatial_sincos_pos_embed(HIDDEN, gh, gw, scale, base_size)

@@ -100,10 +100,10 @@ def test_mask_rows_repeat_for_classifier_free_guidance_batches():
     model = build_random_model()
     inputs = dummy_inputs()
     inputs["mask"][:, 6:] = 0
-    doubled = dict(
-        x=torch.cat([inputs["x"]] * 2), timestep=torch.cat([inputs["timestep"]] * 2),
-        y=torch.cat([inputs["y"], model.null_caption(2)]), mask=inputs["mask"],
-    )
+    doubled = {
+        "x": torch.cat([inputs["x"]] * 2), "timestep": torch.cat([inputs["timestep"]] * 2),
+        "y": torch.cat([inputs["y"], model.null_caption(2)]), "mask": inputs["mask"],
+    }
     out = model(**doubled)
     torch.testing.assert_close(out[:2], model(**inputs), atol=1e-5, rtol=1e-5)
 
@@ -248,9 +248,9 @@ def test_init_starts_new_branches_at_identity():
 
 
 def test_open_sora_model_dicts_port_as_they_are():
-    published = dict(type="STDiT2-XL/2", from_pretrained=None, input_sq_size=512, qk_norm=True,
-                     qk_norm_legacy=True, enable_flashattn=False, enable_layernorm_kernel=True,
-                     model_max_length=200)
+    published = {"type": "STDiT2-XL/2", "from_pretrained": None, "input_sq_size": 512, "qk_norm": True,
+                     "qk_norm_legacy": True, "enable_flashattn": False, "enable_layernorm_kernel": True,
+                     "model_max_length": 200}
     config = STDiT2Config.from_opensora(published)
     assert config.model_dump() == STDiT2Config().model_dump() | {"enable_flash_attn": False}
     with pytest.raises(ValueError, match="hidden_sise"):

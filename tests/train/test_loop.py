@@ -47,7 +47,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, training_table, test_pr
     assert not (killed / "export").exists()
 
     resumed = subprocess.run(_train_command(training_table, killed, test_profile), env=_env(),
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a = load_file(str(straight / "export" / "model.safetensors"))
     b = load_file(str(killed / "export" / "model.safetensors"))
@@ -82,8 +82,8 @@ def test_stage_exports_a_loadable_model_and_metrics(tmp_path, training_table, te
 
 def test_bad_input_fails_before_any_work(tmp_path, training_table, test_profile):
     def run(**overrides):
-        values = dict(stage="tiny/stage1", data=str(training_table), out=str(tmp_path / "x"),
-                      profile=str(test_profile), max_steps=1)
+        values = {"stage": "tiny/stage1", "data": str(training_table), "out": str(tmp_path / "x"),
+                      "profile": str(test_profile), "max_steps": 1}
         values.update(overrides)
         return train_stage(TrainArgs(**values))
 
@@ -109,7 +109,7 @@ def test_two_processes_with_fsdp2_over_gloo(tmp_path, training_table, test_profi
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "opensora_core.train.loop", "--stage", "tiny/stage1", "--data", str(training_table),
                "--out", str(out), "--profile", str(test_profile), "--max-steps", "2", "--ckpt-every", "2"]
-    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     checkpoint = out / "checkpoints" / "step-00000002"
     assert (checkpoint / "rank0.pt").is_file() and (checkpoint / "rank1.pt").is_file()
