@@ -250,7 +250,7 @@ def run_pipeline(root: Path, profile: str = "embedded", videos: int = 48, images
                        f"{evaluation['diversity']:.3f}")),
         ("promotion", _promotion(evaluation)),
         ("samples", f"{evaluation['folder']}/samples (preview.gif, frame_strip.png beside)"),
-        ("peak memory", f"{own:,.0f} MiB here, {child:,.0f} MiB in the largest training job"),
+        ("peak memory", f"{own:,.0f} MiB in this process, {child:,.0f} MiB in its largest child process"),
         ("MLflow store", mlflow_uri),
         ("Dagster instance", str(folders.dagster_home)),
         *((f"time: {name}", f"{seconds:.1f} s") for name, seconds in timings.items()),
