@@ -9,12 +9,15 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 DAGSTER_PORT ?= 3000
-# What `make demo` curates: the synthetic dataset (use `default` for real footage).
+# What `make demo` curates: the synthetic dataset (use `default` for real footage) ...
 OPENSORA_DATA_CONFIG ?= synthetic
-# ... and trains with (configs/stages/demo); the UI shows the same stage configs.
+# ... and trains with (configs/stages/demo); `make ui` shows the same stage configs.
+# Only demo and ui see these: the tests choose their own (tiny) settings.
 OPENSORA_TRAIN_STAGES ?= demo/stage0,demo/stage1,demo/stage2,demo/stage3
 OPENSORA_STAGES ?= $(OPENSORA_TRAIN_STAGES)
-export OPENSORA_DATA_CONFIG OPENSORA_TRAIN_STAGES OPENSORA_STAGES
+demo ui: export OPENSORA_DATA_CONFIG := $(OPENSORA_DATA_CONFIG)
+demo ui: export OPENSORA_TRAIN_STAGES := $(OPENSORA_TRAIN_STAGES)
+demo ui: export OPENSORA_STAGES := $(OPENSORA_STAGES)
 
 .PHONY: setup demo test bench ui clean
 

@@ -28,6 +28,7 @@ from orchestration.local_run import (
 )
 
 STAGES = [f"stdit2_stage{i}" for i in range(4)]
+TINY_STAGES = ",".join(f"tiny/stage{i}" for i in range(4))  # whatever the caller's environment says
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,8 @@ def pipeline(tmp_path_factory):
     synth(folders.raw, videos=8, images=4, seed=0)
     with pytest.MonkeyPatch.context() as env:
         configure_environment(folders, str(root / "profile.yaml"), environ=_Setter(env), OPENSORA_MAX_STEPS=2,
-                              OPENSORA_EVAL_SEEDS=1, OPENSORA_EVAL_STEPS=2, OPENSORA_DATA_CONFIG="synthetic")
+                              OPENSORA_EVAL_SEEDS=1, OPENSORA_EVAL_STEPS=2, OPENSORA_DATA_CONFIG="synthetic",
+                              OPENSORA_TRAIN_STAGES=TINY_STAGES, OPENSORA_STAGES=TINY_STAGES)
         from orchestration.definitions import build_definitions
 
         defs = build_definitions()
