@@ -1,5 +1,6 @@
 # Quick start: `make demo`, then `make test`. Both create the virtualenvs when missing.
-#   .venv      the project (torch is installed first: a CPU wheel of exactly 2.13.0)
+#   .venv      the project with its dev and k8s extras (torch is installed first: a CPU
+#              wheel of exactly 2.13.0; k8s lets the tests validate the Kubernetes executor)
 #   .venv-dvc  dvc alone: its antlr4 pin breaks Dagster's asset selection syntax
 
 PYTHON ?= python3.11
@@ -27,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,k8s]"
 	touch $@
 
 $(VENV_DVC)/.installed:
