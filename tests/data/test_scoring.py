@@ -40,6 +40,16 @@ def test_flow_separates_motion_from_stillness():
     assert rows[1]["flow"] > rows[0]["flow"] * 1.5
 
 
+def test_flow_is_reported_at_the_reference_size_whatever_the_analysis_size():
+    # A smooth texture on a 512 px frame shifted by 8 px: 4 px/frame at the 256 px reference.
+    rng = np.random.default_rng(1)
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (512, 512), dtype=np.uint8), (0, 0), 6)
+    texture = cv2.normalize(texture, None, 0, 255, cv2.NORM_MINMAX)
+    a, b = texture[:, 16:-16], texture[:, 8:-24]  # b is a shifted 8 px (scene moves left)
+    for size in (64, 128, 256):
+        assert flow_magnitude(a, b, size) == pytest.approx(4.0, rel=0.2), size
+
+
 def test_quality_penalises_black_and_blurred_frames():
     rng = np.random.default_rng(0)
     textured = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
