@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 import torchx.runner.config as torchx_config
-from dagster import ConfigurableResource, Failure, MetadataValue
+from dagster import ConfigurableResource, EnvVar, Failure, MetadataValue
 from pydantic import Field
 from torchx import specs
 from torchx.runner import get_runner
@@ -26,6 +26,12 @@ from orchestration.launch.components import DEFAULT_IMAGE
 
 # The folder holding opensora_core/ and orchestration/: what a local job must import.
 _CHECKOUT = str(Path(__file__).resolve().parents[1])
+
+
+def env_or(name: str, default: str) -> str | EnvVar:
+    """Dagster's `EnvVar(name)` when the variable is set (resolved when a run starts, and
+    shown as such in the UI's resource view), else `default` (from the profile)."""
+    return EnvVar(name) if name in os.environ else default
 
 
 class CurationStorage(ConfigurableResource):
@@ -56,9 +62,9 @@ def curation_storage_from_env() -> CurationStorage:
     (default `embedded`)."""
     data_root = load_profile(os.environ.get("OPENSORA_PROFILE", "embedded")).data_root.rstrip("/")
     return CurationStorage(
-        raw_root=os.environ.get("OPENSORA_RAW_ROOT", f"{data_root}/raw"),
-        curated_root=os.environ.get("OPENSORA_CURATED_ROOT", f"{data_root}/curated"),
-        data_config=os.environ.get("OPENSORA_DATA_CONFIG", "default"),
+        raw_root=env_or("OPENSORA_RAW_ROOT", f"{data_root}/raw"),
+        curated_root=env_or("OPENSORA_CURATED_ROOT", f"{data_root}/curated"),
+        data_config=env_or("OPENSORA_DATA_CONFIG", "default"),
     )
 
 
@@ -88,9 +94,9 @@ def cache_settings_from_env() -> CacheSettings:
     artifacts = load_profile(profile).artifacts_root.rstrip("/")
     stages = os.environ.get("OPENSORA_STAGES", "tiny/stage0,tiny/stage1,tiny/stage2,tiny/stage3")
     return CacheSettings(
-        root=os.environ.get("OPENSORA_CACHE_ROOT", f"{artifacts}/caches"),
+        root=env_or("OPENSORA_CACHE_ROOT", f"{artifacts}/caches"),
         profile=profile,
-        preset=os.environ.get("OPENSORA_PRESET", "stdit2-tiny"),
+        preset=env_or("OPENSORA_PRESET", "stdit2-tiny"),
         stages=[s.strip() for s in stages.split(",") if s.strip()],
     )
 
@@ -144,7 +150,7 @@ def training_settings_from_env() -> TrainingSettings:
     return TrainingSettings(
         profile=name,
         stages=[s.strip() for s in stages.split(",") if s.strip()],
-        out_root=os.environ.get("OPENSORA_TRAIN_ROOT", f"{profile.artifacts_root.rstrip('/')}/train"),
+        out_root=env_or("OPENSORA_TRAIN_ROOT", f"{profile.artifacts_root.rstrip('/')}/train"),
         max_steps=int(max_steps) if max_steps else None,
         nnodes=profile.nnodes,
         nproc_per_node=nproc,
@@ -207,7 +213,7 @@ def mlflow_tracking_from_env() -> MlflowTracking:
     (default `stdit2`); `OPENSORA_MLFLOW_UI_URL` for links to a SQLite store's UI."""
     profile = load_profile(os.environ.get("OPENSORA_PROFILE", "embedded"))
     return MlflowTracking(tracking_uri=profile.mlflow_tracking_uri,
-                          model_name=os.environ.get("OPENSORA_MODEL_NAME", "stdit2"),
+                          model_name=env_or("OPENSORA_MODEL_NAME", "stdit2"),
                           ui_url=os.environ.get("OPENSORA_MLFLOW_UI_URL"))
 
 
@@ -229,9 +235,9 @@ def evaluation_settings_from_env() -> EvaluationSettings:
     `OPENSORA_EVAL_SEEDS`, `OPENSORA_EVAL_STEPS`, `OPENSORA_EVAL_METRIC`, `OPENSORA_EVAL_CLIP`."""
     profile = load_profile(os.environ.get("OPENSORA_PROFILE", "embedded"))
     return EvaluationSettings(
-        out_root=os.environ.get("OPENSORA_EVAL_ROOT", f"{profile.artifacts_root.rstrip('/')}/eval"),
-        prompts=os.environ.get("OPENSORA_EVAL_PROMPTS", "default"),
-        seeds=int(os.environ.get("OPENSORA_EVAL_SEEDS", "2")),
+        out_root=env_or("OPENSORA_EVAL_ROOT", f"{profile.artifacts_root.rstrip('/')}/eval"),
+        prompts=env_or("OPENSORA_EVAL_PROMPTS", "default"),
+        seeds=int(os.environ.get("OPENSORA_EVAL_SEEDS", "2")),  # read now: EnvVar.int skips the bounds check
         steps=int(os.environ.get("OPENSORA_EVAL_STEPS", "20")),
         metric=os.environ.get("OPENSORA_EVAL_METRIC", "color_accuracy"),
         clip=os.environ.get("OPENSORA_EVAL_CLIP") or None,
