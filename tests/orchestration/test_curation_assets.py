@@ -42,6 +42,19 @@ def _tick(instance, storage):
     return result
 
 
+def test_sensor_skips_a_missing_or_empty_raw_folder_naming_it(tmp_path):
+    raw = tmp_path / "raw"
+    storage = CurationStorage(raw_root=str(raw), curated_root=str(tmp_path / "curated"))
+    instance = DagsterInstance.ephemeral()
+    missing = _tick(instance, storage)
+    assert isinstance(missing, SkipReason) and f"raw folder {raw} does not exist" in missing.skip_message
+    raw.mkdir()
+    (raw / "notes.txt").write_text("not a video")
+    empty = _tick(instance, storage)
+    assert isinstance(empty, SkipReason) and f"raw folder {raw} has no video or image files" in empty.skip_message
+    assert not instance.get_dynamic_partitions(raw_partitions.name)
+
+
 def _curate_partition(instance, storage, key):
     return materialize([raw_videos, scene_clips, scored_clips], partition_key=key, instance=instance,
                        resources={"curation_storage": storage})
