@@ -7,11 +7,10 @@ import sys
 
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from opensora_core.data.synthetic import moving_shape_clip
-from opensora_core.eval.cli import eval_command, run_eval
+from opensora_core.eval.cli import run_eval
 from opensora_core.eval.clip_score import ClipScorer, check_clip_folder, frame_positions
 from opensora_core.models import build_stdit2
 from opensora_core.models.checkpoint_io import save_model
@@ -116,14 +115,6 @@ def test_bad_clip_folders_say_what_is_expected(tmp_path):
 
 def test_check_accepts_the_saved_folder(tiny_clip):
     assert check_clip_folder(str(tiny_clip)) == tiny_clip
-
-
-@pytest.fixture
-def app() -> typer.Typer:
-    app = typer.Typer()
-    app.command("eval")(eval_command)
-    app.command("noop", hidden=True)(lambda: None)  # a group, so `eval` is a subcommand
-    return app
 
 
 @pytest.fixture

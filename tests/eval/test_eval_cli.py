@@ -1,20 +1,11 @@
 import json
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from opensora_core.eval.cli import eval_command, load_prompts
+from opensora_core.eval.cli import load_prompts
 from opensora_core.models import build_stdit2
 from opensora_core.models.checkpoint_io import save_model
-
-
-@pytest.fixture
-def app() -> typer.Typer:
-    app = typer.Typer()
-    app.command("eval")(eval_command)
-    app.command("noop", hidden=True)(lambda: None)  # a group, so `eval` is a subcommand
-    return app
 
 
 def test_default_prompt_set_covers_colours_and_directions():
