@@ -42,7 +42,7 @@ def run_sampling_benchmark(
                 generator.vae.decode(latents)
             decode_seconds = time.perf_counter() - start
             rows.append({"preset": preset, "params": params, "sampler": sampler, "steps": steps,
-                             "step_seconds": denoise_seconds / steps, "video_seconds": denoise_seconds + decode_seconds})
+                         "step_seconds": denoise_seconds / steps, "video_seconds": denoise_seconds + decode_seconds})
             console.print(f"  {preset} {sampler} {steps} steps: {denoise_seconds + decode_seconds:.2f} s", highlight=False)
     table = Table(title=f"sampling one {num_frames}x{size}x{size} video, batch 1 (x2 for guidance), "
                         f"{torch.get_num_threads()} threads, {'cuda' if torch.cuda.is_available() else 'cpu'}")

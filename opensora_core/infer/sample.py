@@ -193,7 +193,7 @@ class VideoGenerator:
         strategies = [parse_mask_strategy(r.mask_strategy) for r in batch]
         fps = IMAGE_FPS if frames == 1 else settings.fps
         conditions = {"height": float(settings.height), "width": float(settings.width),
-                          "ar": settings.height / settings.width, "num_frames": float(frames), "fps": float(fps)}
+                      "ar": settings.height / settings.width, "num_frames": float(frames), "fps": float(fps)}
 
         def model_fn(z, t, x_mask):
             doubled = None if x_mask is None else torch.cat([x_mask, x_mask])

@@ -50,7 +50,8 @@ def _unwrap(state: object, path: Path) -> dict[str, torch.Tensor]:
             raise ValueError(f"{path}: no tensors found; top-level keys are {sorted(state)[:10]}")
         state = state[key]
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")  # noqa: TRY004 (callers report ValueError as bad input)
+        # ValueError, not TypeError: callers report ValueError as bad input.
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")  # noqa: TRY004
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     for prefix in _PREFIXES:
         if tensors and all(k.startswith(prefix) for k in tensors):

@@ -8,8 +8,8 @@ from opensora_core.diffusion.masks import MaskGenerator, make_mask
 from opensora_core.diffusion.speedit import SpeeDiTTimestepSampler, build_timestep_sampler
 
 PUBLISHED_RATIOS = {"no_mask": 0.75, "quarter_random": 0.025, "quarter_head": 0.025, "quarter_tail": 0.025,
-                        "quarter_head_tail": 0.05, "image_random": 0.025, "image_head": 0.025, "image_tail": 0.025,
-                        "image_head_tail": 0.05}
+                    "quarter_head_tail": 0.05, "image_random": 0.025, "image_head": 0.025, "image_tail": 0.025,
+                    "image_head_tail": 0.05}
 
 
 def test_speedit_favours_steps_where_noise_still_changes():
