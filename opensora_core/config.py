@@ -396,6 +396,17 @@ class ProfileConfig(_Strict):
     text_encoder: TextEncoderConfig
     attention_backend: Literal["auto", "sdpa", "flash"]
     compile: bool
+    # When Dagster's retrain_schedule launches retrain_job (five-field cron; the schedule
+    # starts switched off). OPENSORA_RETRAIN_CRON / OPENSORA_RETRAIN_TIMEZONE override.
+    retrain_cron: str = "0 3 * * 0"
+    retrain_timezone: str = "UTC"
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _five_cron_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"{value!r} is not a cron with five fields (minute hour day month weekday)")
+        return value
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> ProfileConfig:

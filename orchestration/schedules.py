@@ -7,8 +7,9 @@ the MLflow registry's champion with the last stage's config (`stdit2_stage3` wit
 config `init: champion`), evaluates the result and promotes it if it beats the
 champion (`eval_samples`). Earlier stages are not in the job.
 
-Two things launch it: `retrain_schedule` (cron from `OPENSORA_RETRAIN_CRON`, default
-Sundays 03:00, in `OPENSORA_RETRAIN_TIMEZONE`, default UTC) and
+Two things launch it: `retrain_schedule` (the profile's `retrain_cron`, default
+Sundays 03:00, in its `retrain_timezone`, default UTC; `OPENSORA_RETRAIN_CRON` and
+`OPENSORA_RETRAIN_TIMEZONE` override them) and
 `orchestration.sensors.retrain_on_new_data_sensor` (when the training table changed).
 Both are stopped by default: a retraining run trains a model, so turn them on in the
 Dagster UI (Automation) where that is wanted.
@@ -24,10 +25,11 @@ from assets_defs.caches import text_embeddings, video_latents
 from assets_defs.curation import training_dataset
 from assets_defs.evaluation import eval_samples
 from assets_defs.training import stdit2_stage3
+from opensora_core.config import ProfileConfig, load_profile
 
 RETRAIN_CRON_ENV = "OPENSORA_RETRAIN_CRON"
 RETRAIN_TIMEZONE_ENV = "OPENSORA_RETRAIN_TIMEZONE"
-DEFAULT_RETRAIN_CRON = "0 3 * * 0"  # Sundays 03:00
+DEFAULT_RETRAIN_CRON = ProfileConfig.model_fields["retrain_cron"].default  # Sundays 03:00
 
 retrain_job = define_asset_job(
     "retrain_job",
@@ -40,15 +42,17 @@ retrain_job = define_asset_job(
 
 
 def retrain_schedule_from_env() -> ScheduleDefinition:
-    """The retraining schedule with the cron of `OPENSORA_RETRAIN_CRON` (read now)."""
-    cron = os.environ.get(RETRAIN_CRON_ENV, "").strip() or DEFAULT_RETRAIN_CRON
+    """The retraining schedule with the cron of the profile named by `OPENSORA_PROFILE`,
+    or of `OPENSORA_RETRAIN_CRON` when that is set (read now)."""
+    profile = load_profile(os.environ.get("OPENSORA_PROFILE", "embedded"))
+    cron = os.environ.get(RETRAIN_CRON_ENV, "").strip() or profile.retrain_cron
     return ScheduleDefinition(
         name="retrain_schedule",
         job=retrain_job,
         cron_schedule=cron,
-        execution_timezone=os.environ.get(RETRAIN_TIMEZONE_ENV, "UTC"),
+        execution_timezone=os.environ.get(RETRAIN_TIMEZONE_ENV, "").strip() or profile.retrain_timezone,
         default_status=DefaultScheduleStatus.STOPPED,
-        description=f"Retrain on a cron ({RETRAIN_CRON_ENV}, default '{DEFAULT_RETRAIN_CRON}').",
+        description=f"Retrain on a cron (profile {profile.name!r}: retrain_cron, or {RETRAIN_CRON_ENV}).",
     )
 
 

@@ -61,6 +61,28 @@ def test_schedule_cron_comes_from_the_environment(monkeypatch):
     assert definitions.defs.resolve_schedule_def("retrain_schedule").cron_schedule == DEFAULT_RETRAIN_CRON
 
 
+def test_schedule_cron_comes_from_the_profile(monkeypatch, tmp_path, test_profile):
+    import yaml
+
+    from opensora_core.config import ConfigError
+
+    monkeypatch.delenv(RETRAIN_CRON_ENV, raising=False)
+    data = yaml.safe_load(test_profile.read_text())
+    data.update(retrain_cron="15 2 * * 1-5", retrain_timezone="Europe/Berlin")
+    profile = tmp_path / "weekdays.yaml"
+    profile.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("OPENSORA_PROFILE", str(profile))
+    schedule = retrain_schedule_from_env()
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("15 2 * * 1-5", "Europe/Berlin")
+    monkeypatch.setenv(RETRAIN_CRON_ENV, "30 1 * * *")  # the variable wins over the profile
+    assert retrain_schedule_from_env().cron_schedule == "30 1 * * *"
+
+    data["retrain_cron"] = "weekly"
+    profile.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="retrain_cron.*five fields"):
+        retrain_schedule_from_env()
+
+
 def test_schedule_rejects_a_bad_cron(monkeypatch):
     monkeypatch.setenv(RETRAIN_CRON_ENV, "every sunday")
     with pytest.raises(Exception, match="cron"):
