@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from pathlib import Path
 
@@ -195,8 +196,10 @@ def run_pipeline(root: Path, profile: str = "embedded", videos: int = 48, images
     console = console or Console(width=max(Console().width, 120))
     folders = PipelineFolders(Path(root).resolve())
     demo_stages = ",".join(DEMO_STAGES)
-    configure_environment(folders, profile, **{"OPENSORA_DATA_CONFIG": "synthetic", "OPENSORA_TRAIN_STAGES": demo_stages,
-                                               "OPENSORA_STAGES": demo_stages, **environment})
+    # The demo's data and stage configs, unless the caller's environment (`make demo
+    # OPENSORA_TRAIN_STAGES=...`) or `environment` names others.
+    defaults = {"OPENSORA_DATA_CONFIG": "synthetic", "OPENSORA_TRAIN_STAGES": demo_stages, "OPENSORA_STAGES": demo_stages}
+    configure_environment(folders, profile, **{**{k: os.environ.get(k, v) for k, v in defaults.items()}, **environment})
     timings: dict[str, float] = {}
     timed = _Timed(timings, console)
     if not (folders.raw / "synthetic.json").is_file():  # written last by synth: rewriting would change the files

@@ -39,10 +39,10 @@ def raw_videos_sensor(context: SensorEvaluationContext, curation_storage: Curati
     if not source.fs.isdir(source.root):
         return SkipReason(f"raw folder {curation_storage.raw_root} does not exist")
     files = register_inputs(source, curation_storage.curation_config(), index=curation_storage.out())
-    known = set(context.instance.get_dynamic_partitions(raw_partitions.name))
-    new = [f.key for f in files if f.key not in known]
     if not files:
         return SkipReason(f"raw folder {curation_storage.raw_root} has no video or image files")
+    known = set(context.instance.get_dynamic_partitions(raw_partitions.name))
+    new = [f.key for f in files if f.key not in known]
     if not new:
         return SkipReason(f"no new raw files among {len(files)}")
     return SensorResult(

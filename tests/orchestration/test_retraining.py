@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 
 import pytest
+import yaml
 from dagster import (
     AssetKey,
     AssetMaterialization,
@@ -17,6 +18,7 @@ from dagster import (
     build_sensor_context,
 )
 
+from opensora_core.config import ConfigError
 from orchestration.schedules import (
     DEFAULT_RETRAIN_CRON,
     RETRAIN_CRON_ENV,
@@ -62,10 +64,6 @@ def test_schedule_cron_comes_from_the_environment(monkeypatch):
 
 
 def test_schedule_cron_comes_from_the_profile(monkeypatch, tmp_path, test_profile):
-    import yaml
-
-    from opensora_core.config import ConfigError
-
     monkeypatch.delenv(RETRAIN_CRON_ENV, raising=False)
     data = yaml.safe_load(test_profile.read_text())
     data.update(retrain_cron="15 2 * * 1-5", retrain_timezone="Europe/Berlin")
