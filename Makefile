@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,k8s]"
+	$(BIN)/pip install --quiet -e ".[dev,k8s,ocr]"
 	touch $@
 
 $(VENV_DVC)/.installed:

@@ -87,6 +87,14 @@ class OCRConfig(_Strict):
     min_confidence: float = Field(60.0, ge=0, le=100)
     # Frames are resized so their longer side is at most this (Tesseract time grows with area).
     max_size: int = Field(640, ge=64)
+    # How Tesseract runs: `library` in-process through tesserocr (the `ocr` extra; its
+    # model loads once per process), `cli` the tesseract binary through pytesseract (its
+    # model loads on every call, ~0.1 s), `auto` the library where it and the language
+    # data are found, else the binary.
+    backend: Literal["auto", "library", "cli"] = "auto"
+    # Folder holding `<lang>.traineddata` for the library backend (default: TESSDATA_PREFIX,
+    # then where the tesseract binary and the usual packages keep it).
+    tessdata: str | None = None
 
 
 class QualityConfig(_Strict):

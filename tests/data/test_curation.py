@@ -9,14 +9,16 @@ import pandas as pd
 import pytest
 
 from opensora_core.data import curate as curate_module
+from opensora_core.data.config import OCRConfig
 from opensora_core.data.curate import OPENSORA_COLUMNS, apply_filters, curate, training_dataset
 from opensora_core.data.ingest import partition_key, register_inputs
 from opensora_core.data.scoring import SCORE_RANGES
+from opensora_core.data.scoring.ocr import choose_backend
 from opensora_core.data.storage import Storage
 from opensora_core.data.video_io import read_frames
 from tests.data.corpus import EXPECTED, corpus_config, make_corpus
 
-HAVE_TESSERACT = shutil.which("tesseract") is not None
+HAVE_TESSERACT = choose_backend(OCRConfig())[0] is not None  # the binary or the library
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +132,10 @@ def test_partition_keys_are_ascii_and_depend_on_path_and_content():
 def test_ocr_skipped_with_warning_when_tesseract_missing(tmp_path, monkeypatch, caplog):
     from opensora_core.data.scoring import ocr
 
+    # A user without root: neither the binary nor the library's language data.
     monkeypatch.setattr(ocr.shutil, "which", lambda name: None)
+    monkeypatch.setattr(ocr, "TESSDATA_GLOBS", ())
+    monkeypatch.delenv("TESSDATA_PREFIX", raising=False)
     raw = tmp_path / "raw"
     make_corpus(raw)
     for name in list(EXPECTED)[2:]:

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import shutil
-
 import av
 import cv2
 import numpy as np
@@ -61,16 +59,96 @@ def test_quality_penalises_black_and_blurred_frames():
     assert all(0 <= v <= 1 for row in q.values() for v in row.values())
 
 
-@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract binary not installed")
-def test_ocr_coverage_finds_text_and_keeps_frames_apart():
-    from opensora_core.data.scoring.ocr import text_coverage
+def _ocr_backends() -> list:
+    from opensora_core.data.scoring.ocr import library_missing, tesseract_missing
 
+    return [pytest.param("cli", marks=pytest.mark.skipif(tesseract_missing() is not None,
+                                                         reason=str(tesseract_missing()))),
+            pytest.param("library", marks=pytest.mark.skipif(library_missing(OCRConfig()) is not None,
+                                                             reason=str(library_missing(OCRConfig()))))]
+
+
+def _text_frames() -> list[np.ndarray]:
     text = np.full((240, 320, 3), 255, np.uint8)
     cv2.putText(text, "HELLO WORLD", (10, 120), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 0, 0), 3)
+    title = np.full((240, 320, 3), 30, np.uint8)
+    cv2.putText(title, "THE END", (30, 140), cv2.FONT_HERSHEY_DUPLEX, 2.0, (250, 250, 250), 4)
     blank = np.full((240, 320, 3), 90, np.uint8)
-    coverage = text_coverage([blank, text, blank], OCRConfig())
+    return [blank, text, blank, title]
+
+
+@pytest.mark.parametrize("backend", _ocr_backends())
+def test_ocr_coverage_finds_text_and_keeps_frames_apart(backend):
+    from opensora_core.data.scoring.ocr import text_coverage
+
+    coverage = text_coverage(_text_frames(), OCRConfig(backend=backend), backend)
     assert coverage[0] == 0 and coverage[2] == 0
     assert 0.02 < coverage[1] < 0.5
+    assert coverage[3] > coverage[1]  # bigger letters cover more of the frame
+
+
+@pytest.mark.skipif(any(m.args[0] for p in _ocr_backends() for m in p.marks), reason="needs both OCR backends")
+def test_ocr_library_and_binary_read_the_same_boxes():
+    from opensora_core.data.scoring.ocr import text_coverage
+
+    frames = _text_frames()
+    library = text_coverage(frames, OCRConfig(), "library")
+    binary = text_coverage(frames, OCRConfig(), "cli")
+    assert library == pytest.approx(binary, abs=0.01)
+
+
+@pytest.mark.skipif(any(m.args[0] for p in _ocr_backends()[1:] for m in p.marks), reason="needs tesserocr")
+def test_ocr_library_engines_serve_threads_one_at_a_time():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from opensora_core.data.scoring import ocr
+
+    frames = _text_frames()
+    alone = ocr.text_coverage(frames, OCRConfig(), "library")
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda _: ocr.text_coverage(frames, OCRConfig(), "library"), range(6)))
+    assert all(t == alone for t in together)
+    engines = [e for idle in ocr._IDLE_ENGINES.values() for e in idle]
+    assert 1 <= len(engines) <= 3 and len({id(e) for e in engines}) == len(engines)
+
+
+def test_ocr_backend_choice_names_what_is_missing(tmp_path, monkeypatch):
+    from opensora_core.data.scoring import ocr
+
+    monkeypatch.delenv("TESSDATA_PREFIX", raising=False)
+    empty = tmp_path / "tessdata"
+    empty.mkdir()
+    backend, why = ocr.choose_backend(OCRConfig(backend="library", tessdata=str(empty)))
+    assert backend is None and "eng.traineddata" in why and str(empty) in why
+    (empty / "eng.traineddata").write_bytes(b"")
+    assert ocr.find_tessdata("eng", str(empty)) == empty
+    assert ocr.find_tessdata("eng+deu", str(empty)) is None  # every language must be there
+    monkeypatch.setenv("TESSDATA_PREFIX", str(empty))
+    assert ocr.find_tessdata("eng") == empty
+
+    def no_tesserocr():
+        raise ImportError("No module named 'tesserocr'")
+
+    monkeypatch.setattr(ocr, "_import_tesserocr", no_tesserocr)
+    backend, why = ocr.choose_backend(OCRConfig(backend="library"))
+    assert backend is None and "tesserocr is not installed" in why
+    monkeypatch.setattr(ocr.shutil, "which", lambda name: None)
+    backend, why = ocr.choose_backend(OCRConfig())
+    assert backend is None and "tesserocr" in why and "tesseract binary" in why
+    scorer = ocr.OCRScorer(OCRConfig())
+    assert scorer.unavailable() == why
+
+
+def test_ocr_scorer_version_and_batching_follow_its_backend(monkeypatch):
+    from opensora_core.data.scoring import ocr
+
+    monkeypatch.setattr(ocr, "choose_backend", lambda config: ("cli", None))
+    binary = ocr.OCRScorer(OCRConfig())
+    monkeypatch.setattr(ocr, "choose_backend", lambda config: ("library", None))
+    library = ocr.OCRScorer(OCRConfig())
+    # Scores of the two are not mixed, and only the binary pays a start-up per call.
+    assert binary.fingerprint() != library.fingerprint()
+    assert binary.batched and not library.batched
 
 
 def test_captions_from_sidecars_and_imported_tables(tmp_path):
@@ -159,3 +237,39 @@ def test_an_encoding_error_stops_the_cut_and_leaves_no_files(tmp_path, monkeypat
         scenes.cut_scenes(_two_shots(tmp_path / "two.mp4"), tmp_path / "clips", "c",
                           scenes.ScenesConfig(min_frames=8))
     assert not [p for p in (tmp_path / "clips").iterdir() if p.suffix != ".jpg"]
+
+
+def test_background_scorer_prepares_each_scorer_on_its_worker_first():
+    import threading
+
+    from opensora_core.data.scoring import BackgroundScorer
+    from opensora_core.data.scoring.base import Scorer
+
+    events = []
+
+    class Recording(Scorer):
+        needs_color = False
+
+        def __init__(self, name, batched, fail=False):
+            self.name, self.batched, self.fail, self.columns = name, batched, fail, (name,)
+
+        def prepare(self):
+            events.append(("prepare", self.name, threading.current_thread().name))
+            if self.fail:
+                raise OSError("no model here")
+
+        def positions(self, num_frames):
+            return {0}
+
+        def score(self, batch):
+            events.append(("score", self.name, threading.current_thread().name))
+            return [{self.name: 1.0} for _ in batch]
+
+    background = BackgroundScorer([Recording("a", False), Recording("b", True, fail=True)], batch_size=4)
+    background.take(None, ClipSamples("clip-0", 1, {0: np.zeros((8, 8), np.uint8)}))
+    rows = background.results()
+    assert rows == {"clip-0": {"a": 1.0, "b": 1.0}}
+    for name in ("a", "b"):
+        steps = [e for e in events if e[1] == name]
+        assert [s[0] for s in steps] == ["prepare", "score"] and steps[0][2] == steps[1][2] != "MainThread"
+    assert "no model here" in background.failed["b"]

@@ -6,7 +6,8 @@ scoring overlaps with decoding and encoding (OpenCV and Tesseract, a subprocess,
 without the GIL). Scorers with a fixed cost per call (`batched`, i.e. Tesseract's
 start-up) get up to `batch_size` clips at a time, on their own thread so that the
 last batch starts as soon as the video ends; the others one clip at a time, as soon
-as it ends. At most a batch of sample frames waits, plus what the workers hold.
+as it ends. Each scorer's `prepare` (loading a model) runs first on its worker. At
+most a batch of sample frames waits, plus what the workers hold.
 
 A scorer that fails here is reported, not raised: cutting does not depend on it, and
 `scored_clips` scores its column by decoding the clips instead (and fails there, as
@@ -32,6 +33,9 @@ class BackgroundScorer:
         self.failed: dict[str, str] = {}  # scorer name -> error, filled by results()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-scorer")
         self._batch_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-batch-scorer")
+        for scorer in scorers:  # models load while the first frames decode
+            executor = self._batch_executor if scorer.batched else self._executor
+            self._futures.append(executor.submit(self._prepare, scorer))
 
     def positions(self, num_frames: int) -> set[int]:
         return set().union(*(s.positions(num_frames) for s in self.scorers))
@@ -58,6 +62,14 @@ class BackgroundScorer:
             batch, self._waiting = self._waiting, []
             self._futures.append(self._batch_executor.submit(self._score, [s for s in self.scorers if s.batched],
                                                              batch))
+
+    @staticmethod
+    def _prepare(scorer: Scorer) -> tuple[dict[str, dict], dict[str, str]]:
+        try:
+            scorer.prepare()
+        except Exception as err:  # noqa: BLE001 - reported; scored_clips scores it by decoding
+            return {}, {scorer.name: f"{type(err).__name__}: {err}"}
+        return {}, {}
 
     @staticmethod
     def _score(scorers: list[Scorer], batch: list[ClipSamples]) -> tuple[dict[str, dict], dict[str, str]]:

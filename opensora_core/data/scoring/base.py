@@ -156,6 +156,10 @@ class Scorer:
         """Why this scorer cannot run here, or None when it can."""
         return None
 
+    def prepare(self) -> None:
+        """Load what the first `score` call would (a model): the background scorer calls
+        this on its worker thread as the video starts, so the loading overlaps decoding."""
+
     def positions(self, num_frames: int) -> set[int]:
         """Clip frame indices this scorer reads."""
         return set()
