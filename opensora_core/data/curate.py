@@ -6,7 +6,7 @@ keys and the `opensora data` subcommands:
 | ingest/probe | :func:`raw_videos` | `partitions/<key>/raw/manifest.json` |
 | scene cuts | :func:`scene_clips` | `partitions/<key>/clips/` (mp4 + jpg, `clips.parquet`, `sample_scores.parquet`) |
 | scores, captions | :func:`scored_clips` | `partitions/<key>/scores/scores.parquet` |
-| filters, merge | :func:`training_dataset` | `meta.csv`, `meta.parquet`, `rejected.csv`, `filtered.csv` |
+| filters, merge | :func:`training_dataset` | `meta.csv`, `meta.parquet`, `rejected.csv`, `filtered.csv` (+ `merged_scores.parquet`, a cache) |
 
 One partition per raw file (key from its path and content hash). Each step publishes
 its folder as a whole (:meth:`Storage.staging_dir`) with `manifest.json` written last,
@@ -25,6 +25,8 @@ as they are while the fingerprints match, and decodes clips only for the rest
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import math
@@ -56,6 +58,8 @@ REQUIRED_COLUMNS = ("path", "num_frames", "height", "width", "aspect_ratio", "re
                     "sha256")
 STEPS = ("raw", "clips", "scores")
 SAMPLE_SCORES = "sample_scores.parquet"
+# Every partition's scores as last merged: a cache of `training_dataset` (see `_MergedScores`).
+MERGED_SCORES = "merged_scores.parquet"
 
 
 def _step_dir(key: str, step: str) -> tuple[str, str, str]:
@@ -337,16 +341,26 @@ def _read_all_scores(out: Storage, keys: list[str]) -> pd.DataFrame:
     Columns are unified by name (a column a partition lacks is null there, integers
     meeting floats become floats), as `pd.concat` would; text columns with missing
     values are objects with None for them, as `pd.read_parquet` gives them.
+
+    Partitions whose `scores.parquet` is byte for byte the one merged last time are taken
+    from :data:`MERGED_SCORES` (see :class:`_MergedScores`), so adding one video to
+    many parses one partition's table, not all of them.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    tables = []
+    previous = _MergedScores.read(out)
+    tables, digests = [], []
     for key in keys:
-        with out.local_copy(*_step_dir(key, "scores"), "scores.parquet") as local:
-            # Each file's pandas metadata describes its own index only.
-            tables.append(pq.read_table(local).replace_schema_metadata(None))
+        data = out.read_bytes(*_step_dir(key, "scores"), "scores.parquet")
+        digest = hashlib.sha256(data).hexdigest()
+        table = previous.table_of(key, digest)
+        if table is None:
+            table = _MergedScores.parse(data)
+        tables.append(table)
+        digests.append(digest)
     merged = pa.concat_tables(tables, promote_options="permissive")
+    if previous.digests != dict(zip(keys, digests)):
+        _MergedScores.write(out, merged, keys, digests, tables)
     table = merged.to_pandas()
     for column_type in merged.schema:
         name, kind = column_type.name, column_type.type
@@ -355,6 +369,79 @@ def _read_all_scores(out: Storage, keys: list[str]) -> pd.DataFrame:
             column = table[name].astype(object)
             table[name] = column.where(column.notna(), None)
     return table
+
+
+class _MergedScores:
+    """The last merge of the partitions' score tables (:data:`MERGED_SCORES`), with
+    each partition's rows, the sha256 of its `scores.parquet` and its own schema, so
+    that a partition taken from it is the table its file would give (types a wider
+    partition promoted are cast back, its null-typed columns restored)."""
+
+    METADATA = b"opensora.merged_scores"
+
+    def __init__(self, table=None, index: dict | None = None, schemas: list | None = None) -> None:
+        self.table, self.index, self.schemas = table, index or {}, schemas or []
+        self.digests = {key: entry["sha256"] for key, entry in self.index.items()}
+
+    @staticmethod
+    def parse(data: bytes):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        # Each file's pandas metadata describes its own index only.
+        return pq.read_table(pa.BufferReader(data)).replace_schema_metadata(None)
+
+    @classmethod
+    def read(cls, out: Storage) -> _MergedScores:
+        if not out.exists(MERGED_SCORES):
+            return cls()
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            raw = pq.read_table(pa.BufferReader(out.read_bytes(MERGED_SCORES)))
+            meta = json.loads(raw.schema.metadata[cls.METADATA])
+            schemas = [pa.ipc.read_schema(pa.py_buffer(base64.b64decode(s))) for s in meta["schemas"]]
+            table = raw.replace_schema_metadata(None)
+        except Exception as err:  # noqa: BLE001 - a cache: rebuilt from the partitions
+            log.warning("%s is unreadable (%s); merging every partition again", out.path(MERGED_SCORES), err)
+            return cls()
+        return cls(table, meta["partitions"], schemas)
+
+    def table_of(self, key: str, digest: str):
+        entry = self.index.get(key)
+        if entry is None or entry["sha256"] != digest:
+            return None
+        import pyarrow as pa
+
+        schema = self.schemas[entry["schema"]]
+        rows = self.table.slice(entry["start"], entry["rows"])
+        columns = []
+        for field in schema:
+            if pa.types.is_null(field.type):
+                columns.append(pa.nulls(entry["rows"]))
+            else:
+                column = rows.column(field.name)
+                columns.append(column if column.type == field.type else column.cast(field.type))
+        return pa.Table.from_arrays(columns, schema=schema)
+
+    @classmethod
+    def write(cls, out: Storage, merged, keys: list[str], digests: list[str], tables: list) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schemas, schema_ids, index, start = [], {}, {}, 0
+        for key, digest, table in zip(keys, digests, tables, strict=True):
+            encoded = base64.b64encode(table.schema.serialize().to_pybytes()).decode()
+            if encoded not in schema_ids:
+                schema_ids[encoded] = len(schemas)
+                schemas.append(encoded)
+            index[key] = {"sha256": digest, "start": start, "rows": table.num_rows, "schema": schema_ids[encoded]}
+            start += table.num_rows
+        meta = json.dumps({"partitions": index, "schemas": schemas}).encode()
+        sink = pa.BufferOutputStream()
+        pq.write_table(merged.replace_schema_metadata({cls.METADATA: meta}), sink)
+        out.write_bytes(sink.getvalue().to_pybytes(), MERGED_SCORES)
 
 
 # --------------------------------------------------------------------------------------
@@ -440,9 +527,8 @@ def training_dataset(out: Storage, keys: list[str], config: CurationConfig) -> D
             summary.missing.append(key)
             continue
         summary.partitions += 1
-        raw_manifest = read_manifest(out, key, "raw") or {}
-        source = raw_manifest.get("source", key)
         if manifest["rejected"]:
+            source = (read_manifest(out, key, "raw") or {}).get("source", key)
             rejected.append({"path": source, "step": manifest["rejected"]["step"],
                              "reason": manifest["rejected"]["reason"], "partition": key})
             continue

@@ -314,3 +314,52 @@ def test_merge_reads_partitions_as_pandas_concat_would(curated, tmp_path, monkey
         written[merge]["meta.parquet"] = pd.read_parquet(tmp_path / "out" / "meta.parquet")
     pd.testing.assert_frame_equal(written["arrow"].pop("meta.parquet"), written["pandas"].pop("meta.parquet"))
     assert written["arrow"] == written["pandas"]
+
+
+def test_merge_parses_only_partitions_changed_since_the_last_merge(tmp_path, monkeypatch, caplog):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from opensora_core.data.curate import MERGED_SCORES, _MergedScores, _read_all_scores
+
+    out = Storage(tmp_path)
+
+    def put(key, columns):
+        folder = tmp_path / "partitions" / key / "scores"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"partition": [key] * len(next(iter(columns.values()))), **columns}),
+                       folder / "scores.parquet")
+
+    # Types a wider partition promotes (int -> double) and a column null in one file only.
+    put("p1", {"x": pa.array([1, 2], pa.int64()), "text": pa.nulls(2)})
+    put("p2", {"x": pa.array([0.5], pa.float64()), "text": pa.array(["a"]), "extra": pa.array([1.0])})
+    put("p3", {"x": pa.array([3], pa.int64())})
+    parsed = []
+    parse = _MergedScores.parse
+    monkeypatch.setattr(_MergedScores, "parse", staticmethod(lambda data: parsed.append(1) or parse(data)))
+
+    def merged_both_ways(keys):
+        parsed.clear()
+        cached = _read_all_scores(out, keys)
+        used = len(parsed)
+        (tmp_path / MERGED_SCORES).rename(tmp_path / "kept.parquet")
+        fresh = _read_all_scores(out, keys)
+        (tmp_path / "kept.parquet").replace(tmp_path / MERGED_SCORES)
+        pd.testing.assert_frame_equal(cached, fresh)
+        return cached, used
+
+    table, used = merged_both_ways(["p1", "p2", "p3"])
+    assert used == 3 and list(table["x"]) == [1.0, 2.0, 0.5, 3.0]
+    put("p4", {"x": pa.array([4], pa.int64())})
+    table, used = merged_both_ways(["p1", "p2", "p3", "p4"])
+    assert used == 1 and len(table) == 5  # only the new partition was parsed
+    table, used = merged_both_ways(["p1", "p3"])  # p2 gone: p1's ints and null text come back as they were
+    assert used == 0 and table["x"].dtype == np.int64 and "extra" not in table and table["text"].isna().all()
+    put("p3", {"x": pa.array([30, 31], pa.int64())})  # re-scored
+    table, used = merged_both_ways(["p1", "p3"])
+    assert used == 1 and list(table["x"]) == [1, 2, 30, 31]
+    (tmp_path / MERGED_SCORES).write_bytes(b"not parquet")
+    with caplog.at_level(logging.WARNING):
+        table, used = merged_both_ways(["p1", "p3"])
+    assert used == 2 and list(table["x"]) == [1, 2, 30, 31]
+    assert any("unreadable" in r.message for r in caplog.records)
