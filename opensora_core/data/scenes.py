@@ -347,7 +347,7 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
     result = SceneCut()
     with av.open(str(video)) as container:
         stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1
+        stream.thread_type = "AUTO"
         rate = Fraction(fps).limit_denominator(1001) if fps else (stream.average_rate or Fraction(24))
         rate = Fraction(rate).limit_denominator(1001)
         detector = _Detector(
