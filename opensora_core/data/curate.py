@@ -417,12 +417,12 @@ class _MergedScores:
         schema = self.schemas[entry["schema"]]
         rows = self.table.slice(entry["start"], entry["rows"])
         columns = []
-        for field in schema:
-            if pa.types.is_null(field.type):
+        for own in schema:
+            if pa.types.is_null(own.type):
                 columns.append(pa.nulls(entry["rows"]))
             else:
-                column = rows.column(field.name)
-                columns.append(column if column.type == field.type else column.cast(field.type))
+                column = rows.column(own.name)
+                columns.append(column if column.type == own.type else column.cast(own.type))
         return pa.Table.from_arrays(columns, schema=schema)
 
     @classmethod

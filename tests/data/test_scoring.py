@@ -139,6 +139,18 @@ def test_ocr_backend_choice_names_what_is_missing(tmp_path, monkeypatch):
     assert scorer.unavailable() == why
 
 
+@pytest.mark.skipif(any(m.args[0] for p in _ocr_backends()[:1] for m in p.marks), reason="needs the tesseract binary")
+def test_ocr_language_without_data_is_named_not_run():
+    from opensora_core.data.scoring import ocr
+
+    backend, why = ocr.choose_backend(OCRConfig(lang="eng+xx", backend="cli"))
+    assert backend is None and "no language data for xx" in why and "tesseract-ocr-xx" in why
+    backend, why = ocr.choose_backend(OCRConfig(lang="xx"))
+    assert backend is None and "xx.traineddata" in why and "language data for xx" in why
+    assert ocr.OCRScorer(OCRConfig(lang="xx")).unavailable() == why
+    assert ocr.choose_backend(OCRConfig(lang="eng", backend="cli")) == ("cli", None)
+
+
 def test_ocr_scorer_version_and_batching_follow_its_backend(monkeypatch):
     from opensora_core.data.scoring import ocr
 

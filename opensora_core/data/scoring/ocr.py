@@ -27,6 +27,7 @@ PNG, 0.22 s with PGM; the same pixels, so the same words).
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import shutil
@@ -61,15 +62,29 @@ Word = tuple[str, float, int, int, int]  # text, confidence, top, height, width
 # --------------------------------------------------------------------------------------
 
 
-def tesseract_missing() -> str | None:
-    """Why the tesseract binary cannot run here, or None."""
+def tesseract_missing(lang: str | None = None) -> str | None:
+    """Why the tesseract binary cannot run here (for `lang`, when given), or None."""
     try:
         import pytesseract
     except ImportError:
         return "pytesseract is not installed"
-    if shutil.which(pytesseract.pytesseract.tesseract_cmd) is None:
+    command = shutil.which(pytesseract.pytesseract.tesseract_cmd)
+    if command is None:
         return "the tesseract binary is not on PATH (Debian/Ubuntu: apt-get install tesseract-ocr)"
+    if lang is not None:
+        installed = _binary_languages(command)
+        missing = [name for name in lang.split("+") if name not in installed]
+        if missing:
+            return (f"tesseract has no language data for {'+'.join(missing)} (installed: {', '.join(installed)}; "
+                    f"Debian/Ubuntu: apt-get install {' '.join(f'tesseract-ocr-{m}' for m in missing)})")
     return None
+
+
+@functools.cache
+def _binary_languages(command: str) -> tuple[str, ...]:
+    import pytesseract
+
+    return tuple(pytesseract.get_languages(config=""))
 
 
 def _import_tesserocr():
@@ -112,7 +127,7 @@ def choose_backend(config: OCRConfig) -> tuple[str | None, str | None]:
             return "library", None
         if config.backend == "library":
             return None, f"ocr.backend library: {library}"
-    cli = tesseract_missing()
+    cli = tesseract_missing(config.lang)
     if cli is None:
         return "cli", None
     if config.backend == "cli":
