@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from opensora_core.data.frame_arrays import frame_array
+
 
 class VideoDecodeError(RuntimeError):
     """A video could not be decoded (missing, corrupt, or no video stream)."""
@@ -30,9 +32,11 @@ def read_frames(path: str | Path, num_frames: int, start: int = 0, stride: int =
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise VideoDecodeError(f"{path}: no video stream")
-            for index, frame in enumerate(container.decode(video=0)):
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for index, frame in enumerate(container.decode(stream)):
                 if index >= start and (index - start) % stride == 0:
-                    frames.append(frame.to_ndarray(format="rgb24"))
+                    frames.append(frame_array(frame))
                     if len(frames) == num_frames:
                         break
     except av.FFmpegError as err:

@@ -285,3 +285,24 @@ def test_background_scorer_prepares_each_scorer_on_its_worker_first():
         steps = [e for e in events if e[1] == name]
         assert [s[0] for s in steps] == ["prepare", "score"] and steps[0][2] == steps[1][2] != "MainThread"
     assert "no model here" in background.failed["b"]
+
+
+def test_frame_array_gives_pyav_pixels_with_one_converter_per_thread(tmp_path):
+    import threading
+
+    from opensora_core.data import frame_arrays
+    from opensora_core.infer.export import write_video
+
+    rng = np.random.default_rng(0)
+    small = write_video(tmp_path / "small.mp4", rng.integers(0, 255, (4, 48, 64, 3), dtype=np.uint8), fps=8)
+    large = write_video(tmp_path / "large.mp4", rng.integers(0, 255, (3, 96, 128, 3), dtype=np.uint8), fps=8)
+    frames = [f for path in (small, large) for f in av.open(str(path)).decode(video=0)]  # two geometries
+    for fmt in ("rgb24", "bgr24", "gray"):
+        for frame in frames:
+            assert np.array_equal(frame_arrays.frame_array(frame, fmt), frame.to_ndarray(format=fmt))
+    mine = frame_arrays._reformatter()
+    other = []
+    thread = threading.Thread(target=lambda: other.append(frame_arrays._reformatter()))
+    thread.start()
+    thread.join()
+    assert frame_arrays._reformatter() is mine and other[0] is not mine

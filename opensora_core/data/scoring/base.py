@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from opensora_core.data.frame_arrays import frame_array
+
 # Planar 8-bit YUV layouts whose first plane is the luma, full range ("j") or not.
 _FULL_RANGE_YUV = {"yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p"}
 _LIMITED_RANGE_YUV = {"yuv420p", "yuv422p", "yuv444p", "yuv440p", "yuv411p", "yuv410p", "nv12", "nv21"}
@@ -125,7 +127,7 @@ def frame_luma(frame: av.VideoFrame, max_size: int) -> tuple[np.ndarray, bool]:
     if name in _LIMITED_RANGE_YUV or name in _FULL_RANGE_YUV:
         luma, limited = plane_view(frame, 0), name in _LIMITED_RANGE_YUV and frame.color_range != 2  # 2: JPEG
     else:
-        luma, limited = cv2.cvtColor(frame.to_ndarray(format="rgb24"), cv2.COLOR_RGB2GRAY), False
+        luma, limited = cv2.cvtColor(frame_array(frame), cv2.COLOR_RGB2GRAY), False
     if max(luma.shape) * 4 > max_size * 5:
         luma = shrink(luma, max_size)
     # A view of the decoder's buffer must not outlive the frame's use.
@@ -202,7 +204,7 @@ def read_samples(path: str | Path, clip_id: str, num_frames: int, positions: set
         stream.thread_type = "AUTO"
         for index, frame in enumerate(container.decode(stream)):
             if index in positions:
-                samples.frames[index] = frame.to_ndarray(format="rgb24")
+                samples.frames[index] = frame_array(frame)
             if index >= last:
                 break
     missing = positions - set(samples.frames)
