@@ -97,8 +97,9 @@ def raw_videos(context: AssetExecutionContext, curation_storage: CurationStorage
 
 @asset(partitions_def=raw_partitions, deps=[raw_videos], group_name="curation", kinds={"python", "video"})
 def scene_clips(context: AssetExecutionContext, curation_storage: CurationStorage) -> MaterializeResult:
-    """Scenes (PySceneDetect adaptive) cut into frame-accurate clips (MPEG-4 or H.264, from
-    the data config); the weights-free scores are computed on the way, from the same decode."""
+    """Scenes (PySceneDetect adaptive) cut into frame-accurate clips (copied from an mp4/mov
+    source where a clip starts on a keyframe, else re-encoded as MPEG-4 or H.264, from the
+    data config); the weights-free scores are computed on the way, from the same decode."""
     key = context.partition_key
     manifest = curate.scene_clips(curation_storage.source(), curation_storage.out(), key,
                                   curation_storage.curation_config())
@@ -106,6 +107,7 @@ def scene_clips(context: AssetExecutionContext, curation_storage: CurationStorag
     return MaterializeResult(metadata={
         "clips": manifest["clips"], "frames": int(clips["num_frames"].sum()) if len(clips) else 0,
         "scenes": len(manifest.get("scenes", [])), "dropped_pieces": len(manifest.get("dropped", [])),
+        "stream_copied": manifest.get("stream_copied", 0),
         "scored_while_cutting": ", ".join(manifest.get("sample_scores") or {}) or "none",
         "notes": "; ".join(manifest["notes"]) or "none", "thumbnail": MetadataValue.md(
             _thumbnail_md(curation_storage, key, clips)), **_rejection(manifest),

@@ -69,6 +69,12 @@ class ClipsConfig(_Strict):
     qscale: int = Field(3, ge=1, le=31)
     # Frames between MPEG-4 keyframes (x264 places its own).
     gop: int = Field(12, ge=1)
+    # Copy a clip's packets from the source instead of re-encoding, where that is exact:
+    # an mp4/mov source (keyframes there are clean random-access points), the clip
+    # starting on a keyframe and its frames being one unbroken run of packets. Encoders
+    # put keyframes at scene cuts, so most whole scenes qualify; the clip is then
+    # bit-identical to the source and costs no encoding.
+    stream_copy: bool = True
 
 
 class FlowConfig(_Strict):

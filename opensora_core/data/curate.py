@@ -174,7 +174,8 @@ def scene_clips(source: Storage, out: Storage, key: str, config: CurationConfig)
             with source.local_copy(raw_manifest["path"]) as local:
                 cut, manifest["sample_scores"] = _cut_and_score(local, folder, key, probe["fps"], config)
             manifest.update(scenes=[list(s) for s in cut.scenes], dropped=cut.dropped,
-                            decoded_frames=cut.decoded_frames, seconds=round(time.perf_counter() - started, 3))
+                            decoded_frames=cut.decoded_frames, seconds=round(time.perf_counter() - started, 3),
+                            stream_copied=sum(c.stream_copy for c in cut.clips))
             if cut.decode_error:
                 manifest["notes"].append(cut.decode_error)
             if probe["num_frames"] and cut.decoded_frames != probe["num_frames"]:

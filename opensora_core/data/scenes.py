@@ -6,7 +6,12 @@ once the detector can no longer put a cut before it (it decides `event_buffer_le
 frames late), to the encoder of the clip it belongs to. Clips are re-encoded (codec
 from `clips.codec`) so cuts are frame-accurate: a clip holds exactly the frames of its
 scene piece. Encoding runs on a background thread (the codecs release the GIL), so it
-overlaps with decoding and detection. Scenes longer than `max_frames` are split into
+overlaps with decoding and detection. Where it is exact (`clips.stream_copy`), a piece
+is copied instead: an mp4/mov source whose piece starts on a keyframe (there a clean
+random-access point) and whose frames are one unbroken run of packets, which is what
+encoders write at scene cuts. The copy is bit-identical to the source and costs no
+encoding; a piece that turns out not to be one run (a B-frame across its end) is
+decoded again from its keyframe and re-encoded. Scenes longer than `max_frames` are split into
 consecutive pieces; a piece shorter than `min_frames` is dropped (and recorded) before
 any encoding is spent on it.
 
@@ -43,6 +48,10 @@ from opensora_core.utils.atomic import atomic_path
 
 THUMBNAIL_WIDTH = 160
 ENCODE_QUEUE = 16  # frames waiting for the encoder thread at most
+# Containers whose keyframe flags are clean random-access points (ISO BMFF sync samples)
+# and whose packets carry presentation timestamps; codecs mp4 can hold.
+COPY_FORMATS = {"mov", "mp4"}
+COPY_CODECS = {"h264", "hevc", "mpeg4", "av1"}
 
 
 @dataclass
@@ -70,6 +79,7 @@ class Clip:
     width: int
     fps: float
     thumbnail: str
+    stream_copy: bool = False  # packets copied from the source, not re-encoded
 
 
 @dataclass
@@ -199,6 +209,9 @@ class _ClipWriter:
         self.time_base = 1 / rate
         self.encoder = encoder
         self.count = 0
+        self.height, self.width = self.stream.height, self.stream.width
+
+    stream_copy = False
 
     def write(self, frame: av.VideoFrame) -> None:
         self.encoder.submit(self._encode, frame, self.count)
@@ -231,32 +244,159 @@ class _ClipWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+class _PacketLog:
+    """The source's packets in decode order, kept while a piece may still be copied
+    from them: from the oldest frame that may start or belong to such a piece, and every
+    packet whose frame has not come out of the decoder yet. Unusable (nothing is copied
+    from this video) once a packet lacks a timestamp or repeats one, or too many wait."""
+
+    def __init__(self, limit: int) -> None:
+        # decode index -> (pts, packet); the pts kept apart: a copy writer shifts its packets'.
+        self.packets: dict[int, tuple[int, av.Packet]] = {}
+        self.index_of: dict[int, int] = {}  # pts -> decode index
+        self.unseen: set[int] = set()  # decode indices whose frame has not been output
+        self.next = 0  # decode index of the next packet
+        self.oldest = 0  # no packet before this decode index is kept
+        self.limit = limit
+        self.usable = True
+
+    def add(self, packet: av.Packet) -> None:
+        if not self.usable:
+            return
+        if packet.pts is None or packet.pts in self.index_of or len(self.packets) >= self.limit:
+            self._give_up()
+            return
+        self.packets[self.next] = (packet.pts, packet)
+        self.index_of[packet.pts] = self.next
+        self.unseen.add(self.next)
+        self.next += 1
+
+    def seen(self, pts: int | None) -> None:
+        index = self.index_of.get(pts)
+        if index is not None:
+            self.unseen.discard(index)
+
+    def is_keyframe(self, pts: int | None) -> bool:
+        index = self.index_of.get(pts)
+        return self.usable and index is not None and self.packets[index][1].is_keyframe
+
+    def run(self, pts: list[int]) -> list[av.Packet] | None:
+        """The packets of the frames with timestamps `pts` (display order) when they are
+        exactly one unbroken run in decode order that starts with the first frame's."""
+        indices = [self.index_of.get(p) for p in pts]
+        if not self.usable or None in indices:
+            return None
+        first = indices[0]
+        if min(indices) != first or max(indices) != first + len(indices) - 1:
+            return None
+        return [self.packets[i][1] for i in range(first, first + len(indices))]
+
+    def keep_from(self, pts: list[int | None]) -> None:
+        """Forget packets older than those of `pts` and than any frame not yet output."""
+        floor = min([self.index_of[p] for p in pts if p in self.index_of] + list(self.unseen), default=self.next)
+        while self.oldest < floor:
+            kept = self.packets.pop(self.oldest, None)
+            if kept is not None:
+                del self.index_of[kept[0]]
+            self.oldest += 1
+
+    def _give_up(self) -> None:
+        self.usable = False
+        self.packets.clear()
+        self.index_of.clear()
+        self.unseen.clear()
+
+
+class _CopyWriter:
+    """A clip written from the source's packets (on the `_EncodeThread`, in order with
+    the encoded clips), timestamps shifted to start at zero; renamed once complete."""
+
+    stream_copy = True
+
+    def __init__(self, path: Path, template: av.video.stream.VideoStream, packets: list[av.Packet], start_pts: int,
+                 height: int, width: int, encoder: _EncodeThread) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp")
+        self.count, self.height, self.width = len(packets), height, width
+        encoder.submit(self._write, template, packets, start_pts)
+
+    def _write(self, template: av.video.stream.VideoStream, packets: list[av.Packet], start_pts: int) -> None:
+        with av.open(str(self.tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream_from_template(template)
+            for packet in packets:
+                packet.pts -= start_pts
+                if packet.dts is not None:
+                    packet.dts -= start_pts
+                packet.stream = stream
+                container.mux(packet)
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class _CopySource:
+    """What copying needs of the source: its path (to decode a piece again when it
+    cannot be copied), its video stream and the packet log."""
+
+    path: Path
+    stream: av.video.stream.VideoStream
+    packets: _PacketLog
+
+    def decode_again(self, pts: list[int]):
+        """The frames with timestamps `pts`, decoded again from the keyframe before them."""
+        wanted, found = set(pts), 0
+        with av.open(str(self.path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            container.seek(pts[0], stream=stream, backward=True)
+            for frame in container.decode(stream):
+                if frame.pts in wanted:
+                    found += 1
+                    yield frame
+                    if found == len(wanted):
+                        return
+        raise RuntimeError(f"{self.path}: {len(wanted) - found} frames of a piece did not decode a second time")
+
+
 class _Cutter:
     """Routes frames into scene pieces: buffers the first `min_frames` of a piece (a
-    shorter piece costs no encoding), then encodes the rest as it arrives. With a
-    sampler, keeps every frame's luma until the piece ends."""
+    shorter piece costs no encoding), then encodes the rest as it arrives. A piece that
+    starts on a keyframe of a copyable source (`source`) only notes its frames'
+    timestamps and is copied when it ends. With a sampler, keeps every frame's luma
+    until the piece ends."""
 
     def __init__(self, out_dir: Path, prefix: str, rate: Fraction, scenes: ScenesConfig, clips: ClipsConfig,
-                 result: SceneCut, sampler: Sampler | None = None) -> None:
+                 result: SceneCut, sampler: Sampler | None = None, source: _CopySource | None = None) -> None:
         self.out_dir, self.prefix, self.rate = out_dir, prefix, rate
         self.scenes_cfg, self.clips_cfg, self.result = scenes, clips, result
         self.sampler = sampler
+        self.source = source
         self.scene_index = 0
         self.scene_start = 0
         self.piece_start = 0
         self.buffer: list[av.VideoFrame] = []
+        self.copy_pts: list[int] | None = None  # the current piece's timestamps, while it is to be copied
+        self.copy_size = (0, 0)
         self.lumas: list[tuple[np.ndarray, bool]] = []  # the current piece's, with a sampler
         self.writer: _ClipWriter | None = None
-        self.writers: list[_ClipWriter] = []
+        self.writers: list[_ClipWriter | _CopyWriter] = []
         self.encoder = _EncodeThread()
         self.thumbnail: np.ndarray | None = None
 
     def add(self, index: int, frame: av.VideoFrame, luma: tuple[np.ndarray, bool] | None = None) -> None:
         if luma is not None:
             self.lumas.append(luma)
-        if self.writer is None:
-            if not self.buffer:
-                self.piece_start = index
+        if self.writer is None and self.copy_pts is None and not self.buffer:  # a piece starts
+            self.piece_start = index
+            if self.source is not None and self.source.packets.is_keyframe(frame.pts):
+                self.copy_pts = []
+                self.copy_size = (frame.height, frame.width)
+                self.thumbnail = frame_array(frame)
+        if self.copy_pts is not None:
+            self.copy_pts.append(frame.pts)
+        elif self.writer is None:
             self.buffer.append(frame)
             if len(self.buffer) >= self.scenes_cfg.min_frames:
                 self._open(frame)
@@ -272,30 +412,56 @@ class _Cutter:
         self.scene_start = end
 
     def _piece_length(self) -> int:
+        if self.copy_pts is not None:
+            return len(self.copy_pts)
         return self.writer.count if self.writer is not None else len(self.buffer)
 
+    def _clip_path(self) -> Path:
+        return self.out_dir / f"{self.prefix}-{len(self.result.clips):04d}.mp4"
+
     def _open(self, frame: av.VideoFrame) -> None:
-        n = len(self.result.clips)
         self.thumbnail = frame_array(self.buffer[0])
-        self.writer = _ClipWriter(self.out_dir / f"{self.prefix}-{n:04d}.mp4", frame.width, frame.height,
-                                  self.rate, self.clips_cfg, self.encoder)
+        self.writer = _ClipWriter(self._clip_path(), frame.width, frame.height, self.rate, self.clips_cfg,
+                                  self.encoder)
         self.writers.append(self.writer)
         for buffered in self.buffer:
             self.writer.write(buffered)
         self.buffer = []
 
+    def _copy(self, pts: list[int]) -> _ClipWriter | _CopyWriter:
+        """Copy the piece with timestamps `pts`; when its packets are not one run,
+        decode it again from its keyframe and encode it."""
+        packets = self.source.packets.run(pts)
+        if packets is not None:
+            writer = _CopyWriter(self._clip_path(), self.source.stream, packets, pts[0], *self.copy_size,
+                                 self.encoder)
+            self.writers.append(writer)
+            return writer
+        height, width = self.copy_size
+        writer = _ClipWriter(self._clip_path(), width, height, self.rate, self.clips_cfg, self.encoder)
+        self.writers.append(writer)
+        for frame in self.source.decode_again(pts):
+            writer.write(frame)
+        writer.close(keep=True)
+        return writer
+
     def _close_piece(self, end: int) -> None:
         lumas, self.lumas = self.lumas, []
-        if self.writer is None:
-            if self.buffer:
+        pts, self.copy_pts = self.copy_pts, None
+        if pts is not None and len(pts) >= self.scenes_cfg.min_frames:
+            writer = self._copy(pts)
+        elif pts is None and self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.close(keep=True)
+        else:  # too short: no clip
+            length = len(pts) if pts is not None else len(self.buffer)
+            if length:
                 self.result.dropped.append({
                     "scene": self.scene_index, "start_frame": self.piece_start, "end_frame": end,
-                    "reason": f"{len(self.buffer)} frames < min_frames {self.scenes_cfg.min_frames}",
+                    "reason": f"{length} frames < min_frames {self.scenes_cfg.min_frames}",
                 })
             self.buffer = []
             return
-        writer, self.writer = self.writer, None
-        writer.close(keep=True)
         n = len(self.result.clips)
         name = f"{self.prefix}-{n:04d}"
         thumb = self.thumbnail
@@ -306,8 +472,8 @@ class _Cutter:
             tmp.write_bytes(jpeg.tobytes())
         clip = Clip(
             clip_id=name, file=f"{name}.mp4", scene=self.scene_index, start_frame=end - writer.count,
-            end_frame=end, num_frames=writer.count, height=writer.stream.height, width=writer.stream.width,
-            fps=float(self.rate), thumbnail=f"{name}.jpg",
+            end_frame=end, num_frames=writer.count, height=writer.height, width=writer.width,
+            fps=float(self.rate), thumbnail=f"{name}.jpg", stream_copy=writer.stream_copy,
         )
         self.result.clips.append(clip)
         if self.sampler is not None:
@@ -316,6 +482,10 @@ class _Cutter:
             samples = ClipSamples(name, clip.num_frames, {
                 p: full_range(*lumas[p]) for p in sorted(self.sampler.positions(clip.num_frames))})
             self.sampler.take(clip, samples)
+
+    def oldest_needed(self) -> int | None:
+        """The timestamp from which the current piece may still be copied."""
+        return self.copy_pts[0] if self.copy_pts else None
 
     def finish(self) -> None:
         """Wait until every clip file is written."""
@@ -357,7 +527,12 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
             window_width=scenes.window_width, min_content_val=scenes.min_content_val,
         )
         lag = detector.event_buffer_length
-        cutter = _Cutter(out_dir, prefix, rate, scenes, clips, result, sampler)
+        source = None
+        if (clips.stream_copy and COPY_FORMATS & set(container.format.name.split(","))
+                and stream.codec_context.name in COPY_CODECS):
+            source = _CopySource(Path(video), stream, _PacketLog(limit=2 * scenes.max_frames + 64))
+        packets = source.packets if source is not None else None
+        cutter = _Cutter(out_dir, prefix, rate, scenes, clips, result, sampler, source)
         pending: deque[tuple] = deque()
         factor = 0
 
@@ -371,19 +546,26 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
         index = -1
         try:
             try:
-                for index, frame in enumerate(container.decode(stream)):
-                    if not factor:
-                        factor = max(1, frame.width // scenes.analysis_width)
-                    small = detection_frame(frame, factor)
-                    cuts = detector.process_frame(FrameTimecode(index, rate), small)
-                    if sampler is None:
-                        pending.append((index, frame))
-                    else:
-                        pending.append((index, frame, frame_luma(frame, sampler.size)))
-                    route([c.frame_num for c in cuts])
-                    # The detector can no longer put a cut at or before index - lag.
-                    while pending and pending[0][0] <= index - lag:
-                        cutter.add(*pending.popleft())
+                for packet in container.demux(stream):
+                    if packets is not None and packet.size:
+                        packets.add(packet)
+                    for frame in packet.decode():
+                        index += 1
+                        if not factor:
+                            factor = max(1, frame.width // scenes.analysis_width)
+                        small = detection_frame(frame, factor)
+                        cuts = detector.process_frame(FrameTimecode(index, rate), small)
+                        if sampler is None:
+                            pending.append((index, frame))
+                        else:
+                            pending.append((index, frame, frame_luma(frame, sampler.size)))
+                        route([c.frame_num for c in cuts])
+                        # The detector can no longer put a cut at or before index - lag.
+                        while pending and pending[0][0] <= index - lag:
+                            cutter.add(*pending.popleft())
+                        if packets is not None:
+                            packets.seen(frame.pts)
+                            packets.keep_from([cutter.oldest_needed(), pending[0][1].pts if pending else None])
             except (av.FFmpegError, OSError) as err:
                 result.decode_error = f"decoding stopped after frame {index + 1}: {err}"
             result.decoded_frames = index + 1

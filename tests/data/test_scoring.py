@@ -204,7 +204,7 @@ def test_cut_is_frame_accurate_and_hands_sample_frames_over(tmp_path, codec):
     taken = []
     sampler = Sampler(80, lambda n: set(spread_positions(n, 3)), lambda clip, s: taken.append((clip, s)))
     cut = cut_scenes(video, tmp_path / "clips", "c", ScenesConfig(min_frames=8, max_frames=16),
-                     ClipsConfig(codec=codec), sampler=sampler)
+                     ClipsConfig(codec=codec, stream_copy=False), sampler=sampler)
     assert [(c.start_frame, c.end_frame) for c in cut.clips] == [(0, 16), (16, 24), (24, 40), (40, 48)]
     assert sorted(p.name for p in (tmp_path / "clips").iterdir() if p.suffix == ".mp4") == \
         [c.file for c in cut.clips]  # no temporary file left
@@ -241,14 +241,16 @@ def test_fast_detector_scores_equal_pyscenedetect(tmp_path):
 def test_an_encoding_error_stops_the_cut_and_leaves_no_files(tmp_path, monkeypatch):
     from opensora_core.data import scenes
 
-    def broken(self, frame, pts):
+    def broken(self, *args):
         raise RuntimeError("encoder broke")
 
     monkeypatch.setattr(scenes._ClipWriter, "_encode", broken)
-    with pytest.raises(RuntimeError, match="encoder broke"):
-        scenes.cut_scenes(_two_shots(tmp_path / "two.mp4"), tmp_path / "clips", "c",
-                          scenes.ScenesConfig(min_frames=8))
-    assert not [p for p in (tmp_path / "clips").iterdir() if p.suffix != ".jpg"]
+    monkeypatch.setattr(scenes._CopyWriter, "_write", broken)
+    for stream_copy in (False, True):
+        with pytest.raises(RuntimeError, match="encoder broke"):
+            scenes.cut_scenes(_two_shots(tmp_path / "two.mp4"), tmp_path / "clips", "c",
+                              scenes.ScenesConfig(min_frames=8), scenes.ClipsConfig(stream_copy=stream_copy))
+        assert not [p for p in (tmp_path / "clips").iterdir() if p.suffix != ".jpg"]
 
 
 def test_background_scorer_prepares_each_scorer_on_its_worker_first():
@@ -306,3 +308,129 @@ def test_frame_array_gives_pyav_pixels_with_one_converter_per_thread(tmp_path):
     thread.start()
     thread.join()
     assert frame_arrays._reformatter() is mine and other[0] is not mine
+
+
+def _x264_shots(path, shots: list[np.ndarray], fps: int = 24):
+    """H.264 mp4 with B-frames whose every shot starts on an IDR frame, as encoders put
+    keyframes at scene cuts."""
+    from fractions import Fraction
+
+    starts, total = set(), 0
+    for shot in shots:
+        starts.add(total)
+        total += len(shot)
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height = shots[0].shape[2], shots[0].shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18", "bframes": "3", "forced-idr": "1", "scenecut": "0"}
+        for i, frame in enumerate(np.concatenate(shots)):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video_frame.pict_type = av.video.frame.PictureType.I if i in starts else av.video.frame.PictureType.NONE
+            container.mux(stream.encode(video_frame))
+        container.mux(stream.encode())
+    return path
+
+
+def _decoded(path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def _shots(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 30, (1, 96, 128, 3), dtype=np.uint8)
+    looks = [("red", "right", (20, 20, 20)), ("blue", "up", (200, 200, 200)), ("yellow", "left", (90, 40, 40))]
+    return [moving_shape_clip(n, 96, 128, color, direction, speed=2, background=bg) + noise
+            for n, (color, direction, bg) in zip(lengths, looks)]
+
+
+def test_scenes_starting_on_keyframes_are_copied_bit_exact(tmp_path):
+    from opensora_core.data.config import ClipsConfig, ScenesConfig
+    from opensora_core.data.scenes import cut_scenes
+
+    video = _x264_shots(tmp_path / "shots.mp4", _shots([30, 26, 34]))
+    source = _decoded(video)
+    cut = cut_scenes(video, tmp_path / "clips", "c", ScenesConfig(min_frames=8))
+    assert [(c.start_frame, c.end_frame) for c in cut.clips] == [(0, 30), (30, 56), (56, 90)]
+    assert all(c.stream_copy for c in cut.clips)
+    for clip in cut.clips:
+        frames = _decoded(tmp_path / "clips" / clip.file)
+        assert len(frames) == clip.num_frames
+        assert all(np.array_equal(a, b) for a, b in zip(frames, source[clip.start_frame : clip.end_frame]))
+    # The same cut re-encoded instead, when copying is switched off: lossy, same frames.
+    again = cut_scenes(video, tmp_path / "encoded", "c", ScenesConfig(min_frames=8), ClipsConfig(stream_copy=False))
+    assert [(c.start_frame, c.end_frame, c.stream_copy) for c in again.clips] == \
+        [(c.start_frame, c.end_frame, False) for c in cut.clips]
+    assert len(_decoded(tmp_path / "encoded" / again.clips[1].file)) == 26
+
+
+def test_pieces_copied_only_when_exact_else_decoded_again_and_encoded(tmp_path, monkeypatch):
+    from opensora_core.data import scenes
+    from opensora_core.data.config import ScenesConfig
+
+    # One long shot split every 20 frames: only the first piece starts on a keyframe, and
+    # with B-frames its packets are one run or not depending on where the split falls.
+    video = _x264_shots(tmp_path / "long.mp4", _shots([70]))
+    source = _decoded(video)
+    for max_frames in (19, 20, 21, 22):
+        cut = scenes.cut_scenes(video, tmp_path / f"clips{max_frames}", "c",
+                                ScenesConfig(min_frames=8, max_frames=max_frames))
+        assert not any(c.stream_copy for c in cut.clips[1:])  # they start mid-GOP
+        for clip in cut.clips:
+            frames = _decoded(tmp_path / f"clips{max_frames}" / clip.file)
+            assert len(frames) == clip.num_frames == clip.end_frame - clip.start_frame
+            error = np.mean([np.abs(a.astype(int) - b.astype(int)).mean()
+                             for a, b in zip(frames, source[clip.start_frame : clip.end_frame])])
+            assert error == 0 if clip.stream_copy else 0 < error < 8
+    # Force the fallback for the first piece: decoded again from its keyframe, encoded.
+    monkeypatch.setattr(scenes._PacketLog, "run", lambda self, pts: None)
+    cut = scenes.cut_scenes(video, tmp_path / "fallback", "c", ScenesConfig(min_frames=8, max_frames=30))
+    assert [(c.start_frame, c.end_frame, c.stream_copy) for c in cut.clips] == \
+        [(0, 30, False), (30, 60, False), (60, 70, False)]
+    first = _decoded(tmp_path / "fallback" / cut.clips[0].file)
+    assert len(first) == 30 and np.mean([np.abs(a.astype(int) - b.astype(int)).mean()
+                                         for a, b in zip(first, source[:30])]) < 8
+
+
+def test_packet_log_finds_runs_and_forgets_what_no_piece_needs():
+    from types import SimpleNamespace
+
+    from opensora_core.data.scenes import _PacketLog
+
+    log = _PacketLog(limit=100)
+    # Decode order I0 P3 B1 B2 I4 P7 B5 B6 (pts = display index).
+    for pts, key in [(0, True), (3, False), (1, False), (2, False), (4, True), (7, False), (5, False), (6, False)]:
+        log.add(SimpleNamespace(pts=pts, is_keyframe=key))
+    assert log.is_keyframe(0) and log.is_keyframe(4) and not log.is_keyframe(3)
+    assert [p.pts for p in log.run([0, 1, 2, 3])] == [0, 3, 1, 2]
+    assert log.run([0, 1, 2]) is None  # B2 needs P3, which is not in the piece
+    assert log.run([1, 2, 3]) is None  # does not start with its first frame's packet
+    assert [p.pts for p in log.run([4, 5, 6, 7])] == [4, 7, 5, 6]
+    for pts in range(8):
+        log.seen(pts)
+    log.keep_from([4, None])
+    assert sorted(log.index_of) == [4, 5, 6, 7] and not log.is_keyframe(0)
+    log.add(SimpleNamespace(pts=5, is_keyframe=False))  # a repeated timestamp: nothing is copied any more
+    assert not log.usable and log.run([4, 5, 6, 7]) is None
+    small = _PacketLog(limit=2)
+    for pts in range(3):
+        small.add(SimpleNamespace(pts=pts, is_keyframe=True))
+    assert not small.usable  # too many packets waiting (frames that never come out)
+
+
+def test_sources_without_clean_keyframes_are_never_copied(tmp_path):
+    from fractions import Fraction
+
+    from opensora_core.data.scenes import cut_scenes
+
+    frames = np.concatenate(_shots([20, 20]))
+    path = tmp_path / "shots.avi"  # AVI: keyframe flags and timestamps are not to be trusted
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=Fraction(24))
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    cut = cut_scenes(path, tmp_path / "clips", "c")
+    assert len(cut.clips) == 2 and not any(c.stream_copy for c in cut.clips)
