@@ -50,7 +50,8 @@ class ScenesConfig(_Strict):
 
 
 class ClipsConfig(_Strict):
-    """How clips are written: re-encoded in mp4 so cuts are frame-accurate (readers
+    """How clips are written: mp4 files holding exactly the frames of their scene piece,
+    copied from the source where that is exact (`stream_copy`), else re-encoded (readers
     decode with PyAV, so any codec it decodes will do).
 
     Encoding is the largest cost of cutting. Measured on the 2-core CPU on 720x528
