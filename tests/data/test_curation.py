@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,20 @@ def test_every_input_lands_in_exactly_one_table(curated):
     assert "min_frames" in reasons["one_frame.mp4"]
     assert "min_resolution" in reasons["tiny.mp4"] and "min_flow" in reasons["static.mp4"]
     assert summary.kept == len(meta) and summary.rejected == len(rejected)
+
+
+def test_mp4_scenes_on_keyframes_are_copied_and_other_sources_encoded(curated):
+    root, _, _ = curated
+    out = Storage(root / "out")
+    copied = {}
+    for key in out.listdir("partitions"):
+        manifest = curate_module.read_manifest(out, key, "clips")
+        if manifest and manifest["clips"] and "stream_copied" in manifest:
+            copied[PurePosixPath(curate_module.read_manifest(out, key, "raw")["path"]).name] = \
+                (manifest["stream_copied"], manifest["clips"])
+    # H.264 mp4 from the synthesiser: each shot starts on a keyframe. MKV is always encoded.
+    assert copied["red left.mp4"] == (1, 1) and copied["odd_size.mkv"] == (0, 1)
+    assert copied["two_scenes.mp4"][0] >= 1  # the first scene starts on the first keyframe
 
 
 def test_meta_has_open_sora_columns_first_and_true_geometry(curated):

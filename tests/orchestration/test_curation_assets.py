@@ -75,6 +75,7 @@ def test_sensor_partitions_assets_and_checks(setup):
     result = _curate_partition(instance, storage, two)
     clip_md = result.asset_materializations_for_node("scene_clips")[0].metadata
     assert clip_md["clips"].value == 2 and clip_md["thumbnail"].value.startswith("![two_scenes")
+    assert 1 <= clip_md["stream_copied"].value <= 2  # the first scene starts on the first keyframe
     # Scored while cutting, and taken as they are by the separate scored_clips step.
     assert "flow" in clip_md["scored_while_cutting"].value
     assert "flow" in result.asset_materializations_for_node("scored_clips")[0].metadata[
