@@ -26,6 +26,7 @@ video length.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import threading
@@ -345,18 +346,31 @@ class _CopySource:
     packets: _PacketLog
 
     def decode_again(self, pts: list[int]):
-        """The frames with timestamps `pts`, decoded again from the keyframe before them."""
+        """The frames with timestamps `pts`, decoded again from the keyframe before them
+        (from the start of the file where seeking fails or lands past the first of them)."""
         wanted, found = set(pts), 0
-        with av.open(str(self.path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            container.seek(pts[0], stream=stream, backward=True)
-            for frame in container.decode(stream):
-                if frame.pts in wanted:
-                    found += 1
-                    yield frame
-                    if found == len(wanted):
-                        return
+        for seek in (True, False):
+            with av.open(str(self.path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                frames = container.decode(stream)
+                if seek:
+                    try:
+                        container.seek(pts[0], stream=stream, backward=True)
+                        first = next(frames, None)
+                    except av.FFmpegError:
+                        continue
+                    if first is None or first.pts is None or first.pts > pts[0]:
+                        continue
+                else:
+                    first = next(frames, None)
+                for frame in itertools.chain([first] if first is not None else [], frames):
+                    if frame.pts in wanted:
+                        found += 1
+                        yield frame
+                        if found == len(wanted):
+                            return
+            break
         raise RuntimeError(f"{self.path}: {len(wanted) - found} frames of a piece did not decode a second time")
 
 

@@ -434,3 +434,30 @@ def test_sources_without_clean_keyframes_are_never_copied(tmp_path):
         container.mux(stream.encode())
     cut = cut_scenes(path, tmp_path / "clips", "c")
     assert len(cut.clips) == 2 and not any(c.stream_copy for c in cut.clips)
+
+
+def test_a_piece_decoded_again_comes_from_the_start_when_seeking_overshoots(tmp_path, monkeypatch):
+    from opensora_core.data.scenes import _CopySource, _PacketLog
+
+    video = _x264_shots(tmp_path / "shots.mp4", _shots([30, 26]))
+    with av.open(str(video)) as container:
+        pts = [f.pts for f in container.decode(video=0)]
+    source = _CopySource(video, None, _PacketLog(limit=8))
+    assert [f.pts for f in source.decode_again(pts[30:40])] == pts[30:40]
+    # A demuxer whose seek lands past the piece: decoded from the start instead.
+    seek, seeks = av.container.InputContainer.seek, []
+
+    opened, open_ = [], av.open
+    monkeypatch.setattr(av, "open", lambda *args, **kwargs: opened.append(1) or open_(*args, **kwargs))
+    for to_last_frame in (True, False):  # lands on the last frame / fails (no keyframe after it)
+
+        def overshooting(self, offset, stream=None, to_last_frame=to_last_frame, **kwargs):
+            seeks.append(offset)
+            return seek(self, pts[-1], stream=stream, backward=to_last_frame, any_frame=to_last_frame)
+
+        monkeypatch.setattr(av.container.InputContainer, "seek", overshooting)
+        opened.clear()
+        assert [f.pts for f in source.decode_again(pts[30:40])] == pts[30:40]
+        assert seeks[-1] == pts[30] and len(opened) == 2  # the second time without seeking
+    with pytest.raises(RuntimeError, match="did not decode a second time"):
+        list(source.decode_again([pts[5], 10**9]))
