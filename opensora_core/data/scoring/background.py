@@ -65,16 +65,22 @@ class BackgroundScorer:
 
     @staticmethod
     def _prepare(scorer: Scorer) -> tuple[dict[str, dict], dict[str, str]]:
-        try:
+        def load() -> dict:
             scorer.prepare()
-        except Exception as err:  # noqa: BLE001 - reported; scored_clips scores it by decoding
-            return {}, {scorer.name: f"{type(err).__name__}: {err}"}
-        return {}, {}
+            return {}
+
+        return BackgroundScorer._reported(scorer, load)
 
     @staticmethod
     def _score(scorer: Scorer, batch: list[ClipSamples]) -> tuple[dict[str, dict], dict[str, str]]:
+        return BackgroundScorer._reported(
+            scorer, lambda: {s.clip_id: values for s, values in zip(batch, scorer.score(batch), strict=True)})
+
+    @staticmethod
+    def _reported(scorer: Scorer, work) -> tuple[dict[str, dict], dict[str, str]]:
+        """(clip id -> columns, {}) from `work`, or ({}, {scorer name: error}) when it fails."""
         try:
-            return {s.clip_id: values for s, values in zip(batch, scorer.score(batch), strict=True)}, {}
+            return work(), {}
         except Exception as err:  # noqa: BLE001 - reported; scored_clips scores it by decoding
             return {}, {scorer.name: f"{type(err).__name__}: {err}"}
 

@@ -163,11 +163,11 @@ def library_engine(tessdata: Path, lang: str) -> Iterator:
             _IDLE_ENGINES[key].append(engine)
 
 
-def _read_library(image: np.ndarray, config: OCRConfig) -> list[Word]:
+def _read_library(image: np.ndarray, config: OCRConfig, tessdata: Path) -> list[Word]:
     tesserocr = _import_tesserocr()
     level = tesserocr.RIL.WORD
     words: list[Word] = []
-    with library_engine(find_tessdata(config.lang, config.tessdata), config.lang) as engine:
+    with library_engine(tessdata, config.lang) as engine:
         height, width = image.shape
         engine.SetImageBytes(image.tobytes(), width, height, 1, width)
         engine.Recognize()  # without the GIL
@@ -198,7 +198,7 @@ def _read_cli(image: np.ndarray, config: OCRConfig) -> list[Word]:
 # --------------------------------------------------------------------------------------
 
 
-def _prepare(frame: np.ndarray, max_size: int) -> np.ndarray:
+def _ocr_image(frame: np.ndarray, max_size: int) -> np.ndarray:
     image = gray(frame)
     h, w = image.shape
     scale = min(1.0, max_size / max(h, w))
@@ -207,15 +207,20 @@ def _prepare(frame: np.ndarray, max_size: int) -> np.ndarray:
     return image
 
 
-def text_coverage(frames: list[np.ndarray], config: OCRConfig, backend: str | None = None) -> list[float]:
+def text_coverage(frames: list[np.ndarray], config: OCRConfig, backend: str | None = None,
+                  tessdata: Path | None = None) -> list[float]:
     """Fraction of each frame's (RGB or luma) area covered by confident word boxes;
-    `backend` as :func:`choose_backend` picks it when not given."""
+    `backend` as :func:`choose_backend` picks it and `tessdata` as :func:`find_tessdata`
+    finds it when not given."""
     if backend is None:
         backend, missing = choose_backend(config)
         if backend is None:
             raise RuntimeError(missing)
-    read = _read_library if backend == "library" else _read_cli
-    grays = [_prepare(f, config.max_size) for f in frames]
+    if backend == "library":
+        read = functools.partial(_read_library, tessdata=tessdata or find_tessdata(config.lang, config.tessdata))
+    else:
+        read = _read_cli
+    grays = [_ocr_image(f, config.max_size) for f in frames]
     coverage: list[float] = []
     for start in range(0, len(grays), MAX_FRAMES_PER_CALL):
         chunk = grays[start : start + MAX_FRAMES_PER_CALL]
@@ -248,6 +253,7 @@ class OCRScorer(Scorer):
     def __init__(self, config: OCRConfig) -> None:
         self.config = config
         self.backend, self._missing = choose_backend(config)
+        self.tessdata = find_tessdata(config.lang, config.tessdata) if self.backend == "library" else None
         self.version = f"tesseract-coverage-1-{self.backend}"
         # The binary's start-up costs about as much as reading a frame: give it many
         # clips per call. The library has no cost per call: each clip as it ends.
@@ -263,7 +269,7 @@ class OCRScorer(Scorer):
         """Load the library's model ahead of the first batch (on the scoring thread,
         while the video is still being decoded)."""
         if self.backend == "library":
-            with library_engine(find_tessdata(self.config.lang, self.config.tessdata), self.config.lang):
+            with library_engine(self.tessdata, self.config.lang):
                 pass
 
     def positions(self, num_frames: int) -> set[int]:
@@ -271,7 +277,7 @@ class OCRScorer(Scorer):
 
     def score(self, batch: list[ClipSamples]) -> list[dict]:
         frames, owners = spread_frames(batch, self.config.samples)
-        coverage = text_coverage(frames, self.config, self.backend) if frames else []
+        coverage = text_coverage(frames, self.config, self.backend, self.tessdata) if frames else []
         per_clip: list[list[float]] = [[] for _ in batch]
         for owner, value in zip(owners, coverage):
             per_clip[owner].append(value)
