@@ -26,10 +26,13 @@ video length.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import logging
 import os
 import queue
 import threading
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,12 +50,20 @@ from opensora_core.data.frame_arrays import frame_array
 from opensora_core.data.scoring.base import ClipSamples, frame_luma, full_range, plane_view
 from opensora_core.utils.atomic import atomic_path
 
+log = logging.getLogger(__name__)
+
 THUMBNAIL_WIDTH = 160
 ENCODE_QUEUE = 16  # frames waiting for the encoder thread at most
 # Containers whose keyframe flags are clean random-access points (ISO BMFF sync samples)
 # and whose packets carry presentation timestamps; codecs mp4 can hold.
 COPY_FORMATS = {"mov", "mp4"}
 COPY_CODECS = {"h264", "hevc", "mpeg4", "av1"}
+# Containers whose n-th packet carries the n-th frame (AVI: one chunk per frame, N-VOPs
+# included) but whose keyframe flags and timestamps cannot be trusted: a piece starting
+# on a flagged packet is copied by position into the same container, any codec, and kept
+# only when decoding the copy gives the frames the source gave (see `frame_signature`).
+POSITION_COPY_FORMATS = {"avi"}
+SIGNATURE_GRID = (4, 3)  # rows, columns: the pixels of every plane that a frame signature reads
 
 
 @dataclass
@@ -308,44 +319,184 @@ class _PacketLog:
         self.unseen.clear()
 
 
+class _PositionLog:
+    """The source's packets by position, for containers whose n-th packet carries the
+    n-th frame (`POSITION_COPY_FORMATS`): kept from the oldest frame that may start or
+    belong to a piece to copy, and every packet whose frame has not come out of the
+    decoder yet. Unusable (nothing is copied from this video) once too many wait."""
+
+    def __init__(self, limit: int) -> None:
+        self.packets: dict[int, av.Packet] = {}
+        self.next = 0  # position of the next packet
+        self.oldest = 0  # no packet before this position is kept
+        self.output = 0  # frames out of the decoder so far
+        self.limit = limit
+        self.usable = True
+
+    def add(self, packet: av.Packet) -> None:
+        if not self.usable:
+            return
+        if len(self.packets) >= self.limit:
+            self.usable = False
+            self.packets.clear()
+            return
+        self.packets[self.next] = packet
+        self.next += 1
+
+    def seen(self, index: int) -> None:
+        self.output = max(self.output, index + 1)
+
+    def is_keyframe(self, index: int) -> bool:
+        return self.usable and index in self.packets and self.packets[index].is_keyframe
+
+    def run(self, indices: list[int]) -> list[av.Packet] | None:
+        """The packets at the positions of frames `indices` (consecutive)."""
+        if not self.usable or any(i not in self.packets for i in indices):
+            return None
+        return [self.packets[i] for i in indices]
+
+    def keep_from(self, indices: list[int | None]) -> None:
+        """Forget packets before the frames `indices` and before any frame not yet output."""
+        floor = min([i for i in indices if i is not None], default=self.output)
+        while self.oldest < min(floor, self.output):
+            self.packets.pop(self.oldest, None)
+            self.oldest += 1
+
+
+def frame_signature(frame: av.VideoFrame) -> int:
+    """A checksum of a decoded frame: CRC-32 of every plane's bytes on a grid of every
+    4th row and 3rd byte (~1/12 of the pixels, a few microseconds a frame at 720x528).
+    Decoders are bit-exact, so the same packets give the same signature; a frame decoded
+    without its references (a copy that does not start on a clean random-access point)
+    or a frame that moved to another position differs across its whole picture."""
+    rows, columns = SIGNATURE_GRID
+    crc = zlib.crc32(f"{frame.format.name} {frame.width}x{frame.height}".encode())
+    for index, plane in enumerate(frame.planes):
+        size = sum((c.bits + 7) // 8 for c in frame.format.components if c.plane == index) or 1
+        data = np.frombuffer(plane, np.uint8)[: plane.height * plane.line_size].reshape(plane.height, plane.line_size)
+        crc = zlib.crc32(np.ascontiguousarray(data[::rows, : min(plane.width * size, plane.line_size) : columns]), crc)
+    return crc
+
+
+def _decoded_signatures(path: Path) -> list[int]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1  # on the encoder thread, beside decoding and scoring
+        return [frame_signature(frame) for frame in container.decode(stream)]
+
+
 class _CopyWriter:
     """A clip written from the source's packets (on the `_EncodeThread`, in order with
-    the encoded clips), timestamps shifted to start at zero; renamed once complete."""
+    the encoded clips), timestamps shifted to start at zero; renamed once complete.
 
-    stream_copy = True
+    For a source copied by position (`_CopySource.by_position`) the copy is decoded and
+    kept only when it gives the frames of the piece (`signatures`, one per frame, from
+    the first decode); otherwise, or when the container refuses the packets, the piece
+    is decoded again from the source and encoded (`reencode`), and the source copies
+    nothing more (its packets evidently do not map to frames one to one)."""
 
-    def __init__(self, path: Path, template: av.video.stream.VideoStream, packets: list[av.Packet], start_pts: int,
-                 height: int, width: int, encoder: _EncodeThread) -> None:
+    def __init__(self, path: Path, source: _CopySource, packets: list[av.Packet], start: int,
+                 height: int, width: int, encoder: _EncodeThread, signatures: list[int] | None = None,
+                 reencode: Callable[[], _ClipWriter] | None = None) -> None:
         self.path = path
         self.tmp = path.with_name(f".{path.name}.tmp")
         self.count, self.height, self.width = len(packets), height, width
-        encoder.submit(self._write, template, packets, start_pts)
+        self.stream_copy = True
+        self.source, self.signatures, self.reencode = source, signatures, reencode
+        self.fallback: _ClipWriter | None = None
+        encoder.submit(self._write, packets, start)
 
-    def _write(self, template: av.video.stream.VideoStream, packets: list[av.Packet], start_pts: int) -> None:
-        with av.open(str(self.tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream_from_template(template)
+    def _write(self, packets: list[av.Packet], start: int) -> None:
+        if self.signatures is None:
+            self._mux(packets, start)
+            os.replace(self.tmp, self.path)
+            return
+        try:
+            self._mux(packets, start)
+            decoded = _decoded_signatures(self.tmp)
+            problem = None
+            if len(decoded) != len(self.signatures):
+                problem = f"the copy decodes to {len(decoded)} frames, not {len(self.signatures)}"
+            elif decoded != self.signatures:
+                first = next(i for i, (a, b) in enumerate(zip(decoded, self.signatures, strict=True)) if a != b)
+                problem = f"frame {first} of the copy differs from the source's"
+        except av.FFmpegError as err:
+            problem = f"the copy could not be written or read: {err}"
+        if problem is None:
+            os.replace(self.tmp, self.path)
+            return
+        self.tmp.unlink(missing_ok=True)
+        self.source.exact = False
+        log.info("%s: %s; decoded again and encoded, and nothing more copied from %s",
+                 self.path.name, problem, self.source.path.name)
+        self.fallback = self.reencode()
+        self.path, self.stream_copy = self.fallback.path, False
+        self.height, self.width = self.fallback.height, self.fallback.width
+
+    def _mux(self, packets: list[av.Packet], start: int) -> None:
+        with av.open(str(self.tmp), mode="w", format=self.source.muxer) as container:
+            stream = container.add_stream_from_template(self.source.stream)
             for packet in packets:
-                packet.pts -= start_pts
+                if packet.pts is not None:
+                    packet.pts -= start
                 if packet.dts is not None:
-                    packet.dts -= start_pts
+                    packet.dts -= start
                 packet.stream = stream
                 container.mux(packet)
-        os.replace(self.tmp, self.path)
 
     def discard(self) -> None:
         self.tmp.unlink(missing_ok=True)
+        if self.fallback is not None:
+            self.fallback.discard()
 
 
 @dataclass
 class _CopySource:
     """What copying needs of the source: its path (to decode a piece again when it
-    cannot be copied), its video stream and the packet log."""
+    cannot be copied), its video stream, the packet log, and how pieces map to packets:
+    by timestamp (mp4/mov) or by position (`POSITION_COPY_FORMATS`, copies verified)."""
 
     path: Path
     stream: av.video.stream.VideoStream
-    packets: _PacketLog
+    packets: _PacketLog | _PositionLog
+    by_position: bool = False
+    exact: bool = True  # false once a copy by position did not decode to its piece
 
-    def decode_again(self, pts: list[int]):
+    @property
+    def muxer(self) -> str:
+        return "avi" if self.by_position else "mp4"
+
+    def key(self, index: int, frame: av.VideoFrame) -> int | None:
+        """What identifies a frame's packet: its position or its timestamp."""
+        return index if self.by_position else frame.pts
+
+    def starts_copy(self, key: int | None) -> bool:
+        return self.exact and self.packets.is_keyframe(key)
+
+    def decode_again(self, keys: list[int]):
+        """The frames `keys` (timestamps, or positions for a source copied by position),
+        decoded again."""
+        if self.by_position:
+            yield from self._decode_positions(keys[0], keys[-1] + 1)
+        else:
+            yield from self._decode_timestamps(keys)
+
+    def _decode_positions(self, start: int, end: int):
+        """Frames `start` to `end` (exclusive), decoded from the start of the file (where
+        timestamps cannot be trusted, neither can seeking)."""
+        found = 0
+        with av.open(str(self.path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for index, frame in enumerate(container.decode(stream)):
+                if index >= start:
+                    found += 1
+                    yield frame
+                    if index + 1 >= end:
+                        return
+        raise RuntimeError(f"{self.path}: {end - start - found} frames of a piece did not decode a second time")
+
+    def _decode_timestamps(self, pts: list[int]):
         """The frames with timestamps `pts`, decoded again from the keyframe before them
         (from the start of the file where seeking fails or lands past the first of them)."""
         wanted, found = set(pts), 0
@@ -377,9 +528,11 @@ class _CopySource:
 class _Cutter:
     """Routes frames into scene pieces: buffers the first `min_frames` of a piece (a
     shorter piece costs no encoding), then encodes the rest as it arrives. A piece that
-    starts on a keyframe of a copyable source (`source`) only notes its frames'
-    timestamps and is copied when it ends. With a sampler, keeps every frame's luma
-    until the piece ends."""
+    starts on a keyframe of a copyable source (`source`) only notes its frames' keys
+    (and signatures, where the copy is to be verified) and is copied when it ends. With
+    a sampler, keeps every frame's luma until the piece ends. A clip's file, size and
+    whether it was copied are final once `finish` returns (a copy that fails its
+    verification is encoded instead)."""
 
     def __init__(self, out_dir: Path, prefix: str, rate: Fraction, scenes: ScenesConfig, clips: ClipsConfig,
                  result: SceneCut, sampler: Sampler | None = None, source: _CopySource | None = None) -> None:
@@ -391,25 +544,30 @@ class _Cutter:
         self.scene_start = 0
         self.piece_start = 0
         self.buffer: list[av.VideoFrame] = []
-        self.copy_pts: list[int] | None = None  # the current piece's timestamps, while it is to be copied
+        self.copy_keys: list[int] | None = None  # the current piece's frame keys, while it is to be copied
+        self.copy_signatures: list[int] | None = None  # their frame signatures, for a copy to verify
         self.copy_size = (0, 0)
         self.lumas: list[tuple[np.ndarray, bool]] = []  # the current piece's, with a sampler
         self.writer: _ClipWriter | None = None
         self.writers: list[_ClipWriter | _CopyWriter] = []
+        self.written: list[tuple[Clip, _ClipWriter | _CopyWriter]] = []
         self.encoder = _EncodeThread()
         self.thumbnail: np.ndarray | None = None
 
     def add(self, index: int, frame: av.VideoFrame, luma: tuple[np.ndarray, bool] | None = None) -> None:
         if luma is not None:
             self.lumas.append(luma)
-        if self.writer is None and self.copy_pts is None and not self.buffer:  # a piece starts
+        if self.writer is None and self.copy_keys is None and not self.buffer:  # a piece starts
             self.piece_start = index
-            if self.source is not None and self.source.packets.is_keyframe(frame.pts):
-                self.copy_pts = []
+            if self.source is not None and self.source.starts_copy(self.source.key(index, frame)):
+                self.copy_keys = []
+                self.copy_signatures = [] if self.source.by_position else None
                 self.copy_size = (frame.height, frame.width)
                 self.thumbnail = frame_array(frame)
-        if self.copy_pts is not None:
-            self.copy_pts.append(frame.pts)
+        if self.copy_keys is not None:
+            self.copy_keys.append(self.source.key(index, frame))
+            if self.copy_signatures is not None:
+                self.copy_signatures.append(frame_signature(frame))
         elif self.writer is None:
             self.buffer.append(frame)
             if len(self.buffer) >= self.scenes_cfg.min_frames:
@@ -426,12 +584,12 @@ class _Cutter:
         self.scene_start = end
 
     def _piece_length(self) -> int:
-        if self.copy_pts is not None:
-            return len(self.copy_pts)
+        if self.copy_keys is not None:
+            return len(self.copy_keys)
         return self.writer.count if self.writer is not None else len(self.buffer)
 
-    def _clip_path(self) -> Path:
-        return self.out_dir / f"{self.prefix}-{len(self.result.clips):04d}.mp4"
+    def _clip_path(self, suffix: str = ".mp4") -> Path:
+        return self.out_dir / f"{self.prefix}-{len(self.result.clips):04d}{suffix}"
 
     def _open(self, frame: av.VideoFrame) -> None:
         self.thumbnail = frame_array(self.buffer[0])
@@ -442,33 +600,53 @@ class _Cutter:
             self.writer.write(buffered)
         self.buffer = []
 
-    def _copy(self, pts: list[int]) -> _ClipWriter | _CopyWriter:
-        """Copy the piece with timestamps `pts`; when its packets are not one run,
-        decode it again from its keyframe and encode it."""
-        packets = self.source.packets.run(pts)
+    def _copy(self, keys: list[int], signatures: list[int] | None) -> _ClipWriter | _CopyWriter:
+        """Copy the piece with frame keys `keys`; when its packets are not one run,
+        decode it again and encode it."""
+        packets = self.source.packets.run(keys)
+        height, width = self.copy_size
         if packets is not None:
-            writer = _CopyWriter(self._clip_path(), self.source.stream, packets, pts[0], *self.copy_size,
-                                 self.encoder)
+            if self.source.by_position:  # shift to the first packet's decode time
+                start = next((t for t in (packets[0].dts, packets[0].pts) if t is not None), 0)
+            else:
+                start = keys[0]
+            reencode = None if signatures is None else functools.partial(
+                self._encode_again, self._clip_path(), keys, height, width)
+            writer = _CopyWriter(self._clip_path(f".{self.source.muxer}"), self.source, packets, start, height, width,
+                                 self.encoder, signatures, reencode)
             self.writers.append(writer)
             return writer
-        height, width = self.copy_size
         writer = _ClipWriter(self._clip_path(), width, height, self.rate, self.clips_cfg, self.encoder)
         self.writers.append(writer)
-        for frame in self.source.decode_again(pts):
+        for frame in self.source.decode_again(keys):
             writer.write(frame)
         writer.close(keep=True)
         return writer
 
+    def _encode_again(self, path: Path, keys: list[int], height: int, width: int) -> _ClipWriter:
+        """On the encoder thread: the piece `keys` decoded again and encoded into `path`."""
+        writer = _ClipWriter(path, width, height, self.rate, self.clips_cfg, self.encoder)
+        try:
+            for count, frame in enumerate(self.source.decode_again(keys)):
+                writer._encode(frame, count)
+            writer.count = len(keys)
+            writer._close(keep=True)
+        except BaseException:
+            writer.discard()
+            raise
+        return writer
+
     def _close_piece(self, end: int) -> None:
         lumas, self.lumas = self.lumas, []
-        pts, self.copy_pts = self.copy_pts, None
-        if pts is not None and len(pts) >= self.scenes_cfg.min_frames:
-            writer = self._copy(pts)
-        elif pts is None and self.writer is not None:
+        keys, self.copy_keys = self.copy_keys, None
+        signatures, self.copy_signatures = self.copy_signatures, None
+        if keys is not None and len(keys) >= self.scenes_cfg.min_frames:
+            writer = self._copy(keys, signatures)
+        elif keys is None and self.writer is not None:
             writer, self.writer = self.writer, None
             writer.close(keep=True)
         else:  # too short: no clip
-            length = len(pts) if pts is not None else len(self.buffer)
+            length = len(keys) if keys is not None else len(self.buffer)
             if length:
                 self.result.dropped.append({
                     "scene": self.scene_index, "start_frame": self.piece_start, "end_frame": end,
@@ -485,11 +663,12 @@ class _Cutter:
         with atomic_path(self.out_dir / f"{name}.jpg") as tmp:
             tmp.write_bytes(jpeg.tobytes())
         clip = Clip(
-            clip_id=name, file=f"{name}.mp4", scene=self.scene_index, start_frame=end - writer.count,
+            clip_id=name, file=writer.path.name, scene=self.scene_index, start_frame=end - writer.count,
             end_frame=end, num_frames=writer.count, height=writer.height, width=writer.width,
             fps=float(self.rate), thumbnail=f"{name}.jpg", stream_copy=writer.stream_copy,
         )
         self.result.clips.append(clip)
+        self.written.append((clip, writer))
         if self.sampler is not None:
             # The piece's lumas are its last `count` frames (the buffered ones included).
             lumas = lumas[len(lumas) - clip.num_frames :]
@@ -498,12 +677,16 @@ class _Cutter:
             self.sampler.take(clip, samples)
 
     def oldest_needed(self) -> int | None:
-        """The timestamp from which the current piece may still be copied."""
-        return self.copy_pts[0] if self.copy_pts else None
+        """The key of the frame from which the current piece may still be copied."""
+        return self.copy_keys[0] if self.copy_keys else None
 
     def finish(self) -> None:
-        """Wait until every clip file is written."""
+        """Wait until every clip file is written; each clip then names what its writer
+        ended with."""
         self.encoder.finish()
+        for clip, writer in self.written:
+            clip.file, clip.stream_copy = writer.path.name, writer.stream_copy
+            clip.height, clip.width = writer.height, writer.width
 
     def abort(self) -> None:
         with contextlib.suppress(BaseException):  # the original error is the one to report
@@ -542,9 +725,11 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
         )
         lag = detector.event_buffer_length
         source = None
-        if (clips.stream_copy and COPY_FORMATS & set(container.format.name.split(","))
-                and stream.codec_context.name in COPY_CODECS):
-            source = _CopySource(Path(video), stream, _PacketLog(limit=2 * scenes.max_frames + 64))
+        formats, limit = set(container.format.name.split(",")), 2 * scenes.max_frames + 64
+        if clips.stream_copy and formats & COPY_FORMATS and stream.codec_context.name in COPY_CODECS:
+            source = _CopySource(Path(video), stream, _PacketLog(limit))
+        elif clips.stream_copy and formats & POSITION_COPY_FORMATS:
+            source = _CopySource(Path(video), stream, _PositionLog(limit), by_position=True)
         packets = source.packets if source is not None else None
         cutter = _Cutter(out_dir, prefix, rate, scenes, clips, result, sampler, source)
         pending: deque[tuple] = deque()
@@ -578,8 +763,9 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
                         while pending and pending[0][0] <= index - lag:
                             cutter.add(*pending.popleft())
                         if packets is not None:
-                            packets.seen(frame.pts)
-                            packets.keep_from([cutter.oldest_needed(), pending[0][1].pts if pending else None])
+                            packets.seen(source.key(index, frame))
+                            packets.keep_from([cutter.oldest_needed(),
+                                               source.key(*pending[0][:2]) if pending else None])
             except (av.FFmpegError, OSError) as err:
                 result.decode_error = f"decoding stopped after frame {index + 1}: {err}"
             result.decoded_frames = index + 1

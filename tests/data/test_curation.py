@@ -188,8 +188,12 @@ def test_megamind_has_four_scenes_matching_pyscenedetect(videos_dir, tmp_path):
     ours = [start for start, _ in cut.scenes]
     # PySceneDetect numbers frames from the first packet's timestamp; cuts agree to that offset.
     assert np.allclose(np.diff(ours), np.diff(theirs), atol=1)
+    # Each scene starts on an I-frame: copied from the AVI, and its copy is the source's frames.
+    source = read_frames(videos_dir / "Megamind.avi", 1000)
+    assert [(c.file[-4:], c.stream_copy) for c in cut.clips] == [(".avi", True)] * 4
     for clip in cut.clips:
-        assert len(read_frames(tmp_path / clip.file, 1000)) == clip.num_frames
+        frames = read_frames(tmp_path / clip.file, 1000)
+        assert len(frames) == clip.num_frames and np.array_equal(frames, source[clip.start_frame : clip.end_frame])
 
 
 @pytest.mark.real_video

@@ -419,21 +419,132 @@ def test_packet_log_finds_runs_and_forgets_what_no_piece_needs():
     assert not small.usable  # too many packets waiting (frames that never come out)
 
 
-def test_sources_without_clean_keyframes_are_never_copied(tmp_path):
+def _avi_shots(path, shots: list[np.ndarray], keyframes: set[int] | None = None, flag: set[int] = frozenset(),
+               codec: str = "mpeg4"):
+    """AVI of `shots` (no B-frames) with I-frames at `keyframes` (default: where each
+    shot starts) and nowhere else; the packets at `flag` are marked keyframes although
+    they are not, as damaged or careless AVI writers do (the demuxer re-derives MPEG-4's
+    flags from the bitstream, not MS-MPEG-4's)."""
     from fractions import Fraction
 
+    frames = np.concatenate(shots)
+    if keyframes is None:
+        keyframes = set(np.cumsum([0] + [len(s) for s in shots[:-1]]).tolist())
+    packets = []
+    encoder = av.CodecContext.create(codec, "w")
+    encoder.width, encoder.height, encoder.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    encoder.time_base, encoder.gop_size = Fraction(1, 24), 10**4
+    encoder.options = {"sc_threshold": "1000000000"}  # no I-frames of its own choosing at the cuts
+    for i, frame in enumerate(frames):
+        video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        video_frame.pts = i
+        video_frame.pict_type = av.video.frame.PictureType.I if i in keyframes else av.video.frame.PictureType.P
+        packets += encoder.encode(video_frame)
+    packets += encoder.encode(None)
+    with av.open(str(path), mode="w", format="avi") as container:
+        stream = container.add_stream(codec, rate=Fraction(24))
+        stream.width, stream.height, stream.pix_fmt = encoder.width, encoder.height, "yuv420p"
+        for i, packet in enumerate(packets):
+            packet.is_keyframe = packet.is_keyframe or i in flag
+            packet.stream = stream
+            container.mux(packet)
+    return path
+
+
+def test_avi_pieces_are_copied_by_position_when_the_copy_decodes_to_them(tmp_path):
+    from opensora_core.data.config import ClipsConfig, ScenesConfig
     from opensora_core.data.scenes import cut_scenes
 
-    frames = np.concatenate(_shots([20, 20]))
-    path = tmp_path / "shots.avi"  # AVI: keyframe flags and timestamps are not to be trusted
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=Fraction(24))
-        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    cut = cut_scenes(path, tmp_path / "clips", "c")
-    assert len(cut.clips) == 2 and not any(c.stream_copy for c in cut.clips)
+    video = _avi_shots(tmp_path / "shots.avi", _shots([30, 26, 34]), keyframes={0, 30, 42, 56})
+    source = _decoded(video)
+    cut = cut_scenes(video, tmp_path / "clips", "c", ScenesConfig(min_frames=8))
+    assert [(c.start_frame, c.end_frame, c.stream_copy) for c in cut.clips] == \
+        [(0, 30, True), (30, 56, True), (56, 90, True)]
+    assert [c.file for c in cut.clips] == ["c-0000.avi", "c-0001.avi", "c-0002.avi"]
+    for clip in cut.clips:
+        frames = _decoded(tmp_path / "clips" / clip.file)
+        assert len(frames) == clip.num_frames
+        assert all(np.array_equal(a, b) for a, b in zip(frames, source[clip.start_frame : clip.end_frame]))
+    # Scenes split every 20 frames: pieces starting on no keyframe are encoded (50-56 is too short).
+    split = cut_scenes(video, tmp_path / "split", "c", ScenesConfig(min_frames=8, max_frames=20))
+    assert [(c.start_frame, c.end_frame, c.stream_copy) for c in split.clips] == \
+        [(0, 20, True), (20, 30, False), (30, 50, True), (56, 76, True), (76, 90, False)]
+    assert [c.file[-4:] for c in split.clips] == [".avi", ".mp4", ".avi", ".avi", ".mp4"]
+    encoded = _decoded(tmp_path / "split" / split.clips[1].file)
+    assert len(encoded) == 10
+    assert np.mean([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(encoded, source[20:30])]) < 8
+    assert sorted(p.name for p in (tmp_path / "split").iterdir() if p.suffix != ".jpg") == \
+        sorted(c.file for c in split.clips)
+
+
+def test_an_avi_copy_that_does_not_decode_to_its_piece_is_encoded_instead(tmp_path, caplog):
+    from opensora_core.data.config import ScenesConfig
+    from opensora_core.data.scenes import cut_scenes
+
+    # One shot split every 20 frames; the P-frames at 20 and 40 are flagged as keyframes:
+    # copied, those pieces decode without their reference frames. Each is encoded from the
+    # source instead (once one copy failed, the video's later pieces are not even tried).
+    # (A P-frame that opens a shot is mostly intra-coded and may well pass: then the copy is exact.)
+    video = _avi_shots(tmp_path / "lying.avi", _shots([60]), keyframes={0}, flag={20, 40}, codec="msmpeg4v2")
+    source = _decoded(video)
+    with caplog.at_level("INFO", logger="opensora_core.data.scenes"):
+        cut = cut_scenes(video, tmp_path / "clips", "c", ScenesConfig(min_frames=8, max_frames=20))
+    assert [(c.start_frame, c.end_frame, c.stream_copy, c.file) for c in cut.clips] == \
+        [(0, 20, True, "c-0000.avi"), (20, 40, False, "c-0001.mp4"), (40, 60, False, "c-0002.mp4")]
+    assert "c-0001.avi: frame 0 of the copy differs from the source's" in caplog.text
+    second = _decoded(tmp_path / "clips" / "c-0001.mp4")
+    assert len(second) == 20
+    assert np.mean([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(second, source[20:40])]) < 8
+    assert sorted(p.name for p in (tmp_path / "clips").iterdir() if p.suffix != ".jpg") == \
+        ["c-0000.avi", "c-0001.mp4", "c-0002.mp4"]
+
+
+def test_an_avi_copy_with_frames_missing_is_encoded_instead(tmp_path, monkeypatch):
+    from opensora_core.data import scenes
+
+    video = _avi_shots(tmp_path / "shots.avi", _shots([30, 26]))
+    real = scenes._decoded_signatures
+    monkeypatch.setattr(scenes, "_decoded_signatures", lambda path: real(path)[:-1])
+    cut = scenes.cut_scenes(video, tmp_path / "clips", "c", scenes.ScenesConfig(min_frames=8))
+    assert [(c.num_frames, c.stream_copy) for c in cut.clips] == [(30, False), (26, False)]
+    assert [len(_decoded(tmp_path / "clips" / c.file)) for c in cut.clips] == [30, 26]
+
+
+def test_frame_signature_reads_pixels_not_row_padding(tmp_path):
+    from opensora_core.data.scenes import frame_signature
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)  # rows of 60 px are padded in the buffer
+    for fmt in ("rgb24", "yuv420p", "gray"):
+        frame = av.VideoFrame.from_ndarray(pixels, format="rgb24").reformat(format=fmt)
+        again = av.VideoFrame.from_ndarray(frame.to_ndarray(), format=fmt)
+        assert frame_signature(frame) == frame_signature(again), fmt
+        changed = pixels.copy()
+        changed[8, 3] = 255 - changed[8, 3]  # a pixel on the signature's grid
+        other = av.VideoFrame.from_ndarray(changed, format="rgb24").reformat(format=fmt)
+        assert frame_signature(other) != frame_signature(frame), fmt
+        assert frame.planes[0].line_size > frame.planes[0].width or fmt != "gray"
+    small = av.VideoFrame.from_ndarray(pixels[:, :58], format="rgb24")
+    assert frame_signature(small) != frame_signature(av.VideoFrame.from_ndarray(pixels, format="rgb24"))
+
+
+def test_position_log_keeps_what_a_piece_or_the_decoder_still_needs():
+    from types import SimpleNamespace
+
+    from opensora_core.data.scenes import _PositionLog
+
+    log = _PositionLog(limit=10)
+    for i in range(6):
+        log.add(SimpleNamespace(is_keyframe=i in (0, 3)))
+    assert log.is_keyframe(0) and log.is_keyframe(3) and not log.is_keyframe(1) and not log.is_keyframe(9)
+    log.seen(3)  # frames 0-3 out; packets 4 and 5 wait in the decoder
+    log.keep_from([None, 2])
+    assert sorted(log.packets) == [2, 3, 4, 5] and log.run([1, 2]) is None and len(log.run([2, 3, 4])) == 3
+    log.keep_from([None, None])
+    assert sorted(log.packets) == [4, 5]  # nothing before the first frame not yet out
+    for _ in range(9):
+        log.add(SimpleNamespace(is_keyframe=True))
+    assert not log.usable and not log.is_keyframe(4) and log.run([4]) is None
 
 
 def test_a_piece_decoded_again_comes_from_the_start_when_seeking_overshoots(tmp_path, monkeypatch):
