@@ -452,7 +452,7 @@ def _avi_shots(path, shots: list[np.ndarray], keyframes: set[int] | None = None,
 
 
 def test_avi_pieces_are_copied_by_position_when_the_copy_decodes_to_them(tmp_path):
-    from opensora_core.data.config import ClipsConfig, ScenesConfig
+    from opensora_core.data.config import ScenesConfig
     from opensora_core.data.scenes import cut_scenes
 
     video = _avi_shots(tmp_path / "shots.avi", _shots([30, 26, 34]), keyframes={0, 30, 42, 56})
@@ -520,7 +520,7 @@ def test_frame_signature_reads_pixels_not_row_padding(tmp_path):
         again = av.VideoFrame.from_ndarray(frame.to_ndarray(), format=fmt)
         assert frame_signature(frame) == frame_signature(again), fmt
         changed = pixels.copy()
-        changed[8, 3] = 255 - changed[8, 3]  # a pixel on the signature's grid
+        changed[8, 3] = 255 - changed[8, 3]  # a pixel on a row the signature reads
         other = av.VideoFrame.from_ndarray(changed, format="rgb24").reformat(format=fmt)
         assert frame_signature(other) != frame_signature(frame), fmt
         assert frame.planes[0].line_size > frame.planes[0].width or fmt != "gray"
