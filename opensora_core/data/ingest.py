@@ -164,22 +164,21 @@ def probe_video(local: Path, probe: Probe) -> Probe:
         elif container.duration:
             probe.duration = container.duration / av.time_base
         # Counting packets is a demux, no decode: cheap, and it exposes truncated files
-        # whose header still claims the full length.
-        packets = 0
+        # whose header still claims the full length. The first frame (its true size and
+        # rotation) is decoded on the way, from the first packets, in the same pass.
+        packets, first, error = 0, None, None
         try:
             for packet in container.demux(stream):
                 if packet.size:
                     packets += 1
+                if first is None and error is None:  # the last, empty packet drains the decoder
+                    try:
+                        first = next(iter(packet.decode()), None)
+                    except av.FFmpegError as err:
+                        error = str(err)
         except (av.FFmpegError, OSError) as err:
             probe.notes.append(f"demux stopped after {packets} packets: {err}")
             packets = -1
-    try:
-        with av.open(str(local)) as container:
-            first = next(container.decode(video=0), None)
-    except (av.FFmpegError, OSError) as err:
-        first, error = None, str(err)
-    else:
-        error = None
     if first is None:
         probe.rejected = "no decodable video frame" + (f": {error}" if error else "")
         return probe

@@ -156,6 +156,15 @@ def detection_frame(frame: av.VideoFrame, factor: int) -> np.ndarray:
     return bgr
 
 
+def thumbnail(frame: av.VideoFrame) -> np.ndarray:
+    """The frame as BGR `THUMBNAIL_WIDTH` px wide, through the detector's conversion
+    (OpenCV from the YUV planes: a swscale context set up for one frame costs several
+    milliseconds)."""
+    bgr = detection_frame(frame, 1)
+    height = max(1, round(bgr.shape[0] * THUMBNAIL_WIDTH / bgr.shape[1]))
+    return cv2.resize(bgr, (THUMBNAIL_WIDTH, height), interpolation=cv2.INTER_AREA)
+
+
 class _EncodeThread:
     """Runs the clip writers' encoding calls, in order, on one background thread; the
     bounded queue keeps decoding at most `ENCODE_QUEUE` frames ahead of encoding."""
@@ -393,45 +402,54 @@ class _CopyWriter:
     kept only when it gives the frames of the piece (`signatures`, one per frame, from
     the first decode); otherwise, or when the container refuses the packets, the piece
     is decoded again from the source and encoded (`reencode`), and the source copies
-    nothing more (its packets evidently do not map to frames one to one)."""
+    nothing more (its packets evidently do not map to frames one to one). A piece whose
+    frames are not one run of packets (`packets` None) is decoded again and encoded
+    the same way, here too on the encoder thread rather than holding up decoding."""
 
-    def __init__(self, path: Path, source: _CopySource, packets: list[av.Packet], start: int,
-                 height: int, width: int, encoder: _EncodeThread, signatures: list[int] | None = None,
-                 reencode: Callable[[], _ClipWriter] | None = None) -> None:
+    def __init__(self, path: Path, source: _CopySource, packets: list[av.Packet] | None, start: int, count: int,
+                 height: int, width: int, encoder: _EncodeThread, signatures: list[int] | None,
+                 reencode: Callable[[], _ClipWriter]) -> None:
         self.path = path
         self.tmp = path.with_name(f".{path.name}.tmp")
-        self.count, self.height, self.width = len(packets), height, width
+        self.count, self.height, self.width = count, height, width
         self.stream_copy = True
         self.source, self.signatures, self.reencode = source, signatures, reencode
         self.fallback: _ClipWriter | None = None
         encoder.submit(self._write, packets, start)
 
-    def _write(self, packets: list[av.Packet], start: int) -> None:
-        if self.signatures is None:
+    def _write(self, packets: list[av.Packet] | None, start: int) -> None:
+        if packets is None:
+            log.debug("%s: its frames are not one run of packets; decoded again and encoded", self.path.name)
+        elif self.signatures is None:
             self._mux(packets, start)
             os.replace(self.tmp, self.path)
             return
-        try:
-            self._mux(packets, start)
-            decoded = _decoded_signatures(self.tmp)
-            problem = None
-            if len(decoded) != len(self.signatures):
-                problem = f"the copy decodes to {len(decoded)} frames, not {len(self.signatures)}"
-            elif decoded != self.signatures:
-                first = next(i for i, (a, b) in enumerate(zip(decoded, self.signatures, strict=True)) if a != b)
-                problem = f"frame {first} of the copy differs from the source's"
-        except av.FFmpegError as err:
-            problem = f"the copy could not be written or read: {err}"
-        if problem is None:
-            os.replace(self.tmp, self.path)
-            return
-        self.tmp.unlink(missing_ok=True)
-        self.source.exact = False
-        log.info("%s: %s; decoded again and encoded, and nothing more copied from %s",
-                 self.path.name, problem, self.source.path.name)
+        else:
+            problem = self._verify(packets, start)
+            if problem is None:
+                os.replace(self.tmp, self.path)
+                return
+            self.tmp.unlink(missing_ok=True)
+            self.source.exact = False
+            log.info("%s: %s; decoded again and encoded, and nothing more copied from %s",
+                     self.path.name, problem, self.source.path.name)
         self.fallback = self.reencode()
         self.path, self.stream_copy = self.fallback.path, False
         self.height, self.width = self.fallback.height, self.fallback.width
+
+    def _verify(self, packets: list[av.Packet], start: int) -> str | None:
+        """Write the copy; what is wrong with it, if anything."""
+        try:
+            self._mux(packets, start)
+            decoded = _decoded_signatures(self.tmp)
+        except av.FFmpegError as err:
+            return f"the copy could not be written or read: {err}"
+        if len(decoded) != len(self.signatures):
+            return f"the copy decodes to {len(decoded)} frames, not {len(self.signatures)}"
+        if decoded != self.signatures:
+            first = next(i for i, (a, b) in enumerate(zip(decoded, self.signatures, strict=True)) if a != b)
+            return f"frame {first} of the copy differs from the source's"
+        return None
 
     def _mux(self, packets: list[av.Packet], start: int) -> None:
         with av.open(str(self.tmp), mode="w", format=self.source.muxer) as container:
@@ -552,7 +570,7 @@ class _Cutter:
         self.writers: list[_ClipWriter | _CopyWriter] = []
         self.written: list[tuple[Clip, _ClipWriter | _CopyWriter]] = []
         self.encoder = _EncodeThread()
-        self.thumbnail: np.ndarray | None = None
+        self.thumbnail: np.ndarray | None = None  # BGR, of the current piece's first frame
 
     def add(self, index: int, frame: av.VideoFrame, luma: tuple[np.ndarray, bool] | None = None) -> None:
         if luma is not None:
@@ -563,7 +581,7 @@ class _Cutter:
                 self.copy_keys = []
                 self.copy_signatures = [] if self.source.by_position else None
                 self.copy_size = (frame.height, frame.width)
-                self.thumbnail = frame_array(frame)
+                self.thumbnail = thumbnail(frame)
         if self.copy_keys is not None:
             self.copy_keys.append(self.source.key(index, frame))
             if self.copy_signatures is not None:
@@ -592,7 +610,7 @@ class _Cutter:
         return self.out_dir / f"{self.prefix}-{len(self.result.clips):04d}{suffix}"
 
     def _open(self, frame: av.VideoFrame) -> None:
-        self.thumbnail = frame_array(self.buffer[0])
+        self.thumbnail = thumbnail(self.buffer[0])
         self.writer = _ClipWriter(self._clip_path(), frame.width, frame.height, self.rate, self.clips_cfg,
                                   self.encoder)
         self.writers.append(self.writer)
@@ -600,27 +618,18 @@ class _Cutter:
             self.writer.write(buffered)
         self.buffer = []
 
-    def _copy(self, keys: list[int], signatures: list[int] | None) -> _ClipWriter | _CopyWriter:
-        """Copy the piece with frame keys `keys`; when its packets are not one run,
-        decode it again and encode it."""
+    def _copy(self, keys: list[int], signatures: list[int] | None) -> _CopyWriter:
+        """Copy the piece with frame keys `keys` (when its packets are not one run, it
+        is decoded again and encoded)."""
         packets = self.source.packets.run(keys)
         height, width = self.copy_size
-        if packets is not None:
-            if self.source.by_position:  # shift to the first packet's decode time
-                start = next((t for t in (packets[0].dts, packets[0].pts) if t is not None), 0)
-            else:
-                start = keys[0]
-            reencode = None if signatures is None else functools.partial(
-                self._encode_again, self._clip_path(), keys, height, width)
-            writer = _CopyWriter(self._clip_path(f".{self.source.muxer}"), self.source, packets, start, height, width,
-                                 self.encoder, signatures, reencode)
-            self.writers.append(writer)
-            return writer
-        writer = _ClipWriter(self._clip_path(), width, height, self.rate, self.clips_cfg, self.encoder)
+        start = keys[0]
+        if packets is not None and self.source.by_position:  # shift to the first packet's decode time
+            start = next((t for t in (packets[0].dts, packets[0].pts) if t is not None), 0)
+        reencode = functools.partial(self._encode_again, self._clip_path(), keys, height, width)
+        writer = _CopyWriter(self._clip_path(f".{self.source.muxer}"), self.source, packets, start, len(keys),
+                             height, width, self.encoder, signatures, reencode)
         self.writers.append(writer)
-        for frame in self.source.decode_again(keys):
-            writer.write(frame)
-        writer.close(keep=True)
         return writer
 
     def _encode_again(self, path: Path, keys: list[int], height: int, width: int) -> _ClipWriter:
@@ -656,10 +665,7 @@ class _Cutter:
             return
         n = len(self.result.clips)
         name = f"{self.prefix}-{n:04d}"
-        thumb = self.thumbnail
-        scale = THUMBNAIL_WIDTH / thumb.shape[1]
-        thumb = cv2.resize(thumb, (THUMBNAIL_WIDTH, max(1, round(thumb.shape[0] * scale))), interpolation=cv2.INTER_AREA)
-        _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR))
+        _, jpeg = cv2.imencode(".jpg", self.thumbnail)
         with atomic_path(self.out_dir / f"{name}.jpg") as tmp:
             tmp.write_bytes(jpeg.tobytes())
         clip = Clip(

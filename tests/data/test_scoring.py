@@ -217,6 +217,12 @@ def test_cut_is_frame_accurate_and_hands_sample_frames_over(tmp_path, codec):
         assert frame.dtype == np.uint8 and frame.shape == (64, 96)  # luma, within 1.25x the size asked
     # The sampled luma is the grey of the decoded frame: the background of each shot.
     assert taken[0][1].frames[2][0, 0] < 40 and taken[2][1].frames[2][0, 0] > 180
+    # Thumbnails: the piece's first frame, 160 px wide, in the source's colours (BGR in the jpg).
+    source = _decoded(video)
+    for clip in cut.clips:
+        thumb = cv2.imread(str(tmp_path / "clips" / clip.thumbnail))
+        expected = cv2.resize(source[clip.start_frame], (160, 107), interpolation=cv2.INTER_AREA)
+        assert thumb.shape == (107, 160, 3) and np.abs(thumb[..., ::-1].astype(int) - expected).mean() < 4
 
 
 def test_fast_detector_scores_equal_pyscenedetect(tmp_path):
