@@ -6,12 +6,23 @@ once the detector can no longer put a cut before it (it decides `event_buffer_le
 frames late), to the encoder of the clip it belongs to. Clips are re-encoded (codec
 from `clips.codec`) so cuts are frame-accurate: a clip holds exactly the frames of its
 scene piece. Encoding runs on a background thread (the codecs release the GIL), so it
-overlaps with decoding and detection. Where it is exact (`clips.stream_copy`), a piece
-is copied instead: an mp4/mov source whose piece starts on a keyframe (there a clean
-random-access point) and whose frames are one unbroken run of packets, which is what
-encoders write at scene cuts. The copy is bit-identical to the source and costs no
-encoding; a piece that turns out not to be one run (a B-frame across its end) is
-decoded again from its keyframe and re-encoded. Scenes longer than `max_frames` are split into
+overlaps with decoding and detection.
+
+Where it is exact (`clips.stream_copy`), a piece is copied instead of encoded, which
+costs no encoding and loses nothing:
+
+- mp4/mov sources (`COPY_FORMATS`): a piece that starts on a keyframe (there a clean
+  random-access point) and whose frames are one unbroken run of packets, which is what
+  encoders write at scene cuts, is copied into an mp4. A piece that turns out not to be
+  one run (a B-frame across its end) is encoded from its frames, kept while they fit in
+  `COPY_BUFFER_BYTES`, else decoded again from its keyframe.
+- AVI sources (`POSITION_COPY_FORMATS`): the n-th packet carries the n-th frame, but
+  keyframe flags and timestamps cannot be trusted. A piece starting on a flagged packet
+  is copied by position into an AVI and decoded on the encoder thread; it is kept only
+  when it gives the piece's frames again (same count, same `frame_signature` for each),
+  else decoded again from the source and encoded, and nothing more is copied from it.
+
+Scenes longer than `max_frames` are split into
 consecutive pieces; a piece shorter than `min_frames` is dropped (and recorded) before
 any encoding is spent on it.
 
@@ -19,8 +30,8 @@ Given a :class:`Sampler`, the cutter also keeps each frame's luma (about
 `Sampler.size` px at most) until its piece ends, then hands the frames at the sampler's
 positions to `Sampler.take`: the weights-free scorers score a clip without decoding it
 again. Memory is bounded by `min_frames` plus the detector's delay and the encoder's
-queue in full frames, plus `max_frames` small luma frames with a sampler, whatever the
-video length.
+queue in full frames, `COPY_BUFFER_BYTES` of frames of a piece to copy, plus
+`max_frames` small luma frames with a sampler, whatever the video length.
 """
 
 from __future__ import annotations
@@ -54,6 +65,9 @@ log = logging.getLogger(__name__)
 
 THUMBNAIL_WIDTH = 160
 ENCODE_QUEUE = 16  # frames waiting for the encoder thread at most
+# Decoded frames kept while a piece may be copied, so that one whose packets turn out
+# not to be one run (B-frames across its end) is encoded without decoding it again.
+COPY_BUFFER_BYTES = 64 << 20
 # Containers whose keyframe flags are clean random-access points (ISO BMFF sync samples)
 # and whose packets carry presentation timestamps; codecs mp4 can hold.
 COPY_FORMATS = {"mov", "mp4"}
@@ -380,11 +394,20 @@ def frame_signature(frame: av.VideoFrame) -> int:
     clean random-access point) or a frame that moved to another position differs across
     its whole picture."""
     crc = zlib.crc32(f"{frame.format.name} {frame.width}x{frame.height}".encode())
-    for index, plane in enumerate(frame.planes):
-        size = sum((c.bits + 7) // 8 for c in frame.format.components if c.plane == index) or 1
+    sizes = _bytes_per_pixel(frame.format.name)
+    for index, plane in enumerate(frame.planes):  # a palette is a plane too (pal8)
+        size = sizes[index] if index < len(sizes) else 4
         data = np.frombuffer(plane, np.uint8)[: plane.height * plane.line_size].reshape(plane.height, plane.line_size)
         crc = zlib.crc32(np.ascontiguousarray(data[::SIGNATURE_ROWS, : min(plane.width * size, plane.line_size)]), crc)
     return crc
+
+
+@functools.lru_cache(maxsize=64)
+def _bytes_per_pixel(pixel_format: str) -> tuple[int, ...]:
+    """Bytes a pixel takes in each plane of `pixel_format` (1 at least)."""
+    components = av.VideoFormat(pixel_format).components
+    planes = max(c.plane for c in components) + 1
+    return tuple(sum((c.bits + 7) // 8 for c in components if c.plane == i) or 1 for i in range(planes))
 
 
 def _decoded_signatures(path: Path) -> list[int]:
@@ -564,6 +587,10 @@ class _Cutter:
         self.buffer: list[av.VideoFrame] = []
         self.copy_keys: list[int] | None = None  # the current piece's frame keys, while it is to be copied
         self.copy_signatures: list[int] | None = None  # their frame signatures, for a copy to verify
+        # The frames themselves while they fit in COPY_BUFFER_BYTES (copies by timestamp):
+        # a piece that turns out not to be one run of packets is encoded from them.
+        self.copy_frames: list[av.VideoFrame] | None = None
+        self.copy_bytes = 0
         self.copy_size = (0, 0)
         self.lumas: list[tuple[np.ndarray, bool]] = []  # the current piece's, with a sampler
         self.writer: _ClipWriter | None = None
@@ -580,12 +607,19 @@ class _Cutter:
             if self.source is not None and self.source.starts_copy(self.source.key(index, frame)):
                 self.copy_keys = []
                 self.copy_signatures = [] if self.source.by_position else None
+                self.copy_frames, self.copy_bytes = (None if self.source.by_position else []), 0
                 self.copy_size = (frame.height, frame.width)
                 self.thumbnail = thumbnail(frame)
         if self.copy_keys is not None:
             self.copy_keys.append(self.source.key(index, frame))
             if self.copy_signatures is not None:
                 self.copy_signatures.append(frame_signature(frame))
+            if self.copy_frames is not None:
+                self.copy_bytes += sum(plane.buffer_size for plane in frame.planes)
+                if self.copy_bytes <= COPY_BUFFER_BYTES:
+                    self.copy_frames.append(frame)
+                else:  # too large to keep: decoded again if it cannot be copied
+                    self.copy_frames = None
         elif self.writer is None:
             self.buffer.append(frame)
             if len(self.buffer) >= self.scenes_cfg.min_frames:
@@ -618,11 +652,19 @@ class _Cutter:
             self.writer.write(buffered)
         self.buffer = []
 
-    def _copy(self, keys: list[int], signatures: list[int] | None) -> _CopyWriter:
-        """Copy the piece with frame keys `keys` (when its packets are not one run, it
-        is decoded again and encoded)."""
+    def _copy(self, keys: list[int], signatures: list[int] | None,
+              frames: list[av.VideoFrame] | None) -> _ClipWriter | _CopyWriter:
+        """Copy the piece with frame keys `keys`; when its packets are not one run, it
+        is encoded from its `frames` where they were kept, else decoded again."""
         packets = self.source.packets.run(keys)
         height, width = self.copy_size
+        if packets is None and frames is not None:
+            writer = _ClipWriter(self._clip_path(), width, height, self.rate, self.clips_cfg, self.encoder)
+            self.writers.append(writer)
+            for frame in frames:
+                writer.write(frame)
+            writer.close(keep=True)
+            return writer
         start = keys[0]
         if packets is not None and self.source.by_position:  # shift to the first packet's decode time
             start = next((t for t in (packets[0].dts, packets[0].pts) if t is not None), 0)
@@ -649,8 +691,9 @@ class _Cutter:
         lumas, self.lumas = self.lumas, []
         keys, self.copy_keys = self.copy_keys, None
         signatures, self.copy_signatures = self.copy_signatures, None
+        frames, self.copy_frames = self.copy_frames, None
         if keys is not None and len(keys) >= self.scenes_cfg.min_frames:
-            writer = self._copy(keys, signatures)
+            writer = self._copy(keys, signatures, frames)
         elif keys is None and self.writer is not None:
             writer, self.writer = self.writer, None
             writer.close(keep=True)
@@ -738,6 +781,7 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
             source = _CopySource(Path(video), stream, _PositionLog(limit), by_position=True)
         packets = source.packets if source is not None else None
         cutter = _Cutter(out_dir, prefix, rate, scenes, clips, result, sampler, source)
+        detector_fps = float(rate)  # the detector counts frames; a float rate makes its timecodes cheaper
         pending: deque[tuple] = deque()
         factor = 0
 
@@ -759,7 +803,7 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
                         if not factor:
                             factor = max(1, frame.width // scenes.analysis_width)
                         small = detection_frame(frame, factor)
-                        cuts = detector.process_frame(FrameTimecode(index, rate), small)
+                        cuts = detector.process_frame(FrameTimecode(index, detector_fps), small)
                         if sampler is None:
                             pending.append((index, frame))
                         else:
@@ -776,7 +820,7 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
                 result.decode_error = f"decoding stopped after frame {index + 1}: {err}"
             result.decoded_frames = index + 1
             if index >= 0:
-                route([c.frame_num for c in detector.post_process(FrameTimecode(index, rate))])
+                route([c.frame_num for c in detector.post_process(FrameTimecode(index, detector_fps))])
                 while pending:
                     cutter.add(*pending.popleft())
                 cutter.end_scene(index + 1)

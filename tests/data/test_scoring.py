@@ -389,14 +389,24 @@ def test_pieces_copied_only_when_exact_else_decoded_again_and_encoded(tmp_path, 
             error = np.mean([np.abs(a.astype(int) - b.astype(int)).mean()
                              for a, b in zip(frames, source[clip.start_frame : clip.end_frame])])
             assert error == 0 if clip.stream_copy else 0 < error < 8
-    # Force the fallback for the first piece: decoded again from its keyframe, encoded.
+    # Force the fallback for the first piece: encoded from the frames kept while it might
+    # be copied, or, where they did not fit in the buffer, decoded again from its keyframe.
     monkeypatch.setattr(scenes._PacketLog, "run", lambda self, pts: None)
-    cut = scenes.cut_scenes(video, tmp_path / "fallback", "c", ScenesConfig(min_frames=8, max_frames=30))
-    assert [(c.start_frame, c.end_frame, c.stream_copy) for c in cut.clips] == \
-        [(0, 30, False), (30, 60, False), (60, 70, False)]
-    first = _decoded(tmp_path / "fallback" / cut.clips[0].file)
-    assert len(first) == 30 and np.mean([np.abs(a.astype(int) - b.astype(int)).mean()
-                                         for a, b in zip(first, source[:30])]) < 8
+    decoded_again = []
+    decode_again = scenes._CopySource.decode_again
+    monkeypatch.setattr(scenes._CopySource, "decode_again",
+                        lambda self, keys: decoded_again.append(len(keys)) or decode_again(self, keys))
+    for buffer_bytes, again in ((scenes.COPY_BUFFER_BYTES, []), (96 * 128 * 3, [30])):
+        monkeypatch.setattr(scenes, "COPY_BUFFER_BYTES", buffer_bytes)  # 1.5 yuv420p frames of 128x96
+        decoded_again.clear()
+        folder = tmp_path / f"fallback{buffer_bytes}"
+        cut = scenes.cut_scenes(video, folder, "c", ScenesConfig(min_frames=8, max_frames=30))
+        assert [(c.start_frame, c.end_frame, c.stream_copy) for c in cut.clips] == \
+            [(0, 30, False), (30, 60, False), (60, 70, False)]
+        assert decoded_again == again
+        first = _decoded(folder / cut.clips[0].file)
+        assert len(first) == 30 and np.mean([np.abs(a.astype(int) - b.astype(int)).mean()
+                                             for a, b in zip(first, source[:30])]) < 8
 
 
 def test_packet_log_finds_runs_and_forgets_what_no_piece_needs():
