@@ -252,6 +252,16 @@ class _ClipWriter:
         self.encoder.submit(self._encode, frame, self.count)
         self.count += 1
 
+    def write_all(self, frames: list[av.VideoFrame]) -> None:
+        """Frames already held in memory, as one item of the encoder's queue (so that
+        handing them over does not wait for the encoder)."""
+        self.encoder.submit(self._encode_all, frames, self.count)
+        self.count += len(frames)
+
+    def _encode_all(self, frames: list[av.VideoFrame], first: int) -> None:
+        for pts, frame in enumerate(frames, first):
+            self._encode(frame, pts)
+
     def _encode(self, frame: av.VideoFrame, pts: int) -> None:
         frame.pts = pts
         frame.time_base = self.time_base
@@ -648,8 +658,7 @@ class _Cutter:
         self.writer = _ClipWriter(self._clip_path(), frame.width, frame.height, self.rate, self.clips_cfg,
                                   self.encoder)
         self.writers.append(self.writer)
-        for buffered in self.buffer:
-            self.writer.write(buffered)
+        self.writer.write_all(self.buffer)
         self.buffer = []
 
     def _copy(self, keys: list[int], signatures: list[int] | None,
@@ -661,8 +670,7 @@ class _Cutter:
         if packets is None and frames is not None:
             writer = _ClipWriter(self._clip_path(), width, height, self.rate, self.clips_cfg, self.encoder)
             self.writers.append(writer)
-            for frame in frames:
-                writer.write(frame)
+            writer.write_all(frames)
             writer.close(keep=True)
             return writer
         start = keys[0]
