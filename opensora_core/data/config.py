@@ -50,9 +50,10 @@ class ScenesConfig(_Strict):
 
 
 class ClipsConfig(_Strict):
-    """How clips are written: mp4 files holding exactly the frames of their scene piece,
-    copied from the source where that is exact (`stream_copy`), else re-encoded (readers
-    decode with PyAV, so any codec it decodes will do).
+    """How clips are written: files holding exactly the frames of their scene piece,
+    copied from the source where that is exact (`stream_copy`: mp4 from mp4/mov, avi
+    from AVI), else re-encoded into mp4 (readers decode with PyAV, so any codec and
+    container it decodes will do).
 
     Encoding is the largest cost of cutting. Measured on the 2-core CPU on 720x528
     footage, against x264 `ultrafast` crf 20 (2.80 MB, 43.6 dB PSNR to the source):
@@ -72,8 +73,10 @@ class ClipsConfig(_Strict):
     gop: int = Field(12, ge=1)
     # Copy a clip's packets from the source instead of re-encoding, where that is exact:
     # an mp4/mov source (keyframes there are clean random-access points), the clip
-    # starting on a keyframe and its frames being one unbroken run of packets. Encoders
-    # put keyframes at scene cuts, so most whole scenes qualify; the clip is then
+    # starting on a keyframe and its frames being one unbroken run of packets; an AVI
+    # source (one packet per frame), the clip starting on a keyframe and its copy
+    # (an .avi clip) decoding to the same frames, checked on every frame. Encoders put
+    # keyframes at scene cuts, so most whole scenes qualify; the clip is then
     # bit-identical to the source and costs no encoding.
     stream_copy: bool = True
 
