@@ -45,7 +45,7 @@ import queue
 import threading
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -258,7 +258,7 @@ class _ClipWriter:
         self.encoder.submit(self._encode_all, frames, self.count)
         self.count += len(frames)
 
-    def _encode_all(self, frames: list[av.VideoFrame], first: int) -> None:
+    def _encode_all(self, frames: Iterable[av.VideoFrame], first: int) -> None:
         for pts, frame in enumerate(frames, first):
             self._encode(frame, pts)
 
@@ -576,6 +576,39 @@ class _CopySource:
         raise RuntimeError(f"{self.path}: {len(wanted) - found} frames of a piece did not decode a second time")
 
 
+@dataclass
+class _PieceToCopy:
+    """The current piece while it may be copied: its frames' keys (`_CopySource.key`),
+    their signatures where the copy is to be verified, and the frames themselves while
+    they fit in `COPY_BUFFER_BYTES` where it is not (a piece that turns out not to be
+    one run of packets is encoded from them)."""
+
+    height: int
+    width: int
+    verify: bool
+    keys: list[int] = field(default_factory=list)
+    signatures: list[int] | None = None
+    frames: list[av.VideoFrame] | None = None
+    frame_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.verify:
+            self.signatures = []
+        else:
+            self.frames = []
+
+    def add(self, key: int, frame: av.VideoFrame) -> None:
+        self.keys.append(key)
+        if self.signatures is not None:
+            self.signatures.append(frame_signature(frame))
+        if self.frames is not None:
+            self.frame_bytes += sum(plane.buffer_size for plane in frame.planes)
+            if self.frame_bytes <= COPY_BUFFER_BYTES:
+                self.frames.append(frame)
+            else:  # too large to keep: decoded again if it cannot be copied
+                self.frames = None
+
+
 class _Cutter:
     """Routes frames into scene pieces: buffers the first `min_frames` of a piece (a
     shorter piece costs no encoding), then encodes the rest as it arrives. A piece that
@@ -595,13 +628,7 @@ class _Cutter:
         self.scene_start = 0
         self.piece_start = 0
         self.buffer: list[av.VideoFrame] = []
-        self.copy_keys: list[int] | None = None  # the current piece's frame keys, while it is to be copied
-        self.copy_signatures: list[int] | None = None  # their frame signatures, for a copy to verify
-        # The frames themselves while they fit in COPY_BUFFER_BYTES (copies by timestamp):
-        # a piece that turns out not to be one run of packets is encoded from them.
-        self.copy_frames: list[av.VideoFrame] | None = None
-        self.copy_bytes = 0
-        self.copy_size = (0, 0)
+        self.to_copy: _PieceToCopy | None = None  # the current piece, while it is to be copied
         self.lumas: list[tuple[np.ndarray, bool]] = []  # the current piece's, with a sampler
         self.writer: _ClipWriter | None = None
         self.writers: list[_ClipWriter | _CopyWriter] = []
@@ -612,24 +639,13 @@ class _Cutter:
     def add(self, index: int, frame: av.VideoFrame, luma: tuple[np.ndarray, bool] | None = None) -> None:
         if luma is not None:
             self.lumas.append(luma)
-        if self.writer is None and self.copy_keys is None and not self.buffer:  # a piece starts
+        if self.writer is None and self.to_copy is None and not self.buffer:  # a piece starts
             self.piece_start = index
             if self.source is not None and self.source.starts_copy(self.source.key(index, frame)):
-                self.copy_keys = []
-                self.copy_signatures = [] if self.source.by_position else None
-                self.copy_frames, self.copy_bytes = (None if self.source.by_position else []), 0
-                self.copy_size = (frame.height, frame.width)
+                self.to_copy = _PieceToCopy(frame.height, frame.width, verify=self.source.by_position)
                 self.thumbnail = thumbnail(frame)
-        if self.copy_keys is not None:
-            self.copy_keys.append(self.source.key(index, frame))
-            if self.copy_signatures is not None:
-                self.copy_signatures.append(frame_signature(frame))
-            if self.copy_frames is not None:
-                self.copy_bytes += sum(plane.buffer_size for plane in frame.planes)
-                if self.copy_bytes <= COPY_BUFFER_BYTES:
-                    self.copy_frames.append(frame)
-                else:  # too large to keep: decoded again if it cannot be copied
-                    self.copy_frames = None
+        if self.to_copy is not None:
+            self.to_copy.add(self.source.key(index, frame), frame)
         elif self.writer is None:
             self.buffer.append(frame)
             if len(self.buffer) >= self.scenes_cfg.min_frames:
@@ -646,8 +662,8 @@ class _Cutter:
         self.scene_start = end
 
     def _piece_length(self) -> int:
-        if self.copy_keys is not None:
-            return len(self.copy_keys)
+        if self.to_copy is not None:
+            return len(self.to_copy.keys)
         return self.writer.count if self.writer is not None else len(self.buffer)
 
     def _clip_path(self, suffix: str = ".mp4") -> Path:
@@ -661,16 +677,15 @@ class _Cutter:
         self.writer.write_all(self.buffer)
         self.buffer = []
 
-    def _copy(self, keys: list[int], signatures: list[int] | None,
-              frames: list[av.VideoFrame] | None) -> _ClipWriter | _CopyWriter:
-        """Copy the piece with frame keys `keys`; when its packets are not one run, it
-        is encoded from its `frames` where they were kept, else decoded again."""
+    def _copy(self, piece: _PieceToCopy) -> _ClipWriter | _CopyWriter:
+        """Copy `piece`; when its packets are not one run, it is encoded from its frames
+        where they were kept, else decoded again."""
+        keys, height, width = piece.keys, piece.height, piece.width
         packets = self.source.packets.run(keys)
-        height, width = self.copy_size
-        if packets is None and frames is not None:
+        if packets is None and piece.frames is not None:
             writer = _ClipWriter(self._clip_path(), width, height, self.rate, self.clips_cfg, self.encoder)
             self.writers.append(writer)
-            writer.write_all(frames)
+            writer.write_all(piece.frames)
             writer.close(keep=True)
             return writer
         start = keys[0]
@@ -678,7 +693,7 @@ class _Cutter:
             start = next((t for t in (packets[0].dts, packets[0].pts) if t is not None), 0)
         reencode = functools.partial(self._encode_again, self._clip_path(), keys, height, width)
         writer = _CopyWriter(self._clip_path(f".{self.source.muxer}"), self.source, packets, start, len(keys),
-                             height, width, self.encoder, signatures, reencode)
+                             height, width, self.encoder, piece.signatures, reencode)
         self.writers.append(writer)
         return writer
 
@@ -686,8 +701,7 @@ class _Cutter:
         """On the encoder thread: the piece `keys` decoded again and encoded into `path`."""
         writer = _ClipWriter(path, width, height, self.rate, self.clips_cfg, self.encoder)
         try:
-            for count, frame in enumerate(self.source.decode_again(keys)):
-                writer._encode(frame, count)
+            writer._encode_all(self.source.decode_again(keys), 0)
             writer.count = len(keys)
             writer._close(keep=True)
         except BaseException:
@@ -697,16 +711,14 @@ class _Cutter:
 
     def _close_piece(self, end: int) -> None:
         lumas, self.lumas = self.lumas, []
-        keys, self.copy_keys = self.copy_keys, None
-        signatures, self.copy_signatures = self.copy_signatures, None
-        frames, self.copy_frames = self.copy_frames, None
-        if keys is not None and len(keys) >= self.scenes_cfg.min_frames:
-            writer = self._copy(keys, signatures, frames)
-        elif keys is None and self.writer is not None:
+        piece, self.to_copy = self.to_copy, None
+        if piece is not None and len(piece.keys) >= self.scenes_cfg.min_frames:
+            writer = self._copy(piece)
+        elif piece is None and self.writer is not None:
             writer, self.writer = self.writer, None
             writer.close(keep=True)
         else:  # too short: no clip
-            length = len(keys) if keys is not None else len(self.buffer)
+            length = len(piece.keys) if piece is not None else len(self.buffer)
             if length:
                 self.result.dropped.append({
                     "scene": self.scene_index, "start_frame": self.piece_start, "end_frame": end,
@@ -735,7 +747,7 @@ class _Cutter:
 
     def oldest_needed(self) -> int | None:
         """The key of the frame from which the current piece may still be copied."""
-        return self.copy_keys[0] if self.copy_keys else None
+        return self.to_copy.keys[0] if self.to_copy is not None and self.to_copy.keys else None
 
     def finish(self) -> None:
         """Wait until every clip file is written; each clip then names what its writer
