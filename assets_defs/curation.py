@@ -98,8 +98,8 @@ def raw_videos(context: AssetExecutionContext, curation_storage: CurationStorage
 @asset(partitions_def=raw_partitions, deps=[raw_videos], group_name="curation", kinds={"python", "video"})
 def scene_clips(context: AssetExecutionContext, curation_storage: CurationStorage) -> MaterializeResult:
     """Scenes (PySceneDetect adaptive) cut into frame-accurate clips (copied from an mp4/mov
-    source where a clip starts on a keyframe, else re-encoded as MPEG-4 or H.264, from the
-    data config); the weights-free scores are computed on the way, from the same decode."""
+    or AVI source where that is exact, else re-encoded as MPEG-4 or H.264, from the data
+    config); the weights-free scores are computed on the way, from the same decode."""
     key = context.partition_key
     manifest = curate.scene_clips(curation_storage.source(), curation_storage.out(), key,
                                   curation_storage.curation_config())

@@ -181,6 +181,8 @@ def run_pipeline(root: Path, profile: str = "embedded", videos: int = 48, images
     `environment` adds variables the resources read (`OPENSORA_MAX_STEPS=2`, ...)."""
     from rich.progress import Progress
 
+    from opensora_core.data.curate import clip_origins
+    from opensora_core.data.storage import Storage
     from opensora_core.data.synthetic import synth
     from orchestration.definitions import build_definitions
     from orchestration.local_run import (
@@ -245,6 +247,8 @@ def run_pipeline(root: Path, profile: str = "embedded", videos: int = 48, images
                                    f"({len(todo)} curated in this run)")),
         ("clips kept / filtered / files rejected",
          f"{dataset['kept']} / {dataset['filtered']} / {dataset['rejected']}"),
+        ("video clips copied / re-encoded", "{} / {} (copied: bit-exact packets of the source, no encoding)".format(
+            *clip_origins(Storage(folders.curated), instance.get_dynamic_partitions("raw_videos")))),
         ("text cache", f"{text['entries']} captions, {text['bytes'] / 2**20:.2f} MiB ({text['encoded']} new)"),
         ("video cache", f"{video['entries']} latents, {video['bytes'] / 2**20:.2f} MiB ({video['encoded']} new)"),
         *_stage_rows(result, [f"stdit2_stage{i}" for i in range(4)]),

@@ -203,6 +203,18 @@ def _clip_columns(rows: list[dict]) -> list[str]:
     return list(rows[0]) if rows else ["path", "clip_id", "num_frames", "height", "width", "fps"]
 
 
+def clip_origins(out: Storage, keys: list[str]) -> tuple[int, int]:
+    """(clips copied from their source video, clips re-encoded) over the partitions
+    `keys` whose scenes are cut (images and rejected files count in neither)."""
+    copied = encoded = 0
+    for key in keys:
+        manifest = read_manifest(out, key, "clips") or {}
+        if "stream_copied" in manifest:
+            copied += manifest["stream_copied"]
+            encoded += manifest["clips"] - manifest["stream_copied"]
+    return copied, encoded
+
+
 def read_clips(out: Storage, key: str) -> pd.DataFrame:
     with out.local_copy(*_step_dir(key, "clips"), "clips.parquet") as local:
         return pd.read_parquet(local)

@@ -66,6 +66,9 @@ def test_mp4_scenes_on_keyframes_are_copied_and_other_sources_encoded(curated):
     # H.264 mp4 from the synthesiser: each shot starts on a keyframe. MKV is always encoded.
     assert copied["red left.mp4"] == (1, 1) and copied["odd_size.mkv"] == (0, 1)
     assert copied["two_scenes.mp4"][0] >= 1  # the first scene starts on the first keyframe
+    total = curate_module.clip_origins(out, out.listdir("partitions"))
+    assert total == (sum(c for c, _ in copied.values()), sum(n - c for c, n in copied.values()))
+    assert total[0] >= 2 and total[1] >= 1
 
 
 def test_meta_has_open_sora_columns_first_and_true_geometry(curated):
