@@ -41,6 +41,7 @@ import pandas as pd
 from opensora_core.data.captions import CaptionTable, ModelCaptioner, read_sidecar
 from opensora_core.data.config import CurationConfig
 from opensora_core.data.ingest import RawFile, probe_file, register_inputs
+from opensora_core.data.row_tables import read_rows, write_rows
 from opensora_core.data.scenes import Sampler, cut_scenes
 from opensora_core.data.scoring import BackgroundScorer, ClipSamples, build_scorers, read_samples
 from opensora_core.data.storage import MANIFEST, Storage
@@ -57,7 +58,9 @@ OUR_COLUMNS = ("clip_id", "partition", "source", "source_sha256", "start_frame",
 REQUIRED_COLUMNS = ("path", "num_frames", "height", "width", "aspect_ratio", "resolution", "clip_id", "source",
                     "sha256")
 STEPS = ("raw", "clips", "scores")
+CLIPS_TABLE = "clips.parquet"
 SAMPLE_SCORES = "sample_scores.parquet"
+SCORES_TABLE = "scores.parquet"
 # Every partition's scores as last merged: a cache of `training_dataset` (see `_MergedScores`).
 MERGED_SCORES = "merged_scores.parquet"
 
@@ -144,8 +147,8 @@ def _cut_and_score(video: Path, folder: Path, key: str, fps: float | None, confi
     if not cut.clips or not scored:
         return cut, {}
     columns = [c for s in scored for c in s.columns]
-    pd.DataFrame([{"clip_id": c.clip_id, **{k: scores[c.clip_id].get(k) for k in columns}} for c in cut.clips],
-                 columns=["clip_id", *columns]).to_parquet(folder / SAMPLE_SCORES, index=False)
+    write_rows(folder / SAMPLE_SCORES, [{"clip_id": c.clip_id, **scores[c.clip_id]} for c in cut.clips],
+               ["clip_id", *columns])
     return cut, {s.name: {"version": s.version, "fingerprint": s.fingerprint(), "columns": list(s.columns)}
                  for s in scored}
 
@@ -194,7 +197,7 @@ def scene_clips(source: Storage, out: Storage, key: str, config: CurationConfig)
                               f"{len(cut.scenes)} scenes, longest {longest} of {cut.decoded_frames} frames")
                 manifest["rejected"] = {"step": "scene_clips", "reason": reason}
         manifest["clips"] = len(rows)
-        pd.DataFrame(rows, columns=_clip_columns(rows)).to_parquet(folder / "clips.parquet", index=False)
+        write_rows(folder / CLIPS_TABLE, rows, _clip_columns(rows))
         _write_manifest(folder, manifest)
     return manifest
 
@@ -216,8 +219,13 @@ def clip_origins(out: Storage, keys: list[str]) -> tuple[int, int]:
 
 
 def read_clips(out: Storage, key: str) -> pd.DataFrame:
-    with out.local_copy(*_step_dir(key, "clips"), "clips.parquet") as local:
+    with out.local_copy(*_step_dir(key, "clips"), CLIPS_TABLE) as local:
         return pd.read_parquet(local)
+
+
+def _read_step_rows(out: Storage, key: str, step: str, name: str) -> tuple[list[str], list[dict]]:
+    with out.local_copy(*_step_dir(key, step), name) as local:
+        return read_rows(local)
 
 
 def _stored_scores(out: Storage, key: str, clips_manifest: dict, scorers: list, clip_ids: list[str]) -> dict:
@@ -227,14 +235,11 @@ def _stored_scores(out: Storage, key: str, clips_manifest: dict, scorers: list, 
     names = [s.name for s in scorers if stored.get(s.name, {}).get("fingerprint") == s.fingerprint()]
     if not names or not clip_ids or not out.exists(*_step_dir(key, "clips"), SAMPLE_SCORES):
         return {}
-    with out.local_copy(*_step_dir(key, "clips"), SAMPLE_SCORES) as local:
-        table = pd.read_parquet(local)
-    if not set(clip_ids) <= set(table["clip_id"]):
+    table_columns, table = _read_step_rows(out, key, "clips", SAMPLE_SCORES)
+    if not set(clip_ids) <= {row["clip_id"] for row in table}:
         return {}
-    columns = [c for s in scorers if s.name in names for c in s.columns if c in table.columns]
-    table = table.astype(object).where(table.notna(), None)
-    return {"names": names, "rows": {row["clip_id"]: {c: row[c] for c in columns}
-                                     for row in table.to_dict("records")}}
+    columns = [c for s in scorers if s.name in names for c in s.columns if c in table_columns]
+    return {"names": names, "rows": {row["clip_id"]: {c: row[c] for c in columns} for row in table}}
 
 
 # --------------------------------------------------------------------------------------
@@ -272,9 +277,8 @@ def scored_clips(out: Storage, key: str, config: CurationConfig, captioning: Cap
     for name, reason in skipped.items():
         if reason != "no local weights configured" and reason != "disabled in config":
             log.warning("scorer %s skipped: %s", name, reason)
-    clips = read_clips(out, key)
+    clip_columns, rows = _read_step_rows(out, key, "clips", CLIPS_TABLE)
     texts, text_sources = [], []
-    rows = clips.to_dict("records")
     for row in rows:
         text, origin = raw_manifest.get("caption"), "sidecar"
         if text is None and captioning.table is not None:
@@ -320,12 +324,10 @@ def scored_clips(out: Storage, key: str, config: CurationConfig, captioning: Cap
                 scores[start + i].update(values)
         bar.update(len(chunk))
     bar.close()
-    table = clips.copy()
-    table["text"] = texts
-    table["text_source"] = text_sources
-    for scorer in scorers:
-        for column in scorer.columns:
-            table[column] = [s.get(column) for s in scores]
+    score_columns = [c for scorer in scorers for c in scorer.columns]
+    columns = [*clip_columns, *(c for c in ("text", "text_source", *score_columns) if c not in clip_columns)]
+    table = [{**row, "text": text, "text_source": origin, **{c: s.get(c) for c in score_columns}}
+             for row, text, origin, s in zip(rows, texts, text_sources, scores, strict=True)]
     manifest = {
         "step": "scored_clips", "key": key, "sha256": clips_manifest["sha256"],
         "fingerprint": config.fingerprint("scorers") + clips_manifest["fingerprint"],
@@ -336,13 +338,13 @@ def scored_clips(out: Storage, key: str, config: CurationConfig, captioning: Cap
         "reused": reused,
     }
     with out.staging_dir(*_step_dir(key, "scores")) as folder:
-        table.to_parquet(folder / "scores.parquet", index=False)
+        write_rows(folder / SCORES_TABLE, table, columns)
         _write_manifest(folder, manifest)
     return manifest
 
 
 def read_scores(out: Storage, key: str) -> pd.DataFrame:
-    with out.local_copy(*_step_dir(key, "scores"), "scores.parquet") as local:
+    with out.local_copy(*_step_dir(key, "scores"), SCORES_TABLE) as local:
         return pd.read_parquet(local)
 
 
@@ -364,7 +366,7 @@ def _read_all_scores(out: Storage, keys: list[str]) -> pd.DataFrame:
     previous = _MergedScores.read(out)
     tables, digests = [], []
     for key in keys:
-        data = out.read_bytes(*_step_dir(key, "scores"), "scores.parquet")
+        data = out.read_bytes(*_step_dir(key, "scores"), SCORES_TABLE)
         digest = hashlib.sha256(data).hexdigest()
         table = previous.table_of(key, digest)
         if table is None:
