@@ -46,6 +46,7 @@ from opensora_core.data.scenes import Sampler, cut_scenes
 from opensora_core.data.scoring import BackgroundScorer, ClipSamples, build_scorers, read_samples
 from opensora_core.data.storage import MANIFEST, Storage
 from opensora_core.utils.hashing import file_sha256
+from opensora_core.utils.opencv_threads import opencv_threads
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ OUR_COLUMNS = ("clip_id", "partition", "source", "source_sha256", "start_frame",
 REQUIRED_COLUMNS = ("path", "num_frames", "height", "width", "aspect_ratio", "resolution", "clip_id", "source",
                     "sha256")
 STEPS = ("raw", "clips", "scores")
+# OpenCV's threads while cutting and scoring, which run on threads of their own.
+CURATION_OPENCV_THREADS = 1
 CLIPS_TABLE = "clips.parquet"
 SAMPLE_SCORES = "sample_scores.parquet"
 SCORES_TABLE = "scores.parquet"
@@ -174,7 +177,7 @@ def scene_clips(source: Storage, out: Storage, key: str, config: CurationConfig)
                                   start_frame=0, end_frame=1, scene=0, thumbnail=file))
         elif manifest["rejected"] is None:
             started = time.perf_counter()
-            with source.local_copy(raw_manifest["path"]) as local:
+            with source.local_copy(raw_manifest["path"]) as local, opencv_threads(CURATION_OPENCV_THREADS):
                 cut, manifest["sample_scores"] = _cut_and_score(local, folder, key, probe["fps"], config)
             manifest.update(scenes=[list(s) for s in cut.scenes], dropped=cut.dropped,
                             decoded_frames=cut.decoded_frames, seconds=round(time.perf_counter() - started, 3),

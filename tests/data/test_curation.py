@@ -385,3 +385,28 @@ def test_merge_parses_only_partitions_changed_since_the_last_merge(tmp_path, mon
         table, used = merged_both_ways(["p1", "p3"])
     assert used == 2 and list(table["x"]) == [1, 2, 30, 31]
     assert any("unreadable" in r.message for r in caplog.records)
+
+
+def test_scenes_are_cut_with_one_opencv_thread_and_the_setting_restored(curated, tmp_path, monkeypatch):
+    """Cutting runs its own threads (decoding, encoding, one per scorer): OpenCV's pool
+    on top oversubscribes the cores. The process's setting is restored afterwards."""
+    import cv2
+
+    from opensora_core.utils.opencv_threads import opencv_threads
+
+    root, _, _ = curated
+    out = _copy_output(root, tmp_path)
+    key = _video_keys(out)[0]
+    seen, cut_and_score = [], curate_module._cut_and_score
+
+    def recording(*args, **kwargs):
+        seen.append(cv2.getNumThreads())
+        return cut_and_score(*args, **kwargs)
+
+    monkeypatch.setattr(curate_module, "_cut_and_score", recording)
+    before = cv2.getNumThreads()
+    with opencv_threads(3):
+        curate_module.scene_clips(Storage(root / "raw"), out, key, corpus_config())
+        assert cv2.getNumThreads() == 3  # an enclosing setting survives the inner one
+    assert seen == [curate_module.CURATION_OPENCV_THREADS] == [1]
+    assert cv2.getNumThreads() == before
