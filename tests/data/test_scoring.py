@@ -59,6 +59,54 @@ def test_quality_penalises_black_and_blurred_frames():
     assert all(0 <= v <= 1 for row in q.values() for v in row.values())
 
 
+def test_luma_views_outlive_their_frames(tmp_path):
+    """`frame_luma` keeps a view of the decoder's buffer, not a copy: the view must
+    still hold the frame's pixels once the frame is dropped and decoding goes on."""
+    import gc
+
+    from opensora_core.data.scoring.base import frame_luma, plane_view
+    from opensora_core.infer.export import write_video
+
+    rng = np.random.default_rng(3)
+    path = write_video(tmp_path / "noise.mp4", rng.integers(0, 256, (40, 64, 96, 3), dtype=np.uint8), fps=24)
+    with av.open(str(path)) as container:
+        frames = container.decode(video=0)
+        first = next(frames)
+        luma, _ = frame_luma(first, 640)
+        expected = plane_view(first, 0).copy()
+        assert not luma.flags.owndata  # a view, as the cost of the cut assumes
+        del first
+        gc.collect()
+        rest = list(frames)  # the decoder reuses whatever buffers were freed
+    assert len(rest) == 39
+    np.testing.assert_array_equal(luma, expected)
+
+
+def test_quality_is_its_definition_in_numpy():
+    """OpenCV's one-pass statistics give the numbers of the definition (float64
+    Laplacian variance, NumPy mean, std and in-range fraction), on frames of every
+    kind: RGB and luma, larger than the analysis size (resized), odd sizes, clipped."""
+    import math
+
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 256, (375, 501), dtype=np.uint8)
+    frames = [noise, cv2.GaussianBlur(noise, (0, 0), 2), rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8),
+              np.clip(rng.normal(240, 30, (99, 131)), 0, 255).astype(np.uint8), np.full((64, 48), 3, np.uint8)]
+    for frame in frames:
+        gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if frame.ndim == 3 else frame
+        h, w = gray.shape
+        scale = 512 / max(h, w)
+        if scale < 1:
+            gray = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        sharpness = 1 - math.exp(-cv2.Laplacian(gray, cv2.CV_64F).var() / 100)
+        exposure = max(0.0, 1 - abs(gray.mean() / 255 - 0.5) * 2) * ((gray >= 5) & (gray <= 250)).mean()
+        contrast = min(1.0, gray.std() / 64)
+        got = frame_quality(frame)
+        expected = {"quality_sharpness": sharpness, "quality_exposure": exposure, "quality_contrast": contrast,
+                    "quality": (sharpness * exposure * contrast) ** (1 / 3)}
+        assert got == pytest.approx(expected, rel=1e-9, abs=1e-12), frame.shape
+
+
 def _ocr_backends() -> list:
     from opensora_core.data.scoring.ocr import library_missing, tesseract_missing
 

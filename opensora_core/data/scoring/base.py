@@ -122,7 +122,11 @@ def frame_luma(frame: av.VideoFrame, max_size: int) -> tuple[np.ndarray, bool]:
     :func:`full_range` expands it). Planar YUV gives its first plane without any colour
     conversion; other layouts go through RGB. Frames up to 1.25x `max_size` on their
     longer side are kept as they are (the scorers shrink the few they read, as they
-    would a decoded frame), larger ones are shrunk to `max_size` (see :func:`shrink`)."""
+    would a decoded frame), larger ones are shrunk to `max_size` (see :func:`shrink`).
+
+    A luma kept as it is is a view of the decoder's buffer, not a copy: the view holds
+    its plane, which holds the frame, so the buffer lives as long as the view (copying
+    every frame's luma cost Megamind.avi's cutting ~0.03 CPU-s)."""
     name = frame.format.name
     if name in _LIMITED_RANGE_YUV or name in _FULL_RANGE_YUV:
         luma, limited = plane_view(frame, 0), name in _LIMITED_RANGE_YUV and frame.color_range != 2  # 2: JPEG
@@ -130,8 +134,7 @@ def frame_luma(frame: av.VideoFrame, max_size: int) -> tuple[np.ndarray, bool]:
         luma, limited = cv2.cvtColor(frame_array(frame), cv2.COLOR_RGB2GRAY), False
     if max(luma.shape) * 4 > max_size * 5:
         luma = shrink(luma, max_size)
-    # A view of the decoder's buffer must not outlive the frame's use.
-    return (luma if luma.flags.owndata else luma.copy()), limited
+    return luma, limited
 
 
 def full_range(luma: np.ndarray, limited: bool) -> np.ndarray:

@@ -32,11 +32,14 @@ def frame_quality(frame: np.ndarray) -> dict[str, float]:
     scale = ANALYSIS_SIZE / max(h, w)
     if scale < 1:
         gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    sharpness = 1.0 - math.exp(-float(cv2.Laplacian(gray, cv2.CV_64F).var()) / 100.0)
-    mean = float(gray.mean()) / 255.0
-    usable = float(((gray >= 5) & (gray <= 250)).mean())
-    exposure = max(0.0, 1.0 - abs(mean - 0.5) * 2.0) * usable
-    contrast = min(1.0, float(gray.std()) / 64.0)
+    # OpenCV's one-pass statistics, ~8x cheaper than NumPy's on a float64 Laplacian: the
+    # Laplacian of uint8 pixels is exact in int16, the sums are accumulated in doubles.
+    laplacian_std = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_16S))[1][0, 0]
+    sharpness = 1.0 - math.exp(-float(laplacian_std) ** 2 / 100.0)
+    mean, std = (float(v[0, 0]) for v in cv2.meanStdDev(gray))
+    usable = cv2.countNonZero(cv2.inRange(gray, 5, 250)) / gray.size
+    exposure = max(0.0, 1.0 - abs(mean / 255.0 - 0.5) * 2.0) * usable
+    contrast = min(1.0, std / 64.0)
     quality = (sharpness * exposure * contrast) ** (1.0 / 3.0)
     return {"quality": quality, "quality_sharpness": sharpness, "quality_exposure": exposure,
             "quality_contrast": contrast}
