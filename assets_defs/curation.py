@@ -43,7 +43,7 @@ def _raw_file(storage: CurationStorage, key: str) -> RawFile:
         for row in json.loads(out.read_text(INDEX_FILE)):
             if row["key"] == key:
                 raw = RawFile(**row)
-                if not storage.source().exists(raw.path):
+                if not raw.problem and not storage.source().exists(raw.path):  # a problem is recorded instead
                     raise Failure(f"partition {key}: raw file {raw.path} is gone from {storage.raw_root}")
                 return raw
     raise Failure(f"partition {key}: no raw file under {storage.raw_root} has this key "

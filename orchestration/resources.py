@@ -21,7 +21,7 @@ from torchx.runner import get_runner
 
 from opensora_core.config import load_profile, project_root
 from opensora_core.data.config import CurationConfig, load_curation_config
-from opensora_core.data.storage import Storage
+from opensora_core.data.storage import FileList, Storage, open_source
 from orchestration.launch.components import DEFAULT_IMAGE
 
 # The folder holding opensora_core/ and orchestration/: what a local job must import.
@@ -41,13 +41,14 @@ class CurationStorage(ConfigurableResource):
     reads and writes the same place, so partitions can run on different machines.
     """
 
-    raw_root: str = Field(description="Folder or fsspec URL the sensor watches for raw videos and images.")
+    raw_root: str = Field(description="Folder or fsspec URL the sensor watches for raw videos and images, or a "
+                                      "list of them (.txt, one path or URL per line; .csv with a 'path' column).")
     curated_root: str = Field(description="Folder or fsspec URL of partitions and the training table.")
     data_config: str = Field("default", description="configs/data stem or YAML path with scene and filter settings.")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (credentials, endpoint).")
 
-    def source(self) -> Storage:
-        return Storage(self.raw_root, **self.storage_options)
+    def source(self) -> Storage | FileList:
+        return open_source(self.raw_root, **self.storage_options)
 
     def out(self) -> Storage:
         return Storage(self.curated_root, **self.storage_options)

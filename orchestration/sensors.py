@@ -35,8 +35,11 @@ def raw_videos_sensor(context: SensorEvaluationContext, curation_storage: Curati
     Only new or changed files are hashed (the index caches by path, size and mtime);
     a changed file gets a new key, so its old partition stays as it was.
     """
-    source = curation_storage.source()
-    if not source.fs.isdir(source.root):
+    try:
+        source = curation_storage.source()
+    except (OSError, ValueError) as err:
+        return SkipReason(str(err))
+    if source.missing():
         return SkipReason(f"raw folder {curation_storage.raw_root} does not exist")
     files = register_inputs(source, curation_storage.curation_config(), index=curation_storage.out())
     if not files:

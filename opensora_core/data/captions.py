@@ -11,17 +11,23 @@ import ast
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import numpy as np
 
-from opensora_core.data.storage import Storage
+from opensora_core.data.storage import FileList, Storage
 
 SIDECAR_SUFFIXES = (".txt", ".json")
 
 
-def read_sidecar(storage: Storage, path: str) -> str | None:
-    """The caption beside raw file `path` (relative to `storage`), or None."""
+def read_sidecar(storage: Storage | FileList, path: str) -> str | None:
+    """The caption beside raw file `path` (relative to `storage`, or a listed file's
+    path or URL), or None. A URL with a query (a signed link) has no "beside"."""
+    if "://" in path and urlsplit(path).query:
+        return None
     stem = PurePosixPath(path).with_suffix("")
+    if "://" in path:  # PurePosixPath folds the "//" after the scheme
+        stem = path[: len(path) - len(PurePosixPath(path).suffix)]
     for suffix in SIDECAR_SUFFIXES:
         candidate = f"{stem}{suffix}"
         if not storage.exists(candidate):

@@ -20,7 +20,9 @@ data_app = typer.Typer(
     no_args_is_help=True, help="Curate raw videos into a training table (ingest, scenes, scores, filters)."
 )
 
-InputOpt = Annotated[str, typer.Option("--input", help="Folder (or fsspec URL) of raw videos and images.")]
+InputOpt = Annotated[str, typer.Option(
+    "--input", help="Folder (or fsspec URL) of raw videos and images, or a list of them: a .txt with one path or "
+                    "URL per line, or a .csv with a 'path' column.")]
 OutOpt = Annotated[str, typer.Option("--out", help="Output folder (or fsspec URL).")]
 ConfigOpt = Annotated[str, typer.Option("--config", help="configs/data stem or YAML path.")]
 KeyOpt = Annotated[list[str] | None, typer.Option("--key", help="Only these partitions (repeatable).")]
@@ -29,15 +31,18 @@ KeyOpt = Annotated[list[str] | None, typer.Option("--key", help="Only these part
 def _setup(input: str, out: str, config: str):
     from opensora_core.config import ConfigError
     from opensora_core.data.config import load_curation_config
-    from opensora_core.data.storage import Storage
+    from opensora_core.data.storage import LIST_SUFFIXES, Storage, open_source
 
     try:
         settings = load_curation_config(config)
     except ConfigError as err:
         fail(str(err))
-    source = Storage(input)
-    if not source.fs.isdir(source.root):
-        fail(f"--input {input}: no such folder")
+    try:
+        source = open_source(input)
+    except (OSError, ValueError) as err:
+        fail(f"--input: {err}")
+    if source.missing():
+        fail(f"--input {input}: no such folder (or list of files: {', '.join(LIST_SUFFIXES)})")
     return settings, source, Storage(out)
 
 

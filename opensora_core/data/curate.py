@@ -40,11 +40,11 @@ import pandas as pd
 
 from opensora_core.data.captions import CaptionTable, ModelCaptioner, read_sidecar
 from opensora_core.data.config import CurationConfig
-from opensora_core.data.ingest import RawFile, probe_file, register_inputs
+from opensora_core.data.ingest import Probe, RawFile, file_suffix, probe_file, register_inputs
 from opensora_core.data.row_tables import read_rows, write_rows
 from opensora_core.data.scenes import Sampler, cut_scenes
 from opensora_core.data.scoring import BackgroundScorer, ClipSamples, build_scorers, read_samples
-from opensora_core.data.storage import MANIFEST, Storage
+from opensora_core.data.storage import MANIFEST, FileList, Storage, open_source
 from opensora_core.utils.hashing import file_sha256
 from opensora_core.utils.opencv_threads import opencv_threads
 
@@ -81,13 +81,10 @@ def _write_manifest(folder: Path, manifest: dict) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
 
 
-def _source_url(source: Storage, rel: str) -> str:
-    return source.path(rel) if source.is_local else f"{source.url}/{rel}"
-
-
 def _up_to_date(out: Storage, raw: RawFile, step: str, fingerprint: str) -> bool:
     manifest = read_manifest(out, raw.key, step)
-    return bool(manifest) and manifest.get("sha256") == raw.sha256 and manifest.get("fingerprint") == fingerprint
+    return (bool(manifest) and manifest.get("sha256") == raw.sha256 and manifest.get("fingerprint") == fingerprint
+            and not manifest.get("retry"))
 
 
 # --------------------------------------------------------------------------------------
@@ -95,14 +92,26 @@ def _up_to_date(out: Storage, raw: RawFile, step: str, fingerprint: str) -> bool
 # --------------------------------------------------------------------------------------
 
 
-def raw_videos(source: Storage, out: Storage, raw: RawFile, config: CurationConfig) -> dict:
-    """Probe one raw file and read its sidecar caption; publish the probe manifest."""
-    with source.local_copy(raw.path) as local:
-        probe = probe_file(local, raw)
+def raw_videos(source: Storage | FileList, out: Storage, raw: RawFile, config: CurationConfig) -> dict:
+    """Probe one raw file and read its sidecar caption; publish the probe manifest.
+
+    A file that could not be read (a listed file missing or its store unreachable) is
+    rejected with the reason, and marked `retry`: :func:`curate` reads it again next time.
+    """
+    probe, caption, retry = Probe(path=raw.path, kind=raw.kind, sha256=raw.sha256, size=raw.size), None, False
+    if raw.problem:
+        probe.rejected, retry = raw.problem, True
+    else:
+        try:
+            with source.local_copy(raw.path) as local:
+                probe = probe_file(local, raw)
+            caption = read_sidecar(source, raw.path)
+        except Exception as err:  # noqa: BLE001 - a store's error (network, permissions): recorded, retried
+            probe.rejected, retry = f"could not be read ({type(err).__name__}: {err})", True
     manifest = {
-        "step": "raw_videos", "key": raw.key, "source": _source_url(source, raw.path), "path": raw.path,
+        "step": "raw_videos", "key": raw.key, "source": source.url_of(raw.path), "path": raw.path,
         "sha256": raw.sha256, "fingerprint": config.fingerprint("video_extensions", "image_extensions"),
-        "probe": asdict(probe), "caption": read_sidecar(source, raw.path), "rejected": None,
+        "probe": asdict(probe), "caption": caption, "rejected": None, "retry": retry,
     }
     if probe.rejected:
         manifest["rejected"] = {"step": "raw_videos", "reason": probe.rejected}
@@ -156,7 +165,7 @@ def _cut_and_score(video: Path, folder: Path, key: str, fps: float | None, confi
                  for s in scored}
 
 
-def scene_clips(source: Storage, out: Storage, key: str, config: CurationConfig) -> dict:
+def scene_clips(source: Storage | FileList, out: Storage, key: str, config: CurationConfig) -> dict:
     """Cut one raw video into scene clips (an image becomes a one-frame sample); the
     weights-free scores are computed on the way (see the module docstring)."""
     raw_manifest = read_manifest(out, key, "raw")
@@ -169,7 +178,7 @@ def scene_clips(source: Storage, out: Storage, key: str, config: CurationConfig)
     rows: list[dict] = []
     with out.staging_dir(*_step_dir(key, "clips")) as folder:
         if manifest["rejected"] is None and probe["kind"] == "image":
-            file = f"{key}-0000{PurePosixPath(raw_manifest['path']).suffix.lower()}"
+            file = f"{key}-0000{file_suffix(raw_manifest['path'])}"
             with source.local_copy(raw_manifest["path"]) as local:
                 shutil.copyfile(local, folder / file)
             rows.append(_clip_row(out, key, file, probe, raw_manifest, folder / file, clip_id=f"{key}-0000",
@@ -583,14 +592,15 @@ def training_dataset(out: Storage, keys: list[str], config: CurationConfig) -> D
 # --------------------------------------------------------------------------------------
 
 
-def curate(input: str | Storage, output: str | Storage, config: CurationConfig | None = None,
+def curate(input: str | Storage | FileList, output: str | Storage, config: CurationConfig | None = None,
            progress: bool = False) -> DatasetSummary:
-    """Run every step for every raw file under `input`, reusing up-to-date partitions,
-    then merge and filter into `output`."""
+    """Run every step for every raw file under `input` (a folder, or a list of files:
+    see :func:`open_source`), reusing up-to-date partitions, then merge and filter into
+    `output`."""
     from tqdm.auto import tqdm
 
     config = config or CurationConfig()
-    source = input if isinstance(input, Storage) else Storage(input)
+    source = input if isinstance(input, Storage | FileList) else open_source(input)
     out = output if isinstance(output, Storage) else Storage(output)
     files = register_inputs(source, config, index=out)
     captioning = None

@@ -2,9 +2,11 @@
 a partition key, and probe what they really contain.
 
 A raw file is any file under the input root whose extension is a configured video or
-image extension (sidecar captions and other files are not inputs). Hashes are cached
-in an index keyed by (path, size, mtime), so a sensor tick or a re-run hashes only new
-or changed files.
+image extension (sidecar captions and other files are not inputs), or every entry of a
+list of files (:class:`FileList`: whatever its name, the user asked for it; one that
+cannot be read is recorded as rejected, with the reason). Hashes are cached in an
+index keyed by (path, size, mtime), so a sensor tick or a re-run hashes only new or
+changed files.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import av
 
 from opensora_core.data.config import CurationConfig
-from opensora_core.data.storage import Storage
+from opensora_core.data.storage import FileList, Storage
 from opensora_core.utils.hashing import stream_sha256
 
 INDEX_FILE = "inputs.json"
@@ -37,6 +40,7 @@ class RawFile:
     mtime: float
     sha256: str
     key: str
+    problem: str | None = None  # why it could not be read (a listed file only); then no sha256
 
 
 def partition_key(path: str, sha256: str) -> str:
@@ -48,8 +52,13 @@ def partition_key(path: str, sha256: str) -> str:
     return f"{slug}-{digest}"
 
 
+def file_suffix(path: str) -> str:
+    """The lower-case extension of a path or URL (a URL's query and fragment aside)."""
+    return PurePosixPath(urlsplit(path).path if "://" in path else path).suffix.lower()
+
+
 def media_kind(path: str, config: CurationConfig) -> str | None:
-    suffix = PurePosixPath(path).suffix.lower()
+    suffix = file_suffix(path)
     if suffix in config.video_extensions:
         return "video"
     if suffix in config.image_extensions:
@@ -57,14 +66,17 @@ def media_kind(path: str, config: CurationConfig) -> str | None:
     return None
 
 
-def sha256_file(storage: Storage, path: str) -> str:
-    with storage.fs.open(storage.path(path), "rb") as handle:
+def sha256_file(storage: Storage | FileList, path: str) -> str:
+    with storage.open(path) as handle:
         return stream_sha256(handle)
 
 
-def discover(source: Storage, config: CurationConfig) -> list[str]:
+def discover(source: Storage | FileList, config: CurationConfig) -> list[str]:
     """Relative POSIX paths of every raw file under `source`, sorted. Hidden files and
-    folders (temporary names of atomic writes among them) are skipped."""
+    folders (temporary names of atomic writes among them) are skipped. For a list of
+    files, its entries as listed."""
+    if isinstance(source, FileList):
+        return list(source.entries)
     found = []
     for full in source.fs.find(source.root):
         rel = PurePosixPath(str(full)).relative_to(PurePosixPath(source.root)).as_posix() if source.is_local \
@@ -76,27 +88,36 @@ def discover(source: Storage, config: CurationConfig) -> list[str]:
     return sorted(found)
 
 
-def register_inputs(source: Storage, config: CurationConfig, index: Storage | None = None) -> list[RawFile]:
-    """Every raw file under `source` with its hash and partition key.
+def register_inputs(source: Storage | FileList, config: CurationConfig,
+                    index: Storage | None = None) -> list[RawFile]:
+    """Every raw file under `source` (or listed in it) with its hash and partition key.
 
     `index` (a storage root, usually the curation output) keeps `inputs.json`, the hash
-    cache; without it every file is hashed.
+    cache; without it every file is hashed. A store that gives no modification time
+    (http) is hashed every time. A listed file that cannot be read gets a key from its
+    path alone and its `problem`; once readable, its hash gives it a key of its own.
     """
     cache: dict[str, dict] = {}
     if index is not None and index.exists(INDEX_FILE):
         cache = {row["path"]: row for row in json.loads(index.read_text(INDEX_FILE))}
     files = []
     for rel in discover(source, config):
-        info = source.fs.info(source.path(rel))
-        size, mtime = int(info.get("size") or 0), float(info.get("mtime") or info.get("LastModified", 0) or 0)
-        if isinstance(mtime, float) and math.isnan(mtime):
-            mtime = 0.0
-        known = cache.get(rel)
-        if known and known["size"] == size and known["mtime"] == mtime:
-            sha = known["sha256"]
-        else:
-            sha = sha256_file(source, rel)
-        files.append(RawFile(rel, media_kind(rel, config), size, mtime, sha, partition_key(rel, sha)))
+        # A listed file with no known extension is probed as a video (the probe names it if it is not).
+        kind = media_kind(rel, config) or "video"
+        try:
+            size, mtime = source.info(rel)
+            if math.isnan(mtime):
+                mtime = 0.0
+            known = cache.get(rel)
+            if known and not known.get("problem") and known["size"] == size and known["mtime"] == mtime and mtime:
+                sha = known["sha256"]
+            else:
+                sha = sha256_file(source, rel)
+        except Exception as err:  # noqa: BLE001 - any store's error (aiohttp's are not OSErrors): recorded
+            problem = "not found" if isinstance(err, FileNotFoundError) else f"not readable ({type(err).__name__}: {err})"
+            files.append(RawFile(rel, kind, 0, 0.0, "", partition_key(rel, ""), problem))
+            continue
+        files.append(RawFile(rel, kind, size, mtime, sha, partition_key(rel, sha)))
     if index is not None:
         index.write_text(json.dumps([asdict(f) for f in files], indent=1), INDEX_FILE)
     return files

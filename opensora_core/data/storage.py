@@ -7,17 +7,26 @@ with :meth:`Storage.local_copy`, outputs are written into a local staging folder
 published with :meth:`Storage.publish_dir`, which replaces a folder as a whole so a
 reader never sees a half-written partition and re-publishing one partition touches no
 other.
+
+Raw inputs come from a folder walked (a :class:`Storage` root) or from a list of paths
+and URLs (:class:`FileList`: a `.txt` file with one per line, or a `.csv` with a `path`
+column such as an Open-Sora table), each entry read through its own fsspec filesystem:
+local files, s3-compatible stores, http(s). :func:`open_source` picks one by the name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import datetime
+import io
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -26,6 +35,35 @@ from opensora_core.utils.atomic import atomic_path
 
 # Written last into every published step folder; its presence means the folder is complete.
 MANIFEST = "manifest.json"
+# An input named with one of these suffixes is a list of raw files, not a folder.
+LIST_SUFFIXES = (".txt", ".csv")
+
+
+def _modified(info: dict) -> float:
+    """Modification time (seconds) from an fsspec `info`, 0 where the store gives none
+    (http): local `mtime`, s3 `LastModified` (a datetime), gcs `updated`/`mtime`."""
+    for name in ("mtime", "LastModified", "updated", "last_modified"):
+        value = info.get(name)
+        if isinstance(value, datetime.datetime):
+            return value.timestamp()
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return datetime.datetime.fromisoformat(value).timestamp()
+        elif value:
+            with contextlib.suppress(TypeError, ValueError):
+                return float(value)
+    return 0.0
+
+
+def _download(fs, path: str, suffix: str) -> contextlib.AbstractContextManager[Path]:
+    @contextlib.contextmanager
+    def staged() -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix="opensora-stage-") as tmp:
+            local = Path(tmp) / f"input{suffix}"
+            fs.get_file(path, str(local))
+            yield local
+
+    return staged()
 
 
 class Storage:
@@ -49,6 +87,22 @@ class Storage:
         if not self.is_local:
             raise ValueError(f"{self.url} is not a local folder")
         return Path(self.root, *parts)
+
+    def url_of(self, rel: str) -> str:
+        """Where the raw file `rel` is, as users see it (path or URL)."""
+        return self.path(rel) if self.is_local else f"{self.url}/{rel}"
+
+    def missing(self) -> str | None:
+        """Why this root cannot be read as a folder of raw files, or None."""
+        return None if self.fs.isdir(self.root) else f"{self.url}: no such folder"
+
+    def info(self, rel: str) -> tuple[int, float]:
+        """(size in bytes, modification time) of `rel`."""
+        info = self.fs.info(self.path(rel))
+        return int(info.get("size") or 0), _modified(info)
+
+    def open(self, rel: str):
+        return self.fs.open(self.path(rel), "rb")
 
     def exists(self, *parts: str) -> bool:
         return self.fs.exists(self.path(*parts))
@@ -83,10 +137,7 @@ class Storage:
         if self.is_local:
             yield self.local_path(*parts)
             return
-        suffix = PurePosixPath(parts[-1]).suffix
-        with tempfile.TemporaryDirectory(prefix="opensora-stage-") as tmp:
-            local = Path(tmp) / f"input{suffix}"
-            self.fs.get_file(self.path(*parts), str(local))
+        with _download(self.fs, self.path(*parts), PurePosixPath(parts[-1]).suffix) as local:
             yield local
 
     @contextlib.contextmanager
@@ -127,3 +178,114 @@ class Storage:
         files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: (p.name == MANIFEST, str(p)))
         for file in files:
             self.fs.put_file(str(file), self.path(*parts, *file.relative_to(local).parts))
+
+
+def _has_scheme(entry: str) -> bool:
+    return "://" in entry or entry.startswith(("memory:", "file:"))
+
+
+class FileList:
+    """Raw files named one by one, instead of a folder walked: `url` is a list file, a
+    `.txt` with one path or URL per line (blank lines and `#` comments skipped) or a
+    `.csv` with a `path` column (an Open-Sora table; other columns are ignored).
+
+    Entries are local paths (relative ones from the list's folder) or URLs of any
+    fsspec filesystem (s3://, gs://, http(s)://, ...); `storage_options` (credentials,
+    endpoint) apply to the entries with the list's own protocol, the others take their
+    filesystem's defaults (environment, fsspec config). An entry listed twice counts
+    once. Each entry is named by its absolute path or URL (`rel` below), which is what
+    the pipeline records as its path; an entry that cannot be read is not dropped
+    here: the ingest step records it as rejected with the reason.
+    """
+
+    def __init__(self, url: str | os.PathLike[str], **storage_options) -> None:
+        url = str(url)
+        self.storage_options = storage_options
+        fs, path = fsspec.core.url_to_fs(url, **storage_options)
+        self.is_local = isinstance(fs, LocalFileSystem)
+        self.url = self.root = str(Path(path).resolve()) if self.is_local else url
+        self.protocol = url.split("://", 1)[0] if "://" in url else "file"
+        try:
+            text = fs.cat_file(path).decode("utf-8-sig")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{url}: no such list of raw files") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{url}: a list of raw files must be UTF-8 text ({err})") from None
+        names = self._parse(text, PurePosixPath(urlsplit(url).path).suffix.lower())
+        base = str(Path(self.url).parent) if self.is_local else self.url.rsplit("/", 1)[0]
+        entries = [self._resolve(name, base) for name in names]
+        self.entries = list(dict.fromkeys(entries))
+        self.duplicates = len(entries) - len(self.entries)
+
+    def __repr__(self) -> str:
+        return f"FileList({self.url!r}, {len(self.entries)} entries)"
+
+    def _parse(self, text: str, suffix: str) -> list[str]:
+        if suffix == ".csv":
+            reader = csv.DictReader(io.StringIO(text))
+            if "path" not in (reader.fieldnames or []):
+                raise ValueError(f"{self.url}: a CSV list of raw files needs a 'path' column "
+                                 f"(found: {', '.join(reader.fieldnames or []) or 'no header'})")
+            return [row["path"].strip() for row in reader if (row["path"] or "").strip()]
+        lines = (line.strip() for line in text.splitlines())
+        return [line for line in lines if line and not line.startswith("#")]
+
+    def _resolve(self, name: str, base: str) -> str:
+        if _has_scheme(name):
+            return name
+        name = os.path.expanduser(name)
+        if os.path.isabs(name):
+            return str(Path(name).resolve())
+        return str(Path(base, name).resolve()) if self.is_local else f"{base}/{name}"
+
+    def missing(self) -> str | None:
+        return None  # a list that could not be read raised when it was opened
+
+    def _fs(self, rel: str):
+        scheme = rel.split("://", 1)[0] if "://" in rel else "file"
+        options = self.storage_options if scheme == self.protocol else {}
+        return fsspec.core.url_to_fs(rel, **options)
+
+    def path(self, rel: str) -> str:
+        return rel
+
+    def url_of(self, rel: str) -> str:
+        return rel
+
+    def info(self, rel: str) -> tuple[int, float]:
+        fs, path = self._fs(rel)
+        info = fs.info(path)
+        if info.get("type") == "directory":
+            raise IsADirectoryError(f"{rel} is a folder")
+        return int(info.get("size") or 0), _modified(info)
+
+    def open(self, rel: str):
+        fs, path = self._fs(rel)
+        return fs.open(path, "rb")
+
+    def exists(self, rel: str) -> bool:
+        fs, path = self._fs(rel)
+        try:
+            return bool(fs.exists(path))
+        except OSError:  # an unreachable host: nothing there as far as the pipeline can tell
+            return False
+
+    def read_text(self, rel: str) -> str:
+        fs, path = self._fs(rel)
+        return fs.cat_file(path).decode("utf-8")
+
+    @contextlib.contextmanager
+    def local_copy(self, rel: str) -> Iterator[Path]:
+        fs, path = self._fs(rel)
+        if isinstance(fs, LocalFileSystem):
+            yield Path(path)
+            return
+        with _download(fs, path, PurePosixPath(urlsplit(rel).path).suffix) as local:
+            yield local
+
+
+def open_source(spec: str | os.PathLike[str], **storage_options) -> Storage | FileList:
+    """The raw inputs `spec` names: a list of files (:data:`LIST_SUFFIXES`) or a folder."""
+    if PurePosixPath(urlsplit(str(spec)).path).suffix.lower() in LIST_SUFFIXES:
+        return FileList(spec, **storage_options)
+    return Storage(spec, **storage_options)

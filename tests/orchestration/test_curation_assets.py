@@ -55,6 +55,30 @@ def test_sensor_skips_a_missing_or_empty_raw_folder_naming_it(tmp_path):
     assert not instance.get_dynamic_partitions(raw_partitions.name)
 
 
+def test_a_list_of_files_as_the_raw_root(setup):
+    """The sensor reads a list of files like a folder; a listed file that is missing is
+    a partition whose raw_videos records it as rejected (not a failed run)."""
+    instance, storage, raw, curated = setup
+    listing = raw.parent / "inputs.txt"
+    listing.write_text(f"{raw / 'red left.mp4'}\nmissing.mp4\n")
+    storage = CurationStorage(raw_root=str(listing), curated_root=str(curated), data_config=storage.data_config)
+    _tick(instance, storage)
+    keys = instance.get_dynamic_partitions(raw_partitions.name)
+    assert len(keys) == 2
+    for key in keys:
+        assert _curate_partition(instance, storage, key).success
+    merged = materialize([training_dataset], instance=instance, resources={"curation_storage": storage})
+    assert merged.success
+    meta, rejected = pd.read_csv(curated / "meta.csv"), pd.read_csv(curated / "rejected.csv")
+    assert set(meta["source"]) == {str(raw / "red left.mp4")}
+    assert rejected[["path", "step", "reason"]].values.tolist() == [
+        [str(raw.parent / "missing.mp4"), "raw_videos", "not found"]]
+    (raw.parent / "absent.txt").unlink(missing_ok=True)
+    gone = CurationStorage(raw_root=str(raw.parent / "absent.txt"), curated_root=str(curated))
+    skipped = _tick(instance, gone)
+    assert isinstance(skipped, SkipReason) and "absent.txt: no such list of raw files" in skipped.skip_message
+
+
 def _curate_partition(instance, storage, key):
     return materialize([raw_videos, scene_clips, scored_clips], partition_key=key, instance=instance,
                        resources={"curation_storage": storage})
