@@ -39,7 +39,7 @@ class ScenesConfig(_Strict):
     # Longer scenes are split into pieces of at most this many frames; also bounds the
     # memory a clip needs while it is cut.
     max_frames: int = Field(256, ge=1)
-    # Analysis width for detection (PySceneDetect's own default downscales to ~256 px).
+    # Detection sees wider frames resized to this width, as PySceneDetect's default (256 px) does.
     analysis_width: int = Field(256, ge=16)
 
     @model_validator(mode="after")

@@ -273,6 +273,31 @@ def test_cut_is_frame_accurate_and_hands_sample_frames_over(tmp_path, codec):
         assert thumb.shape == (107, 160, 3) and np.abs(thumb[..., ::-1].astype(int) - expected).mean() < 4
 
 
+def test_detection_sees_frames_at_pyscenedetects_size(tmp_path):
+    """Frames wider than the analysis width are resized to it, as PySceneDetect's
+    default downscaling does (height to match, rounded for 4:2:0); the picture is the
+    full frame's, resized."""
+    from opensora_core.data.scenes import detection_frame, detection_size
+
+    assert detection_size(720, 528, 256) == (256, 188)
+    assert detection_size(1920, 1080, 256) == (256, 144)
+    assert detection_size(320, 240, 256) == (256, 192)
+    assert detection_size(256, 141, 256) == (256, 141) and detection_size(200, 100, 256) == (200, 100)
+    from opensora_core.infer.export import write_video
+
+    yy, xx = np.mgrid[0:96, 0:128]
+    colours = np.stack([xx * 2, yy * 2, np.full_like(xx, 200)], axis=-1).astype(np.uint8)  # red across, green down
+    with av.open(str(write_video(tmp_path / "colours.mp4", np.stack([colours] * 2), fps=12))) as container:
+        frame = next(container.decode(video=0))
+    size = detection_size(frame.width, frame.height, 48)
+    small = detection_frame(frame, size)
+    assert small.shape == (size[1], size[0], 3) == (36, 48, 3)
+    expected = cv2.resize(frame.to_ndarray(format="bgr24"), size, interpolation=cv2.INTER_LINEAR)
+    # Chroma is resized before the conversion rather than after: a few levels apart at most.
+    assert np.abs(small.astype(int) - expected).mean() < 3
+    assert np.abs(small[..., ::-1].astype(int) - expected).mean() > 30  # (channels swapped: far off)
+
+
 def test_fast_detector_scores_equal_pyscenedetect(tmp_path):
     from fractions import Fraction
 
@@ -285,7 +310,7 @@ def test_fast_detector_scores_equal_pyscenedetect(tmp_path):
     theirs, ours, cuts = AdaptiveDetector(), _Detector(), ([], [])
     with av.open(str(video)) as container:
         for i, frame in enumerate(container.decode(video=0)):
-            small = detection_frame(frame, 1)
+            small = detection_frame(frame)
             cuts[0].extend(c.frame_num for c in theirs.process_frame(FrameTimecode(i, Fraction(12)), small))
             cuts[1].extend(c.frame_num for c in ours.process_frame(FrameTimecode(i, Fraction(12)), small))
             assert ours._frame_score == theirs._frame_score
