@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import email.utils
 import io
 import os
 import shutil
@@ -40,15 +41,18 @@ LIST_SUFFIXES = (".txt", ".csv")
 
 
 def _modified(info: dict) -> float:
-    """Modification time (seconds) from an fsspec `info`, 0 where the store gives none
-    (http): local `mtime`, s3 `LastModified` (a datetime), gcs `updated`/`mtime`."""
-    for name in ("mtime", "LastModified", "updated", "last_modified"):
+    """Modification time (seconds) from an fsspec `info`, 0 where the store gives none:
+    local `mtime`, s3 `LastModified` (a datetime), gcs `updated`, http `Last-Modified`
+    (a server that sends none has its files hashed every time)."""
+    for name in ("mtime", "LastModified", "Last-Modified", "updated", "last_modified"):
         value = info.get(name)
         if isinstance(value, datetime.datetime):
             return value.timestamp()
         if isinstance(value, str):
             with contextlib.suppress(ValueError):
                 return datetime.datetime.fromisoformat(value).timestamp()
+            with contextlib.suppress(TypeError, ValueError):
+                return email.utils.parsedate_to_datetime(value).timestamp()  # RFC 9110 dates
         elif value:
             with contextlib.suppress(TypeError, ValueError):
                 return float(value)

@@ -70,7 +70,7 @@ def listed(tmp_path):
     memory.rm("/lists-test", recursive=True)
 
 
-def test_every_listed_entry_is_kept_or_rejected_with_its_reason(listed):
+def test_every_listed_entry_is_kept_or_rejected_with_its_reason(listed, monkeypatch):
     root, listing, base = listed
     source = open_source(listing)
     assert isinstance(source, FileList) and source.duplicates == 1 and len(source.entries) == 6
@@ -88,6 +88,13 @@ def test_every_listed_entry_is_kept_or_rejected_with_its_reason(listed):
     assert (served["text"] == "a green circle moving right").all() and served["num_frames"].sum() == 24
     assert (meta.loc[meta["source"] == "memory://lists-test/d.png", "media"] == "image").all()
     assert summary.kept == len(meta) and summary.rejected == 2
+    # A second look hashes nothing again: local files by mtime, http by its Last-Modified.
+    from opensora_core.data import ingest
+
+    hashed = []
+    monkeypatch.setattr(ingest, "sha256_file", lambda storage, rel: hashed.append(rel))
+    register_inputs(source, corpus_config(), index=Storage(root / "out"))
+    assert hashed == ["memory://lists-test/d.png"]  # the memory store keeps no modification times
 
 
 def test_a_missing_listed_file_is_read_again_once_it_appears(listed):
@@ -143,7 +150,8 @@ def test_modification_times_of_every_store():
     assert _modified({"mtime": 1.5}) == 1.5  # local
     assert _modified({"LastModified": moment}) == moment.timestamp()  # s3
     assert _modified({"updated": "2026-11-30T12:00:00Z"}) == moment.timestamp()  # gcs
-    assert _modified({"size": 3}) == 0.0  # http: none, so the file is hashed every time
+    assert _modified({"Last-Modified": "Mon, 30 Nov 2026 12:00:00 GMT"}) == moment.timestamp()  # http
+    assert _modified({"size": 3}) == 0.0  # none: the file is hashed every time
 
 
 def test_signed_urls_are_typed_by_their_path_and_have_no_sidecar():
