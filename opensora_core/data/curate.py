@@ -96,18 +96,28 @@ def raw_videos(source: Storage | FileList, out: Storage, raw: RawFile, config: C
     """Probe one raw file and read its sidecar caption; publish the probe manifest.
 
     A file that could not be read (a listed file missing or its store unreachable) is
-    rejected with the reason, and marked `retry`: :func:`curate` reads it again next time.
+    rejected with the reason, and marked `retry`: :func:`curate` reads it again next time;
+    so is a file whose sidecar caption could not be read (noted, not rejected).
     """
     probe, caption, retry = Probe(path=raw.path, kind=raw.kind, sha256=raw.sha256, size=raw.size), None, False
     if raw.problem:
         probe.rejected, retry = raw.problem, True
     else:
+        staged = False
         try:
             with source.local_copy(raw.path) as local:
+                staged = True
                 probe = probe_file(local, raw)
-            caption = read_sidecar(source, raw.path)
-        except Exception as err:  # noqa: BLE001 - a store's error (network, permissions): recorded, retried
+        except Exception as err:  # a store's error (network, permissions): recorded, retried
+            if staged:  # the probe's own: a bug, not the file's
+                raise
             probe.rejected, retry = f"could not be read ({type(err).__name__}: {err})", True
+        if probe.rejected is None:
+            try:
+                caption = read_sidecar(source, raw.path)
+            except Exception as err:  # noqa: BLE001 - the same, for the caption beside it
+                probe.notes.append(f"sidecar caption could not be read ({type(err).__name__}: {err})")
+                retry = True
     manifest = {
         "step": "raw_videos", "key": raw.key, "source": source.url_of(raw.path), "path": raw.path,
         "sha256": raw.sha256, "fingerprint": config.fingerprint("video_extensions", "image_extensions"),

@@ -167,3 +167,33 @@ def test_signed_urls_are_typed_by_their_path_and_have_no_sidecar():
             raise AssertionError(f"looked for a sidecar at {rel}")
 
     assert read_sidecar(Unreachable(), url) is None
+
+
+def test_a_store_error_is_recorded_and_retried_and_a_probe_bug_raised(tmp_path, monkeypatch):
+    from opensora_core.data import curate as curate_module
+
+    _video(tmp_path / "v.mp4")
+    (tmp_path / "list.txt").write_text("v.mp4\n")
+    out = Storage(tmp_path / "out")
+
+    @contextlib.contextmanager
+    def unreachable(self, rel):
+        raise ConnectionError("host unreachable")
+        yield
+
+    monkeypatch.setattr(FileList, "local_copy", unreachable)
+    curate(tmp_path / "list.txt", out, corpus_config())
+    rejected = pd.read_csv(tmp_path / "out" / "rejected.csv")
+    assert rejected["reason"].tolist() == ["could not be read (ConnectionError: host unreachable)"]
+    monkeypatch.undo()
+    curate(tmp_path / "list.txt", out, corpus_config())  # read again: kept now
+    assert len(pd.read_csv(tmp_path / "out" / "meta.csv")) == 1
+    assert pd.read_csv(tmp_path / "out" / "rejected.csv").empty
+
+    def broken_probe(local, raw):
+        raise KeyError("a bug in the probe")
+
+    monkeypatch.setattr(curate_module, "probe_file", broken_probe)
+    raw = register_inputs(open_source(tmp_path / "list.txt"), corpus_config())[0]
+    with pytest.raises(KeyError, match="a bug in the probe"):
+        curate_module.raw_videos(open_source(tmp_path / "list.txt"), out, raw, corpus_config())
