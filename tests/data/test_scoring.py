@@ -88,16 +88,15 @@ def test_quality_is_its_definition_in_numpy():
     kind: RGB and luma, larger than the analysis size (resized), odd sizes, clipped."""
     import math
 
+    from opensora_core.data.scoring.base import shrink
+
     rng = np.random.default_rng(1)
     noise = rng.integers(0, 256, (375, 501), dtype=np.uint8)
     frames = [noise, cv2.GaussianBlur(noise, (0, 0), 2), rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8),
               np.clip(rng.normal(240, 30, (99, 131)), 0, 255).astype(np.uint8), np.full((64, 48), 3, np.uint8)]
     for frame in frames:
-        gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if frame.ndim == 3 else frame
-        h, w = gray.shape
-        scale = 512 / max(h, w)
-        if scale < 1:
-            gray = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        gray = shrink(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if frame.ndim == 3 else frame, 512)
+        assert max(gray.shape) == min(512, max(frame.shape[:2]))
         sharpness = 1 - math.exp(-cv2.Laplacian(gray, cv2.CV_64F).var() / 100)
         exposure = max(0.0, 1 - abs(gray.mean() / 255 - 0.5) * 2) * ((gray >= 5) & (gray <= 250)).mean()
         contrast = min(1.0, gray.std() / 64)

@@ -44,6 +44,7 @@ from opensora_core.data.scoring.base import (
     ClipSamples,
     Scorer,
     gray,
+    shrink,
     spread_frames,
     spread_positions,
 )
@@ -199,12 +200,8 @@ def _read_cli(image: np.ndarray, config: OCRConfig) -> list[Word]:
 
 
 def _ocr_image(frame: np.ndarray, max_size: int) -> np.ndarray:
-    image = gray(frame)
-    h, w = image.shape
-    scale = min(1.0, max_size / max(h, w))
-    if scale < 1:
-        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return image
+    # `shrink`: 0.2 ms for 720x528 -> 640x469, against 1.5 ms for one area resize.
+    return shrink(gray(frame), max_size)
 
 
 def text_coverage(frames: list[np.ndarray], config: OCRConfig, backend: str | None = None,
@@ -254,7 +251,7 @@ class OCRScorer(Scorer):
         self.config = config
         self.backend, self._missing = choose_backend(config)
         self.tessdata = find_tessdata(config.lang, config.tessdata) if self.backend == "library" else None
-        self.version = f"tesseract-coverage-1-{self.backend}"
+        self.version = f"tesseract-coverage-2-{self.backend}"  # 2: frames reduced by `shrink`
         # The binary's start-up costs about as much as reading a frame: give it many
         # clips per call. The library has no cost per call: each clip as it ends.
         self.batched = self.backend == "cli"

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from opensora_core.data.config import QualityConfig
-from opensora_core.data.scoring.base import ClipSamples, Scorer, spread_positions
+from opensora_core.data.scoring.base import ClipSamples, Scorer, shrink, spread_positions
 from opensora_core.data.scoring.base import gray as to_gray
 
 ANALYSIS_SIZE = 512
@@ -27,11 +27,7 @@ ANALYSIS_SIZE = 512
 
 def frame_quality(frame: np.ndarray) -> dict[str, float]:
     """Scores of one RGB or luma frame."""
-    gray = to_gray(frame)
-    h, w = gray.shape
-    scale = ANALYSIS_SIZE / max(h, w)
-    if scale < 1:
-        gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    gray = shrink(to_gray(frame), ANALYSIS_SIZE)  # 0.16 ms for 720x528, against 1.2 ms for one area resize
     # OpenCV's one-pass statistics, ~8x cheaper than NumPy's on a float64 Laplacian: the
     # Laplacian of uint8 pixels is exact in int16, the sums are accumulated in doubles.
     laplacian_std = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_16S))[1][0, 0]
@@ -47,7 +43,7 @@ def frame_quality(frame: np.ndarray) -> dict[str, float]:
 
 class QualityScorer(Scorer):
     name = "quality"
-    version = "sharp-expo-contrast-1"
+    version = "sharp-expo-contrast-2"  # 2: frames reduced by `shrink`
     columns = ("quality", "quality_sharpness", "quality_exposure", "quality_contrast")
     needs_color = False
 
