@@ -26,6 +26,7 @@ as they are while the fingerprints match, and decodes clips only for the rest
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ import math
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -602,6 +604,34 @@ def training_dataset(out: Storage, keys: list[str], config: CurationConfig) -> D
 # --------------------------------------------------------------------------------------
 
 
+class _FetchedOnce:
+    """`source` as one raw file's steps in one run see it: the file (`rel`) is staged
+    locally once, when a step first reads it, however many steps read it (a remote file
+    is downloaded once for its probe and its cut, not once for each); everything else
+    is `source`'s own."""
+
+    def __init__(self, source: Storage | FileList, rel: str) -> None:
+        self.source, self.rel = source, rel
+        self._stack = contextlib.ExitStack()
+        self._local: Path | None = None
+
+    def __getattr__(self, name: str):
+        return getattr(self.source, name)
+
+    @contextlib.contextmanager
+    def local_copy(self, *parts: str) -> Iterator[Path]:
+        if parts != (self.rel,):
+            with self.source.local_copy(*parts) as local:
+                yield local
+            return
+        if self._local is None:
+            self._local = self._stack.enter_context(self.source.local_copy(self.rel))
+        yield self._local
+
+    def close(self) -> None:
+        self._stack.close()
+
+
 def curate(input: str | Storage | FileList, output: str | Storage, config: CurationConfig | None = None,
            progress: bool = False) -> DatasetSummary:
     """Run every step for every raw file under `input` (a folder, or a list of files:
@@ -620,12 +650,13 @@ def curate(input: str | Storage | FileList, output: str | Storage, config: Curat
     }
     for raw in tqdm(files, desc="curating", unit="file", disable=not progress):
         fresh = False
-        if not _up_to_date(out, raw, "raw", fingerprints["raw"]):
-            raw_videos(source, out, raw, config)
-            fresh = True
-        if fresh or not _up_to_date(out, raw, "clips", fingerprints["clips"]):
-            scene_clips(source, out, raw.key, config)
-            fresh = True
+        with contextlib.closing(_FetchedOnce(source, raw.path)) as fetched:
+            if not _up_to_date(out, raw, "raw", fingerprints["raw"]):
+                raw_videos(fetched, out, raw, config)
+                fresh = True
+            if fresh or not _up_to_date(out, raw, "clips", fingerprints["clips"]):
+                scene_clips(fetched, out, raw.key, config)
+                fresh = True
         scores = read_manifest(out, raw.key, "scores")
         scores_fingerprint = config.fingerprint("scorers") + fingerprints["clips"]
         if fresh or not scores or scores.get("fingerprint") != scores_fingerprint or scores["sha256"] != raw.sha256:

@@ -197,3 +197,25 @@ def test_a_store_error_is_recorded_and_retried_and_a_probe_bug_raised(tmp_path, 
     raw = register_inputs(open_source(tmp_path / "list.txt"), corpus_config())[0]
     with pytest.raises(KeyError, match="a bug in the probe"):
         curate_module.raw_videos(open_source(tmp_path / "list.txt"), out, raw, corpus_config())
+
+
+def test_a_remote_file_is_fetched_once_for_its_probe_and_its_cut(tmp_path, monkeypatch):
+    from opensora_core.data import storage
+
+    video = _video(tmp_path / "v.mp4")
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/fetch-test/v.mp4", video.read_bytes())
+    (tmp_path / "list.txt").write_text("memory://fetch-test/v.mp4\n")
+    fetched, download = [], storage._download
+
+    def counting(fs, path, suffix):
+        fetched.append(path)
+        return download(fs, path, suffix)
+
+    monkeypatch.setattr(storage, "_download", counting)
+    try:
+        curate(tmp_path / "list.txt", tmp_path / "out", corpus_config())
+    finally:
+        memory.rm("/fetch-test", recursive=True)
+    assert fetched == ["/fetch-test/v.mp4"]  # probe and cut share one download
+    assert len(pd.read_csv(tmp_path / "out" / "meta.csv")) == 1
