@@ -59,15 +59,13 @@ def _modified(info: dict) -> float:
     return 0.0
 
 
-def _download(fs, path: str, suffix: str) -> contextlib.AbstractContextManager[Path]:
-    @contextlib.contextmanager
-    def staged() -> Iterator[Path]:
-        with tempfile.TemporaryDirectory(prefix="opensora-stage-") as tmp:
-            local = Path(tmp) / f"input{suffix}"
-            fs.get_file(path, str(local))
-            yield local
-
-    return staged()
+@contextlib.contextmanager
+def _download(fs, path: str, suffix: str) -> Iterator[Path]:
+    """`path` of `fs` as a temporary local file (named with `suffix`, which PyAV reads)."""
+    with tempfile.TemporaryDirectory(prefix="opensora-stage-") as tmp:
+        local = Path(tmp) / f"input{suffix}"
+        fs.get_file(path, str(local))
+        yield local
 
 
 class Storage:
