@@ -61,10 +61,15 @@ def _modified(info: dict) -> float:
 
 @contextlib.contextmanager
 def _download(fs, path: str, suffix: str) -> Iterator[Path]:
-    """`path` of `fs` as a temporary local file (named with `suffix`, which PyAV reads)."""
+    """`path` of `fs` as a temporary local file (named with `suffix`, which PyAV reads),
+    with a byte progress bar on a terminal (a large video over http takes a while)."""
+    from fsspec.callbacks import TqdmCallback
+
+    progress = TqdmCallback(tqdm_kwargs={"desc": f"fetching {PurePosixPath(path).name}", "unit": "B",
+                                         "unit_scale": True, "leave": False, "disable": None})
     with tempfile.TemporaryDirectory(prefix="opensora-stage-") as tmp:
         local = Path(tmp) / f"input{suffix}"
-        fs.get_file(path, str(local))
+        fs.get_file(path, str(local), callback=progress)
         yield local
 
 
