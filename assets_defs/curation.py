@@ -88,7 +88,9 @@ def raw_videos(context: AssetExecutionContext, curation_storage: CurationStorage
                                  curation_storage.curation_config())
     probe = manifest["probe"]
     return MaterializeResult(metadata={
-        "path": MetadataValue.path(manifest["source"]), "sha256": raw.sha256, "kind": probe["kind"],
+        # A listed URL is a link in the UI; a path (or a file in an object store root) a path.
+        "path": (MetadataValue.url if "://" in manifest["source"] else MetadataValue.path)(manifest["source"]),
+        "sha256": raw.sha256, "kind": probe["kind"],
         "codec": str(probe["codec"]), "fps": float(probe["fps"] or 0), "num_frames": probe["num_frames"],
         "size": f"{probe['width']}x{probe['height']}", "notes": "; ".join(probe["notes"]) or "none",
         **_rejection(manifest),

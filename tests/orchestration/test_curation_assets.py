@@ -59,18 +59,28 @@ def test_a_list_of_files_as_the_raw_root(setup):
     """The sensor reads a list of files like a folder; a listed file that is missing is
     a partition whose raw_videos records it as rejected (not a failed run)."""
     instance, storage, raw, curated = setup
+    import fsspec
+
     listing = raw.parent / "inputs.txt"
-    listing.write_text(f"{raw / 'red left.mp4'}\nmissing.mp4\n")
+    fsspec.filesystem("memory").pipe("/assets-list/still.png", (raw / "still.png").read_bytes())
+    listing.write_text(f"{raw / 'red left.mp4'}\nmissing.mp4\nmemory://assets-list/still.png\n")
     storage = CurationStorage(raw_root=str(listing), curated_root=str(curated), data_config=storage.data_config)
     _tick(instance, storage)
     keys = instance.get_dynamic_partitions(raw_partitions.name)
-    assert len(keys) == 2
+    assert len(keys) == 3
+    paths = {}
     for key in keys:
-        assert _curate_partition(instance, storage, key).success
+        result = _curate_partition(instance, storage, key)
+        assert result.success
+        paths[key] = result.asset_materializations_for_node("raw_videos")[0].metadata["path"]
+    # The listed URL is a link in the UI, local files are paths.
+    assert sorted(type(p).__name__ for p in paths.values()) == ["PathMetadataValue", "PathMetadataValue",
+                                                                  "UrlMetadataValue"]
     merged = materialize([training_dataset], instance=instance, resources={"curation_storage": storage})
     assert merged.success
+    fsspec.filesystem("memory").rm("/assets-list", recursive=True)
     meta, rejected = pd.read_csv(curated / "meta.csv"), pd.read_csv(curated / "rejected.csv")
-    assert set(meta["source"]) == {str(raw / "red left.mp4")}
+    assert set(meta["source"]) == {str(raw / "red left.mp4"), "memory://assets-list/still.png"}
     assert rejected[["path", "step", "reason"]].values.tolist() == [
         [str(raw.parent / "missing.mp4"), "raw_videos", "not found"]]
     (raw.parent / "absent.txt").unlink(missing_ok=True)
