@@ -42,11 +42,11 @@ import pandas as pd
 
 from opensora_core.data.captions import CaptionTable, ModelCaptioner, read_sidecar
 from opensora_core.data.config import CurationConfig
-from opensora_core.data.ingest import Probe, RawFile, file_suffix, probe_file, register_inputs
+from opensora_core.data.ingest import Probe, RawFile, probe_file, register_inputs
 from opensora_core.data.row_tables import read_rows, write_rows
 from opensora_core.data.scenes import Sampler, cut_scenes
 from opensora_core.data.scoring import BackgroundScorer, ClipSamples, build_scorers, read_samples
-from opensora_core.data.storage import MANIFEST, FileList, Storage, open_source
+from opensora_core.data.storage import MANIFEST, FileList, Storage, file_suffix, open_source
 from opensora_core.utils.hashing import file_sha256
 from opensora_core.utils.opencv_threads import opencv_threads
 

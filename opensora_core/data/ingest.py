@@ -19,12 +19,11 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
 
 import av
 
 from opensora_core.data.config import CurationConfig
-from opensora_core.data.storage import FileList, Storage
+from opensora_core.data.storage import FileList, Storage, file_suffix
 from opensora_core.utils.hashing import stream_sha256
 
 INDEX_FILE = "inputs.json"
@@ -50,11 +49,6 @@ def partition_key(path: str, sha256: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[:40] or "file"
     digest = hashlib.sha256(f"{path}\0{sha256}".encode()).hexdigest()[:12]
     return f"{slug}-{digest}"
-
-
-def file_suffix(path: str) -> str:
-    """The lower-case extension of a path or URL (a URL's query and fragment aside)."""
-    return PurePosixPath(urlsplit(path).path if "://" in path else path).suffix.lower()
 
 
 def media_kind(path: str, config: CurationConfig) -> str | None:

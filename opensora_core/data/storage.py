@@ -40,6 +40,11 @@ MANIFEST = "manifest.json"
 LIST_SUFFIXES = (".txt", ".csv")
 
 
+def file_suffix(path: str) -> str:
+    """The lower-case extension of a path or URL (a URL's query and fragment aside)."""
+    return PurePosixPath(urlsplit(path).path if "://" in path else path).suffix.lower()
+
+
 def _modified(info: dict) -> float:
     """Modification time (seconds) from an fsspec `info`, 0 where the store gives none:
     local `mtime`, s3 `LastModified` (a datetime), gcs `updated`, http `Last-Modified`
@@ -218,7 +223,7 @@ class FileList:
             raise FileNotFoundError(f"{url}: no such list of raw files") from None
         except UnicodeDecodeError as err:
             raise ValueError(f"{url}: a list of raw files must be UTF-8 text ({err})") from None
-        names = self._parse(text, PurePosixPath(urlsplit(url).path).suffix.lower())
+        names = self._parse(text, file_suffix(url))
         base = str(Path(self.url).parent) if self.is_local else self.url.rsplit("/", 1)[0]
         entries = [self._resolve(name, base) for name in names]
         self.entries = list(dict.fromkeys(entries))
@@ -287,12 +292,12 @@ class FileList:
         if isinstance(fs, LocalFileSystem):
             yield Path(path)
             return
-        with _download(fs, path, PurePosixPath(urlsplit(rel).path).suffix) as local:
+        with _download(fs, path, file_suffix(rel)) as local:
             yield local
 
 
 def open_source(spec: str | os.PathLike[str], **storage_options) -> Storage | FileList:
     """The raw inputs `spec` names: a list of files (:data:`LIST_SUFFIXES`) or a folder."""
-    if PurePosixPath(urlsplit(str(spec)).path).suffix.lower() in LIST_SUFFIXES:
+    if file_suffix(str(spec)) in LIST_SUFFIXES:
         return FileList(spec, **storage_options)
     return Storage(spec, **storage_options)
