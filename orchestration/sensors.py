@@ -33,7 +33,9 @@ def raw_videos_sensor(context: SensorEvaluationContext, curation_storage: Curati
     """Registers new raw files as partitions and requests their curation runs.
 
     Only new or changed files are hashed (the index caches by path, size and mtime);
-    a changed file gets a new key, so its old partition stays as it was.
+    a changed file gets a new key. Partitions of files that are gone (deleted, or
+    changed: their old key) are removed, unless the folder lists no file at all (an
+    unmounted or emptied store is not taken as "delete everything").
     """
     try:
         source = curation_storage.source()
@@ -41,16 +43,27 @@ def raw_videos_sensor(context: SensorEvaluationContext, curation_storage: Curati
         return SkipReason(str(err))
     if source.missing():
         return SkipReason(f"raw folder {curation_storage.raw_root} does not exist")
-    files = register_inputs(source, curation_storage.curation_config(), index=curation_storage.out())
+    try:
+        files = register_inputs(source, curation_storage.curation_config(), index=curation_storage.out())
+    except ValueError as err:  # e.g. the curated root inside the raw one
+        return SkipReason(str(err))
     if not files:
         return SkipReason(f"raw folder {curation_storage.raw_root} has no video or image files")
     known = set(context.instance.get_dynamic_partitions(raw_partitions.name))
+    current = {f.key for f in files}
     new = [f.key for f in files if f.key not in known]
-    if not new:
+    # Files deleted, or replaced (a new hash is a new key): their partitions go, so the
+    # UI and the merge show the folder as it is. Their runs' history stays in the event log.
+    gone = sorted(known - current)
+    if not new and not gone:
         return SkipReason(f"no new raw files among {len(files)}")
+    requests = [raw_partitions.build_add_request(new)] if new else []
+    if gone:
+        context.log.info(f"removing {len(gone)} partitions of raw files no longer there: {', '.join(gone[:5])}")
+        requests.append(raw_partitions.build_delete_request(gone))
     return SensorResult(
         run_requests=[RunRequest(partition_key=key, run_key=key) for key in new],
-        dynamic_partitions_requests=[raw_partitions.build_add_request(new)],
+        dynamic_partitions_requests=requests,
     )
 
 

@@ -31,6 +31,7 @@ KeyOpt = Annotated[list[str] | None, typer.Option("--key", help="Only these part
 def _setup(input: str, out: str, config: str):
     from opensora_core.config import ConfigError
     from opensora_core.data.config import load_curation_config
+    from opensora_core.data.ingest import check_output_outside
     from opensora_core.data.storage import LIST_SUFFIXES, Storage, open_source
 
     try:
@@ -43,7 +44,12 @@ def _setup(input: str, out: str, config: str):
         fail(f"--input: {err}")
     if source.missing():
         fail(f"--input {input}: no such folder (or list of files: {', '.join(LIST_SUFFIXES)})")
-    return settings, source, Storage(out)
+    storage = Storage(out)
+    try:
+        check_output_outside(source, storage)
+    except ValueError as err:
+        fail(f"--out: {err}")
+    return settings, source, storage
 
 
 def _files(source, out, settings, keys: list[str] | None):

@@ -60,6 +60,8 @@ OUR_COLUMNS = ("clip_id", "partition", "source", "source_sha256", "start_frame",
 # Columns every training row must have filled (fps only for videos: images have none).
 REQUIRED_COLUMNS = ("path", "num_frames", "height", "width", "aspect_ratio", "resolution", "clip_id", "source",
                     "sha256")
+# Columns every clip has from the cut itself (filters on them never lack a value).
+GEOMETRY_COLUMNS = ("num_frames", "resolution")
 STEPS = ("raw", "clips", "scores")
 # OpenCV's threads while cutting and scoring, which run on threads of their own.
 CURATION_OPENCV_THREADS = 1
@@ -117,7 +119,9 @@ def raw_videos(source: Storage | FileList, out: Storage, raw: RawFile, config: C
         if probe.rejected is None:
             try:
                 caption = read_sidecar(source, raw.path)
-            except Exception as err:  # noqa: BLE001 - the same, for the caption beside it
+            except UnicodeDecodeError as err:  # the file's own: ignored until it changes
+                probe.notes.append(f"sidecar caption is not UTF-8 text, ignored ({err})")
+            except Exception as err:  # noqa: BLE001 - the same as the file's, for the caption beside it
                 probe.notes.append(f"sidecar caption could not be read ({type(err).__name__}: {err})")
                 retry = True
     manifest = {
@@ -198,8 +202,19 @@ def scene_clips(source: Storage | FileList, out: Storage, key: str, config: Cura
                                   start_frame=0, end_frame=1, scene=0, thumbnail=file))
         elif manifest["rejected"] is None:
             started = time.perf_counter()
-            with source.local_copy(raw_manifest["path"]) as local, opencv_threads(CURATION_OPENCV_THREADS):
-                cut, manifest["sample_scores"] = _cut_and_score(local, folder, key, probe["fps"], config)
+            try:
+                with source.local_copy(raw_manifest["path"]) as local, opencv_threads(CURATION_OPENCV_THREADS):
+                    cut, manifest["sample_scores"] = _cut_and_score(local, folder, key, probe["fps"], config)
+            except Exception as err:  # one file the codecs cannot handle must not stop the rest
+                log.warning("partition %s: cutting %s failed", key, raw_manifest["path"], exc_info=True)
+                for written in folder.iterdir():  # no half of a cut is published
+                    shutil.rmtree(written) if written.is_dir() else written.unlink()
+                manifest["rejected"] = {"step": "scene_clips",
+                                        "reason": f"cutting failed ({type(err).__name__}: {err})"}
+                manifest["retry"] = True
+                write_rows(folder / CLIPS_TABLE, [], _clip_columns([]))
+                _write_manifest(folder, manifest)
+                return manifest
             manifest.update(scenes=[list(s) for s in cut.scenes], dropped=cut.dropped,
                             decoded_frames=cut.decoded_frames, seconds=round(time.perf_counter() - started, 3),
                             stream_copied=sum(c.stream_copy for c in cut.clips))
@@ -321,30 +336,49 @@ def scored_clips(out: Storage, key: str, config: CurationConfig, captioning: Cap
         scores[i].update(stored["rows"][row["clip_id"]] if stored else {})
     decoding = [s for s in scorers if s.name not in reused]
     bar = tqdm(total=len(rows), desc=f"scoring {key}", unit="clip", disable=not progress, leave=False)
+    failures: list[str] = []  # what failed, for the manifest; those values stay empty (and are retried)
+
+    def failed(what: str, err: Exception) -> None:
+        log.warning("partition %s: %s failed", key, what, exc_info=err)
+        failures.append(f"{what} failed ({type(err).__name__}: {err})")
+
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        batch = []
+        batch, unreadable = [], set()
         for i, row in enumerate(chunk):
             wanted = set().union(*(s.positions(int(row["num_frames"])) for s in decoding))
             if captioning.model is not None and texts[start + i] is None:
                 wanted.add(int(row["num_frames"]) // 2)
+            samples = ClipSamples(row["clip_id"], int(row["num_frames"]))  # every score stored: no decoding
             if wanted or row.get("media") == "image":
-                with out.local_copy(*_step_dir(key, "clips"), PurePosixPath(row["path"]).name) as local:
-                    samples = read_samples(local, row["clip_id"], int(row["num_frames"]), wanted)
-            else:  # every score is stored already: no decoding
-                samples = ClipSamples(row["clip_id"], int(row["num_frames"]))
+                try:
+                    with out.local_copy(*_step_dir(key, "clips"), PurePosixPath(row["path"]).name) as local:
+                        samples = read_samples(local, row["clip_id"], int(row["num_frames"]), wanted)
+                except Exception as err:  # noqa: BLE001 - this clip goes unscored, the others are scored
+                    failed(f"reading clip {row['clip_id']}", err)
+                    unreadable.add(i)
             samples.text = texts[start + i]
             batch.append(samples)
+        readable = [i for i in range(len(batch)) if i not in unreadable]
         if captioning.model is not None:
-            need = [i for i, s in enumerate(batch) if s.text is None]
+            need = [i for i in readable if batch[i].text is None]
             if need:
-                captions = captioning.model([batch[i].frames[min(batch[i].frames, key=lambda p: abs(
-                    p - batch[i].num_frames // 2))] for i in need])
+                try:
+                    captions = captioning.model([batch[i].frames[min(batch[i].frames, key=lambda p: abs(
+                        p - batch[i].num_frames // 2))] for i in need])
+                except Exception as err:  # noqa: BLE001 - these clips stay uncaptioned
+                    failed("the captioning model", err)
+                    captions = []
                 for i, caption in zip(need, captions):
                     batch[i].text = texts[start + i] = caption
                     text_sources[start + i] = "model"
         for scorer in decoding:
-            for i, values in enumerate(scorer.score(batch)):
+            try:
+                values_of = scorer.score([batch[i] for i in readable]) if readable else []
+            except Exception as err:  # noqa: BLE001 - its columns stay empty for this batch
+                failed(f"scorer {scorer.name}", err)
+                continue
+            for i, values in zip(readable, values_of, strict=True):
                 scores[start + i].update(values)
         bar.update(len(chunk))
     bar.close()
@@ -359,7 +393,9 @@ def scored_clips(out: Storage, key: str, config: CurationConfig, captioning: Cap
         "scorers": {s.name: {"version": s.version, "columns": list(s.columns)} for s in scorers},
         "skipped": skipped, "rejected": clips_manifest["rejected"],
         # Scores taken from scene_clips (computed while cutting) rather than by decoding clips.
-        "reused": reused,
+        "reused": reused, "failures": failures, "retry": bool(failures),
+        # What the earlier steps noted about the file (partly decodable, unreadable caption, ...) and what failed.
+        "notes": [*clips_manifest.get("notes", []), *failures],
     }
     with out.staging_dir(*_step_dir(key, "scores")) as folder:
         write_rows(folder / SCORES_TABLE, table, columns)
@@ -495,6 +531,7 @@ class DatasetSummary:
     rejected: int = 0
     partitions: int = 0
     missing: list[str] = field(default_factory=list)  # partitions not scored yet
+    notes: dict[str, list[str]] = field(default_factory=dict)  # source -> what its steps noted
     warnings: list[str] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
     reject_steps: dict[str, int] = field(default_factory=dict)
@@ -513,18 +550,23 @@ def _filter_rules(config: CurationConfig) -> list[tuple[str, str, str, float, bo
     return [r for r in rules if r[3] is not None]
 
 
-def apply_filters(table: pd.DataFrame, config: CurationConfig) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def apply_filters(table: pd.DataFrame, config: CurationConfig,
+                  computed: set[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Split clips into kept and filtered (with the first failed rule as reason).
 
-    A threshold on a column no clip has (its scorer did not run) is a warning and does
-    not filter; a clip missing a value that others have fails that rule. `flow` and
-    the frame-count rules apply to videos only.
+    A threshold on a column that was not computed (its scorer did not run) is a warning
+    and does not filter; a clip missing a value of a computed column (its scorer failed
+    on it, or gives none, e.g. `match` without a caption) fails that rule. `computed`:
+    the score columns whose scorers ran; by default those with a value in some row.
+    `flow` and the frame-count rules apply to videos only.
     """
     warnings = []
     reasons = pd.Series([None] * len(table), index=table.index, dtype=object)
     is_video = table["media"] == "video" if "media" in table else pd.Series(True, index=table.index)
     for setting, column, op, threshold, videos_only in _filter_rules(config):
-        if column not in table or table[column].isna().all():
+        not_computed = column not in computed if computed is not None else table[column].isna().all() \
+            if column in table else True
+        if column not in table or not_computed:
             warnings.append(f"filters.{setting} = {threshold} is set but column '{column}' was not computed; "
                             "not filtered on it")
             continue
@@ -559,21 +601,29 @@ def training_dataset(out: Storage, keys: list[str], config: CurationConfig) -> D
     (input files with no clip kept: path, step, reason).
     """
     summary = DatasetSummary()
-    scored, rejected = [], []
+    scored, rejected, scorers_run = [], [], {}
     for key in sorted(keys):
         manifest = read_manifest(out, key, "scores")
         if manifest is None:
             summary.missing.append(key)
             continue
         summary.partitions += 1
+        if manifest.get("notes"):
+            summary.notes[(read_manifest(out, key, "raw") or {}).get("source", key)] = manifest["notes"]
         if manifest["rejected"]:
             source = (read_manifest(out, key, "raw") or {}).get("source", key)
             rejected.append({"path": source, "step": manifest["rejected"]["step"],
                              "reason": manifest["rejected"]["reason"], "partition": key})
             continue
         scored.append(key)
+        scorers_run.update(manifest.get("scorers", {}))
     table = _read_all_scores(out, scored) if scored else pd.DataFrame(columns=list(REQUIRED_COLUMNS))
-    kept, filtered, summary.warnings = apply_filters(table, config)
+    computed = set(GEOMETRY_COLUMNS) | {c for scorer in scorers_run.values() for c in scorer["columns"]}
+    kept, filtered, summary.warnings = apply_filters(table, config, computed)
+    if summary.notes:
+        shown = "; ".join(f"{source}: {' / '.join(notes)}" for source, notes in list(summary.notes.items())[:3])
+        more = f" (and {len(summary.notes) - 3} more)" if len(summary.notes) > 3 else ""
+        summary.warnings.append(f"{len(summary.notes)} files have notes, all in summary.json: {shown}{more}")
     if summary.missing:
         summary.warnings.append(f"{len(summary.missing)} partitions not scored yet: {', '.join(summary.missing[:5])}")
     # An input whose every clip was filtered out is rejected at the filter step.
@@ -632,6 +682,14 @@ class _FetchedOnce:
         self._stack.close()
 
 
+def _scores_up_to_date(manifest: dict | None, raw: RawFile, fingerprint: str, ready: set[str]) -> bool:
+    """Whether a partition's stored scores stand: same file and settings, nothing that
+    failed, and the same scorers able to run (one skipped then, e.g. Tesseract not yet
+    installed, runs once it can)."""
+    return (bool(manifest) and manifest["sha256"] == raw.sha256 and manifest.get("fingerprint") == fingerprint
+            and not manifest.get("retry") and set(manifest.get("scorers", {})) == ready)
+
+
 def curate(input: str | Storage | FileList, output: str | Storage, config: CurationConfig | None = None,
            progress: bool = False) -> DatasetSummary:
     """Run every step for every raw file under `input` (a folder, or a list of files:
@@ -648,6 +706,8 @@ def curate(input: str | Storage | FileList, output: str | Storage, config: Curat
         "raw": config.fingerprint("video_extensions", "image_extensions"),
         "clips": config.fingerprint("scenes", "clips"),
     }
+    scores_fingerprint = config.fingerprint("scorers") + fingerprints["clips"]
+    ready = {s.name for s in build_scorers(config.scorers)[0]}
     for raw in tqdm(files, desc="curating", unit="file", disable=not progress):
         fresh = False
         with contextlib.closing(_FetchedOnce(source, raw.path)) as fetched:
@@ -657,9 +717,7 @@ def curate(input: str | Storage | FileList, output: str | Storage, config: Curat
             if fresh or not _up_to_date(out, raw, "clips", fingerprints["clips"]):
                 scene_clips(fetched, out, raw.key, config)
                 fresh = True
-        scores = read_manifest(out, raw.key, "scores")
-        scores_fingerprint = config.fingerprint("scorers") + fingerprints["clips"]
-        if fresh or not scores or scores.get("fingerprint") != scores_fingerprint or scores["sha256"] != raw.sha256:
+        if fresh or not _scores_up_to_date(read_manifest(out, raw.key, "scores"), raw, scores_fingerprint, ready):
             captioning = captioning or Captioning.from_config(config)
             scored_clips(out, raw.key, config, captioning, progress=progress)
     return training_dataset(out, [f.key for f in files], config)

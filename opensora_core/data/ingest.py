@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 import unicodedata
@@ -25,6 +26,8 @@ import av
 from opensora_core.data.config import CurationConfig
 from opensora_core.data.storage import FileList, Storage, file_suffix
 from opensora_core.utils.hashing import stream_sha256
+
+log = logging.getLogger(__name__)
 
 INDEX_FILE = "inputs.json"
 
@@ -40,6 +43,12 @@ class RawFile:
     sha256: str
     key: str
     problem: str | None = None  # why it could not be read (a listed file only); then no sha256
+
+
+def printable_path(path: str) -> str:
+    """`path` as text: a name that is not valid UTF-8 (its bytes reach Python as lone
+    surrogates) with those bytes written as `\\xff` escapes; any other path unchanged."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def partition_key(path: str, sha256: str) -> str:
@@ -67,19 +76,30 @@ def sha256_file(storage: Storage | FileList, path: str) -> str:
 
 def discover(source: Storage | FileList, config: CurationConfig) -> list[str]:
     """Relative POSIX paths of every raw file under `source`, sorted. Hidden files and
-    folders (temporary names of atomic writes among them) are skipped. For a list of
-    files, its entries as listed."""
+    folders (temporary names of atomic writes among them) are skipped, with a warning
+    naming those with media extensions. For a list of files, its entries as listed."""
     if isinstance(source, FileList):
         return list(source.entries)
-    found = []
+    found, hidden = [], []
     for full in source.fs.find(source.root):
         rel = PurePosixPath(str(full)).relative_to(PurePosixPath(source.root)).as_posix() if source.is_local \
             else str(full)[len(source.root.rstrip("/")) + 1 :]
-        if any(part.startswith(".") for part in PurePosixPath(rel).parts):
+        if not media_kind(rel, config):
             continue
-        if media_kind(rel, config):
-            found.append(rel)
+        (hidden if any(part.startswith(".") for part in PurePosixPath(rel).parts) else found).append(rel)
+    if hidden:
+        log.warning("%d hidden files under %s are not inputs (names starting with '.', e.g. macOS's '._' "
+                    "files): %s", len(hidden), source.url, ", ".join(printable_path(h) for h in hidden[:5]))
     return sorted(found)
+
+
+def check_output_outside(source: Storage | FileList, out: Storage) -> None:
+    """Refuse an output folder inside the input folder: its clips would be found as
+    raw files by the next walk and curated again, clips of clips."""
+    if (isinstance(source, Storage) and source.is_local and out.is_local
+            and Path(out.root).resolve().is_relative_to(Path(source.root).resolve())):
+        raise ValueError(f"the output folder {out.url} is inside the input folder {source.url}: its clips "
+                         "would be curated as raw files; choose an output outside it")
 
 
 def register_inputs(source: Storage | FileList, config: CurationConfig,
@@ -91,6 +111,8 @@ def register_inputs(source: Storage | FileList, config: CurationConfig,
     (http) is hashed every time. A listed file that cannot be read gets a key from its
     path alone and its `problem`; once readable, its hash gives it a key of its own.
     """
+    if index is not None:
+        check_output_outside(source, index)
     cache: dict[str, dict] = {}
     if index is not None and index.exists(INDEX_FILE):
         cache = {row["path"]: row for row in json.loads(index.read_text(INDEX_FILE))}
@@ -98,6 +120,11 @@ def register_inputs(source: Storage | FileList, config: CurationConfig,
     for rel in discover(source, config):
         # A listed file with no known extension is probed as a video (the probe names it if it is not).
         kind = media_kind(rel, config) or "video"
+        shown = printable_path(rel)
+        if shown != rel:  # a name no table (UTF-8 text) can hold
+            files.append(RawFile(shown, kind, 0, 0.0, "", partition_key(shown, ""),
+                                 f"its name is not valid UTF-8 ({shown}); rename the file"))
+            continue
         try:
             size, mtime = source.info(rel)
             if math.isnan(mtime):

@@ -164,6 +164,10 @@ def test_ocr_skipped_with_warning_when_tesseract_missing(tmp_path, monkeypatch, 
     assert "ocr" not in summary.columns and summary.kept == 2
     manifest = json.loads(next((tmp_path / "out" / "partitions").glob("*/scores/manifest.json")).read_text())
     assert "tesseract" in manifest["skipped"]["ocr"]
+    # Installed later (same settings): the next run scores what was skipped, not only new files.
+    monkeypatch.undo()
+    if HAVE_TESSERACT:
+        assert "ocr" in curate(raw, tmp_path / "out", corpus_config()).columns
 
 
 def test_output_to_an_fsspec_object_store(tmp_path):

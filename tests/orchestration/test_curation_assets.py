@@ -5,7 +5,14 @@ import importlib
 import pandas as pd
 import pytest
 import yaml
-from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context, materialize
+from dagster import (
+    DagsterInstance,
+    DeleteDynamicPartitionsRequest,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+    materialize,
+)
 
 from assets_defs.curation import (
     curation_checks,
@@ -38,7 +45,11 @@ def _tick(instance, storage):
     result = raw_videos_sensor(build_sensor_context(instance=instance, resources={"curation_storage": storage}))
     if isinstance(result, SensorResult):
         for request in result.dynamic_partitions_requests:
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            if isinstance(request, DeleteDynamicPartitionsRequest):
+                for key in request.partition_keys:
+                    instance.delete_dynamic_partition(request.partitions_def_name, key)
+            else:
+                instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return result
 
 
@@ -140,6 +151,24 @@ def test_sensor_partitions_assets_and_checks(setup):
     assert {p: p.stat().st_mtime_ns for p in others} == others
     merged = materialize([training_dataset], instance=instance, resources={"curation_storage": storage})
     assert merged.asset_materializations_for_node("training_dataset")[0].metadata["kept"].value == 5
+
+    # One file deleted and one replaced under its name (new content, new key): the sensor
+    # removes both old partitions, and the merge takes only the files there now.
+    (raw / "again.mp4").unlink()
+    red = next(k for k in keys if k.startswith("red_left"))
+    (raw / "red left.mp4").write_bytes((raw / "two_scenes.mp4").read_bytes())
+    replaced = [r.partition_key for r in _tick(instance, storage).run_requests]
+    assert len(replaced) == 1 and replaced[0].startswith("red_left") and replaced[0] != red
+    assert set(instance.get_dynamic_partitions(raw_partitions.name)) == (set(keys) - {red}) | set(replaced)
+    merged = materialize([training_dataset], instance=instance, resources={"curation_storage": storage})
+    md = merged.asset_materializations_for_node("training_dataset")[0].metadata
+    assert md["kept"].value == 3 and md["not_scored_yet"].value == 1  # the new red left.mp4
+    meta, rejected = pd.read_csv(curated / "meta.csv"), pd.read_csv(curated / "rejected.csv")
+    assert not {red, new[0]} & set(meta["partition"]) and red not in set(rejected["partition"])
+    assert _curate_partition(instance, storage, replaced[0]).success
+    merged = materialize([training_dataset], instance=instance, resources={"curation_storage": storage})
+    meta = pd.read_csv(curated / "meta.csv")
+    assert len(meta) == 5 and (meta["partition"] == replaced[0]).sum() == 2  # two_scenes' content: two clips
 
 
 def test_vanished_raw_file_fails_with_its_name(setup):
