@@ -26,28 +26,36 @@ InputOpt = Annotated[str, typer.Option(
 OutOpt = Annotated[str, typer.Option("--out", help="Output folder (or fsspec URL).")]
 ConfigOpt = Annotated[str, typer.Option("--config", help="configs/data stem or YAML path.")]
 KeyOpt = Annotated[list[str] | None, typer.Option("--key", help="Only these partitions (repeatable).")]
+StorageOpt = Annotated[list[str] | None, typer.Option(
+    "--storage-option", help="PROTOCOL.KEY=VALUE for an object store (repeatable), e.g. "
+                             "s3.endpoint_url=http://127.0.0.1:9000 for an s3-compatible server; VALUE may be JSON. "
+                             "Credentials are best left to the store's environment (AWS_ACCESS_KEY_ID, ...).")]
 
 
-def _setup(input: str, out: str, config: str):
+def _setup(input: str, out: str, config: str, storage_options: list[str] | None = None):
     from opensora_core.config import ConfigError
     from opensora_core.data.config import load_curation_config
     from opensora_core.data.ingest import check_output_outside
-    from opensora_core.data.storage import LIST_SUFFIXES, Storage, open_source
+    from opensora_core.data.storage import LIST_SUFFIXES, Storage, open_source, set_protocol_options
 
     try:
         settings = load_curation_config(config)
     except ConfigError as err:
         fail(str(err))
     try:
+        set_protocol_options(storage_options or [])
+    except ValueError as err:
+        fail(f"--storage-option: {err}")
+    try:
         source = open_source(input)
     except (OSError, ValueError) as err:
         fail(f"--input: {err}")
     if source.missing():
         fail(f"--input {input}: no such folder (or list of files: {', '.join(LIST_SUFFIXES)})")
-    storage = Storage(out)
     try:
+        storage = Storage(out)
         check_output_outside(source, storage)
-    except ValueError as err:
+    except (OSError, ValueError) as err:
         fail(f"--out: {err}")
     return settings, source, storage
 
@@ -80,11 +88,12 @@ def _print_summary(summary, out) -> None:
 
 
 @data_app.command("probe")
-def probe(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyOpt = None) -> None:
+def probe(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyOpt = None,
+        storage_option: StorageOpt = None) -> None:
     """raw_videos: hash and probe every raw file (codec, fps, decodable frames, size)."""
     from opensora_core.data.curate import raw_videos
 
-    settings, source, storage = _setup(input, out, config)
+    settings, source, storage = _setup(input, out, config, storage_option)
     for raw in _files(source, storage, settings, key):
         manifest = raw_videos(source, storage, raw, settings)
         p = manifest["probe"]
@@ -94,11 +103,12 @@ def probe(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyO
 
 
 @data_app.command("scenes")
-def scenes(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyOpt = None) -> None:
+def scenes(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyOpt = None,
+        storage_option: StorageOpt = None) -> None:
     """scene_clips: detect scenes and cut them into frame-accurate clips."""
     from opensora_core.data.curate import scene_clips
 
-    settings, source, storage = _setup(input, out, config)
+    settings, source, storage = _setup(input, out, config, storage_option)
     for raw in _files(source, storage, settings, key):
         manifest = scene_clips(source, storage, raw.key, settings)
         status = f"rejected: {manifest['rejected']['reason']}" if manifest["rejected"] else f"{manifest['clips']} clips"
@@ -106,11 +116,12 @@ def scenes(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: Key
 
 
 @data_app.command("score")
-def score(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyOpt = None) -> None:
+def score(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyOpt = None,
+        storage_option: StorageOpt = None) -> None:
     """scored_clips: captions and scores (flow, ocr, quality; aes and match with CLIP weights)."""
     from opensora_core.data.curate import Captioning, scored_clips
 
-    settings, source, storage = _setup(input, out, config)
+    settings, source, storage = _setup(input, out, config, storage_option)
     captioning = Captioning.from_config(settings)
     for raw in _files(source, storage, settings, key):
         manifest = scored_clips(storage, raw.key, settings, captioning, progress=True)
@@ -119,22 +130,23 @@ def score(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyO
 
 
 @data_app.command("filter")
-def filter_(input: InputOpt, out: OutOpt, config: ConfigOpt = "default") -> None:
+def filter_(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", storage_option: StorageOpt = None) -> None:
     """training_dataset: merge all partitions, filter, write meta.csv/.parquet and rejected.csv."""
     from opensora_core.data.curate import training_dataset
 
-    settings, source, storage = _setup(input, out, config)
+    settings, source, storage = _setup(input, out, config, storage_option)
     _print_summary(training_dataset(storage, [f.key for f in _files(source, storage, settings, None)], settings),
                    storage)
 
 
 @data_app.command("curate")
 def curate(input: InputOpt, out: OutOpt, config: ConfigOpt = "default",
-           progress: Annotated[bool, typer.Option(help="Progress bars.")] = True) -> None:
+           progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+           storage_option: StorageOpt = None) -> None:
     """All steps without Dagster: meta.csv, meta.parquet, rejected.csv (+ filtered.csv)."""
     from opensora_core.data.curate import curate as run
 
-    settings, source, storage = _setup(input, out, config)
+    settings, source, storage = _setup(input, out, config, storage_option)
     _print_summary(run(source, storage, settings, progress=progress), storage)
 
 

@@ -12,6 +12,13 @@ Raw inputs come from a folder walked (a :class:`Storage` root) or from a list of
 and URLs (:class:`FileList`: a `.txt` file with one per line, or a `.csv` with a `path`
 column such as an Open-Sora table), each entry read through its own fsspec filesystem:
 local files, s3-compatible stores, http(s). :func:`open_source` picks one by the name.
+
+Object stores need their fsspec package (`s3://`: the `s3` extra, s3fs) and their
+settings: credentials and endpoint from the store's usual environment (`AWS_ACCESS_KEY_ID`,
+`AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL` for an s3-compatible server such as MinIO),
+from fsspec's per-protocol configuration (`FSSPEC_S3='{"endpoint_url": "http://..."}'`
+or :func:`set_protocol_options`, which the CLI's `--storage-option s3.endpoint_url=...`
+calls), or as `storage_options` of one root.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from opensora_core.utils.atomic import atomic_path
 MANIFEST = "manifest.json"
 # An input named with one of these suffixes is a list of raw files, not a folder.
 LIST_SUFFIXES = (".txt", ".csv")
+# The project's extra that installs a protocol's fsspec package.
+EXTRAS = {"s3": "s3", "s3a": "s3"}
 
 
 def file_suffix(path: str) -> str:
@@ -78,12 +87,47 @@ def _download(fs, path: str, suffix: str) -> Iterator[Path]:
         yield local
 
 
+def filesystem(url: str, **storage_options):
+    """(fsspec filesystem, path) of `url`; a protocol whose package is not installed is
+    a ValueError naming the package and the extra that installs it."""
+    try:
+        return fsspec.core.url_to_fs(url, **storage_options)
+    except ImportError as err:
+        protocol = url.split("://", 1)[0]
+        extra = f" (pip install 'opensora-mlops[{EXTRAS[protocol]}]')" if protocol in EXTRAS else ""
+        raise ValueError(f"{url}: {err}{extra}") from None
+
+
+def set_protocol_options(settings: list[str]) -> dict[str, dict]:
+    """Apply `PROTOCOL.KEY=VALUE` settings (`s3.endpoint_url=http://127.0.0.1:9000`) to
+    every filesystem of that protocol this process opens, as fsspec's `FSSPEC_<PROTOCOL>`
+    variables do. A VALUE that parses as JSON is that value (`s3.anon=true`,
+    `s3.client_kwargs={"region_name": "eu-west-1"}`), else the text. Returns what was set."""
+    import json
+
+    applied: dict[str, dict] = {}
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        protocol, dot, key = name.strip().partition(".")
+        if not sep or not dot or not protocol or not key:
+            raise ValueError(f"storage option {setting!r}: expected PROTOCOL.KEY=VALUE, e.g. "
+                             "s3.endpoint_url=http://127.0.0.1:9000")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        applied.setdefault(protocol, {})[key] = parsed
+    for protocol, options in applied.items():
+        fsspec.config.conf.setdefault(protocol, {}).update(options)
+    return applied
+
+
 class Storage:
     """A root URL (or local path) plus fsspec options; paths below it are POSIX strings."""
 
     def __init__(self, root: str | os.PathLike[str], **storage_options) -> None:
         root = str(root)
-        self.fs, path = fsspec.core.url_to_fs(root, **storage_options)
+        self.fs, path = filesystem(root, **storage_options)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root = str(Path(path).resolve()) if self.is_local else path.rstrip("/")
         self.url = self.root if self.is_local else root.rstrip("/")
@@ -213,7 +257,7 @@ class FileList:
     def __init__(self, url: str | os.PathLike[str], **storage_options) -> None:
         url = str(url)
         self.storage_options = storage_options
-        fs, path = fsspec.core.url_to_fs(url, **storage_options)
+        fs, path = filesystem(url, **storage_options)
         self.is_local = isinstance(fs, LocalFileSystem)
         self.url = self.root = str(Path(path).resolve()) if self.is_local else url
         self.protocol = url.split("://", 1)[0] if "://" in url else "file"
@@ -256,7 +300,7 @@ class FileList:
     def _fs(self, rel: str):
         scheme = rel.split("://", 1)[0] if "://" in rel else "file"
         options = self.storage_options if scheme == self.protocol else {}
-        return fsspec.core.url_to_fs(rel, **options)
+        return filesystem(rel, **options)
 
     def path(self, rel: str) -> str:
         return rel
