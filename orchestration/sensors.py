@@ -1,5 +1,7 @@
 """Sensors and the jobs they launch."""
 
+import json
+
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
@@ -14,7 +16,7 @@ from dagster import (
 )
 
 from assets_defs.curation import raw_partitions, raw_videos, scene_clips, scored_clips
-from opensora_core.data.ingest import register_inputs
+from opensora_core.data.ingest import INDEX_FILE, register_inputs
 from orchestration.resources import CurationStorage
 from orchestration.schedules import retrain_job
 
@@ -35,7 +37,8 @@ def raw_videos_sensor(context: SensorEvaluationContext, curation_storage: Curati
     Only new or changed files are hashed (the index caches by path, size and mtime);
     a changed file gets a new key. Partitions of files that are gone (deleted, or
     changed: their old key) are removed, unless the folder lists no file at all (an
-    unmounted or emptied store is not taken as "delete everything").
+    unmounted or emptied store is not taken as "delete everything"). A file whose
+    sidecar caption was added, edited or removed is curated again under its key.
     """
     try:
         source = curation_storage.source()
@@ -43,8 +46,11 @@ def raw_videos_sensor(context: SensorEvaluationContext, curation_storage: Curati
         return SkipReason(str(err))
     if source.missing():
         return SkipReason(f"raw folder {curation_storage.raw_root} does not exist")
+    out = curation_storage.out()
+    before = {row["key"]: row.get("sidecar", "") for row in json.loads(out.read_text(INDEX_FILE))} \
+        if out.exists(INDEX_FILE) else {}
     try:
-        files = register_inputs(source, curation_storage.curation_config(), index=curation_storage.out())
+        files = register_inputs(source, curation_storage.curation_config(), index=out)
     except ValueError as err:  # e.g. the curated root inside the raw one
         return SkipReason(str(err))
     if not files:
@@ -55,14 +61,18 @@ def raw_videos_sensor(context: SensorEvaluationContext, curation_storage: Curati
     # Files deleted, or replaced (a new hash is a new key): their partitions go, so the
     # UI and the merge show the folder as it is. Their runs' history stays in the event log.
     gone = sorted(known - current)
-    if not new and not gone:
+    # A sidecar caption added, edited or removed: the partition runs again (same key, new caption).
+    recaptioned = [f for f in files if f.key in known and f.key in before and before[f.key] != f.sidecar]
+    if not new and not gone and not recaptioned:
         return SkipReason(f"no new raw files among {len(files)}")
     requests = [raw_partitions.build_add_request(new)] if new else []
     if gone:
         context.log.info(f"removing {len(gone)} partitions of raw files no longer there: {', '.join(gone[:5])}")
         requests.append(raw_partitions.build_delete_request(gone))
     return SensorResult(
-        run_requests=[RunRequest(partition_key=key, run_key=key) for key in new],
+        run_requests=[RunRequest(partition_key=key, run_key=key) for key in new] + [
+            RunRequest(partition_key=f.key, run_key=f"{f.key} caption {f.sidecar}", tags={"opensora/reason": "caption"})
+            for f in recaptioned],
         dynamic_partitions_requests=requests,
     )
 

@@ -96,6 +96,32 @@ def _up_to_date(out: Storage, raw: RawFile, step: str, fingerprint: str) -> bool
 # --------------------------------------------------------------------------------------
 
 
+def _read_caption(source: Storage | FileList, path: str, notes: list[str]) -> tuple[str | None, bool]:
+    """(sidecar caption of raw file `path` or None, whether to read it again next run);
+    a problem is added to `notes`."""
+    try:
+        return read_sidecar(source, path), False
+    except UnicodeDecodeError as err:  # the file's own: ignored until it changes
+        notes.append(f"sidecar caption is not UTF-8 text, ignored ({err})")
+        return None, False
+    except Exception as err:  # noqa: BLE001 - a store's error, as for the raw file: retried
+        notes.append(f"sidecar caption could not be read ({type(err).__name__}: {err})")
+        return None, True
+
+
+def refresh_caption(source: Storage | FileList, out: Storage, raw: RawFile) -> dict:
+    """Read again the sidecar caption of a probed file whose sidecar changed (`raw.sidecar`
+    differs from the manifest's): the probe stands, only the caption and its notes change."""
+    manifest = read_manifest(out, raw.key, "raw")
+    notes = [n for n in manifest["probe"]["notes"] if not n.startswith("sidecar caption")]
+    if manifest["rejected"] is None:
+        manifest["caption"], manifest["retry"] = _read_caption(source, raw.path, notes)
+    manifest["probe"]["notes"], manifest["sidecar"] = notes, raw.sidecar
+    with out.staging_dir(*_step_dir(raw.key, "raw")) as folder:
+        _write_manifest(folder, manifest)
+    return manifest
+
+
 def raw_videos(source: Storage | FileList, out: Storage, raw: RawFile, config: CurationConfig) -> dict:
     """Probe one raw file and read its sidecar caption; publish the probe manifest.
 
@@ -117,17 +143,11 @@ def raw_videos(source: Storage | FileList, out: Storage, raw: RawFile, config: C
                 raise
             probe.rejected, retry = f"could not be read ({type(err).__name__}: {err})", True
         if probe.rejected is None:
-            try:
-                caption = read_sidecar(source, raw.path)
-            except UnicodeDecodeError as err:  # the file's own: ignored until it changes
-                probe.notes.append(f"sidecar caption is not UTF-8 text, ignored ({err})")
-            except Exception as err:  # noqa: BLE001 - the same as the file's, for the caption beside it
-                probe.notes.append(f"sidecar caption could not be read ({type(err).__name__}: {err})")
-                retry = True
+            caption, retry = _read_caption(source, raw.path, probe.notes)
     manifest = {
         "step": "raw_videos", "key": raw.key, "source": source.url_of(raw.path), "path": raw.path,
         "sha256": raw.sha256, "fingerprint": config.fingerprint("video_extensions", "image_extensions"),
-        "probe": asdict(probe), "caption": caption, "rejected": None, "retry": retry,
+        "probe": asdict(probe), "caption": caption, "sidecar": raw.sidecar, "rejected": None, "retry": retry,
     }
     if probe.rejected:
         manifest["rejected"] = {"step": "raw_videos", "reason": probe.rejected}
@@ -295,6 +315,7 @@ class Captioning:
 
     @classmethod
     def from_config(cls, config: CurationConfig) -> Captioning:
+        config.check_local_files()
         cap = config.scorers.captions
         return cls(
             table=CaptionTable.from_csv(cap.import_csv) if cap.import_csv else None,
@@ -698,6 +719,7 @@ def curate(input: str | Storage | FileList, output: str | Storage, config: Curat
     from tqdm.auto import tqdm
 
     config = config or CurationConfig()
+    config.check_local_files()  # a missing model or caption table fails here, before any file is read
     source = input if isinstance(input, Storage | FileList) else open_source(input)
     out = output if isinstance(output, Storage) else Storage(output)
     files = register_inputs(source, config, index=out)
@@ -711,13 +733,17 @@ def curate(input: str | Storage | FileList, output: str | Storage, config: Curat
     for raw in tqdm(files, desc="curating", unit="file", disable=not progress):
         fresh = False
         with contextlib.closing(_FetchedOnce(source, raw.path)) as fetched:
+            caption_changed = False
             if not _up_to_date(out, raw, "raw", fingerprints["raw"]):
                 raw_videos(fetched, out, raw, config)
                 fresh = True
+            elif read_manifest(out, raw.key, "raw").get("sidecar", "") != raw.sidecar:
+                refresh_caption(fetched, out, raw)
+                caption_changed = True
             if fresh or not _up_to_date(out, raw, "clips", fingerprints["clips"]):
                 scene_clips(fetched, out, raw.key, config)
                 fresh = True
-        if fresh or not _scores_up_to_date(read_manifest(out, raw.key, "scores"), raw, scores_fingerprint, ready):
+        if fresh or caption_changed or not _scores_up_to_date(read_manifest(out, raw.key, "scores"), raw, scores_fingerprint, ready):
             captioning = captioning or Captioning.from_config(config)
             scored_clips(out, raw.key, config, captioning, progress=progress)
     return training_dataset(out, [f.key for f in files], config)

@@ -23,8 +23,9 @@ from pathlib import Path, PurePosixPath
 
 import av
 
+from opensora_core.data.captions import SIDECAR_SUFFIXES
 from opensora_core.data.config import CurationConfig
-from opensora_core.data.storage import FileList, Storage, file_suffix
+from opensora_core.data.storage import FileList, Storage, file_suffix, modified_time
 from opensora_core.utils.hashing import stream_sha256
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class RawFile:
     sha256: str
     key: str
     problem: str | None = None  # why it could not be read (a listed file only); then no sha256
+    sidecar: str = ""  # its sidecar captions' names, sizes and times (see `discover`); "" for none or a list's
 
 
 def printable_path(path: str) -> str:
@@ -74,23 +76,34 @@ def sha256_file(storage: Storage | FileList, path: str) -> str:
         return stream_sha256(handle)
 
 
-def discover(source: Storage | FileList, config: CurationConfig) -> list[str]:
-    """Relative POSIX paths of every raw file under `source`, sorted. Hidden files and
-    folders (temporary names of atomic writes among them) are skipped, with a warning
-    naming those with media extensions. For a list of files, its entries as listed."""
+def discover(source: Storage | FileList, config: CurationConfig) -> tuple[list[str], dict[str, str]]:
+    """Relative POSIX paths of every raw file under `source`, sorted, and for those with
+    sidecar captions (:data:`SIDECAR_SUFFIXES`) a stamp of them (name, size, time), so an
+    edited caption is seen without reading it. Hidden files and folders (temporary names
+    of atomic writes among them) are skipped, with a warning naming those with media
+    extensions. For a list of files, its entries as listed (their sidecars are read when
+    they are probed)."""
     if isinstance(source, FileList):
-        return list(source.entries)
-    found, hidden = [], []
-    for full in source.fs.find(source.root):
+        return list(source.entries), {}
+    found, hidden, others = [], [], {}
+    for full, info in source.fs.find(source.root, detail=True).items():
         rel = PurePosixPath(str(full)).relative_to(PurePosixPath(source.root)).as_posix() if source.is_local \
             else str(full)[len(source.root.rstrip("/")) + 1 :]
         if not media_kind(rel, config):
+            if file_suffix(rel) in SIDECAR_SUFFIXES:
+                others[rel] = f"{PurePosixPath(rel).name}:{info.get('size')}:{modified_time(info)}"
             continue
         (hidden if any(part.startswith(".") for part in PurePosixPath(rel).parts) else found).append(rel)
     if hidden:
         log.warning("%d hidden files under %s are not inputs (names starting with '.', e.g. macOS's '._' "
                     "files): %s", len(hidden), source.url, ", ".join(printable_path(h) for h in hidden[:5]))
-    return sorted(found)
+    stamps = {}
+    for rel in found:
+        stem = rel[: len(rel) - len(PurePosixPath(rel).suffix)]
+        stamp = ";".join(others[stem + suffix] for suffix in SIDECAR_SUFFIXES if stem + suffix in others)
+        if stamp:
+            stamps[rel] = stamp
+    return sorted(found), stamps
 
 
 def check_output_outside(source: Storage | FileList, out: Storage) -> None:
@@ -117,7 +130,8 @@ def register_inputs(source: Storage | FileList, config: CurationConfig,
     if index is not None and index.exists(INDEX_FILE):
         cache = {row["path"]: row for row in json.loads(index.read_text(INDEX_FILE))}
     files = []
-    for rel in discover(source, config):
+    found, sidecars = discover(source, config)
+    for rel in found:
         # A listed file with no known extension is probed as a video (the probe names it if it is not).
         kind = media_kind(rel, config) or "video"
         shown = printable_path(rel)
@@ -138,7 +152,7 @@ def register_inputs(source: Storage | FileList, config: CurationConfig,
             problem = "not found" if isinstance(err, FileNotFoundError) else f"not readable ({type(err).__name__}: {err})"
             files.append(RawFile(rel, kind, 0, 0.0, "", partition_key(rel, ""), problem))
             continue
-        files.append(RawFile(rel, kind, size, mtime, sha, partition_key(rel, sha)))
+        files.append(RawFile(rel, kind, size, mtime, sha, partition_key(rel, sha), sidecar=sidecars.get(rel, "")))
     if index is not None:
         index.write_text(json.dumps([asdict(f) for f in files], indent=1), INDEX_FILE)
     return files
@@ -146,7 +160,13 @@ def register_inputs(source: Storage | FileList, config: CurationConfig,
 
 @dataclass
 class Probe:
-    """What a raw file contains. `rejected` is the reason it cannot be used, or None."""
+    """What a raw file contains. `rejected` is the reason it cannot be used, or None.
+
+    `width` and `height` are the displayed size: the decoded frame's, turned by
+    `rotation` (the counterclockwise degrees of the display matrix; -90 for a phone's
+    portrait video, coded 1920x1080 and shown 1080x1920), which is the size of the
+    clips cut from it (they are encoded upright).
+    """
 
     path: str
     kind: str
@@ -173,15 +193,20 @@ def _rate(stream) -> Fraction | None:
 
 
 def _count_decodable(path: Path) -> tuple[int, str | None]:
-    count = 0
+    """The frames that decode, counted as the scene cutter decodes (past packets that
+    fail: :class:`FrameDecoder`), and what was lost, if anything."""
+    from opensora_core.data.decoding import FrameDecoder
+
     try:
         with av.open(str(path)) as container:
-            container.streams.video[0].thread_type = "AUTO"
-            for _ in container.decode(video=0):
-                count += 1
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            decoder = FrameDecoder(stream)
+            for _ in decoder.frames(container.demux(stream)):
+                pass
     except (av.FFmpegError, OSError) as err:
-        return count, str(err)
-    return count, None
+        return 0, str(err)
+    return decoder.decoded, decoder.problems()
 
 
 def probe_video(local: Path, probe: Probe) -> Probe:
@@ -207,33 +232,41 @@ def probe_video(local: Path, probe: Probe) -> Probe:
             probe.duration = container.duration / av.time_base
         # Counting packets is a demux, no decode: cheap, and it exposes truncated files
         # whose header still claims the full length. The first frame (its true size and
-        # rotation) is decoded on the way, from the first packets, in the same pass.
-        packets, first, error = 0, None, None
+        # rotation) is decoded on the way, from the first packets, in the same pass;
+        # past damaged ones, as the cutter decodes.
+        from opensora_core.data.decoding import MAX_FAILED_PACKETS
+
+        packets, first, error, failed = 0, None, None, 0
         try:
             for packet in container.demux(stream):
                 if packet.size:
                     packets += 1
-                if first is None and error is None:  # the last, empty packet drains the decoder
+                if first is None and failed < MAX_FAILED_PACKETS:  # the last, empty packet drains the decoder
                     try:
                         first = next(iter(packet.decode()), None)
                     except av.FFmpegError as err:
-                        error = str(err)
+                        error, failed = error or str(err), failed + 1
         except (av.FFmpegError, OSError) as err:
             probe.notes.append(f"demux stopped after {packets} packets: {err}")
             packets = -1
     if first is None:
         probe.rejected = "no decodable video frame" + (f": {error}" if error else "")
         return probe
-    probe.rotation = int(getattr(first, "rotation", 0) or 0)
-    probe.width, probe.height = first.width, first.height
+    probe.rotation = int(first.rotation or 0)
+    turned = round(probe.rotation / 90) % 2 == 1  # a quarter turn: shown the other way round
+    probe.width, probe.height = (first.height, first.width) if turned else (first.width, first.height)
     if probe.header_frames and packets == probe.header_frames:
         probe.num_frames = packets
     else:
-        probe.num_frames, error = _count_decodable(local)
+        probe.num_frames, lost = _count_decodable(local)
         probe.frame_count_source = "decoded"
+        if probe.fps:  # the header's duration may be that of frames that are not there
+            probe.duration = probe.num_frames / probe.fps
         if probe.header_frames and probe.num_frames != probe.header_frames:
             probe.notes.append(f"header says {probe.header_frames} frames, {probe.num_frames} decode"
-                               + (f" ({error})" if error else ""))
+                               + (f" ({lost})" if lost else ""))
+        elif lost:
+            probe.notes.append(lost)
     if probe.fps is None:
         probe.fps = probe.num_frames / probe.duration if probe.duration else None
     if probe.duration is None and probe.fps:

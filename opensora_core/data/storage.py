@@ -54,7 +54,7 @@ def file_suffix(path: str) -> str:
     return PurePosixPath(urlsplit(path).path if "://" in path else path).suffix.lower()
 
 
-def _modified(info: dict) -> float:
+def modified_time(info: dict) -> float:
     """Modification time (seconds) from an fsspec `info`, 0 where the store gives none:
     local `mtime`, s3 `LastModified` (a datetime), gcs `updated`, http `Last-Modified`
     (a server that sends none has its files hashed every time)."""
@@ -155,7 +155,7 @@ class Storage:
     def info(self, rel: str) -> tuple[int, float]:
         """(size in bytes, modification time) of `rel`."""
         info = self.fs.info(self.path(rel))
-        return int(info.get("size") or 0), _modified(info)
+        return int(info.get("size") or 0), modified_time(info)
 
     def open(self, rel: str):
         return self.fs.open(self.path(rel), "rb")
@@ -313,7 +313,7 @@ class FileList:
         info = fs.info(path)
         if info.get("type") == "directory":
             raise IsADirectoryError(f"{rel} is a folder")
-        return int(info.get("size") or 0), _modified(info)
+        return int(info.get("size") or 0), modified_time(info)
 
     def open(self, rel: str):
         fs, path = self._fs(rel)

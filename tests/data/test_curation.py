@@ -414,3 +414,30 @@ def test_scenes_are_cut_with_one_opencv_thread_and_the_setting_restored(curated,
         assert cv2.getNumThreads() == 3  # an enclosing setting survives the inner one
     assert seen == [curate_module.CURATION_OPENCV_THREADS] == [1]
     assert cv2.getNumThreads() == before
+
+
+def test_an_edited_sidecar_caption_is_read_again_without_cutting(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    make_corpus(raw)
+    for name in set(EXPECTED) - {"red left.mp4", "two_scenes.mp4"}:
+        (raw / name).unlink()
+    (raw / "two_scenes.txt").write_text("first caption")
+    curate(raw, tmp_path / "out", corpus_config())
+    cuts = []
+    original = curate_module._cut_and_score
+    monkeypatch.setattr(curate_module, "_cut_and_score", lambda *a, **k: cuts.append(a[0]) or original(*a, **k))
+
+    def captions() -> dict[str, set]:
+        meta = pd.read_csv(tmp_path / "out" / "meta.csv", keep_default_na=False)
+        return {PurePosixPath(s).name: set(g["text"]) for s, g in meta.groupby("source")}
+
+    (raw / "two_scenes.txt").write_text("an edited caption, longer")
+    (raw / "red left.txt").unlink()  # the corpus's, replaced by a JSON sidecar
+    (raw / "red left.json").write_text(json.dumps({"caption": "a red circle moving left"}))
+    curate(raw, tmp_path / "out", corpus_config())
+    assert captions() == {"two_scenes.mp4": {"an edited caption, longer"},
+                          "red left.mp4": {"a red circle moving left"}}
+    (raw / "two_scenes.txt").unlink()
+    curate(raw, tmp_path / "out", corpus_config())
+    assert captions()["two_scenes.mp4"] == {""}
+    assert cuts == []  # the probe and the clips stood; only the captions were read again

@@ -144,14 +144,14 @@ def test_cli_curates_a_list_and_names_a_bad_one(tmp_path):
 def test_modification_times_of_every_store():
     import datetime
 
-    from opensora_core.data.storage import _modified
+    from opensora_core.data.storage import modified_time
 
     moment = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
-    assert _modified({"mtime": 1.5}) == 1.5  # local
-    assert _modified({"LastModified": moment}) == moment.timestamp()  # s3
-    assert _modified({"updated": "2026-11-30T12:00:00Z"}) == moment.timestamp()  # gcs
-    assert _modified({"Last-Modified": "Mon, 30 Nov 2026 12:00:00 GMT"}) == moment.timestamp()  # http
-    assert _modified({"size": 3}) == 0.0  # none: the file is hashed every time
+    assert modified_time({"mtime": 1.5}) == 1.5  # local
+    assert modified_time({"LastModified": moment}) == moment.timestamp()  # s3
+    assert modified_time({"updated": "2026-11-30T12:00:00Z"}) == moment.timestamp()  # gcs
+    assert modified_time({"Last-Modified": "Mon, 30 Nov 2026 12:00:00 GMT"}) == moment.timestamp()  # http
+    assert modified_time({"size": 3}) == 0.0  # none: the file is hashed every time
 
 
 def test_signed_urls_are_typed_by_their_path_and_have_no_sidecar():

@@ -22,6 +22,7 @@ from assets_defs.curation import (
     scored_clips,
     training_dataset,
 )
+from opensora_core.data import curate as curate_module
 from orchestration.resources import CurationStorage
 from orchestration.sensors import raw_videos_sensor
 from tests.data.corpus import EXPECTED, corpus_config, make_corpus
@@ -151,6 +152,14 @@ def test_sensor_partitions_assets_and_checks(setup):
     assert {p: p.stat().st_mtime_ns for p in others} == others
     merged = materialize([training_dataset], instance=instance, resources={"curation_storage": storage})
     assert merged.asset_materializations_for_node("training_dataset")[0].metadata["kept"].value == 5
+
+    # A caption written beside a curated file: its partition runs again, under its key.
+    (raw / "two_scenes.txt").write_text("two shots, captioned later")
+    rerun = _tick(instance, storage).run_requests
+    assert [r.partition_key for r in rerun] == [two] and rerun[0].tags["opensora/reason"] == "caption"
+    assert isinstance(_tick(instance, storage), SkipReason)  # once
+    assert _curate_partition(instance, storage, two).success
+    assert set(curate_module.read_scores(storage.out(), two)["text"]) == {"two shots, captioned later"}
 
     # One file deleted and one replaced under its name (new content, new key): the sensor
     # removes both old partitions, and the merge takes only the files there now.
