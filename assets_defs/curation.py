@@ -83,6 +83,7 @@ SCORE_COLUMNS = ["aes", "flow", "ocr", "match", "quality"]
 @asset(partitions_def=raw_partitions, group_name="curation", kinds={"python", "video"})
 def raw_videos(context: AssetExecutionContext, curation_storage: CurationStorage) -> MaterializeResult:
     """One raw video or image: content hash and probe (codec, fps, decodable frames, size)."""
+    curation_storage.curation_config().check_local_files()  # a bad model path fails before the file is read
     raw = _raw_file(curation_storage, context.partition_key)
     manifest = curate.raw_videos(curation_storage.source(), curation_storage.out(), raw,
                                  curation_storage.curation_config())

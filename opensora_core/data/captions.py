@@ -52,6 +52,37 @@ def _seconds(stamp: str) -> float:
     return total
 
 
+# Columns that make a CSV a caption table, by layout.
+_LAYOUTS = {"opensora": ("path", "text"), "panda70m": ("videoID", "timestamp", "caption")}
+_EXPECTED = "columns path,text (Open-Sora) or videoID,timestamp,caption (Panda-70M)"
+
+
+def _layout(path: str | Path, columns) -> str:
+    """The layout whose columns `columns` has; ValueError naming both otherwise."""
+    for layout, needed in _LAYOUTS.items():
+        if set(needed) <= set(columns):
+            return layout
+    raise ValueError(f"{path}: not a caption table: expected {_EXPECTED}, got {', '.join(map(str, columns)) or 'none'}")
+
+
+def caption_table_problem(path: str) -> str | None:
+    """What keeps `path` from being read as a caption table (checked from its header
+    line), or None."""
+    import pandas as pd
+
+    try:
+        columns = pd.read_csv(path, nrows=0).columns
+    except FileNotFoundError:
+        return f"{path}: no such file; expected a CSV with {_EXPECTED}"
+    except (OSError, ValueError, UnicodeDecodeError) as err:  # a folder, no header, not text
+        return f"{path}: not readable as CSV ({type(err).__name__}: {err})"
+    try:
+        _layout(path, columns)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 @dataclass
 class CaptionTable:
     """An imported caption CSV, looked up by source file and time range."""
@@ -64,21 +95,18 @@ class CaptionTable:
         import pandas as pd
 
         frame = pd.read_csv(path)
-        columns = set(frame.columns)
+        layout = _layout(path, frame.columns)
         by_name: dict[str, list[tuple[float, float, str]]] = {}
-        if {"path", "text"} <= columns:
+        if layout == "opensora":
             for p, text in zip(frame["path"], frame["text"]):
                 if isinstance(text, str) and text.strip():
                     by_name.setdefault(PurePosixPath(str(p)).name, []).append((0.0, float("inf"), text.strip()))
-            return cls("opensora", by_name)
-        if {"videoID", "timestamp", "caption"} <= columns:
+        else:
             for video_id, stamps, captions in zip(frame["videoID"], frame["timestamp"], frame["caption"]):
                 stamps, captions = ast.literal_eval(str(stamps)), ast.literal_eval(str(captions))
                 for (start, end), text in zip(stamps, captions):
                     by_name.setdefault(str(video_id), []).append((_seconds(start), _seconds(end), str(text).strip()))
-            return cls("panda70m", by_name)
-        raise ValueError(f"{path}: not a caption table: expected columns path,text (Open-Sora) or "
-                         f"videoID,timestamp,caption (Panda-70M), got {', '.join(map(str, frame.columns))}")
+        return cls(layout, by_name)
 
     def lookup(self, source_path: str, clip_file: str, start_s: float, end_s: float) -> str | None:
         """The caption for a clip: by clip or source file name (Open-Sora), or the

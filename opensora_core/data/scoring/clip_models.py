@@ -7,23 +7,39 @@
   averaged (in [-1, 1]); clips without a caption get none.
 
 Nothing is downloaded: `clip` is a local transformers folder, `mlp` a local
-`.pth`/`.safetensors` state dict with keys `layers.{0,2,4,6,7}.{weight,bias}`.
+`.pth`/`.safetensors` state dict with keys `layers.{0,2,4,6,7}.{weight,bias}`. A scorer
+without weights configured is left out. Weights configured but missing, or not what
+their key expects, fail a run before any file is read
+(:meth:`~opensora_core.data.config.CurationConfig.check_local_files`); here they only
+keep the scorer from running, so cutting, which needs no weights, is not stopped by
+them. A scorer's version names the digest of its weights' contents, so the manifests
+say which weights made a score.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
-from opensora_core.data.config import AestheticConfig, MatchConfig
+from opensora_core.data.config import (
+    AestheticConfig,
+    MatchConfig,
+    content_digest,
+    local_file_problem,
+)
 from opensora_core.data.scoring.base import ClipSamples, Scorer, spread_frames, spread_positions
 from opensora_core.utils.clip import projected_features
 
 
-@lru_cache(maxsize=2)
 def _load_clip(path: str):
+    """The model and processor in `path`, loaded once per process while its files stay
+    the same (see :func:`content_digest`)."""
+    return _load_clip_version(path, content_digest(path))
+
+
+@lru_cache(maxsize=2)
+def _load_clip_version(path: str, digest: str):
     from transformers import CLIPModel, CLIPProcessor
 
     model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
@@ -50,8 +66,12 @@ def aesthetic_head(in_features: int = 768):
     )
 
 
-@lru_cache(maxsize=2)
 def _load_head(path: str, in_features: int):
+    return _load_head_version(path, in_features, content_digest(path))
+
+
+@lru_cache(maxsize=2)
+def _load_head_version(path: str, in_features: int, digest: str):
     import torch
 
     if path.endswith(".safetensors"):
@@ -66,12 +86,14 @@ def _load_head(path: str, in_features: int):
     return head.eval()
 
 
-def _missing(*paths: str | None) -> str | None:
-    for path in paths:
-        if path is None:
-            return "no local weights configured"
-        if not Path(path).exists():
-            return f"weights not found at {path}"
+def _missing(weights: dict[str, str | None]) -> str | None:
+    """Why a scorer with `weights` (config key -> path) cannot run, or None."""
+    if any(path is None for path in weights.values()):
+        return "no local weights configured"
+    problems = [f"{key}: {problem}" for key, path in weights.items()
+                if (problem := local_file_problem(key, path)) is not None]
+    if problems:
+        return "; ".join(problems)
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -79,16 +101,25 @@ def _missing(*paths: str | None) -> str | None:
     return None
 
 
+def _weights_version(method: str, *paths: str | None) -> str:
+    if any(path is None for path in paths):
+        return method
+    return f"{method}+{'+'.join(content_digest(path) for path in paths)}"
+
+
 class AestheticScorer(Scorer):
     name = "aes"
-    version = "clip-vit-l14-mlp-1"
     columns = ("aes",)
 
     def __init__(self, config: AestheticConfig) -> None:
         self.config = config
 
+    @property
+    def version(self) -> str:
+        return _weights_version("clip-vit-l14-mlp-1", self.config.clip, self.config.mlp)
+
     def unavailable(self) -> str | None:
-        return _missing(self.config.clip, self.config.mlp)
+        return _missing({"scorers.aes.clip": self.config.clip, "scorers.aes.mlp": self.config.mlp})
 
     def positions(self, num_frames: int) -> set[int]:
         return set(spread_positions(num_frames, self.config.samples))
@@ -109,14 +140,17 @@ class AestheticScorer(Scorer):
 
 class MatchScorer(Scorer):
     name = "match"
-    version = "clip-cosine-1"
     columns = ("match",)
 
     def __init__(self, config: MatchConfig) -> None:
         self.config = config
 
+    @property
+    def version(self) -> str:
+        return _weights_version("clip-cosine-1", self.config.clip)
+
     def unavailable(self) -> str | None:
-        return _missing(self.config.clip)
+        return _missing({"scorers.match.clip": self.config.clip})
 
     def positions(self, num_frames: int) -> set[int]:
         return set(spread_positions(num_frames, self.config.samples))
