@@ -87,6 +87,14 @@ def _print_summary(summary, out) -> None:
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
+def _after_earlier_step(step, *args, **kwargs):
+    """`step(*args, **kwargs)`; the partition's earlier step not run yet is exit 2, named."""
+    try:
+        return step(*args, **kwargs)
+    except FileNotFoundError as err:
+        fail(f"{err}: run the earlier steps first (`opensora data probe`, then `scenes`), or `opensora data curate`")
+
+
 @data_app.command("probe")
 def probe(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyOpt = None,
         storage_option: StorageOpt = None) -> None:
@@ -110,7 +118,7 @@ def scenes(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: Key
 
     settings, source, storage = _setup(input, out, config, storage_option)
     for raw in _files(source, storage, settings, key):
-        manifest = scene_clips(source, storage, raw.key, settings)
+        manifest = _after_earlier_step(scene_clips, source, storage, raw.key, settings)
         status = f"rejected: {manifest['rejected']['reason']}" if manifest["rejected"] else f"{manifest['clips']} clips"
         console.print(f"{raw.key}  {status}", highlight=False)
 
@@ -124,7 +132,7 @@ def score(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyO
     settings, source, storage = _setup(input, out, config, storage_option)
     captioning = Captioning.from_config(settings)
     for raw in _files(source, storage, settings, key):
-        manifest = scored_clips(storage, raw.key, settings, captioning, progress=True)
+        manifest = _after_earlier_step(scored_clips, storage, raw.key, settings, captioning, progress=True)
         console.print(f"{raw.key}  {manifest['clips']} clips scored by {', '.join(manifest['scorers'])}",
                       highlight=False)
 
@@ -163,6 +171,8 @@ def synth(
     """Write the synthetic captioned dataset (coloured shapes moving / still, with sidecar captions)."""
     from opensora_core.data.synthetic import synth as run
 
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out}: a file, not a folder")
     samples = run(out, videos=videos, images=images, seed=seed, num_frames=frames, height=size, width=size, fps=fps)
     console.print(f"wrote {videos} videos and {images} images to {out}", highlight=False)
     for sample in samples[:3]:
