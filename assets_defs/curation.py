@@ -55,13 +55,27 @@ def _rejection(manifest: dict) -> dict:
     return {"rejected": MetadataValue.text(f"{rejected['step']}: {rejected['reason']}" if rejected else "no")}
 
 
+THUMBNAIL_SIDE = 256  # the longer side of the thumbnail in the metadata, in pixels
+
+
 def _thumbnail_md(storage: CurationStorage, key: str, clips: pd.DataFrame) -> str:
+    """The first clip's thumbnail as Markdown, at most THUMBNAIL_SIDE pixels across (a
+    still image is its own thumbnail: the metadata must not carry the whole photo)."""
+    import cv2
+
     if clips.empty:
         return "no clips"
     name = clips["thumbnail"].iloc[0]
-    data = base64.b64encode(storage.out().read_bytes(curate.PARTITIONS, key, "clips", name)).decode()
-    mime = "image/png" if name.endswith(".png") else "image/jpeg"
-    return f"![{clips['clip_id'].iloc[0]}](data:{mime};base64,{data})"
+    image = cv2.imdecode(np.frombuffer(storage.out().read_bytes(curate.PARTITIONS, key, "clips", name), np.uint8),
+                         cv2.IMREAD_COLOR)
+    if image is None:
+        return f"thumbnail {name} could not be decoded"
+    scale = THUMBNAIL_SIDE / max(image.shape[:2])
+    if scale < 1:
+        image = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                           interpolation=cv2.INTER_AREA)
+    data = base64.b64encode(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()).decode()
+    return f"![{clips['clip_id'].iloc[0]}](data:image/jpeg;base64,{data})"
 
 
 def histogram_md(table: pd.DataFrame, columns: list[str], bins: int = 5) -> str:

@@ -88,8 +88,11 @@ def _download(fs, path: str, suffix: str) -> Iterator[Path]:
 
 
 def filesystem(url: str, **storage_options):
-    """(fsspec filesystem, path) of `url`; a protocol whose package is not installed is
-    a ValueError naming the package and the extra that installs it."""
+    """(fsspec filesystem, path) of `url` (a local path when it has no scheme); a
+    protocol whose package is not installed is a ValueError naming the package and the
+    extra that installs it."""
+    if not _has_scheme(url):  # a local path, even one with "::" (fsspec's chaining) in a name
+        return LocalFileSystem(**storage_options), LocalFileSystem._strip_protocol(url)
     try:
         return fsspec.core.url_to_fs(url, **storage_options)
     except ImportError as err:

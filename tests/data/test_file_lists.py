@@ -219,3 +219,14 @@ def test_a_remote_file_is_fetched_once_for_its_probe_and_its_cut(tmp_path, monke
         memory.rm("/fetch-test", recursive=True)
     assert fetched == ["/fetch-test/v.mp4"]  # probe and cut share one download
     assert len(pd.read_csv(tmp_path / "out" / "meta.csv")) == 1
+
+
+def test_local_names_with_fsspec_chaining_characters_are_paths(tmp_path):
+    """`::` chains filesystems in an fsspec URL; in a local name it is just characters."""
+    folder = tmp_path / "a::b"
+    folder.mkdir()
+    _video(folder / "x::y.mp4")
+    (tmp_path / "list.txt").write_text(f"{folder / 'x::y.mp4'}\n")
+    for source in (FileList(tmp_path / "list.txt"), Storage(folder)):
+        summary = curate(source, tmp_path / f"out-{type(source).__name__}", corpus_config(min_flow=None))
+        assert summary.kept == 1 and summary.rejected == 0

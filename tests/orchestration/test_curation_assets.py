@@ -230,3 +230,25 @@ def test_definitions_load_with_each_executor(monkeypatch):
     finally:
         monkeypatch.delenv("OPENSORA_DAGSTER_EXECUTOR", raising=False)
         importlib.reload(definitions)
+
+
+def test_thumbnails_in_metadata_are_small_whatever_the_still(tmp_path):
+    import base64
+
+    import cv2
+    import numpy as np
+
+    from assets_defs.curation import THUMBNAIL_SIDE, _thumbnail_md
+
+    storage = CurationStorage(raw_root=str(tmp_path / "raw"), curated_root=str(tmp_path / "curated"))
+    folder = tmp_path / "curated" / "partitions" / "photo-1" / "clips"
+    folder.mkdir(parents=True)
+    photo = np.random.default_rng(0).integers(0, 255, (1200, 2000, 3), dtype=np.uint8)
+    cv2.imwrite(str(folder / "photo-1-0000.png"), photo)
+    markdown = _thumbnail_md(storage, "photo-1", pd.DataFrame({"thumbnail": ["photo-1-0000.png"],
+                                                                "clip_id": ["photo-1-0000"]}))
+    assert markdown.startswith("![photo-1-0000](data:image/jpeg;base64,")
+    data = base64.b64decode(markdown.split("base64,", 1)[1].rstrip(")"))
+    thumbnail = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert thumbnail.shape == (round(1200 * THUMBNAIL_SIDE / 2000), THUMBNAIL_SIDE, 3)
+    assert len(data) < (folder / "photo-1-0000.png").stat().st_size / 20
