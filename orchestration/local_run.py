@@ -17,6 +17,7 @@ from dagster import (
     AssetKey,
     DagsterInstance,
     Definitions,
+    DeleteDynamicPartitionsRequest,
     ExecuteInProcessResult,
     SensorResult,
     SkipReason,
@@ -107,15 +108,26 @@ def local_instance(folders: PipelineFolders) -> DagsterInstance:
 
 
 def register_new_partitions(instance: DagsterInstance, defs: Definitions) -> list[str]:
-    """One tick of `raw_videos_sensor`: registers new raw files as partitions and returns
-    their keys (empty when nothing is new)."""
+    """One tick of `raw_videos_sensor`: registers new raw files as partitions (and removes
+    those of files gone) and returns the keys to curate (new files, and files whose
+    sidecar caption changed; empty when nothing is)."""
     resources = {"curation_storage": defs.resources["curation_storage"]}
     result = raw_videos_sensor(build_sensor_context(instance=instance, resources=resources))
     if isinstance(result, SkipReason) or not isinstance(result, SensorResult):
         return []
-    for request in result.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    apply_partition_requests(instance, result)
     return [r.partition_key for r in result.run_requests or []]
+
+
+def apply_partition_requests(instance: DagsterInstance, result: SensorResult) -> None:
+    """Do what a sensor result asks of dynamic partitions, as the daemon would: add new
+    ones, delete those of files gone."""
+    for request in result.dynamic_partitions_requests or []:
+        if isinstance(request, DeleteDynamicPartitionsRequest):
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+        else:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
 
 
 def unprocessed_partitions(instance: DagsterInstance) -> list[str]:

@@ -7,7 +7,6 @@ import pytest
 import yaml
 from dagster import (
     DagsterInstance,
-    DeleteDynamicPartitionsRequest,
     SensorResult,
     SkipReason,
     build_sensor_context,
@@ -23,6 +22,7 @@ from assets_defs.curation import (
     training_dataset,
 )
 from opensora_core.data import curate as curate_module
+from orchestration.local_run import apply_partition_requests
 from orchestration.resources import CurationStorage
 from orchestration.sensors import raw_videos_sensor
 from tests.data.corpus import EXPECTED, corpus_config, make_corpus
@@ -45,12 +45,7 @@ def setup(tmp_path):
 def _tick(instance, storage):
     result = raw_videos_sensor(build_sensor_context(instance=instance, resources={"curation_storage": storage}))
     if isinstance(result, SensorResult):
-        for request in result.dynamic_partitions_requests:
-            if isinstance(request, DeleteDynamicPartitionsRequest):
-                for key in request.partition_keys:
-                    instance.delete_dynamic_partition(request.partitions_def_name, key)
-            else:
-                instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        apply_partition_requests(instance, result)
     return result
 
 
