@@ -340,7 +340,7 @@ def scored_clips(out: Storage, key: str, config: CurationConfig, captioning: Cap
     clip_columns, rows = _read_step_rows(out, key, "clips", CLIPS_TABLE)
     texts, text_sources = [], []
     for row in rows:
-        text, origin = raw_manifest.get("caption"), "sidecar"
+        text, origin = raw_manifest.get("caption") if config.scorers.captions.sidecar else None, "sidecar"
         if text is None and captioning.table is not None:
             fps = row["fps"] if row["fps"] and not math.isnan(row["fps"]) else 1.0
             text = captioning.table.lookup(raw_manifest["path"], row["path"], row["start_frame"] / fps,

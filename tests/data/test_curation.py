@@ -441,3 +441,18 @@ def test_an_edited_sidecar_caption_is_read_again_without_cutting(tmp_path, monke
     curate(raw, tmp_path / "out", corpus_config())
     assert captions()["two_scenes.mp4"] == {""}
     assert cuts == []  # the probe and the clips stood; only the captions were read again
+
+
+def test_sidecar_captions_can_be_turned_off(tmp_path):
+    raw = tmp_path / "raw"
+    make_corpus(raw)
+    for name in set(EXPECTED) - {"red left.mp4"}:
+        (raw / name).unlink()
+    config = corpus_config()
+    curate(raw, tmp_path / "out", config)
+    assert pd.read_csv(tmp_path / "out" / "meta.csv")["text_source"].tolist() == ["sidecar"]
+    off = config.model_copy(update={"scorers": config.scorers.model_copy(update={
+        "captions": config.scorers.captions.model_copy(update={"sidecar": False})})})
+    curate(raw, tmp_path / "out", off)  # a scorer setting: scored again, without the sidecar
+    meta = pd.read_csv(tmp_path / "out" / "meta.csv")
+    assert meta["text"].isna().all() and meta["text_source"].isna().all()
