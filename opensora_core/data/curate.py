@@ -391,8 +391,9 @@ def scored_clips(out: Storage, key: str, config: CurationConfig, captioning: Cap
                     failed("the captioning model", err)
                     captions = []
                 for i, caption in zip(need, captions):
+                    caption = " ".join(str(caption or "").split()) or None  # an empty answer is no caption
                     batch[i].text = texts[start + i] = caption
-                    text_sources[start + i] = "model"
+                    text_sources[start + i] = "model" if caption else None
         for scorer in decoding:
             try:
                 values_of = scorer.score([batch[i] for i in readable]) if readable else []

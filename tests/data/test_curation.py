@@ -456,3 +456,22 @@ def test_sidecar_captions_can_be_turned_off(tmp_path):
     curate(raw, tmp_path / "out", off)  # a scorer setting: scored again, without the sidecar
     meta = pd.read_csv(tmp_path / "out" / "meta.csv")
     assert meta["text"].isna().all() and meta["text_source"].isna().all()
+
+
+def test_an_empty_model_caption_is_no_caption(tmp_path):
+    raw = tmp_path / "raw"
+    make_corpus(raw)
+    for name in set(EXPECTED) - {"two_scenes.mp4"}:
+        (raw / name).unlink()
+    config = corpus_config()
+    config = config.model_copy(update={"scorers": config.scorers.model_copy(update={
+        "captions": config.scorers.captions.model_copy(update={"sidecar": False})})})
+    curate(raw, tmp_path / "out", config)
+    out = Storage(tmp_path / "out")
+    key = _video_keys(out)[0]
+    answers = iter(["", "  two   shapes \n"])
+    captioning = curate_module.Captioning(model=lambda frames: [next(answers) for _ in frames])
+    curate_module.scored_clips(out, key, config, captioning)
+    scores = curate_module.read_scores(out, key)
+    assert scores["text"].tolist() == [None, "two shapes"]
+    assert scores["text_source"].tolist() == [None, "model"]
