@@ -473,5 +473,5 @@ def test_an_empty_model_caption_is_no_caption(tmp_path):
     captioning = curate_module.Captioning(model=lambda frames: [next(answers) for _ in frames])
     curate_module.scored_clips(out, key, config, captioning)
     scores = curate_module.read_scores(out, key)
-    assert scores["text"].tolist() == [None, "two shapes"]
-    assert scores["text_source"].tolist() == [None, "model"]
+    assert scores["text"].isna().tolist() == [True, False] and scores["text"].iloc[1] == "two shapes"
+    assert scores["text_source"].isna().tolist() == [True, False] and scores["text_source"].iloc[1] == "model"
