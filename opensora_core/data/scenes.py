@@ -16,7 +16,7 @@ costs no encoding and loses nothing:
   encoders write at scene cuts, is copied into an mp4. A piece that turns out not to be
   one run (a B-frame across its end) is encoded from its frames, kept while they fit in
   `COPY_BUFFER_BYTES`, else decoded again from its keyframe.
-- AVI sources (`POSITION_COPY_FORMATS`): the n-th packet carries the n-th frame, but
+- AVI sources (`POSITION_FORMATS`): the n-th packet carries the n-th frame, but
   keyframe flags and timestamps cannot be trusted. A piece starting on a flagged packet
   is copied by position into an AVI and decoded on the encoder thread; it is kept only
   when it gives the piece's frames again (same count, same `frame_signature` for each),
@@ -25,6 +25,11 @@ costs no encoding and loses nothing:
 Scenes longer than `max_frames` are split into
 consecutive pieces; a piece shorter than `min_frames` is dropped (and recorded) before
 any encoding is spent on it.
+
+Packets that fail to decode are skipped (:class:`FrameDecoder`): the frames lost are a
+hard boundary, like a cut, so no clip holds frames from both sides of the damage and
+each clip's frames are consecutive source frames. Nothing is copied from a video past
+its first damage.
 
 Given a :class:`Sampler`, the cutter also keeps each frame's luma (about
 `Sampler.size` px at most) until its piece ends, then hands the frames at the sampler's
@@ -57,6 +62,7 @@ from scenedetect import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector
 
 from opensora_core.data.config import ClipsConfig, ScenesConfig
+from opensora_core.data.decoding import POSITION_FORMATS, FrameDecoder, Gap
 from opensora_core.data.frame_arrays import frame_array
 from opensora_core.data.scoring.base import ClipSamples, frame_luma, full_range, plane_view
 from opensora_core.utils.atomic import atomic_path
@@ -72,11 +78,10 @@ COPY_BUFFER_BYTES = 64 << 20
 # and whose packets carry presentation timestamps; codecs mp4 can hold.
 COPY_FORMATS = {"mov", "mp4"}
 COPY_CODECS = {"h264", "hevc", "mpeg4", "av1"}
-# Containers whose n-th packet carries the n-th frame (AVI: one chunk per frame, N-VOPs
-# included) but whose keyframe flags and timestamps cannot be trusted: a piece starting
-# on a flagged packet is copied by position into the same container, any codec, and kept
-# only when decoding the copy gives the frames the source gave (see `frame_signature`).
-POSITION_COPY_FORMATS = {"avi"}
+# From containers whose n-th packet carries the n-th frame but whose keyframe flags and
+# timestamps cannot be trusted (`POSITION_FORMATS`, AVI), a piece starting on a flagged
+# packet is copied by position into the same container, any codec, and kept only when
+# decoding the copy gives the frames the source gave (see `frame_signature`).
 SIGNATURE_ROWS = 8  # a frame signature reads every 8th row of each plane
 
 
@@ -116,7 +121,8 @@ class SceneCut:
     scenes: list[tuple[int, int]] = field(default_factory=list)  # detected, [start, end)
     dropped: list[dict] = field(default_factory=list)  # pieces not written, with reasons
     decoded_frames: int = 0
-    decode_error: str | None = None
+    gaps: list[Gap] = field(default_factory=list)  # source frames lost to damage
+    decode_error: str | None = None  # what was lost and why decoding stopped, if anything
 
 
 class _Detector(AdaptiveDetector):
@@ -375,7 +381,7 @@ class _PacketLog:
 
 class _PositionLog:
     """The source's packets by position, for containers whose n-th packet carries the
-    n-th frame (`POSITION_COPY_FORMATS`): kept from the oldest frame that may start or
+    n-th frame (`POSITION_FORMATS`): kept from the oldest frame that may start or
     belong to a piece to copy, and every packet whose frame has not come out of the
     decoder yet. Unusable (nothing is copied from this video) once too many wait."""
 
@@ -526,13 +532,15 @@ class _CopyWriter:
 class _CopySource:
     """What copying needs of the source: its path (to decode a piece again when it
     cannot be copied), its video stream, the packet log, and how pieces map to packets:
-    by timestamp (mp4/mov) or by position (`POSITION_COPY_FORMATS`, copies verified)."""
+    by timestamp (mp4/mov) or by position (`POSITION_FORMATS`, copies verified)."""
 
     path: Path
     stream: av.video.stream.VideoStream
     packets: _PacketLog | _PositionLog
     by_position: bool = False
-    exact: bool = True  # false once a copy by position did not decode to its piece
+    # False once packets may not map to frames as counted: a copy by position did not
+    # decode to its piece, or a packet failed to decode.
+    exact: bool = True
 
     @property
     def muxer(self) -> str:
@@ -676,11 +684,13 @@ class _Cutter:
         if self._piece_length() >= self.scenes_cfg.max_frames:
             self._close_piece(index + 1)
 
-    def end_scene(self, end: int) -> None:
+    def end_scene(self, end: int, next_start: int | None = None) -> None:
+        """End the scene at `end`; the next one starts there, or at `next_start` where
+        frames were lost in between."""
         self._close_piece(end)
         self.result.scenes.append((self.scene_start, end))
         self.scene_index += 1
-        self.scene_start = end
+        self.scene_start = end if next_start is None else next_start
 
     def _piece_length(self) -> int:
         if self.to_copy is not None:
@@ -795,9 +805,10 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
     clip's sample frames go to `sampler.take` as soon as its piece ends (its file may
     still be being encoded; all are complete when this returns).
 
-    A decoding error ends the video there: the frames before it are cut as usual and
-    the error is recorded (`decode_error`), so a partly decodable file keeps its good
-    scenes with their true frame counts.
+    A packet that fails to decode is skipped: the frames lost with it end the scene
+    (no clip spans them; start and end frames count them in), the good scenes on both
+    sides are kept, and what was lost, where, is recorded (`gaps`, and `decode_error`
+    in words, with why decoding stopped early, if it did).
     """
     scenes = scenes or ScenesConfig()
     clips = clips or ClipsConfig()
@@ -809,22 +820,23 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
         stream.thread_type = "AUTO"
         rate = Fraction(fps).limit_denominator(1001) if fps else (stream.average_rate or Fraction(24))
         rate = Fraction(rate).limit_denominator(1001)
-        detector = _Detector(
-            adaptive_threshold=scenes.threshold, min_scene_len=scenes.min_scene_len,
-            window_width=scenes.window_width, min_content_val=scenes.min_content_val,
-        )
+        def new_detector() -> _Detector:
+            return _Detector(adaptive_threshold=scenes.threshold, min_scene_len=scenes.min_scene_len,
+                             window_width=scenes.window_width, min_content_val=scenes.min_content_val)
+
+        detector = new_detector()
         lag = detector.event_buffer_length
         source = None
         formats, limit = set(container.format.name.split(",")), 2 * scenes.max_frames + 64
         if clips.stream_copy and formats & COPY_FORMATS and stream.codec_context.name in COPY_CODECS:
             source = _CopySource(Path(video), stream, _PacketLog(limit))
-        elif clips.stream_copy and formats & POSITION_COPY_FORMATS:
+        elif clips.stream_copy and formats & POSITION_FORMATS:
             source = _CopySource(Path(video), stream, _PositionLog(limit), by_position=True)
-        packets = source.packets if source is not None else None
         cutter = _Cutter(out_dir, prefix, rate, scenes, clips, result, sampler, source)
+        decoder = FrameDecoder(stream)
         detector_fps = float(rate)  # the detector counts frames; a float rate makes its timecodes cheaper
         pending: deque[tuple] = deque()
-        size = None
+        size, last = None, -1
 
         def route(cuts: list[int]) -> None:
             for cut in sorted(cuts):
@@ -833,38 +845,49 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
                 if cut > cutter.scene_start:
                     cutter.end_scene(cut)
 
-        index = -1
+        def end_run(end: int, next_start: int | None = None) -> None:
+            """No frame follows `end - 1` (a gap or the end of the video): the detector's
+            last cuts, the frames it held back, and the scene ends."""
+            route([c.frame_num for c in detector.post_process(FrameTimecode(end - 1, detector_fps))])
+            while pending:
+                cutter.add(*pending.popleft())
+            cutter.end_scene(end, next_start)
+
+        def logged(demuxed: Iterable[av.Packet]) -> Iterable[av.Packet]:
+            for packet in demuxed:
+                if cutter.source is not None and packet.size:
+                    cutter.source.packets.add(packet)
+                yield packet
+
         try:
-            try:
-                for packet in container.demux(stream):
-                    if packets is not None and packet.size:
-                        packets.add(packet)
-                    for frame in packet.decode():
-                        index += 1
-                        if size is None:
-                            size = detection_size(frame.width, frame.height, scenes.analysis_width)
-                        small = detection_frame(frame, size)
-                        cuts = detector.process_frame(FrameTimecode(index, detector_fps), small)
-                        if sampler is None:
-                            pending.append((index, frame))
-                        else:
-                            pending.append((index, frame, frame_luma(frame, sampler.size)))
-                        route([c.frame_num for c in cuts])
-                        # The detector can no longer put a cut at or before index - lag.
-                        while pending and pending[0][0] <= index - lag:
-                            cutter.add(*pending.popleft())
-                        if packets is not None:
-                            packets.seen(source.key(index, frame))
-                            packets.keep_from([cutter.oldest_needed(),
-                                               source.key(*pending[0][:2]) if pending else None])
-            except (av.FFmpegError, OSError) as err:
-                result.decode_error = f"decoding stopped after frame {index + 1}: {err}"
-            result.decoded_frames = index + 1
-            if index >= 0:
-                route([c.frame_num for c in detector.post_process(FrameTimecode(index, detector_fps))])
-                while pending:
+            for index, frame in decoder.frames(logged(container.demux(stream))):
+                if last < 0:  # the first frame (damage may come before it)
+                    cutter.scene_start = index
+                elif decoder.gaps and decoder.gaps[-1].end == index:  # lost frames: a hard boundary
+                    end_run(last + 1, index)
+                    detector = new_detector()
+                    if cutter.source is not None:
+                        cutter.source.exact = False
+                if size is None:
+                    size = detection_size(frame.width, frame.height, scenes.analysis_width)
+                small = detection_frame(frame, size)
+                cuts = detector.process_frame(FrameTimecode(index, detector_fps), small)
+                if sampler is None:
+                    pending.append((index, frame))
+                else:
+                    pending.append((index, frame, frame_luma(frame, sampler.size)))
+                route([c.frame_num for c in cuts])
+                # The detector can no longer put a cut at or before index - lag.
+                while pending and pending[0][0] <= index - lag:
                     cutter.add(*pending.popleft())
-                cutter.end_scene(index + 1)
+                if cutter.source is not None:
+                    cutter.source.packets.seen(cutter.source.key(index, frame))
+                    cutter.source.packets.keep_from([cutter.oldest_needed(),
+                                                     cutter.source.key(*pending[0][:2]) if pending else None])
+                last = index
+            result.decoded_frames, result.gaps, result.decode_error = decoder.decoded, decoder.gaps, decoder.problems()
+            if last >= 0:
+                end_run(last + 1)
             if sampler is not None and sampler.done is not None:
                 sampler.done()
             cutter.finish()

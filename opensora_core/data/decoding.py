@@ -1,0 +1,140 @@
+"""Decoding a video stream past damaged packets, with every frame numbered by its place
+in the source.
+
+A packet that fails to decode loses its frame, and often the frames that depend on it
+(an H.264 decoder outputs nothing more until the next keyframe). Decoding goes on
+with the next packet, so the good part after the damage is kept; it stops once
+`MAX_FAILED_PACKETS` packets in a row fail (what is left is no longer video data).
+
+Frames are numbered in output order, so a clean file's frame n is the n-th frame
+decoded. Once a packet has failed, the lost frames are counted in, so that a frame
+keeps its number on either side of the damage, and the frames on either side of a gap
+are known not to be neighbours (:class:`Gap`):
+
+- by timestamp where the container's can be trusted: a frame whose timestamp is more
+  than one frame duration after the previous one's follows lost frames, one whose
+  timestamp is not after it is a frame from before the damage that the decoder let
+  out late (H.264 with B-frames reorders wrongly after a failure), and is dropped;
+- by position in AVI (`POSITION_FORMATS`), whose timestamps cannot be trusted: the
+  frames lost are how much the decoder's backlog (packets sent less frames out: the
+  codec's and the frame threads' delay, steady once decoding runs) grew across the
+  failed packets. A frame an AVI decoder drops without reporting an error is not seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import av
+
+MAX_FAILED_PACKETS = 32  # in a row: decoding stops there
+# Containers whose n-th packet carries the n-th frame but whose timestamps cannot be
+# trusted (AVI: one chunk per frame, N-VOPs included; empty chunks repeat a frame).
+POSITION_FORMATS = {"avi"}
+
+
+@dataclass
+class Gap:
+    """Source frames `[start, end)` lost to damage; `end` is None where no frame decoded
+    after it (the damage ran to the end, or decoding stopped). No run of frames may
+    span a gap: the frames on either side of it are not neighbours."""
+
+    start: int
+    end: int | None
+    failed_packets: int
+    error: str | None  # the first failure's; None where frames went missing without one
+
+    def describe(self) -> str:
+        if self.end is None:
+            frames = f"frames from {self.start} on"
+        elif self.end > self.start:
+            frames = f"frames {self.start}-{self.end - 1}" if self.end - self.start > 1 else f"frame {self.start}"
+        else:
+            frames = f"no frame (before frame {self.start})"
+        if self.failed_packets:
+            plural = "s" if self.failed_packets != 1 else ""
+            return f"{frames} lost to damage ({self.failed_packets} packet{plural} failed to decode: {self.error})"
+        return f"{frames} lost to damage (missing from the decoder's output)"
+
+
+class FrameDecoder:
+    """Decodes the packets of `stream` past those that fail (see the module docstring);
+    what was lost is in `gaps`, why decoding ended before the end in `stopped`."""
+
+    def __init__(self, stream: av.video.stream.VideoStream) -> None:
+        self.by_position = bool(set(stream.container.format.name.split(",")) & POSITION_FORMATS)
+        rate = stream.average_rate or stream.guessed_rate
+        self.step = float(1 / (rate * stream.time_base)) if rate and stream.time_base else None  # a frame, in pts
+        self.start_pts = stream.start_time
+        self.gaps: list[Gap] = []
+        self.decoded = 0  # frames given out
+        self.stopped: str | None = None
+
+    def frames(self, packets: Iterable[av.Packet]) -> Iterator[tuple[int, av.VideoFrame]]:
+        """(source index, frame) for each frame that decodes. A frame right after a gap
+        is the one whose index is `gaps[-1].end`. An error reading the packets
+        (demuxing) ends decoding like the end of the file, recorded in `stopped`."""
+        sent = out = 0  # packets with data given to the decoder; frames out of it
+        backlog = 0  # sent - out after the last packet that decoded, before any failure since
+        index = 0  # source index of the next frame
+        damaged = False
+        pending: Gap | None = None  # failed packets whose lost frames have not been placed yet
+        failed_in_row = 0
+        last_pts, last_step = None, self.step
+        demuxed = iter(packets)
+        while True:
+            try:
+                packet = next(demuxed)
+            except StopIteration:
+                break
+            except (av.FFmpegError, OSError) as err:
+                self.stopped = f"demuxing stopped after {self.decoded} decoded frames: {err}"
+                break
+            if packet.size:
+                sent += 1
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as err:
+                damaged = True
+                if pending is None:
+                    pending = Gap(index, None, 0, str(err))
+                pending.failed_packets += 1
+                failed_in_row += 1
+                if failed_in_row >= MAX_FAILED_PACKETS:
+                    self.stopped = f"decoding stopped after {failed_in_row} packets in a row failed to decode"
+                    break
+                continue
+            failed_in_row = 0
+            for frame in frames:
+                out += 1
+                if damaged:
+                    timed = not self.by_position and frame.pts is not None and last_step
+                    if timed and last_pts is not None and frame.pts <= last_pts:
+                        continue  # from before a gap, let out late
+                    if timed and (last_pts is not None or self.start_pts is not None):
+                        previous = last_pts if last_pts is not None else self.start_pts - last_step
+                        lost = max(0, round((frame.pts - previous) / last_step) - 1)
+                        place = lost > 0
+                    else:
+                        lost, place = max(0, sent - out - backlog), pending is not None
+                    if place:
+                        gap = pending or Gap(index, None, 0, None)
+                        gap.start, gap.end = index, index + lost
+                        self.gaps.append(gap)
+                        pending, index = None, index + lost
+                if frame.pts is not None:
+                    last_pts, last_step = frame.pts, frame.duration or self.step
+                self.decoded += 1
+                yield index, frame
+                index += 1
+            if pending is None:
+                backlog = sent - out
+        if pending is not None:
+            pending.start = index
+            self.gaps.append(pending)
+
+    def problems(self) -> str | None:
+        """What was lost and why decoding ended early, in one line; None for a clean decode."""
+        parts = [gap.describe() for gap in self.gaps] + ([self.stopped] if self.stopped else [])
+        return "; ".join(parts) or None
