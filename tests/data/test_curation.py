@@ -443,6 +443,11 @@ def test_an_edited_sidecar_caption_is_read_again_without_cutting(tmp_path, monke
     assert cuts == []  # the probe and the clips stood; only the captions were read again
 
 
+def _without_sidecars(config):
+    return config.model_copy(update={"scorers": config.scorers.model_copy(update={
+        "captions": config.scorers.captions.model_copy(update={"sidecar": False})})})
+
+
 def test_sidecar_captions_can_be_turned_off(tmp_path):
     raw = tmp_path / "raw"
     make_corpus(raw)
@@ -451,9 +456,7 @@ def test_sidecar_captions_can_be_turned_off(tmp_path):
     config = corpus_config()
     curate(raw, tmp_path / "out", config)
     assert pd.read_csv(tmp_path / "out" / "meta.csv")["text_source"].tolist() == ["sidecar"]
-    off = config.model_copy(update={"scorers": config.scorers.model_copy(update={
-        "captions": config.scorers.captions.model_copy(update={"sidecar": False})})})
-    curate(raw, tmp_path / "out", off)  # a scorer setting: scored again, without the sidecar
+    curate(raw, tmp_path / "out", _without_sidecars(config))  # a scorer setting: scored again, without the sidecar
     meta = pd.read_csv(tmp_path / "out" / "meta.csv")
     assert meta["text"].isna().all() and meta["text_source"].isna().all()
 
@@ -463,9 +466,7 @@ def test_an_empty_model_caption_is_no_caption(tmp_path):
     make_corpus(raw)
     for name in set(EXPECTED) - {"two_scenes.mp4"}:
         (raw / name).unlink()
-    config = corpus_config()
-    config = config.model_copy(update={"scorers": config.scorers.model_copy(update={
-        "captions": config.scorers.captions.model_copy(update={"sidecar": False})})})
+    config = _without_sidecars(corpus_config())
     curate(raw, tmp_path / "out", config)
     out = Storage(tmp_path / "out")
     key = _video_keys(out)[0]

@@ -2,7 +2,6 @@
 
 import json
 import math
-import string
 import sys
 
 import pytest
@@ -14,6 +13,7 @@ from opensora_core.eval.cli import run_eval
 from opensora_core.eval.clip_score import ClipScorer, check_clip_folder, frame_positions
 from opensora_core.models import build_stdit2
 from opensora_core.models.checkpoint_io import save_model
+from tests.data.learned_models import save_tiny_clip
 
 PROMPTS = ["a red square moving right", "a blue circle moving left", "a green triangle moving up", "a cat"]
 
@@ -22,29 +22,7 @@ PROMPTS = ["a red square moving right", "a blue circle moving left", "a green tr
 def tiny_clip(tmp_path_factory):
     """A random CLIP (hidden 32, 2 layers, 32x32 images) with a character-level BPE
     tokenizer and a 32-pixel image processor, saved as a Hugging Face folder."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    folder = tmp_path_factory.mktemp("clip")
-    vocab: dict[str, int] = {}
-    for token in [*string.ascii_lowercase, *(c + "</w>" for c in string.ascii_lowercase),
-                  "<|startoftext|>", "<|endoftext|>"]:
-        vocab.setdefault(token, len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer.from_pretrained(folder)
-    special = {"bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
-               "pad_token_id": vocab["<|endoftext|>"]}
-    layers = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 2}
-    config = CLIPConfig(
-        text_config={**layers, **special, "vocab_size": len(vocab), "max_position_embeddings": 40},
-        vision_config={**layers, "image_size": 32, "patch_size": 8},
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
-    return folder
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")
