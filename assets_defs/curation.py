@@ -31,6 +31,11 @@ from opensora_core.data.scoring import SCORE_RANGES
 from orchestration.resources import CurationStorage
 
 raw_partitions = DynamicPartitionsDefinition(name="raw_videos")
+# The per-file steps share one Dagster pool, so an instance can bound how many run at once
+# across all runs (every partition is its own run): `dagster instance concurrency set
+# curation 4`, or `concurrency: {pools: {default_limit: 4}}` in dagster.yaml. Unset: no bound
+# beyond the run queue's (10 runs by default).
+CURATION_POOL = "curation"
 
 
 def _raw_file(storage: CurationStorage, key: str) -> RawFile:
@@ -94,7 +99,7 @@ def histogram_md(table: pd.DataFrame, columns: list[str], bins: int = 5) -> str:
 SCORE_COLUMNS = ["aes", "flow", "ocr", "match", "quality"]
 
 
-@asset(partitions_def=raw_partitions, group_name="curation", kinds={"python", "video"})
+@asset(partitions_def=raw_partitions, group_name="curation", kinds={"python", "video"}, pool=CURATION_POOL)
 def raw_videos(context: AssetExecutionContext, curation_storage: CurationStorage) -> MaterializeResult:
     """One raw video or image: content hash and probe (codec, fps, decodable frames, size)."""
     curation_storage.curation_config().check_local_files()  # a bad model path fails before the file is read
@@ -112,7 +117,8 @@ def raw_videos(context: AssetExecutionContext, curation_storage: CurationStorage
     })
 
 
-@asset(partitions_def=raw_partitions, deps=[raw_videos], group_name="curation", kinds={"python", "video"})
+@asset(partitions_def=raw_partitions, deps=[raw_videos], group_name="curation", kinds={"python", "video"},
+       pool=CURATION_POOL)
 def scene_clips(context: AssetExecutionContext, curation_storage: CurationStorage) -> MaterializeResult:
     """Scenes (PySceneDetect adaptive) cut into frame-accurate clips (copied from an mp4/mov
     or AVI source where that is exact, else re-encoded as MPEG-4 or H.264, from the data
@@ -131,7 +137,8 @@ def scene_clips(context: AssetExecutionContext, curation_storage: CurationStorag
     })
 
 
-@asset(partitions_def=raw_partitions, deps=[scene_clips], group_name="curation", kinds={"python"})
+@asset(partitions_def=raw_partitions, deps=[scene_clips], group_name="curation", kinds={"python"},
+       pool=CURATION_POOL)
 def scored_clips(context: AssetExecutionContext, curation_storage: CurationStorage) -> MaterializeResult:
     """Captions and scores per clip: flow, ocr, quality (and aes, match with CLIP weights)."""
     key = context.partition_key

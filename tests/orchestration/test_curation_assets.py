@@ -247,3 +247,12 @@ def test_thumbnails_in_metadata_are_small_whatever_the_still(tmp_path):
     thumbnail = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     assert thumbnail.shape == (round(1200 * THUMBNAIL_SIDE / 2000), THUMBNAIL_SIDE, 3)
     assert len(data) < (folder / "photo-1-0000.png").stat().st_size / 20
+
+
+def test_per_file_steps_share_the_curation_pool():
+    """One pool across runs is what lets an instance bound how many files are cut at once
+    (`dagster instance concurrency set curation N`); the merge is not in it."""
+    from assets_defs.curation import CURATION_POOL
+
+    assert [a.op.pool for a in (raw_videos, scene_clips, scored_clips)] == [CURATION_POOL] * 3
+    assert training_dataset.op.pool is None
