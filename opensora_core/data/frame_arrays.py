@@ -29,3 +29,19 @@ def frame_array(frame: av.VideoFrame, format: str = "rgb24") -> np.ndarray:
     if frame.format.name == format:
         return frame.to_ndarray()
     return _reformatter().reformat(frame, format=format).to_ndarray()
+
+
+def display_rotation(frame: av.VideoFrame) -> int:
+    """The counterclockwise turn, 0, 90, 180 or 270 degrees, that shows `frame` upright:
+    the rotation of its display matrix (PyAV's `VideoFrame.rotation`, counterclockwise;
+    a phone's portrait video reads -90, i.e. 270) to the nearest quarter turn. A mirror
+    in the matrix is not applied."""
+    return round((frame.rotation or 0) / 90) % 4 * 90
+
+
+def upright_array(frame: av.VideoFrame, format: str = "rgb24") -> np.ndarray:
+    """`frame` as :func:`frame_array` gives it, turned as a player shows it
+    (:func:`display_rotation`)."""
+    array = frame_array(frame, format)
+    turns = display_rotation(frame) // 90
+    return np.ascontiguousarray(np.rot90(array, k=turns)) if turns else array

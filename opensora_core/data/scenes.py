@@ -68,7 +68,7 @@ from scenedetect.detectors import AdaptiveDetector
 
 from opensora_core.data.config import ClipsConfig, ScenesConfig
 from opensora_core.data.decoding import POSITION_FORMATS, FrameDecoder, Gap
-from opensora_core.data.frame_arrays import frame_array
+from opensora_core.data.frame_arrays import display_rotation, frame_array
 from opensora_core.data.scoring.base import ClipSamples, frame_luma, full_range, plane_view
 from opensora_core.utils.atomic import atomic_path
 
@@ -209,14 +209,6 @@ def thumbnail(frame: av.VideoFrame) -> np.ndarray:
     bgr = detection_frame(frame)
     height = max(1, round(bgr.shape[0] * THUMBNAIL_WIDTH / bgr.shape[1]))
     return cv2.resize(bgr, (THUMBNAIL_WIDTH, height), interpolation=cv2.INTER_AREA)
-
-
-def display_rotation(frame: av.VideoFrame) -> int:
-    """The counterclockwise turn, 0, 90, 180 or 270 degrees, that shows `frame` upright:
-    the rotation of its display matrix (PyAV's `VideoFrame.rotation`, counterclockwise;
-    a phone's portrait video reads -90, i.e. 270) to the nearest quarter turn. A mirror
-    in the matrix is not applied."""
-    return round((frame.rotation or 0) / 90) % 4 * 90
 
 
 def upright(frame: av.VideoFrame, rotation: int) -> av.VideoFrame:

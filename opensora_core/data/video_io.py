@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from opensora_core.data.frame_arrays import frame_array
+from opensora_core.data.frame_arrays import upright_array
 
 
 class VideoDecodeError(RuntimeError):
@@ -17,7 +17,8 @@ class VideoDecodeError(RuntimeError):
 
 
 def read_frames(path: str | Path, num_frames: int, start: int = 0, stride: int = 1) -> np.ndarray:
-    """Frames `start, start+stride, ...` as uint8 RGB `[T, H, W, 3]`.
+    """Frames `start, start+stride, ...` as uint8 RGB `[T, H, W, 3]`, upright (a phone
+    video's display rotation applied, as players and the curated clips show it).
 
     Decoding stops after `num_frames` frames. A file that ends early returns the
     frames it had; a file that yields none raises `VideoDecodeError`.
@@ -36,7 +37,7 @@ def read_frames(path: str | Path, num_frames: int, start: int = 0, stride: int =
             stream.thread_type = "AUTO"
             for index, frame in enumerate(container.decode(stream)):
                 if index >= start and (index - start) % stride == 0:
-                    frames.append(frame_array(frame))
+                    frames.append(upright_array(frame))
                     if len(frames) == num_frames:
                         break
     except av.FFmpegError as err:

@@ -103,6 +103,18 @@ def test_rotated_video_is_cut_upright(tmp_path, rotation):
     assert first[corner].min() > 200 and first[:MARKER, :MARKER].max() < 200
 
 
+@pytest.mark.parametrize("rotation", [90, 180, -90])
+def test_read_frames_shows_a_rotated_video_upright(tmp_path, rotation):
+    """What training caches and inference references decode: a phone video upright."""
+    from opensora_core.data.video_io import read_frames
+
+    frames = _marked_scenes()
+    _write(tmp_path / "turned.mp4", frames, rotation=rotation)
+    read = read_frames(tmp_path / "turned.mp4", 4, start=2, stride=3).astype(int)
+    upright = np.rot90(frames, k=rotation // 90, axes=(1, 2))[2:12:3]
+    assert read.shape == upright.shape and np.abs(read - upright).mean() < 4
+
+
 # --------------------------------------------------------------------------------------
 # Damage
 # --------------------------------------------------------------------------------------
