@@ -160,14 +160,11 @@ def scored_clips(context: AssetExecutionContext, curation_storage: CurationStora
 @asset(deps=[scored_clips], group_name="curation", kinds={"python", "pandas"},
        automation_condition=AutomationCondition.eager())
 def training_dataset(context: AssetExecutionContext, curation_storage: CurationStorage) -> MaterializeResult:
-    """The partitions of the raw files there now, merged and filtered into Open-Sora's
-    metadata table (a deleted or replaced file's old partition is not merged)."""
+    """Every partition merged and filtered into Open-Sora's metadata table. The partitions
+    are the raw files as the sensor last saw them: it removes those of files deleted or
+    replaced, so their clips leave the table at the next merge."""
     out = curation_storage.out()
-    keys = [f.key for f in register_inputs(curation_storage.source(), curation_storage.curation_config(), index=out)]
-    unregistered = set(keys) - set(context.instance.get_dynamic_partitions(raw_partitions.name))
-    if unregistered:
-        context.log.warning(f"{len(unregistered)} raw files have no partition yet (the sensor adds them): "
-                            f"{', '.join(sorted(unregistered)[:5])}")
+    keys = context.instance.get_dynamic_partitions(raw_partitions.name)
     summary = curate.training_dataset(out, keys, curation_storage.curation_config())
     for warning in summary.warnings:
         context.log.warning(warning)

@@ -47,7 +47,9 @@ def raw_videos_sensor(context: SensorEvaluationContext, curation_storage: Curati
     if source.missing():
         return SkipReason(f"raw folder {curation_storage.raw_root} does not exist")
     out = curation_storage.out()
-    before = {row["key"]: row.get("sidecar", "") for row in json.loads(out.read_text(INDEX_FILE))} \
+    # Sidecar stamps as the last tick saw them (the sensor is what writes the index; an
+    # index from before stamps has none, and is not taken as "every caption changed").
+    before = {row["key"]: row["sidecar"] for row in json.loads(out.read_text(INDEX_FILE)) if "sidecar" in row} \
         if out.exists(INDEX_FILE) else {}
     try:
         files = register_inputs(source, curation_storage.curation_config(), index=out)
@@ -61,6 +63,11 @@ def raw_videos_sensor(context: SensorEvaluationContext, curation_storage: Curati
     # Files deleted, or replaced (a new hash is a new key): their partitions go, so the
     # UI and the merge show the folder as it is. Their runs' history stays in the event log.
     gone = sorted(known - current)
+    unreadable = [f.path for f in files if f.problem and f.problem != "not found"]
+    if gone and unreadable:  # a store's hiccup gives a file a path-only key: not a reason to drop its partition
+        context.log.warning(f"not removing {len(gone)} partitions while {len(unreadable)} raw files could not be "
+                            f"read: {', '.join(unreadable[:5])}")
+        gone = []
     # A sidecar caption added, edited or removed: the partition runs again (same key, new caption).
     recaptioned = [f for f in files if f.key in known and f.key in before and before[f.key] != f.sidecar]
     if not new and not gone and not recaptioned:

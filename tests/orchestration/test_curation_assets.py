@@ -22,6 +22,7 @@ from assets_defs.curation import (
     training_dataset,
 )
 from opensora_core.data import curate as curate_module
+from opensora_core.data.storage import Storage
 from orchestration.local_run import apply_partition_requests
 from orchestration.resources import CurationStorage
 from orchestration.sensors import raw_videos_sensor
@@ -150,7 +151,8 @@ def test_sensor_partitions_assets_and_checks(setup):
 
     # A caption written beside a curated file: its partition runs again, under its key.
     (raw / "two_scenes.txt").write_text("two shots, captioned later")
-    rerun = _tick(instance, storage).run_requests
+    assert materialize([training_dataset], instance=instance, resources={"curation_storage": storage}).success
+    rerun = _tick(instance, storage).run_requests  # the merge in between does not hide the edit
     assert [r.partition_key for r in rerun] == [two] and rerun[0].tags["opensora/reason"] == "caption"
     assert isinstance(_tick(instance, storage), SkipReason)  # once
     assert _curate_partition(instance, storage, two).success
@@ -173,6 +175,23 @@ def test_sensor_partitions_assets_and_checks(setup):
     merged = materialize([training_dataset], instance=instance, resources={"curation_storage": storage})
     meta = pd.read_csv(curated / "meta.csv")
     assert len(meta) == 5 and (meta["partition"] == replaced[0]).sum() == 2  # two_scenes' content: two clips
+
+
+def test_a_file_that_cannot_be_read_for_a_moment_keeps_the_partitions(setup, monkeypatch):
+    """A store's hiccup gives a file a key from its path alone; its real partition (and
+    any other's that seems gone) stays until the folder reads cleanly."""
+    instance, storage, raw, _ = setup
+    _tick(instance, storage)
+    keys = set(instance.get_dynamic_partitions(raw_partitions.name))
+    (raw / "empty.mp4").unlink()
+    original = Storage.info
+    monkeypatch.setattr(Storage, "info", lambda self, rel: (_ for _ in ()).throw(OSError("timeout"))
+                        if rel == "still.png" else original(self, rel))
+    _tick(instance, storage)
+    assert keys <= set(instance.get_dynamic_partitions(raw_partitions.name))
+    monkeypatch.undo()
+    _tick(instance, storage)
+    assert set(instance.get_dynamic_partitions(raw_partitions.name)) == {k for k in keys if not k.startswith("empty")}
 
 
 def test_vanished_raw_file_fails_with_its_name(setup):
