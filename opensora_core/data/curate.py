@@ -72,6 +72,21 @@ SCORES_TABLE = "scores.parquet"
 MERGED_SCORES = "merged_scores.parquet"
 
 
+# Versions of the code behind the steps' outputs, in their fingerprints: bumped when the
+# same file and settings would give different outputs (not for speed), so outputs made
+# before are made again.
+PROBE_VERSION = 2  # 2: displayed (rotated) sizes; frames counted past damaged packets
+CUTTER_VERSION = 2  # 2: rotated videos cut upright; scenes kept past damage
+
+
+def raw_fingerprint(config: CurationConfig) -> str:
+    return f"{config.fingerprint('video_extensions', 'image_extensions')}-probe{PROBE_VERSION}"
+
+
+def clips_fingerprint(config: CurationConfig) -> str:
+    return f"{config.fingerprint('scenes', 'clips')}-cut{CUTTER_VERSION}"
+
+
 def _step_dir(key: str, step: str) -> tuple[str, str, str]:
     return PARTITIONS, key, step
 
@@ -146,7 +161,7 @@ def raw_videos(source: Storage | FileList, out: Storage, raw: RawFile, config: C
             caption, retry = _read_caption(source, raw.path, probe.notes)
     manifest = {
         "step": "raw_videos", "key": raw.key, "source": source.url_of(raw.path), "path": raw.path,
-        "sha256": raw.sha256, "fingerprint": config.fingerprint("video_extensions", "image_extensions"),
+        "sha256": raw.sha256, "fingerprint": raw_fingerprint(config),
         "probe": asdict(probe), "caption": caption, "sidecar": raw.sidecar, "rejected": None, "retry": retry,
     }
     if probe.rejected:
@@ -209,7 +224,7 @@ def scene_clips(source: Storage | FileList, out: Storage, key: str, config: Cura
         raise FileNotFoundError(f"partition {key}: raw_videos has not been materialized (no probe manifest)")
     probe = raw_manifest["probe"]
     manifest = {"step": "scene_clips", "key": key, "source": raw_manifest["source"],
-                "sha256": raw_manifest["sha256"], "fingerprint": config.fingerprint("scenes", "clips"),
+                "sha256": raw_manifest["sha256"], "fingerprint": clips_fingerprint(config),
                 "clips": 0, "rejected": raw_manifest["rejected"], "notes": list(probe.get("notes") or [])}
     rows: list[dict] = []
     with out.staging_dir(*_step_dir(key, "clips")) as folder:
@@ -726,8 +741,8 @@ def curate(input: str | Storage | FileList, output: str | Storage, config: Curat
     files = register_inputs(source, config, index=out)
     captioning = None
     fingerprints = {
-        "raw": config.fingerprint("video_extensions", "image_extensions"),
-        "clips": config.fingerprint("scenes", "clips"),
+        "raw": raw_fingerprint(config),
+        "clips": clips_fingerprint(config),
     }
     scores_fingerprint = config.fingerprint("scorers") + fingerprints["clips"]
     ready = {s.name for s in build_scorers(config.scorers)[0]}

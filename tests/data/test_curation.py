@@ -476,3 +476,23 @@ def test_an_empty_model_caption_is_no_caption(tmp_path):
     scores = curate_module.read_scores(out, key)
     assert scores["text"].isna().tolist() == [True, False] and scores["text"].iloc[1] == "two shapes"
     assert scores["text_source"].isna().tolist() == [True, False] and scores["text_source"].iloc[1] == "model"
+
+
+def test_outputs_of_an_older_probe_or_cutter_are_made_again(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    make_corpus(raw)
+    for name in set(EXPECTED) - {"red left.mp4", "still.png"}:
+        (raw / name).unlink()
+    curate(raw, tmp_path / "out", corpus_config())
+    steps = []
+    for step in ("raw_videos", "scene_clips"):
+        original = getattr(curate_module, step)
+        monkeypatch.setattr(curate_module, step, lambda *a, _f=original, _s=step, **k: steps.append(_s) or _f(*a, **k))
+    curate(raw, tmp_path / "out", corpus_config())
+    assert steps == []
+    monkeypatch.setattr(curate_module, "CUTTER_VERSION", curate_module.CUTTER_VERSION + 1)
+    curate(raw, tmp_path / "out", corpus_config())
+    assert steps == ["scene_clips", "scene_clips"]
+    monkeypatch.setattr(curate_module, "PROBE_VERSION", curate_module.PROBE_VERSION + 1)
+    curate(raw, tmp_path / "out", corpus_config())
+    assert steps[2:] == ["raw_videos", "scene_clips"] * 2
