@@ -15,10 +15,12 @@ are known not to be neighbours (:class:`Gap`):
   than one frame duration after the previous one's follows lost frames, one whose
   timestamp is not after it is a frame from before the damage that the decoder let
   out late (H.264 with B-frames reorders wrongly after a failure), and is dropped;
-- by position in AVI (`POSITION_FORMATS`), whose timestamps cannot be trusted: the
-  frames lost are how much the decoder's backlog (packets sent less frames out: the
-  codec's and the frame threads' delay, steady once decoding runs) grew across the
-  failed packets. A frame an AVI decoder drops without reporting an error is not seen.
+- in AVI (`POSITION_FORMATS`), whose timestamps cannot be trusted, decoding stops at
+  the first packet that fails (the scenes before it are kept). Counting the frames
+  lost by how much the decoder's backlog grew (packets sent less frames out) numbers
+  plain MPEG-4 right, but not XviD's packed B-frames (N-VOPs): one frame off after a
+  damaged keyframe, enough for a clip to start with the last frame of the scene before.
+  The counting stays below for when it can be made exact.
 """
 
 from __future__ import annotations
@@ -101,6 +103,10 @@ class FrameDecoder:
                     pending = Gap(index, None, 0, str(err))
                 pending.failed_packets += 1
                 failed_in_row += 1
+                if self.by_position:
+                    self.stopped = ("decoding stopped at the first damaged packet: an AVI's frames after damage "
+                                    "cannot be numbered for certain")
+                    break
                 if failed_in_row >= MAX_FAILED_PACKETS:
                     self.stopped = f"decoding stopped after {failed_in_row} packets in a row failed to decode"
                     break
