@@ -48,14 +48,17 @@ def _setup(input: str, out: str, config: str, storage_options: list[str] | None 
         fail(f"--storage-option: {err}")
     try:
         source = open_source(input)
+        missing = source.missing()  # the store's first request: where its settings are found wrong
     except (OSError, ValueError) as err:
         fail(f"--input: {err}")
-    if source.missing():
+    except TypeError as err:  # an option the store's client does not take
+        fail(f"--input: the store rejected its options (--storage-option): {err}")
+    if missing:
         fail(f"--input {input}: no such folder (or list of files: {', '.join(LIST_SUFFIXES)})")
     try:
         storage = Storage(out)
         check_output_outside(source, storage)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, TypeError) as err:
         fail(f"--out: {err}")
     return settings, source, storage
 

@@ -45,6 +45,8 @@ from opensora_core.utils.atomic import atomic_path
 MANIFEST = "manifest.json"
 # An input named with one of these suffixes is a list of raw files, not a folder.
 LIST_SUFFIXES = (".txt", ".csv")
+# Storage options that are secrets or names: never read as JSON numbers or booleans.
+CREDENTIAL_OPTIONS = {"key", "secret", "token", "password", "username", "profile", "access_key", "secret_key"}
 # The project's extra that installs a protocol's fsspec package.
 EXTRAS = {"s3": "s3", "s3a": "s3"}
 
@@ -105,7 +107,9 @@ def set_protocol_options(settings: list[str]) -> dict[str, dict]:
     """Apply `PROTOCOL.KEY=VALUE` settings (`s3.endpoint_url=http://127.0.0.1:9000`) to
     every filesystem of that protocol this process opens, as fsspec's `FSSPEC_<PROTOCOL>`
     variables do. A VALUE that parses as JSON is that value (`s3.anon=true`,
-    `s3.client_kwargs={"region_name": "eu-west-1"}`), else the text. Returns what was set."""
+    `s3.client_kwargs={"region_name": "eu-west-1"}`, `s3.default_block_size=5242880`),
+    else the text; credentials (`key`, `secret`, `token`, `password`) are always text,
+    and a VALUE opening with `{` or `[` must be valid JSON. Returns what was set."""
     import json
 
     applied: dict[str, dict] = {}
@@ -115,10 +119,13 @@ def set_protocol_options(settings: list[str]) -> dict[str, dict]:
         if not sep or not dot or not protocol or not key:
             raise ValueError(f"storage option {setting!r}: expected PROTOCOL.KEY=VALUE, e.g. "
                              "s3.endpoint_url=http://127.0.0.1:9000")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
+        parsed: object = value
+        if key not in CREDENTIAL_OPTIONS:
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as err:
+                if value.lstrip().startswith(("{", "[")):
+                    raise ValueError(f"storage option {name}: {value!r} is not valid JSON ({err})") from None
         applied.setdefault(protocol, {})[key] = parsed
     for protocol, options in applied.items():
         fsspec.config.conf.setdefault(protocol, {}).update(options)

@@ -79,9 +79,17 @@ def test_the_cli_and_a_list_reach_an_s3_endpoint(bucket, s3_endpoint, tmp_path):
             "--config", str(config), "--storage-option", f"s3.endpoint_url={s3_endpoint}", "--no-progress"])
         assert result.exit_code == 0, result.output
         assert len(pd.read_csv(tmp_path / "out" / "meta.csv")) == 3
-        bad = CliRunner().invoke(app, ["data", "curate", "--input", f"s3://{name}/videos", "--out",
-                                       str(tmp_path / "out"), "--storage-option", "endpoint_url"])
-        assert bad.exit_code == 2 and "PROTOCOL.KEY=VALUE" in bad.output
+        # Credentials stay text, even all digits (moto takes any key).
+        digits = CliRunner().invoke(app, [
+            "data", "curate", "--input", f"s3://{name}/videos", "--out", str(tmp_path / "out-digits"),
+            "--config", str(config), "--storage-option", f"s3.endpoint_url={s3_endpoint}",
+            "--storage-option", "s3.key=12345678", "--storage-option", "s3.secret=0", "--no-progress"])
+        assert digits.exit_code == 0, digits.output
+        for option, message in (("endpoint_url", "PROTOCOL.KEY=VALUE"), ("s3.client_kwargs={bad", "not valid JSON"),
+                                ("s3.no_such_option=1", "no_such_option")):
+            bad = CliRunner().invoke(app, ["data", "curate", "--input", f"s3://{name}/videos", "--out",
+                                           str(tmp_path / "out"), "--storage-option", option])
+            assert bad.exit_code == 2 and message in " ".join(bad.output.split()), (option, bad.output)
     finally:
         fsspec.config.conf["s3"] = saved
     # A local list naming s3 entries: the endpoint from fsspec's per-protocol settings.
