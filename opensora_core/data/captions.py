@@ -94,7 +94,12 @@ class CaptionTable:
     def from_csv(cls, path: str | Path) -> CaptionTable:
         import pandas as pd
 
-        frame = pd.read_csv(path)
+        try:
+            frame = pd.read_csv(path)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not UTF-8 text ({err})") from None
+        except pd.errors.ParserError as err:
+            raise ValueError(f"{path}: not a readable CSV ({err})") from None
         layout = _layout(path, frame.columns)
         by_name: dict[str, list[tuple[float, float, str]]] = {}
         if layout == "opensora":
@@ -102,10 +107,17 @@ class CaptionTable:
                 if isinstance(text, str) and text.strip():
                     by_name.setdefault(PurePosixPath(str(p)).name, []).append((0.0, float("inf"), text.strip()))
         else:
-            for video_id, stamps, captions in zip(frame["videoID"], frame["timestamp"], frame["caption"]):
-                stamps, captions = ast.literal_eval(str(stamps)), ast.literal_eval(str(captions))
-                for (start, end), text in zip(stamps, captions):
-                    by_name.setdefault(str(video_id), []).append((_seconds(start), _seconds(end), str(text).strip()))
+            rows = zip(frame["videoID"], frame["timestamp"], frame["caption"])
+            for line, (video_id, stamps, captions) in enumerate(rows, start=2):
+                try:
+                    stamps, captions = ast.literal_eval(str(stamps)), ast.literal_eval(str(captions))
+                    ranges = [(_seconds(start), _seconds(end)) for start, end in stamps]
+                except (ValueError, SyntaxError, TypeError) as err:
+                    raise ValueError(f"{path}: line {line}: timestamp and caption must be Python lists as "
+                                     f"Panda-70M writes them, [['0:00:01.000', '0:00:04.000']] and ['a caption'] "
+                                     f"({type(err).__name__}: {err})") from None
+                for (start, end), text in zip(ranges, captions):
+                    by_name.setdefault(str(video_id), []).append((start, end, str(text).strip()))
         return cls(layout, by_name)
 
     def lookup(self, source_path: str, clip_file: str, start_s: float, end_s: float) -> str | None:

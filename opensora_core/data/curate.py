@@ -40,6 +40,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from opensora_core.config import ConfigError
 from opensora_core.data.captions import CaptionTable, ModelCaptioner, read_sidecar
 from opensora_core.data.config import CurationConfig
 from opensora_core.data.ingest import Probe, RawFile, probe_file, register_inputs
@@ -329,13 +330,25 @@ class Captioning:
     model: ModelCaptioner | None = None
 
     @classmethod
-    def from_config(cls, config: CurationConfig) -> Captioning:
+    def from_config(cls, config: CurationConfig, load_model: bool = True) -> Captioning:
+        """The configured table (read now: a malformed one is a ConfigError naming it) and,
+        with `load_model`, the captioning model (else :meth:`load_model` when needed)."""
         config.check_local_files()
         cap = config.scorers.captions
-        return cls(
-            table=CaptionTable.from_csv(cap.import_csv) if cap.import_csv else None,
-            model=ModelCaptioner(cap.model, cap.prompt, cap.max_new_tokens) if cap.model else None,
-        )
+        table = None
+        if cap.import_csv:
+            try:
+                table = CaptionTable.from_csv(cap.import_csv)
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"scorers.captions.import_csv: {err}") from None
+        captioning = cls(table=table)
+        return captioning.load_model(config) if load_model else captioning
+
+    def load_model(self, config: CurationConfig) -> Captioning:
+        cap = config.scorers.captions
+        if cap.model and self.model is None:
+            self.model = ModelCaptioner(cap.model, cap.prompt, cap.max_new_tokens)
+        return self
 
 
 def scored_clips(out: Storage, key: str, config: CurationConfig, captioning: Captioning | None = None,
@@ -735,11 +748,11 @@ def curate(input: str | Storage | FileList, output: str | Storage, config: Curat
     from tqdm.auto import tqdm
 
     config = config or CurationConfig()
-    config.check_local_files()  # a missing model or caption table fails here, before any file is read
+    # A missing model or a missing or malformed caption table fails here, before any file is read.
+    captioning = Captioning.from_config(config, load_model=False)
     source = input if isinstance(input, Storage | FileList) else open_source(input)
     out = output if isinstance(output, Storage) else Storage(output)
     files = register_inputs(source, config, index=out)
-    captioning = None
     fingerprints = {
         "raw": raw_fingerprint(config),
         "clips": clips_fingerprint(config),
@@ -760,6 +773,6 @@ def curate(input: str | Storage | FileList, output: str | Storage, config: Curat
                 scene_clips(fetched, out, raw.key, config)
                 fresh = True
         if fresh or caption_changed or not _scores_up_to_date(read_manifest(out, raw.key, "scores"), raw, scores_fingerprint, ready):
-            captioning = captioning or Captioning.from_config(config)
+            captioning.load_model(config)  # once, when something is to be scored
             scored_clips(out, raw.key, config, captioning, progress=progress)
     return training_dataset(out, [f.key for f in files], config)

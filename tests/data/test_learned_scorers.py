@@ -193,6 +193,10 @@ MISTAKES = {
     "table layout": ({"captions": {"import_csv": "{tmp}/wrong.csv"}}, "scorers.captions.import_csv",
                      ("{tmp}/wrong.csv: not a caption table: expected columns path,text (Open-Sora) or "
                       "videoID,timestamp,caption (Panda-70M), got a, b")),
+    "table not utf-8": ({"captions": {"import_csv": "{tmp}/latin.csv"}}, "scorers.captions.import_csv",
+                        "{tmp}/latin.csv: not UTF-8 text"),
+    "panda row": ({"captions": {"import_csv": "{tmp}/panda.csv"}}, "scorers.captions.import_csv",
+                  "{tmp}/panda.csv: line 3: timestamp and caption must be Python lists"),
     "model missing": ({"captions": {"model": "{tmp}/no-model"}}, "scorers.captions.model",
                       "{tmp}/no-model: no such folder"),
     "model not a model": ({"captions": {"model": "{tmp}"}}, "scorers.captions.model", "{tmp}: no config.json"),
@@ -209,6 +213,10 @@ MISTAKES = {
 def test_config_mistakes_fail_before_any_file_is_read(mistake, dataset, models, tmp_path, monkeypatch):
     root = dataset[0]
     (tmp_path / "wrong.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "latin.csv").write_bytes("path,text\nclip.mp4,café crème\n".encode("latin-1"))
+    (tmp_path / "panda.csv").write_text('videoID,timestamp,caption\n'
+                                        'a,"[[\'0:00:00.000\', \'0:00:01.000\']]","[\'ok\']"\n'
+                                        'b,"[[0:00:00, 0:00:01]]","[\'broken\']"\n')
     scorers, key, expected = MISTAKES[mistake]
     fill = {"tmp": tmp_path, **models}
     scorers = {name: {k: v.format(**fill) for k, v in section.items()} for name, section in scorers.items()}
