@@ -3,7 +3,9 @@
 raw_videos -> scene_clips -> scored_clips (partitioned) -> training_dataset (merged,
 filtered), each a call to the `opensora_core.data.curate` function of the same name.
 A bad file materializes successfully with its rejection in the metadata: one broken
-upload must not fail the run that carries the good ones.
+upload must not fail the run that carries the good ones. A step that fails on the way
+(a codec's or a scorer's error, a store's hiccup) records it and fails its partition's
+run, which can be run again.
 """
 
 
@@ -53,6 +55,16 @@ def _raw_file(storage: CurationStorage, key: str) -> RawFile:
                 return raw
     raise Failure(f"partition {key}: no raw file under {storage.raw_root} has this key "
                   "(renamed or changed since it was registered?)")
+
+
+def _fail_for_retry(manifest: dict, step: str) -> None:
+    """A step that failed on the way (a codec's or a scorer's error, a store's hiccup)
+    recorded it and asked to be run again: the run fails with it, visibly and re-runnable
+    (a file that is bad in itself is a rejection, and the run succeeds)."""
+    if manifest.get("retry"):
+        what = [manifest["rejected"]["reason"]] if manifest.get("rejected") else manifest.get("failures", [])
+        raise Failure(f"{step} of partition {manifest['key']}: " + "; ".join(what) + " (recorded; run it again)",
+                      metadata={"failures": MetadataValue.json(what)})
 
 
 def _rejection(manifest: dict) -> dict:
@@ -126,6 +138,7 @@ def scene_clips(context: AssetExecutionContext, curation_storage: CurationStorag
     key = context.partition_key
     manifest = curate.scene_clips(curation_storage.source(), curation_storage.out(), key,
                                   curation_storage.curation_config())
+    _fail_for_retry(manifest, "scene_clips")
     clips = curate.read_clips(curation_storage.out(), key)
     return MaterializeResult(metadata={
         "clips": manifest["clips"], "frames": int(clips["num_frames"].sum()) if len(clips) else 0,
@@ -147,6 +160,7 @@ def scored_clips(context: AssetExecutionContext, curation_storage: CurationStora
                                    curate.Captioning.from_config(curation_storage.curation_config()))
     for name, reason in manifest["skipped"].items():
         context.log.warning(f"scorer {name} skipped: {reason}")
+    _fail_for_retry(manifest, "scored_clips")
     table = curate.read_scores(out, key)
     return MaterializeResult(metadata={
         "clips": manifest["clips"], "scorers": ", ".join(f"{n} {s['version']}" for n, s in manifest["scorers"].items()),

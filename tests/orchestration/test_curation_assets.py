@@ -275,3 +275,18 @@ def test_per_file_steps_share_the_curation_pool():
 
     assert [a.op.pool for a in (raw_videos, scene_clips, scored_clips)] == [CURATION_POOL] * 3
     assert training_dataset.op.pool is None
+
+
+def test_a_step_that_fails_on_the_way_fails_its_run(setup, monkeypatch):
+    """A codec's or scorer's error is recorded (the merge lists it) and fails the run, so
+    it shows in the UI and can be run again, unlike a file that is bad in itself."""
+    instance, storage, _, _ = setup
+    key = next(r.partition_key for r in _tick(instance, storage).run_requests if r.partition_key.startswith("red"))
+    monkeypatch.setattr(curate_module, "_cut_and_score", lambda *a, **k: (_ for _ in ()).throw(MemoryError("oom")))
+    result = materialize([raw_videos, scene_clips, scored_clips], partition_key=key, instance=instance,
+                         resources={"curation_storage": storage}, raise_on_error=False)
+    assert not result.success
+    error = result.get_step_failure_events()[0].event_specific_data.error
+    assert "scene_clips of partition red_left" in error.message and "cutting failed (MemoryError: oom)" in error.message
+    monkeypatch.undo()
+    assert _curate_partition(instance, storage, key).success  # run again: cut this time
