@@ -121,7 +121,9 @@ class FrameDecoder:
                     if timed and (last_pts is not None or self.start_pts is not None):
                         previous = last_pts if last_pts is not None else self.start_pts - last_step
                         lost = max(0, round((frame.pts - previous) / last_step) - 1)
-                        place = lost > 0
+                        # A failure that lost no frame is placed too, as an empty gap: its note
+                        # says so, and the frames around it are kept apart all the same.
+                        place = lost > 0 or pending is not None
                     else:
                         lost, place = max(0, sent - out - backlog), pending is not None
                     if place:

@@ -264,3 +264,26 @@ def test_damaged_video_keeps_both_scenes_and_notes_the_damage(curated):
     assert [[s, e] for s, e in zip(clips["start_frame"], clips["end_frame"], strict=True)] == [before, after, second]
     assert list(clips["num_frames"]) == [24, 60 - after[0], 60]
     assert f"frames 24-{after[0] - 1} lost to damage (1 packet failed to decode" in " / ".join(manifest["notes"])
+
+
+def test_a_packet_that_fails_without_losing_a_frame_is_noted_as_such(tmp_path):
+    """Before, a failure that lost no frame stayed unplaced and was reported at the end
+    as "frames from N on lost", when every frame had decoded."""
+
+    class FailingPacket:
+        size = 10
+
+        def decode(self):
+            raise av.InvalidDataError(1094995529, "Invalid data found when processing input")
+
+    path = tmp_path / "clean.mp4"
+    _write(path, _two_scenes(64, 96, frames=24))
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        packets = list(container.demux(stream))
+        decoder = FrameDecoder(stream)
+        indices = [i for i, _ in decoder.frames([*packets[:5], FailingPacket(), *packets[5:]])]
+    assert indices == list(range(len(_decode(path))))  # every frame, numbered as in a clean decode
+    (gap,) = decoder.gaps
+    assert gap.start == gap.end and gap.failed_packets == 1
+    assert decoder.problems().startswith(f"no frame (before frame {gap.start}) lost to damage (1 packet failed")
