@@ -57,6 +57,17 @@ def _raw_file(storage: CurationStorage, key: str) -> RawFile:
                   "(renamed or changed since it was registered?)")
 
 
+CAPTION_RUN_TAG = ("opensora/reason", "caption")  # on runs the sensor requests for a changed sidecar
+
+
+def _caption_only(context: AssetExecutionContext, storage: CurationStorage, raw: RawFile) -> bool:
+    """A run requested for a changed sidecar caption whose file's probe and clips stand:
+    the caption is read again and the clips scored, not probed and cut again."""
+    key, value = CAPTION_RUN_TAG
+    return (context.run.tags.get(key) == value
+            and curate.probe_and_cut_up_to_date(storage.out(), raw, storage.curation_config()))
+
+
 def _fail_for_retry(manifest: dict, step: str) -> None:
     """A step that failed on the way (a codec's or a scorer's error, a store's hiccup)
     recorded it and asked to be run again: the run fails with it, visibly and re-runnable
@@ -116,8 +127,11 @@ def raw_videos(context: AssetExecutionContext, curation_storage: CurationStorage
     """One raw video or image: content hash and probe (codec, fps, decodable frames, size)."""
     curation_storage.curation_config().check_local_files()  # a bad model path fails before the file is read
     raw = _raw_file(curation_storage, context.partition_key)
-    manifest = curate.raw_videos(curation_storage.source(), curation_storage.out(), raw,
-                                 curation_storage.curation_config())
+    if _caption_only(context, curation_storage, raw):
+        manifest = curate.refresh_caption(curation_storage.source(), curation_storage.out(), raw)
+    else:
+        manifest = curate.raw_videos(curation_storage.source(), curation_storage.out(), raw,
+                                     curation_storage.curation_config())
     probe = manifest["probe"]
     return MaterializeResult(metadata={
         # A listed URL is a link in the UI; a path (or a file in an object store root) a path.
@@ -136,8 +150,11 @@ def scene_clips(context: AssetExecutionContext, curation_storage: CurationStorag
     or AVI source where that is exact, else re-encoded as MPEG-4 or H.264, from the data
     config); the weights-free scores are computed on the way, from the same decode."""
     key = context.partition_key
-    manifest = curate.scene_clips(curation_storage.source(), curation_storage.out(), key,
-                                  curation_storage.curation_config())
+    if _caption_only(context, curation_storage, _raw_file(curation_storage, key)):
+        manifest = curate.read_manifest(curation_storage.out(), key, "clips")  # the cut stands
+    else:
+        manifest = curate.scene_clips(curation_storage.source(), curation_storage.out(), key,
+                                      curation_storage.curation_config())
     _fail_for_retry(manifest, "scene_clips")
     clips = curate.read_clips(curation_storage.out(), key)
     return MaterializeResult(metadata={

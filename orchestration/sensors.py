@@ -15,7 +15,13 @@ from dagster import (
     sensor,
 )
 
-from assets_defs.curation import raw_partitions, raw_videos, scene_clips, scored_clips
+from assets_defs.curation import (
+    CAPTION_RUN_TAG,
+    raw_partitions,
+    raw_videos,
+    scene_clips,
+    scored_clips,
+)
 from opensora_core.data.ingest import INDEX_FILE, register_inputs
 from orchestration.resources import CurationStorage
 from orchestration.schedules import retrain_job
@@ -78,7 +84,7 @@ def raw_videos_sensor(context: SensorEvaluationContext, curation_storage: Curati
         requests.append(raw_partitions.build_delete_request(gone))
     return SensorResult(
         run_requests=[RunRequest(partition_key=key, run_key=key) for key in new] + [
-            RunRequest(partition_key=f.key, run_key=f"{f.key} caption {f.sidecar}", tags={"opensora/reason": "caption"})
+            RunRequest(partition_key=f.key, run_key=f"{f.key} caption {f.sidecar}", tags=dict([CAPTION_RUN_TAG]))
             for f in recaptioned],
         dynamic_partitions_requests=requests,
     )

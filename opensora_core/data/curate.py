@@ -101,6 +101,13 @@ def _write_manifest(folder: Path, manifest: dict) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
 
 
+def probe_and_cut_up_to_date(out: Storage, raw: RawFile, config: CurationConfig) -> bool:
+    """Whether `raw`'s probe and clips stand (same content and settings, nothing to retry):
+    a changed sidecar caption then needs only :func:`refresh_caption` and scoring."""
+    return (_up_to_date(out, raw, "raw", raw_fingerprint(config))
+            and _up_to_date(out, raw, "clips", clips_fingerprint(config)))
+
+
 def _up_to_date(out: Storage, raw: RawFile, step: str, fingerprint: str) -> bool:
     manifest = read_manifest(out, raw.key, step)
     return (bool(manifest) and manifest.get("sha256") == raw.sha256 and manifest.get("fingerprint") == fingerprint

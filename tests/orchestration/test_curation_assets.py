@@ -155,7 +155,14 @@ def test_sensor_partitions_assets_and_checks(setup):
     rerun = _tick(instance, storage).run_requests  # the merge in between does not hide the edit
     assert [r.partition_key for r in rerun] == [two] and rerun[0].tags["opensora/reason"] == "caption"
     assert isinstance(_tick(instance, storage), SkipReason)  # once
-    assert _curate_partition(instance, storage, two).success
+    cut = curate_module.scene_clips  # the run reads the caption again and scores; it neither probes nor cuts
+    with pytest.MonkeyPatch.context() as patch:
+        for step in ("raw_videos", "scene_clips"):
+            patch.setattr(curate_module, step, lambda *a, _s=step, **k: pytest.fail(f"{_s} ran again"))
+        result = materialize([raw_videos, scene_clips, scored_clips], partition_key=two, instance=instance,
+                             resources={"curation_storage": storage}, tags=rerun[0].tags)
+    assert result.success and curate_module.scene_clips is cut
+    assert result.asset_materializations_for_node("scene_clips")[0].metadata["clips"].value == 2
     assert set(curate_module.read_scores(storage.out(), two)["text"]) == {"two shots, captioned later"}
 
     # One file deleted and one replaced under its name (new content, new key): the sensor
