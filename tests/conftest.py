@@ -29,6 +29,16 @@ def reference_dir() -> Path:
     return REFERENCE
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _digest_cache_in_a_temporary_folder(tmp_path_factory):
+    """Weight digests are cached across processes in the user's cache folder; the tests
+    keep theirs apart (and subprocesses inherit the variable)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("OPENSORA_DIGEST_CACHE", str(tmp_path_factory.mktemp("digests") / "file_digests.json"))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)

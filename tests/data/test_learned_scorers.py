@@ -5,6 +5,7 @@ before any file is read."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -256,3 +257,20 @@ def test_cli_reports_a_config_mistake_with_exit_code_2(dataset, tmp_path, monkey
     err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
     assert err.startswith(f"config error: scorers.captions.model: {tmp_path}/no-model: no such folder")
     assert "Traceback" not in err and not (tmp_path / "out" / "partitions").exists()
+
+
+def test_weight_digests_are_kept_across_processes(tmp_path, monkeypatch):
+    from opensora_core.data import config as config_module
+
+    monkeypatch.setenv("OPENSORA_DIGEST_CACHE", str(tmp_path / "digests.json"))
+    weights = tmp_path / "head.pth"
+    weights.write_bytes(b"\1" * 4096)
+    first = content_digest(str(weights))
+    config_module._file_digest.cache_clear()  # as a new process: only the file cache remains
+    hashed = []
+    original = config_module.file_sha256
+    monkeypatch.setattr(config_module, "file_sha256", lambda path: hashed.append(path) or original(path))
+    assert content_digest(str(weights)) == first and hashed == []
+    weights.write_bytes(b"\2" * 4096)  # new contents (and time): hashed again
+    os.utime(weights, ns=(1, 1))
+    assert content_digest(str(weights)) != first and hashed == [str(weights)]
