@@ -76,8 +76,9 @@ MERGED_SCORES = "merged_scores.parquet"
 # Versions of the code behind the steps' outputs, in their fingerprints: bumped when the
 # same file and settings would give different outputs (not for speed), so outputs made
 # before are made again.
-PROBE_VERSION = 2  # 2: displayed (rotated) sizes; frames counted past damaged packets
-CUTTER_VERSION = 2  # 2: rotated videos cut upright; scenes kept past damage
+PROBE_VERSION = 3  # 2: displayed (rotated) sizes; frames counted past damaged packets. 3: AVI stops at damage
+CUTTER_VERSION = 3  # 2: rotated videos cut upright; scenes kept past damage. 3: AVI stops at damage, one gap
+# per damaged packet among B-frames
 
 
 def raw_fingerprint(config: CurationConfig) -> str:

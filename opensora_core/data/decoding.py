@@ -53,7 +53,8 @@ class Gap:
         elif self.end > self.start:
             frames = f"frames {self.start}-{self.end - 1}" if self.end - self.start > 1 else f"frame {self.start}"
         else:
-            frames = f"no frame (before frame {self.start})"
+            plural = "s" if self.failed_packets != 1 else ""
+            return f"{self.failed_packets} packet{plural} failed to decode but no frame was lost ({self.error})"
         if self.failed_packets:
             plural = "s" if self.failed_packets != 1 else ""
             return f"{frames} lost to damage ({self.failed_packets} packet{plural} failed to decode: {self.error})"
@@ -82,6 +83,7 @@ class FrameDecoder:
         index = 0  # source index of the next frame
         damaged = False
         pending: Gap | None = None  # failed packets whose lost frames have not been placed yet
+        pending_out = 0  # frames out of the decoder when the first of them failed
         failed_in_row = 0
         last_pts, last_step = None, self.step
         demuxed = iter(packets)
@@ -100,7 +102,7 @@ class FrameDecoder:
             except av.FFmpegError as err:
                 damaged = True
                 if pending is None:
-                    pending = Gap(index, None, 0, str(err))
+                    pending, pending_out = Gap(index, None, 0, str(err)), out
                 pending.failed_packets += 1
                 failed_in_row += 1
                 if self.by_position:
@@ -121,9 +123,7 @@ class FrameDecoder:
                     if timed and (last_pts is not None or self.start_pts is not None):
                         previous = last_pts if last_pts is not None else self.start_pts - last_step
                         lost = max(0, round((frame.pts - previous) / last_step) - 1)
-                        # A failure that lost no frame is placed too, as an empty gap: its note
-                        # says so, and the frames around it are kept apart all the same.
-                        place = lost > 0 or pending is not None
+                        place = lost > 0
                     else:
                         lost, place = max(0, sent - out - backlog), pending is not None
                     if place:
@@ -139,7 +139,11 @@ class FrameDecoder:
             if pending is None:
                 backlog = sent - out
         if pending is not None:
+            # Failed packets no lost frame was found for: to the end of the video when no frame
+            # decoded after them, else a failure that cost no frame (an empty gap, at the end).
             pending.start = index
+            if out > pending_out:
+                pending.end = index
             self.gaps.append(pending)
 
     def problems(self) -> str | None:

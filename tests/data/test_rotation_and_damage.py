@@ -163,6 +163,25 @@ def test_damaged_middle_keeps_good_scenes_on_both_sides(tmp_path, b_frames):
     assert cut.clips[0].stream_copy == (b_frames == 0)
 
 
+@pytest.mark.parametrize(("b_frames", "packet"), [(2, 16), (3, 24), (2, 21)])
+def test_a_damaged_frame_among_b_frames_is_one_gap(tmp_path, b_frames, packet):
+    """A frame the decoder lets out late after the damage is not a gap of its own (a
+    review found one damaged packet becoming two gaps, the frames before them lost)."""
+    path = tmp_path / "damaged.mp4"
+    _write(path, _two_scenes(96, 128, frames=60), b_frames=b_frames)
+    with av.open(str(path)) as container:
+        target = [p for p in container.demux(video=0) if p.size][packet]
+        position, size = target.pos, target.size
+    data = bytearray(path.read_bytes())
+    data[position : position + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    cut = cut_scenes(path, tmp_path / "clips", "d")
+    (gap,) = cut.gaps
+    assert gap.failed_packets == 1 and gap.end > gap.start
+    assert cut.decoded_frames == 120 - (gap.end - gap.start)
+    assert (cut.clips[0].start_frame, cut.clips[0].end_frame) == (0, gap.start)  # the frames before are kept
+
+
 def test_damaged_avi_keeps_the_scenes_before_the_damage_exactly(tmp_path):
     """An AVI's frames after damage cannot be numbered for certain (XviD's packed
     B-frames): decoding stops there, with the reason, and what came before is kept as
@@ -267,8 +286,8 @@ def test_damaged_video_keeps_both_scenes_and_notes_the_damage(curated):
 
 
 def test_a_packet_that_fails_without_losing_a_frame_is_noted_as_such(tmp_path):
-    """Before, a failure that lost no frame stayed unplaced and was reported at the end
-    as "frames from N on lost", when every frame had decoded."""
+    """A failure that lost no frame was reported as "frames from N on lost" when every
+    frame had decoded; it is noted as such, and splits nothing."""
 
     class FailingPacket:
         size = 10
@@ -285,5 +304,5 @@ def test_a_packet_that_fails_without_losing_a_frame_is_noted_as_such(tmp_path):
         indices = [i for i, _ in decoder.frames([*packets[:5], FailingPacket(), *packets[5:]])]
     assert indices == list(range(len(_decode(path))))  # every frame, numbered as in a clean decode
     (gap,) = decoder.gaps
-    assert gap.start == gap.end and gap.failed_packets == 1
-    assert decoder.problems().startswith(f"no frame (before frame {gap.start}) lost to damage (1 packet failed")
+    assert gap.start == gap.end == len(indices) and gap.failed_packets == 1
+    assert decoder.problems().startswith("1 packet failed to decode but no frame was lost (")
