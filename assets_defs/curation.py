@@ -73,7 +73,9 @@ def _fail_for_retry(manifest: dict, step: str) -> None:
     recorded it and asked to be run again: the run fails with it, visibly and re-runnable
     (a file that is bad in itself is a rejection, and the run succeeds)."""
     if manifest.get("retry"):
-        what = [manifest["rejected"]["reason"]] if manifest.get("rejected") else manifest.get("failures", [])
+        what = [manifest["rejected"]["reason"]] if manifest.get("rejected") else [
+            *manifest.get("failures", []),  # scores; a probe's sidecar caption that could not be read:
+            *(note for note in manifest.get("probe", {}).get("notes", []) if "could not be read" in note)]
         raise Failure(f"{step} of partition {manifest['key']}: " + "; ".join(what) + " (recorded; run it again)",
                       metadata={"failures": MetadataValue.json(what)})
 
@@ -132,6 +134,8 @@ def raw_videos(context: AssetExecutionContext, curation_storage: CurationStorage
     else:
         manifest = curate.raw_videos(curation_storage.source(), curation_storage.out(), raw,
                                      curation_storage.curation_config())
+    if not raw.problem:  # a listed file missing is its rejection; a store's hiccup on reading one is a failure
+        _fail_for_retry(manifest, "raw_videos")
     probe = manifest["probe"]
     return MaterializeResult(metadata={
         # A listed URL is a link in the UI; a path (or a file in an object store root) a path.

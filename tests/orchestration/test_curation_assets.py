@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import pandas as pd
@@ -297,3 +298,20 @@ def test_a_step_that_fails_on_the_way_fails_its_run(setup, monkeypatch):
     assert "scene_clips of partition red_left" in error.message and "cutting failed (MemoryError: oom)" in error.message
     monkeypatch.undo()
     assert _curate_partition(instance, storage, key).success  # run again: cut this time
+
+
+def test_a_store_failing_to_give_the_raw_file_fails_the_probe_run(setup, monkeypatch):
+    instance, storage, _, _ = setup
+    key = next(r.partition_key for r in _tick(instance, storage).run_requests if r.partition_key.startswith("red"))
+
+    @contextlib.contextmanager
+    def unreachable(self, *parts):
+        raise ConnectionError("store unreachable")
+        yield
+
+    monkeypatch.setattr(Storage, "local_copy", unreachable)
+    result = materialize([raw_videos], partition_key=key, instance=instance,
+                         resources={"curation_storage": storage}, raise_on_error=False)
+    assert not result.success
+    error = result.get_step_failure_events()[0].event_specific_data.error
+    assert "raw_videos of partition red_left" in error.message and "store unreachable" in error.message
