@@ -8,6 +8,7 @@ all, reusing partitions that are up to date.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -46,21 +47,27 @@ def _setup(input: str, out: str, config: str, storage_options: list[str] | None 
         set_protocol_options(storage_options or [])
     except ValueError as err:
         fail(f"--storage-option: {err}")
-    try:
+    with _store_errors("--input"):
         source = open_source(input)
         missing = source.missing()  # the store's first request: where its settings are found wrong
-    except (OSError, ValueError) as err:
-        fail(f"--input: {err}")
-    except TypeError as err:  # an option the store's client does not take
-        fail(f"--input: the store rejected its options (--storage-option): {err}")
     if missing:
         fail(f"--input {input}: no such folder (or list of files: {', '.join(LIST_SUFFIXES)})")
-    try:
+    with _store_errors("--out"):
         storage = Storage(out)
+        storage.exists(".")  # likewise
         check_output_outside(source, storage)
-    except (OSError, ValueError, TypeError) as err:
-        fail(f"--out: {err}")
     return settings, source, storage
+
+
+@contextlib.contextmanager
+def _store_errors(option: str):
+    """A store that cannot be opened, or rejects its settings, is exit 2 naming `option`."""
+    try:
+        yield
+    except (OSError, ValueError) as err:
+        fail(f"{option}: {err}")
+    except (TypeError, AttributeError) as err:  # an option the store's client does not take, or of the wrong type
+        fail(f"{option}: the store rejected its options (--storage-option): {type(err).__name__}: {err}")
 
 
 def _files(source, out, settings, keys: list[str] | None):

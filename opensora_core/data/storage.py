@@ -108,8 +108,8 @@ def set_protocol_options(settings: list[str]) -> dict[str, dict]:
     every filesystem of that protocol this process opens, as fsspec's `FSSPEC_<PROTOCOL>`
     variables do. A VALUE that parses as JSON is that value (`s3.anon=true`,
     `s3.client_kwargs={"region_name": "eu-west-1"}`, `s3.default_block_size=5242880`),
-    else the text; credentials (`key`, `secret`, `token`, `password`) are always text,
-    and a VALUE opening with `{` or `[` must be valid JSON. Returns what was set."""
+    else the text; credentials (`key`, `secret`, `token`, `password`) are text unless they
+    open with `{` or `[`, and such a VALUE must be valid JSON. Returns what was set."""
     import json
 
     applied: dict[str, dict] = {}
@@ -120,11 +120,12 @@ def set_protocol_options(settings: list[str]) -> dict[str, dict]:
             raise ValueError(f"storage option {setting!r}: expected PROTOCOL.KEY=VALUE, e.g. "
                              "s3.endpoint_url=http://127.0.0.1:9000")
         parsed: object = value
-        if key not in CREDENTIAL_OPTIONS:
+        structured = value.lstrip().startswith(("{", "["))  # e.g. a service account's JSON as gs.token
+        if structured or key not in CREDENTIAL_OPTIONS:
             try:
                 parsed = json.loads(value)
             except json.JSONDecodeError as err:
-                if value.lstrip().startswith(("{", "[")):
+                if structured:
                     raise ValueError(f"storage option {name}: {value!r} is not valid JSON ({err})") from None
         applied.setdefault(protocol, {})[key] = parsed
     for protocol, options in applied.items():

@@ -85,11 +85,21 @@ def test_the_cli_and_a_list_reach_an_s3_endpoint(bucket, s3_endpoint, tmp_path):
             "--config", str(config), "--storage-option", f"s3.endpoint_url={s3_endpoint}",
             "--storage-option", "s3.key=12345678", "--storage-option", "s3.secret=0", "--no-progress"])
         assert digits.exit_code == 0, digits.output
-        for option, message in (("endpoint_url", "PROTOCOL.KEY=VALUE"), ("s3.client_kwargs={bad", "not valid JSON"),
-                                ("s3.no_such_option=1", "no_such_option")):
-            bad = CliRunner().invoke(app, ["data", "curate", "--input", f"s3://{name}/videos", "--out",
-                                           str(tmp_path / "out"), "--storage-option", option])
-            assert bad.exit_code == 2 and message in " ".join(bad.output.split()), (option, bad.output)
+        local = tmp_path / "local-raw"
+        local.mkdir()
+        for option, message, where in (
+                ("endpoint_url", "PROTOCOL.KEY=VALUE", "--storage-option"),
+                ("s3.client_kwargs={bad", "not valid JSON", "--storage-option"),
+                ("s3.no_such_option=1", "no_such_option", "--input"),
+                ("s3.no_such_option=1", "no_such_option", "--out"),  # only the output in the store
+                ('s3.config_kwargs={"retries": 3}', "rejected its options", "--input")):
+            paths = [str(local), f"s3://{name}/cli-out"] if where == "--out" else \
+                [f"s3://{name}/videos", str(tmp_path / "out")]
+            fsspec.config.conf["s3"] = dict(saved)  # each case alone
+            bad = CliRunner().invoke(app, ["data", "curate", "--input", paths[0], "--out", paths[1],
+                                           "--storage-option", option])
+            output = " ".join(bad.output.split())
+            assert bad.exit_code == 2 and message in output and f"{where}:" in output, (option, where, bad.output)
     finally:
         fsspec.config.conf["s3"] = saved
     # A local list naming s3 entries: the endpoint from fsspec's per-protocol settings.
