@@ -69,7 +69,7 @@ def raw_videos_sensor(context: SensorEvaluationContext, curation_storage: Curati
     # Files deleted, or replaced (a new hash is a new key): their partitions go, so the
     # UI and the merge show the folder as it is. Their runs' history stays in the event log.
     gone = sorted(known - current)
-    unreadable = [f.path for f in files if f.problem and f.problem != "not found"]
+    unreadable = [f.path for f in files if f.transient]  # not a name or a permission: those last
     if gone and unreadable:  # a store's hiccup gives a file a path-only key: not a reason to drop its partition
         context.log.warning(f"not removing {len(gone)} partitions while {len(unreadable)} raw files could not be "
                             f"read: {', '.join(unreadable[:5])}")

@@ -45,6 +45,7 @@ class RawFile:
     key: str
     problem: str | None = None  # why it could not be read (a listed file only); then no sha256
     sidecar: str = ""  # its sidecar captions' names, sizes and times (see `discover`); "" for none or a list's
+    transient: bool = False  # the problem is the store's (a timeout, a refused connection): it may pass
 
 
 def printable_path(path: str) -> str:
@@ -150,7 +151,8 @@ def register_inputs(source: Storage | FileList, config: CurationConfig,
                 sha = sha256_file(source, rel)
         except Exception as err:  # noqa: BLE001 - any store's error (aiohttp's are not OSErrors): recorded
             problem = "not found" if isinstance(err, FileNotFoundError) else f"not readable ({type(err).__name__}: {err})"
-            files.append(RawFile(rel, kind, 0, 0.0, "", partition_key(rel, ""), problem))
+            lasting = isinstance(err, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError)
+            files.append(RawFile(rel, kind, 0, 0.0, "", partition_key(rel, ""), problem, transient=not lasting))
             continue
         files.append(RawFile(rel, kind, size, mtime, sha, partition_key(rel, sha), sidecar=sidecars.get(rel, "")))
     if index is not None:

@@ -200,6 +200,12 @@ def test_a_file_that_cannot_be_read_for_a_moment_keeps_the_partitions(setup, mon
     monkeypatch.undo()
     _tick(instance, storage)
     assert set(instance.get_dynamic_partitions(raw_partitions.name)) == {k for k in keys if not k.startswith("empty")}
+    # A problem that lasts (a permission; a name that is not UTF-8) does not hold removals back.
+    (raw / "two_scenes.mp4").unlink()
+    monkeypatch.setattr(Storage, "info", lambda self, rel: (_ for _ in ()).throw(PermissionError("denied"))
+                        if rel == "still.png" else original(self, rel))
+    _tick(instance, storage)
+    assert not any(k.startswith("two_scenes") for k in instance.get_dynamic_partitions(raw_partitions.name))
 
 
 def test_vanished_raw_file_fails_with_its_name(setup):
