@@ -269,23 +269,33 @@ def digest_cache_file() -> Path:
 
 
 @functools.lru_cache(maxsize=64)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of `path`, from the cross-process cache while its path, size and time stay
-    (a Dagster run per partition would otherwise hash multi-GB weights each time)."""
+def _file_digest(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    """sha256 of `path`, from the cross-process cache while its path, size and times stay
+    (a Dagster run per partition would otherwise hash multi-GB weights each time; the
+    change time is in the key because copies that keep size and mtime, `cp -p`, change it)."""
+    import fcntl
+
     from opensora_core.utils.atomic import atomic_path
 
-    cache_file, entry = digest_cache_file(), f"{Path(path).resolve()}\0{size}\0{mtime_ns}"
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if entry in cache:
-        return cache[entry]
+    cache_file, entry = digest_cache_file(), f"{Path(path).resolve()}\0{size}\0{mtime_ns}\0{ctime_ns}"
+
+    def read() -> dict:
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return cache if isinstance(cache, dict) else {}
+
+    if entry in (cached := read()):
+        return cached[entry]
     digest = file_sha256(path)
-    live = {k: v for k, v in cache.items() if Path(k.split("\0", 1)[0]).exists()}  # forget files gone
     try:
-        with atomic_path(cache_file) as tmp:
-            tmp.write_text(json.dumps({**live, entry: digest}, indent=0))
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(cache_file.with_name(cache_file.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # read, add, replace: one process at a time
+            live = {k: v for k, v in read().items() if Path(k.split("\0", 1)[0]).exists()}  # forget files gone
+            with atomic_path(cache_file) as tmp:
+                tmp.write_text(json.dumps({**live, entry: digest}, indent=0))
     except OSError:  # a read-only home: hashed again next process
         pass
     return digest
@@ -308,7 +318,8 @@ def content_digest(path: str) -> str:
     digest = hashlib.sha256()
     for file in files:
         stat = file.stat()
-        digest.update(f"{file.name}\0{_file_digest(str(file), stat.st_size, stat.st_mtime_ns)}\n".encode())
+        digest.update(f"{file.name}\0{_file_digest(str(file), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)}\n"
+                      .encode())
     return digest.hexdigest()[:12]
 
 

@@ -271,6 +271,28 @@ def test_weight_digests_are_kept_across_processes(tmp_path, monkeypatch):
     original = config_module.file_sha256
     monkeypatch.setattr(config_module, "file_sha256", lambda path: hashed.append(path) or original(path))
     assert content_digest(str(weights)) == first and hashed == []
-    weights.write_bytes(b"\2" * 4096)  # new contents (and time): hashed again
-    os.utime(weights, ns=(1, 1))
+    stat = weights.stat()
+    weights.write_bytes(b"\2" * 4096)  # new contents, size and modification time kept (cp -p, rsync -t)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert content_digest(str(weights)) != first and hashed == [str(weights)]
+
+
+def _digest_in_a_process(path: str) -> str:
+    return content_digest(path)
+
+
+def test_processes_hashing_at_once_keep_every_digest(tmp_path, monkeypatch):
+    import json
+    import multiprocessing
+
+    cache = tmp_path / "digests.json"
+    monkeypatch.setenv("OPENSORA_DIGEST_CACHE", str(cache))
+    files = []
+    for i in range(8):
+        files.append(tmp_path / f"w{i}.bin")
+        files[-1].write_bytes(bytes([i]) * 1024)
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.map(_digest_in_a_process, [str(f) for f in files])
+    assert len(json.loads(cache.read_text())) == 8
+    cache.write_text("null")  # valid JSON, not a table: taken as empty
+    assert content_digest(str(tmp_path / "w0.bin")) == _digest_in_a_process(str(tmp_path / "w0.bin"))
