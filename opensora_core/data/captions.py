@@ -108,12 +108,12 @@ class CaptionTable:
                     by_name.setdefault(PurePosixPath(str(p)).name, []).append((0.0, float("inf"), text.strip()))
         else:
             rows = zip(frame["videoID"], frame["timestamp"], frame["caption"])
-            for line, (video_id, stamps, captions) in enumerate(rows, start=2):
+            for row, (video_id, stamps, captions) in enumerate(rows, start=1):
                 try:
                     stamps, captions = ast.literal_eval(str(stamps)), ast.literal_eval(str(captions))
                     ranges = [(_seconds(start), _seconds(end)) for start, end in stamps]
                 except (ValueError, SyntaxError, TypeError) as err:
-                    raise ValueError(f"{path}: line {line}: timestamp and caption must be Python lists as "
+                    raise ValueError(f"{path}: row {row}: timestamp and caption must be Python lists as "
                                      f"Panda-70M writes them, [['0:00:01.000', '0:00:04.000']] and ['a caption'] "
                                      f"({type(err).__name__}: {err})") from None
                 for (start, end), text in zip(ranges, captions):

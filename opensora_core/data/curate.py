@@ -748,6 +748,25 @@ def _scores_up_to_date(manifest: dict | None, raw: RawFile, fingerprint: str, re
             and not manifest.get("retry") and set(manifest.get("scorers", {})) == ready)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Which steps one raw file needs in this run."""
+
+    probe: bool  # new or changed file, settings or probe code, or a retry
+    caption: bool  # only its sidecar caption changed
+    cut: bool
+    score: bool
+
+
+def _plan(out: Storage, raw: RawFile, fingerprints: dict[str, str], ready: set[str]) -> _Plan:
+    probe = not _up_to_date(out, raw, "raw", fingerprints["raw"])
+    caption = not probe and read_manifest(out, raw.key, "raw").get("sidecar", "") != raw.sidecar
+    cut = probe or not _up_to_date(out, raw, "clips", fingerprints["clips"])
+    score = cut or caption or not _scores_up_to_date(read_manifest(out, raw.key, "scores"), raw,
+                                                     fingerprints["scores"], ready)
+    return _Plan(probe, caption, cut, score)
+
+
 def curate(input: str | Storage | FileList, output: str | Storage, config: CurationConfig | None = None,
            progress: bool = False) -> DatasetSummary:
     """Run every step for every raw file under `input` (a folder, or a list of files:
@@ -756,31 +775,28 @@ def curate(input: str | Storage | FileList, output: str | Storage, config: Curat
     from tqdm.auto import tqdm
 
     config = config or CurationConfig()
-    # A missing model or a missing or malformed caption table fails here, before any file is read.
-    captioning = Captioning.from_config(config, load_model=False)
+    config.check_local_files()  # a missing model, weights or caption table fails here, before any file is read
     source = input if isinstance(input, Storage | FileList) else open_source(input)
     out = output if isinstance(output, Storage) else Storage(output)
     files = register_inputs(source, config, index=out)
-    fingerprints = {
-        "raw": raw_fingerprint(config),
-        "clips": clips_fingerprint(config),
-    }
-    scores_fingerprint = config.fingerprint("scorers") + fingerprints["clips"]
+    fingerprints = {"raw": raw_fingerprint(config), "clips": clips_fingerprint(config),
+                    "scores": config.fingerprint("scorers") + clips_fingerprint(config)}
     ready = {s.name for s in build_scorers(config.scorers)[0]}
+    plans = {raw.key: _plan(out, raw, fingerprints, ready) for raw in files}
+    # A caption table is read whole (a malformed one named) before any file is processed,
+    # and only when some clip is to be scored: a run with nothing to do does not parse it.
+    captioning = Captioning.from_config(config, load_model=False) if any(p.score for p in plans.values()) \
+        else Captioning()
     for raw in tqdm(files, desc="curating", unit="file", disable=not progress):
-        fresh = False
+        plan = plans[raw.key]
         with contextlib.closing(_FetchedOnce(source, raw.path)) as fetched:
-            caption_changed = False
-            if not _up_to_date(out, raw, "raw", fingerprints["raw"]):
+            if plan.probe:
                 raw_videos(fetched, out, raw, config)
-                fresh = True
-            elif read_manifest(out, raw.key, "raw").get("sidecar", "") != raw.sidecar:
+            elif plan.caption:
                 refresh_caption(fetched, out, raw)
-                caption_changed = True
-            if fresh or not _up_to_date(out, raw, "clips", fingerprints["clips"]):
+            if plan.cut:
                 scene_clips(fetched, out, raw.key, config)
-                fresh = True
-        if fresh or caption_changed or not _scores_up_to_date(read_manifest(out, raw.key, "scores"), raw, scores_fingerprint, ready):
+        if plan.score:
             captioning.load_model(config)  # once, when something is to be scored
             scored_clips(out, raw.key, config, captioning, progress=progress)
     return training_dataset(out, [f.key for f in files], config)

@@ -186,6 +186,12 @@ def test_imported_tables_caption_clips_through_curate(tmp_path):
     meta = pd.read_csv(tmp_path / "opensora" / "meta.csv")
     assert list(meta.loc[meta["source"] == str(raw / "other.mp4"), "text"]) == ["two shots", "two shots"]
     assert meta.loc[meta["source"] == str(raw / "shots.mp4"), "text"].isna().all()
+    # Nothing to score: the table is not parsed again (a full Panda-70M table takes minutes).
+    from opensora_core.data.captions import CaptionTable
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CaptionTable, "from_csv", classmethod(lambda cls, path: pytest.fail("parsed, nothing to do")))
+        curate(raw, tmp_path / "opensora", _config(captions={"import_csv": str(tmp_path / "os.csv")}))
 
 
 MISTAKES = {
@@ -197,7 +203,7 @@ MISTAKES = {
     "table not utf-8": ({"captions": {"import_csv": "{tmp}/latin.csv"}}, "scorers.captions.import_csv",
                         "{tmp}/latin.csv: not UTF-8 text"),
     "panda row": ({"captions": {"import_csv": "{tmp}/panda.csv"}}, "scorers.captions.import_csv",
-                  "{tmp}/panda.csv: line 3: timestamp and caption must be Python lists"),
+                  "{tmp}/panda.csv: row 2: timestamp and caption must be Python lists"),
     "model missing": ({"captions": {"model": "{tmp}/no-model"}}, "scorers.captions.model",
                       "{tmp}/no-model: no such folder"),
     "model not a model": ({"captions": {"model": "{tmp}"}}, "scorers.captions.model", "{tmp}: no config.json"),
@@ -208,6 +214,9 @@ MISTAKES = {
     "match not clip": ({"match": {"clip": "{captioner}"}}, "scorers.match.clip",
                        "config.json has model_type 'llava', not 'clip'"),
 }
+
+
+TABLE_BODY_MISTAKES = {"table not utf-8", "panda row"}
 
 
 @pytest.mark.parametrize("mistake", list(MISTAKES))
@@ -222,9 +231,13 @@ def test_config_mistakes_fail_before_any_file_is_read(mistake, dataset, models, 
     fill = {"tmp": tmp_path, **models}
     scorers = {name: {k: v.format(**fill) for k, v in section.items()} for name, section in scorers.items()}
     config = CurationConfig.model_validate({"scorers": scorers})
-    monkeypatch.setattr(curate_module, "register_inputs", lambda *a, **k: pytest.fail("an input was read"))
+    if mistake in TABLE_BODY_MISTAKES:  # the table is read whole once some clip is to be scored: before any
+        for step in ("raw_videos", "scene_clips", "scored_clips"):  # file is processed
+            monkeypatch.setattr(curate_module, step, lambda *a, **k: pytest.fail("a file was processed"))
+    else:  # paths and headers: before any file is read
+        monkeypatch.setattr(curate_module, "register_inputs", lambda *a, **k: pytest.fail("an input was read"))
     with pytest.raises(ConfigError) as err:
-        curate(root / "raw", tmp_path / "out", config)
+        curate(root / "raw", tmp_path / "fresh-out", config)
     assert str(err.value).startswith(f"{key}: ") and expected.format(**fill) in str(err.value)
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):  # the step commands and assets check too
