@@ -110,7 +110,12 @@ def probe_and_cut_up_to_date(out: Storage, raw: RawFile, config: CurationConfig)
 
 
 def _up_to_date(out: Storage, raw: RawFile, step: str, fingerprint: str) -> bool:
-    manifest = read_manifest(out, raw.key, step)
+    return _current(read_manifest(out, raw.key, step), raw, fingerprint)
+
+
+def _current(manifest: dict | None, raw: RawFile, fingerprint: str) -> bool:
+    """Whether a step's `manifest` was made from `raw` as it is, with these settings, and
+    asks for no retry."""
     return (bool(manifest) and manifest.get("sha256") == raw.sha256 and manifest.get("fingerprint") == fingerprint
             and not manifest.get("retry"))
 
@@ -622,9 +627,7 @@ def apply_filters(table: pd.DataFrame, config: CurationConfig,
     reasons = pd.Series([None] * len(table), index=table.index, dtype=object)
     is_video = table["media"] == "video" if "media" in table else pd.Series(True, index=table.index)
     for setting, column, op, threshold, videos_only in _filter_rules(config):
-        not_computed = column not in computed if computed is not None else table[column].isna().all() \
-            if column in table else True
-        if column not in table or not_computed:
+        if column not in table or (column not in computed if computed is not None else table[column].isna().all()):
             warnings.append(f"filters.{setting} = {threshold} is set but column '{column}' was not computed; "
                             "not filtered on it")
             continue
@@ -759,8 +762,9 @@ class _Plan:
 
 
 def _plan(out: Storage, raw: RawFile, fingerprints: dict[str, str], ready: set[str]) -> _Plan:
-    probe = not _up_to_date(out, raw, "raw", fingerprints["raw"])
-    caption = not probe and read_manifest(out, raw.key, "raw").get("sidecar", "") != raw.sidecar
+    raw_manifest = read_manifest(out, raw.key, "raw")
+    probe = not _current(raw_manifest, raw, fingerprints["raw"])
+    caption = not probe and raw_manifest.get("sidecar", "") != raw.sidecar
     cut = probe or not _up_to_date(out, raw, "clips", fingerprints["clips"])
     score = cut or caption or not _scores_up_to_date(read_manifest(out, raw.key, "scores"), raw,
                                                      fingerprints["scores"], ready)
