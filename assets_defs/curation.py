@@ -60,12 +60,15 @@ def _raw_file(storage: CurationStorage, key: str) -> RawFile:
 CAPTION_RUN_TAG = ("opensora/reason", "caption")  # on runs the sensor requests for a changed sidecar
 
 
-def _caption_only(context: AssetExecutionContext, storage: CurationStorage, raw: RawFile) -> bool:
+def _caption_only(context: AssetExecutionContext, storage: CurationStorage, raw: RawFile | None = None) -> bool:
     """A run requested for a changed sidecar caption whose file's probe and clips stand:
-    the caption is read again and the clips scored, not probed and cut again."""
-    key, value = CAPTION_RUN_TAG
-    return (context.run.tags.get(key) == value
-            and curate.probe_and_cut_up_to_date(storage.out(), raw, storage.curation_config()))
+    the caption is read again and the clips scored, not probed and cut again. (The raw
+    file is looked up only for such a run.)"""
+    tag, value = CAPTION_RUN_TAG
+    if context.run.tags.get(tag) != value:
+        return False
+    raw = raw or _raw_file(storage, context.partition_key)
+    return curate.probe_and_cut_up_to_date(storage.out(), raw, storage.curation_config())
 
 
 def _fail_for_retry(manifest: dict, step: str) -> None:
@@ -154,7 +157,7 @@ def scene_clips(context: AssetExecutionContext, curation_storage: CurationStorag
     or AVI source where that is exact, else re-encoded as MPEG-4 or H.264, from the data
     config); the weights-free scores are computed on the way, from the same decode."""
     key = context.partition_key
-    if _caption_only(context, curation_storage, _raw_file(curation_storage, key)):
+    if _caption_only(context, curation_storage):
         manifest = curate.read_manifest(curation_storage.out(), key, "clips")  # the cut stands
     else:
         manifest = curate.scene_clips(curation_storage.source(), curation_storage.out(), key,
