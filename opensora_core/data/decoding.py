@@ -15,12 +15,12 @@ are known not to be neighbours (:class:`Gap`):
   than one frame duration after the previous one's follows lost frames, one whose
   timestamp is not after it is a frame from before the damage that the decoder let
   out late (H.264 with B-frames reorders wrongly after a failure), and is dropped;
+- by how much the decoder's backlog grew (packets sent less frames out) where frames
+  carry no timestamps (an elementary stream);
 - in AVI (`POSITION_FORMATS`), whose timestamps cannot be trusted, decoding stops at
-  the first packet that fails (the scenes before it are kept). Counting the frames
-  lost by how much the decoder's backlog grew (packets sent less frames out) numbers
-  plain MPEG-4 right, but not XviD's packed B-frames (N-VOPs): one frame off after a
-  damaged keyframe, enough for a clip to start with the last frame of the scene before.
-  The counting stays below for when it can be made exact.
+  the first packet that fails (the scenes before it are kept): the backlog numbers plain
+  MPEG-4 right but XviD's packed B-frames (N-VOPs) one frame off after a damaged
+  keyframe, enough for a clip to start with the last frame of the scene before.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class FrameDecoder:
             for frame in frames:
                 out += 1
                 if damaged:
-                    timed = not self.by_position and frame.pts is not None and last_step
+                    timed = frame.pts is not None and last_step  # (an AVI stopped at its damage)
                     if timed and last_pts is not None and frame.pts <= last_pts:
                         continue  # from before a gap, let out late
                     if timed and (last_pts is not None or self.start_pts is not None):
