@@ -20,16 +20,19 @@ from opensora_core.data.storage import FileList, Storage
 SIDECAR_SUFFIXES = (".txt", ".json")
 
 
+def sidecar_paths(path: str) -> list[str]:
+    """Where the sidecar captions of raw file `path` (a relative path or a URL) would be,
+    in the order of :data:`SIDECAR_SUFFIXES`: the same name with their suffixes."""
+    stem = path[: len(path) - len(PurePosixPath(path).suffix)]  # (PurePosixPath folds a URL's "//")
+    return [stem + suffix for suffix in SIDECAR_SUFFIXES]
+
+
 def read_sidecar(storage: Storage | FileList, path: str) -> str | None:
     """The caption beside raw file `path` (relative to `storage`, or a listed file's
     path or URL), or None. A URL with a query (a signed link) has no "beside"."""
     if "://" in path and urlsplit(path).query:
         return None
-    stem = PurePosixPath(path).with_suffix("")
-    if "://" in path:  # PurePosixPath folds the "//" after the scheme
-        stem = path[: len(path) - len(PurePosixPath(path).suffix)]
-    for suffix in SIDECAR_SUFFIXES:
-        candidate = f"{stem}{suffix}"
+    for suffix, candidate in zip(SIDECAR_SUFFIXES, sidecar_paths(path), strict=True):
         if not storage.exists(candidate):
             continue
         raw = storage.read_text(candidate).strip()

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 import av
 
-from opensora_core.data.captions import SIDECAR_SUFFIXES
+from opensora_core.data.captions import SIDECAR_SUFFIXES, sidecar_paths
 from opensora_core.data.config import CurationConfig
 from opensora_core.data.storage import FileList, Storage, file_suffix, modified_time
 from opensora_core.utils.hashing import stream_sha256
@@ -98,13 +98,9 @@ def discover(source: Storage | FileList, config: CurationConfig) -> tuple[list[s
     if hidden:
         log.warning("%d hidden files under %s are not inputs (names starting with '.', e.g. macOS's '._' "
                     "files): %s", len(hidden), source.url, ", ".join(printable_path(h) for h in hidden[:5]))
-    stamps = {}
-    for rel in found:
-        stem = rel[: len(rel) - len(PurePosixPath(rel).suffix)]
-        stamp = ";".join(others[stem + suffix] for suffix in SIDECAR_SUFFIXES if stem + suffix in others)
-        if stamp:
-            stamps[rel] = stamp
-    return sorted(found), stamps
+    sidecars = {rel: stamp for rel in found
+                if (stamp := ";".join(others[p] for p in sidecar_paths(rel) if p in others))}
+    return sorted(found), sidecars
 
 
 def check_output_outside(source: Storage | FileList, out: Storage) -> None:
@@ -154,7 +150,8 @@ def register_inputs(source: Storage | FileList, config: CurationConfig,
             lasting = isinstance(err, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError)
             files.append(RawFile(rel, kind, 0, 0.0, "", partition_key(rel, ""), problem, transient=not lasting))
             continue
-        files.append(RawFile(rel, kind, size, mtime, sha, partition_key(rel, sha), sidecar=sidecars.get(rel, "")))
+        files.append(RawFile(rel, kind, size, mtime, sha, partition_key(rel, sha),
+                             sidecar=sidecars.get(rel, "")))
     if index is not None:
         index.write_text(json.dumps([asdict(f) for f in files], indent=1), INDEX_FILE)
     return files
