@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Literal
@@ -306,10 +307,13 @@ def content_digest(path: str) -> str:
     and contents; see :data:`_NOT_LOADED_SUFFIXES`). Each file is read once while its
     path, size and modification time stay (cached in the process and in
     :func:`digest_cache_file`): sha256 ran at 1.2 GB/s from the page cache on the 2-core
-    CPU, ~1.5 s for CLIP ViT-L/14's 1.7 GB. A URL, or a path that does not exist, stands
-    for itself."""
+    CPU, ~1.5 s for CLIP ViT-L/14's 1.7 GB. A URL (a caption table in an object store
+    or on a web server) stands for the store's own stamp of it (:func:`remote_stamp`); a
+    path that does not exist stands for itself."""
+    if "://" in path:
+        return remote_stamp(path)
     root = Path(path)
-    if "://" in path or not root.exists():
+    if not root.exists():
         return path
     files = [root] if root.is_file() else sorted(
         f for f in root.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix not in _NOT_LOADED_SUFFIXES)
@@ -321,6 +325,28 @@ def content_digest(path: str) -> str:
         digest.update(f"{file.name}\0{_file_digest(str(file), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)}\n"
                       .encode())
     return digest.hexdigest()[:12]
+
+
+def remote_stamp(url: str) -> str:
+    """Short hash of `url` and its store's key for the current version of it (fsspec's
+    `ukey`: the ETag in S3, GCS and Azure; for HTTP, whose `ukey` takes files as never
+    changing, what the server says of the file: size, ETag, Last-Modified), so a table
+    edited in place reads as new without downloading it. When the store cannot be
+    asked, the URL alone (reading the table then fails with the store's error)."""
+    from opensora_core.data.storage import filesystem
+
+    try:
+        fs, inner = filesystem(url)
+        if url.split("://", 1)[0].lower() in ("http", "https"):
+            info = fs.info(inner)
+            key = json.dumps({k: info.get(k) for k in ("size", "ETag", "Last-Modified", "Content-MD5", "Digest")})
+        else:
+            key = fs.ukey(inner)
+    except Exception as err:  # noqa: BLE001 - any store's error: the URL stands for itself
+        logging.getLogger(__name__).warning("%s: could not read its version from the store (%s: %s); "
+                                            "changes to it in place are not seen", url, type(err).__name__, err)
+        return url
+    return hashlib.sha256(f"{url}\0{key}".encode()).hexdigest()[:12]
 
 
 def load_curation_config(name_or_path: str | os.PathLike[str] | None = None) -> CurationConfig:

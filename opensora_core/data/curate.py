@@ -365,8 +365,10 @@ class Captioning:
 
 
 def scored_clips(out: Storage, key: str, config: CurationConfig, captioning: Captioning | None = None,
-                 progress: bool = False) -> dict:
-    """Caption and score every clip of one partition."""
+                 progress: bool = False, scorers_fingerprint: str | None = None) -> dict:
+    """Caption and score every clip of one partition. `scorers_fingerprint` is
+    `config.fingerprint("scorers")` where the caller has it (a run over many files asks
+    an object store for a caption table's version once, not once per file)."""
     from tqdm.auto import tqdm
 
     captioning = captioning or Captioning()
@@ -451,7 +453,7 @@ def scored_clips(out: Storage, key: str, config: CurationConfig, captioning: Cap
              for row, text, origin, s in zip(rows, texts, text_sources, scores, strict=True)]
     manifest = {
         "step": "scored_clips", "key": key, "sha256": clips_manifest["sha256"],
-        "fingerprint": config.fingerprint("scorers") + clips_manifest["fingerprint"],
+        "fingerprint": (scorers_fingerprint or config.fingerprint("scorers")) + clips_manifest["fingerprint"],
         "clips": len(table), "seconds": round(time.perf_counter() - started, 3),
         "scorers": {s.name: {"version": s.version, "columns": list(s.columns)} for s in scorers},
         "skipped": skipped, "rejected": clips_manifest["rejected"],
@@ -783,8 +785,9 @@ def curate(input: str | Storage | FileList, output: str | Storage, config: Curat
     source = input if isinstance(input, Storage | FileList) else open_source(input)
     out = output if isinstance(output, Storage) else Storage(output)
     files = register_inputs(source, config, index=out)
+    scorers_fingerprint = config.fingerprint("scorers")
     fingerprints = {"raw": raw_fingerprint(config), "clips": clips_fingerprint(config),
-                    "scores": config.fingerprint("scorers") + clips_fingerprint(config)}
+                    "scores": scorers_fingerprint + clips_fingerprint(config)}
     ready = {s.name for s in build_scorers(config.scorers)[0]}
     plans = {raw.key: _plan(out, raw, fingerprints, ready) for raw in files}
     # A caption table is read whole (a malformed one named) before any file is processed,
@@ -802,5 +805,5 @@ def curate(input: str | Storage | FileList, output: str | Storage, config: Curat
                 scene_clips(fetched, out, raw.key, config)
         if plan.score:
             captioning.load_model(config)  # once, when something is to be scored
-            scored_clips(out, raw.key, config, captioning, progress=progress)
+            scored_clips(out, raw.key, config, captioning, progress=progress, scorers_fingerprint=scorers_fingerprint)
     return training_dataset(out, [f.key for f in files], config)

@@ -309,3 +309,31 @@ def test_processes_hashing_at_once_keep_every_digest(tmp_path, monkeypatch):
     assert len(json.loads(cache.read_text())) == 8
     cache.write_text("null")  # valid JSON, not a table: taken as empty
     assert content_digest(str(tmp_path / "w0.bin")) == _digest_in_a_process(str(tmp_path / "w0.bin"))
+
+
+def test_a_caption_table_on_a_web_server_is_stamped_by_what_the_server_says(tmp_path, caplog):
+    """fsspec takes HTTP files as never changing; the fingerprint follows the server's
+    size and Last-Modified instead, and an unreachable table stands for its URL."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    table = tmp_path / "captions.csv"
+    table.write_text("path,text\nv.mp4,a caption\n")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/captions.csv"
+    try:
+        config = _config(captions={"import_csv": url})
+        first = config.fingerprint("scorers")
+        assert config.fingerprint("scorers") == first
+        table.write_text("path,text\nv.mp4,another caption\n")
+        os.utime(table, (table.stat().st_atime, table.stat().st_mtime + 5))  # HTTP dates are in seconds
+        assert config.fingerprint("scorers") != first
+        gone = _config(captions={"import_csv": url.replace("captions", "missing")})
+        assert content_digest(gone.scorers.captions.import_csv) == gone.scorers.captions.import_csv
+        assert "could not read its version" in caplog.text
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -122,3 +122,34 @@ def test_a_store_without_its_package_names_the_extra(monkeypatch):
     monkeypatch.setattr(fsspec.core, "get_filesystem_class", no_package)
     with pytest.raises(ValueError, match=r"s3://bucket/raw: Install s3fs .*opensora-mlops\[s3\]"):
         Storage("s3://bucket/raw")
+
+
+def test_a_caption_table_in_the_store_edited_in_place_captions_again(bucket, s3_endpoint, tmp_path):
+    fs, name = bucket
+    table = f"s3://{name}/captions.csv"
+    fs.pipe_file(f"{name}/captions.csv", b"path,text\nred left.mp4,a red shape\n")
+
+    def config():
+        settings = corpus_config().model_dump(mode="json")
+        settings["scorers"]["captions"] = {"sidecar": False, "import_csv": table}
+        return type(corpus_config()).model_validate(settings)
+
+    def texts(out):
+        meta = pd.read_csv(out / "meta.csv")
+        return set(meta.loc[meta["source"].str.endswith("red left.mp4"), "text"])
+
+    saved = dict(fsspec.config.conf.get("s3", {}))
+    try:
+        set_protocol_options([f"s3.endpoint_url={s3_endpoint}"])
+        source, out = Storage(f"s3://{name}/videos"), tmp_path / "out"
+        curate(source, out, config())
+        assert texts(out) == {"a red shape"}
+        manifests = sorted(out.glob("partitions/*/scored_clips.json"))
+        before = {m: m.stat().st_mtime_ns for m in manifests}
+        curate(source, out, config())  # the table unchanged: nothing scored again
+        assert {m: m.stat().st_mtime_ns for m in manifests} == before
+        fs.pipe_file(f"{name}/captions.csv", b"path,text\nred left.mp4,a scarlet shape\n")
+        curate(source, out, config())
+        assert texts(out) == {"a scarlet shape"}
+    finally:
+        fsspec.config.conf["s3"] = saved
