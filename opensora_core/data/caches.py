@@ -196,11 +196,9 @@ def load_clip_window(path: str | Path, start: int, num_frames: int, frame_interv
     """`[3, num_frames, height, width]` in [-1, 1]: an image or a strided video window."""
     path = Path(path)
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        import numpy as np
-        from PIL import Image
+        from opensora_core.data.images import read_image_rgb
 
-        with Image.open(path) as image:
-            frames = np.array(image.convert("RGB"))[None]
+        frames = read_image_rgb(path)[None]
     else:
         frames = read_frames(path, num_frames, start=start, stride=frame_interval)
     if frames.shape[0] < num_frames:

@@ -41,6 +41,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from opensora_core.config import ConfigError
+from opensora_core.data import images
 from opensora_core.data.captions import CaptionTable, ModelCaptioner, read_sidecar
 from opensora_core.data.config import CurationConfig
 from opensora_core.data.ingest import Probe, RawFile, probe_file, register_inputs
@@ -79,14 +80,19 @@ MERGED_SCORES = "merged_scores.parquet"
 PROBE_VERSION = 3  # 2: displayed (rotated) sizes; frames counted past damaged packets. 3: AVI stops at damage
 CUTTER_VERSION = 3  # 2: rotated videos cut upright; scenes kept past damage. 3: AVI stops at damage, one gap
 # per damaged packet among B-frames
+IMAGE_VERSION = 1  # images only (videos keep theirs): 1: EXIF orientation, 16-bit, transparency, animation
 
 
-def raw_fingerprint(config: CurationConfig) -> str:
-    return f"{config.fingerprint('video_extensions', 'image_extensions')}-probe{PROBE_VERSION}"
+def _image_version(kind: str) -> str:
+    return f"-image{IMAGE_VERSION}" if kind == "image" else ""
 
 
-def clips_fingerprint(config: CurationConfig) -> str:
-    return f"{config.fingerprint('scenes', 'clips')}-cut{CUTTER_VERSION}"
+def raw_fingerprint(config: CurationConfig, kind: str = "video") -> str:
+    return f"{config.fingerprint('video_extensions', 'image_extensions')}-probe{PROBE_VERSION}{_image_version(kind)}"
+
+
+def clips_fingerprint(config: CurationConfig, kind: str = "video") -> str:
+    return f"{config.fingerprint('scenes', 'clips')}-cut{CUTTER_VERSION}{_image_version(kind)}"
 
 
 def _step_dir(key: str, step: str) -> tuple[str, str, str]:
@@ -105,8 +111,8 @@ def _write_manifest(folder: Path, manifest: dict) -> None:
 def probe_and_cut_up_to_date(out: Storage, raw: RawFile, config: CurationConfig) -> bool:
     """Whether `raw`'s probe and clips stand (same content and settings, nothing to retry):
     a changed sidecar caption then needs only :func:`refresh_caption` and scoring."""
-    return (_up_to_date(out, raw, "raw", raw_fingerprint(config))
-            and _up_to_date(out, raw, "clips", clips_fingerprint(config)))
+    return (_up_to_date(out, raw, "raw", raw_fingerprint(config, raw.kind))
+            and _up_to_date(out, raw, "clips", clips_fingerprint(config, raw.kind)))
 
 
 def _up_to_date(out: Storage, raw: RawFile, step: str, fingerprint: str) -> bool:
@@ -175,7 +181,7 @@ def raw_videos(source: Storage | FileList, out: Storage, raw: RawFile, config: C
             caption, retry = _read_caption(source, raw.path, probe.notes)
     manifest = {
         "step": "raw_videos", "key": raw.key, "source": source.url_of(raw.path), "path": raw.path,
-        "sha256": raw.sha256, "fingerprint": raw_fingerprint(config),
+        "sha256": raw.sha256, "fingerprint": raw_fingerprint(config, raw.kind),
         "probe": asdict(probe), "caption": caption, "sidecar": raw.sidecar, "rejected": None, "retry": retry,
     }
     if probe.rejected:
@@ -230,6 +236,24 @@ def _cut_and_score(video: Path, folder: Path, key: str, fps: float | None, confi
                  for s in scored}
 
 
+def _image_sample(local: Path, folder: Path, key: str, suffix: str) -> tuple[str, str | None]:
+    """Write the one-frame sample of image `local` into `folder`: the file itself, or,
+    where a plain reader would see it otherwise (EXIF orientation, 16-bit, transparency,
+    animation: :func:`images.rewrite_reason`), a PNG of it as a viewer shows it. Returns
+    (file name, why it was rewritten or None)."""
+    from PIL import Image
+
+    with Image.open(local) as image:
+        reason = images.rewrite_reason(image)
+        if reason is not None:
+            file = f"{key}-0000.png"
+            images.upright_rgb(image).save(folder / file, format="PNG")
+            return file, reason
+    file = f"{key}-0000{suffix}"
+    shutil.copyfile(local, folder / file)
+    return file, None
+
+
 def scene_clips(source: Storage | FileList, out: Storage, key: str, config: CurationConfig) -> dict:
     """Cut one raw video into scene clips (an image becomes a one-frame sample); the
     weights-free scores are computed on the way (see the module docstring)."""
@@ -238,14 +262,13 @@ def scene_clips(source: Storage | FileList, out: Storage, key: str, config: Cura
         raise FileNotFoundError(f"partition {key}: raw_videos has not been materialized (no probe manifest)")
     probe = raw_manifest["probe"]
     manifest = {"step": "scene_clips", "key": key, "source": raw_manifest["source"],
-                "sha256": raw_manifest["sha256"], "fingerprint": clips_fingerprint(config),
+                "sha256": raw_manifest["sha256"], "fingerprint": clips_fingerprint(config, probe["kind"]),
                 "clips": 0, "rejected": raw_manifest["rejected"], "notes": list(probe.get("notes") or [])}
     rows: list[dict] = []
     with out.staging_dir(*_step_dir(key, "clips")) as folder:
         if manifest["rejected"] is None and probe["kind"] == "image":
-            file = f"{key}-0000{file_suffix(raw_manifest['path'])}"
             with source.local_copy(raw_manifest["path"]) as local:
-                shutil.copyfile(local, folder / file)
+                file, manifest["rewritten"] = _image_sample(local, folder, key, file_suffix(raw_manifest["path"]))
             rows.append(_clip_row(out, key, file, probe, raw_manifest, folder / file, clip_id=f"{key}-0000",
                                   num_frames=1, height=probe["height"], width=probe["width"], fps=float("nan"),
                                   start_frame=0, end_frame=1, scene=0, thumbnail=file))
@@ -786,10 +809,11 @@ def curate(input: str | Storage | FileList, output: str | Storage, config: Curat
     out = output if isinstance(output, Storage) else Storage(output)
     files = register_inputs(source, config, index=out)
     scorers_fingerprint = config.fingerprint("scorers")
-    fingerprints = {"raw": raw_fingerprint(config), "clips": clips_fingerprint(config),
-                    "scores": scorers_fingerprint + clips_fingerprint(config)}
+    fingerprints = {kind: {"raw": raw_fingerprint(config, kind), "clips": clips_fingerprint(config, kind),
+                           "scores": scorers_fingerprint + clips_fingerprint(config, kind)}
+                    for kind in ("video", "image")}
     ready = {s.name for s in build_scorers(config.scorers)[0]}
-    plans = {raw.key: _plan(out, raw, fingerprints, ready) for raw in files}
+    plans = {raw.key: _plan(out, raw, fingerprints[raw.kind], ready) for raw in files}
     # A caption table is read whole (a malformed one named) before any file is processed,
     # and only when some clip is to be scored: a run with nothing to do does not parse it.
     captioning = Captioning.from_config(config, load_model=False) if any(p.score for p in plans.values()) \

@@ -274,13 +274,25 @@ def probe_video(local: Path, probe: Probe) -> Probe:
 
 
 def probe_image(local: Path, probe: Probe) -> Probe:
+    """An image's format and its size as a viewer shows it (turned by its EXIF
+    orientation, whose turn is `rotation`; see :mod:`opensora_core.data.images`). An
+    animated image is a sample of its first frame, noted. One larger than PIL's guard
+    against decompression bombs (`Image.MAX_IMAGE_PIXELS`, twice over) is rejected."""
     from PIL import Image, UnidentifiedImageError
+
+    from opensora_core.data.images import display_rotation, displayed_size, frame_count
 
     try:
         with Image.open(local) as image:
             image.load()
             probe.codec = (image.format or "").lower() or None
-            probe.width, probe.height = image.size
+            probe.width, probe.height = displayed_size(image)
+            probe.rotation = display_rotation(image)
+            if (frames := frame_count(image)) > 1:
+                probe.notes.append(f"animated image with {frames} frames: its first frame is the sample")
+    except Image.DecompressionBombError as err:
+        probe.rejected = f"image too large to decode safely ({err})"
+        return probe
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         probe.rejected = f"not a readable image: {err}"
         return probe

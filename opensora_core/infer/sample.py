@@ -13,10 +13,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
+from opensora_core.data.images import read_image_rgb
 from opensora_core.data.video_io import frames_to_tensor, read_frames
 from opensora_core.diffusion.samplers import build_sampler, classifier_free_guidance, denoise
 from opensora_core.infer.export import to_uint8_frames, write_image, write_video
@@ -153,8 +152,7 @@ class VideoGenerator:
         """An image or video, fitted to the target size, as latents `[C, T, h, w]`."""
         path = Path(path)
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            with Image.open(path) as image:
-                frames = np.array(image.convert("RGB"))[None]
+            frames = read_image_rgb(path)[None]
         else:
             frames = read_frames(path, MAX_REFERENCE_FRAMES)
         video = frames_to_tensor(frames, height, width).to(self.device)

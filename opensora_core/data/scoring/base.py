@@ -26,9 +26,9 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-from PIL import Image
 
 from opensora_core.data.frame_arrays import frame_array
+from opensora_core.data.images import read_image_rgb
 
 # Planar 8-bit YUV layouts whose first plane is the luma, full range ("j") or not.
 _FULL_RANGE_YUV = {"yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p"}
@@ -196,8 +196,7 @@ def read_samples(path: str | Path, clip_id: str, num_frames: int, positions: set
     path = Path(path)
     samples = ClipSamples(clip_id, num_frames)
     if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
-        with Image.open(path) as image:
-            samples.frames[0] = np.asarray(image.convert("RGB"))
+        samples.frames[0] = read_image_rgb(path)
         return samples
     if not positions:
         return samples

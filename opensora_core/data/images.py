@@ -1,0 +1,109 @@
+"""Still images as samples: read as a viewer shows them, as 8-bit RGB.
+
+Three things a plain `Image.open(path).convert("RGB")` (Open-Sora's image loader)
+gets wrong, each common in scraped or camera data:
+
+1. A camera's JPEG is often stored sideways with an EXIF orientation tag that every
+   viewer applies: read plainly, it trains on sideways pictures whose width and height
+   are swapped against what the table says.
+2. A 16-bit image (`I;16` PNG, scans and renders) converts by clipping, not scaling:
+   almost every pixel turns white.
+3. Transparent pixels keep whatever colour they store (often black, or noise).
+
+:func:`upright_rgb` turns and mirrors by the EXIF tag, scales 16-bit and 32-bit
+values to 8 bits and composites transparency over white (as a web page shows it).
+Curation writes an image that a plain reader would see otherwise as a PNG of that
+(:func:`rewrite_reason`), so the training table's files read the same in any loader;
+every other image is copied as it is. The project's own readers go through
+:func:`read_image_rgb` too, for images that did not come through curation (inference
+references, tables made elsewhere).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 as stored; 2-8 mirrored and/or turned
+# Orientations whose upright picture has width and height swapped (a quarter turn).
+_QUARTER_TURNS = (5, 6, 7, 8)
+# The counterclockwise turn, in degrees, that each orientation asks for (5 and 7 with a mirror).
+_ROTATION = {1: 0, 2: 0, 3: 180, 4: 180, 5: 90, 6: 270, 7: 270, 8: 90}
+# Modes every loader reads as they are with `convert("RGB")`.
+_PLAIN_MODES = ("RGB", "L")
+BACKGROUND = (255, 255, 255)  # under transparent pixels
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation, 1 (as stored) when it has none or an invalid one."""
+    try:
+        value = image.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: taken as no tag, as viewers do
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as a viewer shows the image (swapped for a quarter turn)."""
+    width, height = image.size
+    return (height, width) if exif_orientation(image) in _QUARTER_TURNS else (width, height)
+
+
+def display_rotation(image: Image.Image) -> int:
+    """The counterclockwise degrees (0, 90, 180, 270) the EXIF orientation turns by."""
+    return _ROTATION[exif_orientation(image)]
+
+
+def frame_count(image: Image.Image) -> int:
+    """Frames in the file (an animated WebP, PNG or GIF has several)."""
+    return int(getattr(image, "n_frames", 1) or 1)
+
+
+def rewrite_reason(image: Image.Image) -> str | None:
+    """Why a plain reader would not see this image as :func:`upright_rgb` gives it (its
+    sample is then written as that), or None when the file can be used as it is."""
+    if (orientation := exif_orientation(image)) != 1:
+        return f"EXIF orientation {orientation}"
+    if image.mode not in _PLAIN_MODES or "transparency" in image.info:
+        return f"mode {image.mode}" + (" with transparency" if "transparency" in image.info else "")
+    if (frames := frame_count(image)) > 1:
+        return f"animated ({frames} frames; the first is the sample)"
+    return None
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """An `I;16*`, `I` or `F` image scaled to `L` by its type's full range (16-bit:
+    0..65535; 32-bit integer and float: their own minimum..maximum, as a viewer would
+    stretch them)."""
+    values = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        scaled = values.astype(np.float32) / 65535.0
+    else:
+        values = values.astype(np.float64)
+        low, high = float(np.nanmin(values)), float(np.nanmax(values))
+        scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    return Image.fromarray(np.clip(np.rint(np.nan_to_num(scaled) * 255), 0, 255).astype(np.uint8), mode="L")
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """The image's first frame as a viewer shows it, in 8-bit RGB (see the module
+    docstring)."""
+    image.seek(0)
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8bit(image)
+    if image.mode == "P" or "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """`[H, W, 3]` uint8: the image at `path` as :func:`upright_rgb` gives it."""
+    with Image.open(path) as image:
+        return np.array(upright_rgb(image))  # writable (torch.from_numpy warns on a read-only one)
