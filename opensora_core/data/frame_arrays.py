@@ -8,10 +8,14 @@ while the frame geometry and format stay the same; the pixels are identical.
 
 from __future__ import annotations
 
+import math
+import struct
 import threading
+from dataclasses import dataclass
 
 import av
 import numpy as np
+from av.sidedata.sidedata import Type
 from av.video.reformatter import VideoReformatter
 
 _PER_THREAD = threading.local()
@@ -31,17 +35,51 @@ def frame_array(frame: av.VideoFrame, format: str = "rgb24") -> np.ndarray:
     return _reformatter().reformat(frame, format=format).to_ndarray()
 
 
-def display_rotation(frame: av.VideoFrame) -> int:
-    """The counterclockwise turn, 0, 90, 180 or 270 degrees, that shows `frame` upright:
-    the rotation of its display matrix (PyAV's `VideoFrame.rotation`, counterclockwise;
-    a phone's portrait video reads -90, i.e. 270) to the nearest quarter turn. A mirror
-    in the matrix is not applied."""
-    return round((frame.rotation or 0) / 90) % 4 * 90
+@dataclass(frozen=True)
+class Orientation:
+    """How a player lays a coded frame out: mirrored left to right if `mirrored`, then
+    turned counterclockwise by `turn` degrees (0, 90, 180 or 270): the eight ways a
+    frame fits the pixel grid. False for a frame shown as coded."""
+
+    turn: int = 0
+    mirrored: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.turn or self.mirrored)
+
+
+def display_orientation(frame: av.VideoFrame) -> Orientation:
+    """The orientation `frame` is shown in: its display matrix (FFmpeg's
+    `AV_FRAME_DATA_DISPLAYMATRIX`, `a b u c d v x y w`) to the nearest quarter turn.
+
+    The matrix takes a coded pixel (p, q), rows counted downwards, to the shown one
+    (a p + c q + x, b p + d q + y). When its determinant a d - b c is negative it holds
+    a mirror, undone by mirroring first (negating a and b); what remains is a turn,
+    -atan2(b, a) counterclockwise (PyAV's `VideoFrame.rotation` of an unmirrored matrix;
+    a phone's portrait video reads -90, i.e. 270). FFmpeg's own autorotation comes to
+    the same: a matrix that mirrors left to right (a < 0, d > 0), which
+    `VideoFrame.rotation` reads as a turn of 180, is shown mirrored and unturned; one
+    that mirrors top to bottom (a > 0, d < 0), read as no turn, is mirrored and turned
+    180; one that swaps the axes (b = c = 1) is the transpose, mirrored and turned 90.
+    """
+    matrix = frame.side_data.get(Type.DISPLAYMATRIX)
+    if matrix is None:
+        return Orientation()
+    a, b, _, c, d = struct.unpack_from("=5i", matrix)  # native-endian int32, a b c d in 16.16
+    mirrored = a * d < b * c
+    if mirrored:
+        a, b = -a, -b
+    turn = round(-math.degrees(math.atan2(b, a)) / 90) % 4 * 90
+    return Orientation(turn, mirrored)
 
 
 def upright_array(frame: av.VideoFrame, format: str = "rgb24") -> np.ndarray:
-    """`frame` as :func:`frame_array` gives it, turned as a player shows it
-    (:func:`display_rotation`)."""
+    """`frame` as :func:`frame_array` gives it, laid out as a player shows it
+    (:func:`display_orientation`)."""
     array = frame_array(frame, format)
-    turns = display_rotation(frame) // 90
-    return np.ascontiguousarray(np.rot90(array, k=turns)) if turns else array
+    orientation = display_orientation(frame)
+    if not orientation:
+        return array
+    if orientation.mirrored:
+        array = array[:, ::-1]
+    return np.ascontiguousarray(np.rot90(array, k=orientation.turn // 90))

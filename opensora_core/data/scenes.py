@@ -68,7 +68,7 @@ from scenedetect.detectors import AdaptiveDetector
 
 from opensora_core.data.config import ClipsConfig, ScenesConfig
 from opensora_core.data.decoding import POSITION_FORMATS, FrameDecoder, Gap
-from opensora_core.data.frame_arrays import display_rotation, frame_array
+from opensora_core.data.frame_arrays import Orientation, display_orientation, frame_array
 from opensora_core.data.scoring.base import ClipSamples, frame_luma, full_range, plane_view
 from opensora_core.utils.atomic import atomic_path
 
@@ -211,16 +211,21 @@ def thumbnail(frame: av.VideoFrame) -> np.ndarray:
     return cv2.resize(bgr, (THUMBNAIL_WIDTH, height), interpolation=cv2.INTER_AREA)
 
 
-def upright(frame: av.VideoFrame, rotation: int) -> av.VideoFrame:
-    """`frame` turned counterclockwise by `rotation` (90, 180 or 270 degrees), plane by
-    plane (~0.3 ms at 720x528). Layouts whose chroma is not subsampled alike both ways
-    are converted to yuv420p first (what the clips are encoded in anyway)."""
+def upright(frame: av.VideoFrame, orientation: Orientation) -> av.VideoFrame:
+    """`frame` laid out as `orientation` shows it (mirrored left to right, then turned
+    counterclockwise), plane by plane (~0.3 ms at 720x528). Layouts whose chroma is not
+    subsampled alike both ways are converted to yuv420p first (what the clips are
+    encoded in anyway)."""
     if frame.format.name not in _TURNABLE_FORMATS:
         frame = frame.reformat(format="yuv420p")
-    width, height = (frame.width, frame.height) if rotation == 180 else (frame.height, frame.width)
+    turn = orientation.turn
+    width, height = (frame.width, frame.height) if turn in (0, 180) else (frame.height, frame.width)
     turned = av.VideoFrame(width, height, frame.format.name)
     for index in range(len(frame.planes)):
-        plane_view(turned, index)[:] = cv2.rotate(plane_view(frame, index), _TURNS[rotation])
+        plane = plane_view(frame, index)
+        if orientation.mirrored:
+            plane = cv2.flip(plane, 1)
+        plane_view(turned, index)[:] = cv2.rotate(plane, _TURNS[turn]) if turn else plane
     turned.pts, turned.time_base = frame.pts, frame.time_base
     turned.color_range, turned.colorspace = frame.color_range, frame.colorspace
     return turned
@@ -889,7 +894,7 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
             for index, frame in decoder.frames(logged(container.demux(stream))):
                 if last < 0:  # the first frame: the video's rotation
                     cutter.scene_start = index
-                    rotation = display_rotation(frame)
+                    rotation = display_orientation(frame)  # false when shown as coded
                     if rotation:
                         cutter.source = None
                 elif decoder.gaps and decoder.gaps[-1].end == index:  # lost frames: a hard boundary
