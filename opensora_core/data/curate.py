@@ -77,9 +77,10 @@ MERGED_SCORES = "merged_scores.parquet"
 # Versions of the code behind the steps' outputs, in their fingerprints: bumped when the
 # same file and settings would give different outputs (not for speed), so outputs made
 # before are made again.
-PROBE_VERSION = 3  # 2: displayed (rotated) sizes; frames counted past damaged packets. 3: AVI stops at damage
-CUTTER_VERSION = 3  # 2: rotated videos cut upright; scenes kept past damage. 3: AVI stops at damage, one gap
-# per damaged packet among B-frames
+PROBE_VERSION = 4  # 2: displayed (rotated) sizes; frames counted past damaged packets. 3: AVI stops at damage.
+# 4: mirrored display matrices, non-square pixels in the displayed size
+CUTTER_VERSION = 4  # 2: rotated videos cut upright; scenes kept past damage. 3: AVI stops at damage, one gap
+# per damaged packet among B-frames. 4: mirrors applied as players do, non-square pixels made square
 IMAGE_VERSION = 1  # images only (videos keep theirs): 1: EXIF orientation, 16-bit, transparency, animation
 
 

@@ -12,6 +12,7 @@ import math
 import struct
 import threading
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -73,10 +74,50 @@ def display_orientation(frame: av.VideoFrame) -> Orientation:
     return Orientation(turn, mirrored)
 
 
-def upright_array(frame: av.VideoFrame, format: str = "rgb24") -> np.ndarray:
-    """`frame` as :func:`frame_array` gives it, laid out as a player shows it
-    (:func:`display_orientation`)."""
-    array = frame_array(frame, format)
+# Sample aspect ratios within this of 1:1 are square (headers round, e.g. 1001:1000).
+SQUARE_TOLERANCE = 0.01
+
+
+def pixel_aspect(stream: av.video.stream.VideoStream) -> Fraction | None:
+    """The width-to-height ratio of one of `stream`'s pixels when they are not square,
+    else None: a DVD's 720x480 at 32:27 is shown 853x480, HDV's 1440x1080 at 4:3 as
+    1920x1080. The container's ratio first (mp4 `pasp`, mkv display size), then the
+    codec's, as FFmpeg guesses it; unknown (0:1) or within :data:`SQUARE_TOLERANCE` of
+    1:1 is square."""
+    for ratio in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if ratio is not None and ratio > 0:
+            ratio = Fraction(ratio)
+            return None if abs(ratio - 1) <= SQUARE_TOLERANCE else ratio
+    return None
+
+
+def square_pixel_width(width: int, aspect: Fraction | None) -> int:
+    """The width a `width`-pixel row is shown at with pixels of `aspect` (even, as 4:2:0
+    needs; the height is kept, as players keep it)."""
+    if aspect is None:
+        return width
+    return max(2, round(width * aspect / 2) * 2)
+
+
+def square_pixels(frame: av.VideoFrame, aspect: Fraction | None, reformatter: VideoReformatter | None = None
+                  ) -> av.VideoFrame:
+    """`frame` resampled to square pixels (:func:`square_pixel_width`, bilinear) in its
+    own format; `frame` itself when `aspect` is None. Pass a `reformatter` kept for the
+    whole video: a new one sets up swscale for every frame."""
+    if aspect is None:
+        return frame
+    width = square_pixel_width(frame.width, aspect)
+    square = (reformatter or _reformatter()).reformat(frame, width=width, height=frame.height,
+                                                      format=frame.format.name, interpolation="BILINEAR")
+    square.pts, square.time_base = frame.pts, frame.time_base
+    return square
+
+
+def upright_array(frame: av.VideoFrame, format: str = "rgb24", aspect: Fraction | None = None) -> np.ndarray:
+    """`frame` as :func:`frame_array` gives it, laid out as a player shows it: pixels
+    of `aspect` (its stream's :func:`pixel_aspect`) made square, then
+    :func:`display_orientation` applied."""
+    array = frame_array(square_pixels(frame, aspect), format)
     orientation = display_orientation(frame)
     if not orientation:
         return array

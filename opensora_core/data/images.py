@@ -52,8 +52,15 @@ def displayed_size(image: Image.Image) -> tuple[int, int]:
 
 
 def display_rotation(image: Image.Image) -> int:
-    """The counterclockwise degrees (0, 90, 180, 270) the EXIF orientation turns by."""
+    """The counterclockwise degrees (0, 90, 180, 270) the EXIF orientation turns by,
+    after mirroring left to right where :func:`display_mirrored` (as a video's
+    :class:`opensora_core.data.frame_arrays.Orientation`)."""
     return _ROTATION[exif_orientation(image)]
+
+
+def display_mirrored(image: Image.Image) -> bool:
+    """Whether the EXIF orientation mirrors the picture (2, 4, 5 and 7)."""
+    return exif_orientation(image) in (2, 4, 5, 7)
 
 
 def frame_count(image: Image.Image) -> int:

@@ -25,6 +25,7 @@ import av
 
 from opensora_core.data.captions import SIDECAR_SUFFIXES, sidecar_paths
 from opensora_core.data.config import CurationConfig
+from opensora_core.data.frame_arrays import display_orientation, pixel_aspect, square_pixel_width
 from opensora_core.data.storage import FileList, Storage, file_suffix, modified_time
 from opensora_core.utils.hashing import stream_sha256
 
@@ -161,10 +162,12 @@ def register_inputs(source: Storage | FileList, config: CurationConfig,
 class Probe:
     """What a raw file contains. `rejected` is the reason it cannot be used, or None.
 
-    `width` and `height` are the displayed size: the decoded frame's, turned by
-    `rotation` (the counterclockwise degrees of the display matrix; -90 for a phone's
-    portrait video, coded 1920x1080 and shown 1080x1920), which is the size of the
-    clips cut from it (they are encoded upright).
+    `width` and `height` are the displayed size, which is the size of the clips cut
+    from it (they are encoded as shown): the decoded frame's, its width scaled by
+    `pixel_aspect` when pixels are not square (a DVD's 720x480 at 32:27 is shown
+    853x480), then turned by `rotation` (the counterclockwise degrees of the display
+    matrix, after a left-right mirror when `mirrored`; 270 for a phone's portrait video,
+    coded 1920x1080 and shown 1080x1920). An image's `rotation` is its EXIF orientation's.
     """
 
     path: str
@@ -179,6 +182,8 @@ class Probe:
     height: int = 0
     duration: float | None = None
     rotation: int = 0
+    mirrored: bool = False
+    pixel_aspect: str | None = None  # "32:27": the sample aspect ratio when not square
     frame_count_source: str = "header"  # header | decoded
     rejected: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -248,12 +253,16 @@ def probe_video(local: Path, probe: Probe) -> Probe:
         except (av.FFmpegError, OSError) as err:
             probe.notes.append(f"demux stopped after {packets} packets: {err}")
             packets = -1
+        aspect = pixel_aspect(stream)  # (the codec's is known once a frame decoded)
     if first is None:
         probe.rejected = "no decodable video frame" + (f": {error}" if error else "")
         return probe
-    probe.rotation = int(first.rotation or 0)
-    turned = round(probe.rotation / 90) % 2 == 1  # a quarter turn: shown the other way round
-    probe.width, probe.height = (first.height, first.width) if turned else (first.width, first.height)
+    orientation = display_orientation(first)
+    probe.rotation, probe.mirrored = orientation.turn, orientation.mirrored
+    probe.pixel_aspect = f"{aspect.numerator}:{aspect.denominator}" if aspect else None
+    width = square_pixel_width(first.width, aspect)
+    # A quarter turn: shown the other way round.
+    probe.width, probe.height = (first.height, width) if orientation.turn in (90, 270) else (width, first.height)
     if probe.header_frames and packets == probe.header_frames:
         probe.num_frames = packets
     else:
@@ -280,15 +289,15 @@ def probe_image(local: Path, probe: Probe) -> Probe:
     against decompression bombs (`Image.MAX_IMAGE_PIXELS`, twice over) is rejected."""
     from PIL import Image, UnidentifiedImageError
 
-    from opensora_core.data.images import display_rotation, displayed_size, frame_count
+    from opensora_core.data import images
 
     try:
         with Image.open(local) as image:
             image.load()
             probe.codec = (image.format or "").lower() or None
-            probe.width, probe.height = displayed_size(image)
-            probe.rotation = display_rotation(image)
-            if (frames := frame_count(image)) > 1:
+            probe.width, probe.height = images.displayed_size(image)
+            probe.rotation, probe.mirrored = images.display_rotation(image), images.display_mirrored(image)
+            if (frames := images.frame_count(image)) > 1:
                 probe.notes.append(f"animated image with {frames} frames: its first frame is the sample")
     except Image.DecompressionBombError as err:
         probe.rejected = f"image too large to decode safely ({err})"

@@ -26,10 +26,11 @@ Scenes longer than `max_frames` are split into
 consecutive pieces; a piece shorter than `min_frames` is dropped (and recorded) before
 any encoding is spent on it.
 
-A video with a display rotation (phone footage: coded sideways, shown turned) is cut
-upright: each frame is turned as a player would show it before detection, scoring and
-encoding, and nothing is copied from it (a copy holds the coded frames and the
-rotation tag, which training's decoding does not apply).
+A video with a display matrix (phone footage: coded sideways, shown turned; or
+mirrored) or with non-square pixels (DVD, DV and HDV footage: 720x480 shown 853x480)
+is cut as a player shows it: each frame is resampled to square pixels and laid out by
+the matrix before detection, scoring and encoding, and nothing is copied from it (a
+copy holds the coded frames and the tags, which training's decoding does not apply).
 
 Packets that fail to decode are skipped (:class:`FrameDecoder`): the frames lost are a
 hard boundary, like a cut, so no clip holds frames from both sides of the damage and
@@ -63,12 +64,19 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from scenedetect import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector
 
 from opensora_core.data.config import ClipsConfig, ScenesConfig
 from opensora_core.data.decoding import POSITION_FORMATS, FrameDecoder, Gap
-from opensora_core.data.frame_arrays import Orientation, display_orientation, frame_array
+from opensora_core.data.frame_arrays import (
+    Orientation,
+    display_orientation,
+    frame_array,
+    pixel_aspect,
+    square_pixels,
+)
 from opensora_core.data.scoring.base import ClipSamples, frame_luma, full_range, plane_view
 from opensora_core.utils.atomic import atomic_path
 
@@ -867,7 +875,8 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
         decoder = FrameDecoder(stream)
         detector_fps = float(rate)  # the detector counts frames; a float rate makes its timecodes cheaper
         pending: deque[tuple] = deque()
-        size, rotation, last = None, 0, -1
+        size, rotation, aspect, last = None, 0, None, -1
+        resampler = VideoReformatter()  # this video's: one swscale set-up for every frame
 
         def route(cuts: list[int]) -> None:
             for cut in sorted(cuts):
@@ -892,16 +901,19 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
 
         try:
             for index, frame in decoder.frames(logged(container.demux(stream))):
-                if last < 0:  # the first frame: the video's rotation
+                if last < 0:  # the first frame: how the video is shown
                     cutter.scene_start = index
                     rotation = display_orientation(frame)  # false when shown as coded
-                    if rotation:
+                    aspect = pixel_aspect(stream)  # None for square pixels
+                    if rotation or aspect:
                         cutter.source = None
                 elif decoder.gaps and decoder.gaps[-1].end == index:  # lost frames: a hard boundary
                     end_run(last + 1, index)
                     detector = new_detector()
                     if cutter.source is not None:
                         cutter.source.exact = False
+                if aspect:
+                    frame = square_pixels(frame, aspect, resampler)
                 if rotation:
                     frame = upright(frame, rotation)
                 if size is None:

@@ -77,6 +77,9 @@ def test_an_exif_oriented_photo_is_a_sample_as_shown(tmp_path, orientation):
     np.testing.assert_array_equal(read_image_rgb(tmp_path / "raw" / "photo.jpg"), sample)
     manifest = curate_module.read_manifest(curate_module.Storage(tmp_path / "out"), row["partition"], "clips")
     assert manifest["rewritten"] == f"EXIF orientation {orientation}"
+    probe = curate_module.read_manifest(curate_module.Storage(tmp_path / "out"), row["partition"], "raw")["probe"]
+    assert (probe["rotation"], probe["mirrored"]) == {3: (180, False), 6: (270, False), 8: (90, False),
+                                                      2: (0, True), 5: (90, True)}[orientation]
 
 
 def test_sixteen_bit_transparent_and_animated_images_read_as_shown(tmp_path):

@@ -348,7 +348,7 @@ def curated(tmp_path_factory):
 def test_rotated_video_has_its_upright_size_in_the_probe_and_the_clips(curated):
     out, keys = curated
     probe = curate_module.read_manifest(out, keys["portrait.mp4"], "raw")["probe"]
-    assert (probe["rotation"], probe["width"], probe["height"]) == (-90, 64, 96)
+    assert (probe["rotation"], probe["mirrored"], probe["width"], probe["height"]) == (270, False, 64, 96)
     clips = curate_module.read_clips(out, keys["portrait.mp4"])
     assert len(clips) == 2
     assert (clips["width"] == 64).all() and (clips["height"] == 96).all()
@@ -365,6 +365,8 @@ def test_mirrored_video_is_curated_as_a_player_shows_it(curated, corner):
     shown = _shown(_marked_scenes(), MIRRORS[corner])
     probe = curate_module.read_manifest(out, key, "raw")["probe"]
     assert (probe["height"], probe["width"]) == shown.shape[1:3]
+    # The probe records the layout as display_orientation reads it, not PyAV's angle of the raw matrix.
+    assert probe["mirrored"] and probe["rotation"] == {"bottom_left": 180, "bottom_right": 270}[corner]
     assert curate_module.read_manifest(out, key, "clips")["stream_copied"] == 0
     clips = curate_module.read_clips(out, key)
     assert len(clips) == 2

@@ -1,0 +1,100 @@
+"""Non-square pixels (DVD, DV, HDV footage): clips, sizes and training reads are as a
+player shows the video, resampled to square pixels."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from opensora_core.data import curate as curate_module
+from opensora_core.data.config import CurationConfig
+from opensora_core.data.curate import curate
+from opensora_core.data.frame_arrays import pixel_aspect, square_pixel_width
+from opensora_core.data.storage import Storage
+from opensora_core.data.video_io import read_frames
+
+CODED = (64, 96)  # height, width as stored
+SCENE = 24  # frames per scene; two scenes
+
+
+def _shown(aspect: Fraction) -> np.ndarray:
+    """`[2 * SCENE, 64, W, 3]` as a player shows the video: two scenes (a grey and a blue
+    background), each with a red square 16 px on a side, square on screen."""
+    height, width = CODED[0], square_pixel_width(CODED[1], aspect)
+    frames = np.zeros((2 * SCENE, height, width, 3), np.uint8)
+    frames[:SCENE] = (120, 120, 120)
+    frames[SCENE:] = (20, 40, 160)
+    for index in range(2 * SCENE):
+        x = 8 + index % SCENE
+        frames[index, 24:40, x : x + 16] = (230, 20, 20)
+    return frames
+
+
+def _write(path: Path, aspect: Fraction) -> np.ndarray:
+    """The shown frames squeezed to the coded width, stored with `aspect` as the sample
+    aspect ratio (mp4 `pasp`); returns the shown frames."""
+    shown = _shown(aspect)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = CODED[1], CODED[0], "yuv420p"
+        stream.options = {"g": "12", "crf": "12", "bf": "0"}
+        stream.codec_context.sample_aspect_ratio = aspect
+        for frame in shown:
+            coded = cv2.resize(frame, (CODED[1], CODED[0]), interpolation=cv2.INTER_AREA)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(coded, format="rgb24")))
+        container.mux(stream.encode())
+    return shown
+
+
+def _config() -> CurationConfig:
+    return CurationConfig.model_validate({
+        "scenes": {"min_frames": 8, "max_frames": 64},
+        "scorers": {"flow": {"enabled": False}, "ocr": {"enabled": False}, "quality": {"samples": 2}}})
+
+
+def test_anamorphic_video_is_cut_with_square_pixels(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    aspect = Fraction(3, 2)  # 96 coded columns shown as 144
+    shown = _write(raw / "anamorphic.mp4", aspect)
+    with av.open(str(raw / "anamorphic.mp4")) as container:
+        assert pixel_aspect(container.streams.video[0]) == aspect  # the fixture carries its ratio
+
+    curate(raw, tmp_path / "out", _config())
+    out = Storage(tmp_path / "out")
+    key = next(p.name for p in (tmp_path / "out" / "partitions").iterdir())
+    probe = curate_module.read_manifest(out, key, "raw")["probe"]
+    assert (probe["width"], probe["height"], probe["pixel_aspect"]) == (144, 64, "3:2")
+    manifest = curate_module.read_manifest(out, key, "clips")
+    assert manifest["stream_copied"] == 0 and manifest["scenes"] == [[0, SCENE], [SCENE, 2 * SCENE]]
+    clips = curate_module.read_clips(out, key)
+    assert (clips["width"] == 144).all() and (clips["height"] == 64).all()
+    for clip in clips.itertuples():
+        with av.open(clip.path) as container:
+            stream = container.streams.video[0]
+            frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)]).astype(int)
+            assert pixel_aspect(stream) is None  # square: any loader sees the shown picture
+        assert frames.shape[1:3] == (64, 144)
+        assert np.abs(frames - shown[clip.start_frame : clip.end_frame]).mean() < 6
+
+    # Training's reader shows the source the same way.
+    read = read_frames(raw / "anamorphic.mp4", 2 * SCENE).astype(int)
+    assert read.shape == (2 * SCENE, 64, 144, 3) and np.abs(read - shown).mean() < 6
+
+
+@pytest.mark.parametrize("aspect", [Fraction(1001, 1000), Fraction(1, 1)])
+def test_pixels_within_a_percent_of_square_are_square(tmp_path, aspect):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _write(raw / "square.mp4", aspect)
+    curate(raw, tmp_path / "out", _config())
+    out = Storage(tmp_path / "out")
+    key = next(p.name for p in (tmp_path / "out" / "partitions").iterdir())
+    probe = curate_module.read_manifest(out, key, "raw")["probe"]
+    assert (probe["width"], probe["pixel_aspect"]) == (96, None)
+    assert curate_module.read_manifest(out, key, "clips")["stream_copied"] == 2  # both scenes start on keyframes
