@@ -32,6 +32,8 @@ from opensora_core.utils.hashing import stream_sha256
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "inputs.json"
+# Transfer characteristics (FFmpeg's AVColorTransferCharacteristic) of HDR video.
+HDR_TRANSFERS = {16: "PQ transfer, SMPTE ST 2084", 18: "HLG transfer, ARIB STD-B67"}
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,9 @@ def probe_video(local: Path, probe: Probe) -> Probe:
     if first is None:
         probe.rejected = "no decodable video frame" + (f": {error}" if error else "")
         return probe
+    if (transfer := HDR_TRANSFERS.get(int(first.color_trc or 0))) is not None:
+        probe.notes.append(f"HDR video ({transfer}): decoded and cut without tone mapping, so its clips "
+                           "read as SDR look flat and pale")
     orientation = display_orientation(first)
     probe.rotation, probe.mirrored = orientation.turn, orientation.mirrored
     probe.pixel_aspect = f"{aspect.numerator}:{aspect.denominator}" if aspect else None

@@ -1,5 +1,5 @@
 """Non-square pixels (DVD, DV, HDV footage): clips, sizes and training reads are as a
-player shows the video, resampled to square pixels."""
+player shows the video, resampled to square pixels. HDR video is noted."""
 
 from __future__ import annotations
 
@@ -35,15 +35,18 @@ def _shown(aspect: Fraction) -> np.ndarray:
     return frames
 
 
-def _write(path: Path, aspect: Fraction) -> np.ndarray:
+def _write(path: Path, aspect: Fraction, transfer: int | None = None) -> np.ndarray:
     """The shown frames squeezed to the coded width, stored with `aspect` as the sample
-    aspect ratio (mp4 `pasp`); returns the shown frames."""
+    aspect ratio (mp4 `pasp`) and `transfer` as the colour transfer; returns the shown
+    frames."""
     shown = _shown(aspect)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=12)
         stream.width, stream.height, stream.pix_fmt = CODED[1], CODED[0], "yuv420p"
         stream.options = {"g": "12", "crf": "12", "bf": "0"}
         stream.codec_context.sample_aspect_ratio = aspect
+        if transfer is not None:
+            stream.codec_context.color_trc = transfer
         for frame in shown:
             coded = cv2.resize(frame, (CODED[1], CODED[0]), interpolation=cv2.INTER_AREA)
             container.mux(stream.encode(av.VideoFrame.from_ndarray(coded, format="rgb24")))
@@ -98,3 +101,14 @@ def test_pixels_within_a_percent_of_square_are_square(tmp_path, aspect):
     probe = curate_module.read_manifest(out, key, "raw")["probe"]
     assert (probe["width"], probe["pixel_aspect"]) == (96, None)
     assert curate_module.read_manifest(out, key, "clips")["stream_copied"] == 2  # both scenes start on keyframes
+
+
+def test_hdr_video_is_noted(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _write(raw / "pq.mp4", Fraction(1), transfer=16)
+    _write(raw / "sdr.mp4", Fraction(1), transfer=1)
+    summary = curate(raw, tmp_path / "out", _config())
+    assert summary.kept == 4
+    noted = {source.rsplit("/", 1)[-1]: notes for source, notes in summary.notes.items()}
+    assert list(noted) == ["pq.mp4"] and "HDR video (PQ transfer" in noted["pq.mp4"][0]
