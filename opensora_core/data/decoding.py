@@ -36,6 +36,20 @@ MAX_FAILED_PACKETS = 32  # in a row: decoding stops there
 POSITION_FORMATS = {"avi"}
 
 
+def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The container's video: the video stream FFmpeg finds best (`av_find_best_stream`,
+    as its player picks: not the first of several when a thumbnail track comes first),
+    never an attached picture (the cover art of a music or podcast file, which FFmpeg
+    shows as a one-frame video stream); None when there is no other."""
+    def picture(stream) -> bool:
+        return bool(stream.disposition & av.stream.Disposition.attached_pic)
+
+    best = container.streams.best("video")
+    if best is not None and not picture(best):
+        return best
+    return next((stream for stream in container.streams.video if not picture(stream)), None)
+
+
 @dataclass
 class Gap:
     """Source frames `[start, end)` lost to damage; `end` is None where no frame decoded

@@ -25,6 +25,7 @@ import av
 
 from opensora_core.data.captions import SIDECAR_SUFFIXES, sidecar_paths
 from opensora_core.data.config import CurationConfig
+from opensora_core.data.decoding import video_stream
 from opensora_core.data.frame_arrays import display_orientation, pixel_aspect, square_pixel_width
 from opensora_core.data.storage import FileList, Storage, file_suffix, modified_time
 from opensora_core.utils.hashing import stream_sha256
@@ -201,11 +202,11 @@ def _rate(stream) -> Fraction | None:
 def _count_decodable(path: Path) -> tuple[int, str | None]:
     """The frames that decode, counted as the scene cutter decodes (past packets that
     fail: :class:`FrameDecoder`), and what was lost, if anything."""
-    from opensora_core.data.decoding import FrameDecoder
+    from opensora_core.data.decoding import FrameDecoder, video_stream
 
     try:
         with av.open(str(path)) as container:
-            stream = container.streams.video[0]
+            stream = video_stream(container)
             stream.thread_type = "AUTO"
             decoder = FrameDecoder(stream)
             for _ in decoder.frames(container.demux(stream)):
@@ -222,11 +223,11 @@ def probe_video(local: Path, probe: Probe) -> Probe:
         probe.rejected = f"not a readable media file: {err}"
         return probe
     with container:
-        if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams})
+        stream = video_stream(container)
+        if stream is None:
+            kinds = sorted({"a cover picture" if s.type == "video" else s.type for s in container.streams})
             probe.rejected = "no video stream" + (f" (only {', '.join(kinds)})" if kinds else "")
             return probe
-        stream = container.streams.video[0]
         probe.codec = stream.codec_context.name
         rate = _rate(stream)
         probe.fps = float(rate) if rate else None

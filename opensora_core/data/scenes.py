@@ -69,7 +69,7 @@ from scenedetect import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector
 
 from opensora_core.data.config import ClipsConfig, ScenesConfig
-from opensora_core.data.decoding import POSITION_FORMATS, FrameDecoder, Gap
+from opensora_core.data.decoding import POSITION_FORMATS, FrameDecoder, Gap, video_stream
 from opensora_core.data.frame_arrays import (
     Orientation,
     display_orientation,
@@ -487,7 +487,7 @@ def _bytes_per_pixel(pixel_format: str) -> tuple[int, ...]:
 
 def _decoded_signatures(path: Path) -> list[int]:
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         stream.codec_context.thread_count = 1  # on the encoder thread, beside decoding and scoring
         return [frame_signature(frame) for frame in container.decode(stream)]
 
@@ -604,7 +604,7 @@ class _CopySource:
         timestamps cannot be trusted, neither can seeking)."""
         found = 0
         with av.open(str(self.path)) as container:
-            stream = container.streams.video[0]
+            stream = video_stream(container)
             stream.thread_type = "AUTO"
             for index, frame in enumerate(container.decode(stream)):
                 if index >= start:
@@ -620,7 +620,7 @@ class _CopySource:
         wanted, found = set(pts), 0
         for seek in (True, False):
             with av.open(str(self.path)) as container:
-                stream = container.streams.video[0]
+                stream = video_stream(container)
                 stream.thread_type = "AUTO"
                 frames = container.decode(stream)
                 if seek:
@@ -855,7 +855,7 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
     out_dir.mkdir(parents=True, exist_ok=True)
     result = SceneCut()
     with av.open(str(video)) as container:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         stream.thread_type = "AUTO"
         rate = Fraction(fps).limit_denominator(1001) if fps else (stream.average_rate or Fraction(24))
         rate = Fraction(rate).limit_denominator(1001)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from opensora_core.data.decoding import video_stream
 from opensora_core.data.frame_arrays import pixel_aspect, upright_array
 
 
@@ -32,9 +33,9 @@ def read_frames(path: str | Path, num_frames: int, start: int = 0, stride: int =
     frames: list[np.ndarray] = []
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
+            stream = video_stream(container)
+            if stream is None:
                 raise VideoDecodeError(f"{path}: no video stream")
-            stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             aspect = pixel_aspect(stream)
             for index, frame in enumerate(container.decode(stream)):

@@ -27,6 +27,7 @@ import av
 import cv2
 import numpy as np
 
+from opensora_core.data.decoding import video_stream
 from opensora_core.data.frame_arrays import frame_array
 from opensora_core.data.images import read_image_rgb
 
@@ -202,7 +203,7 @@ def read_samples(path: str | Path, clip_id: str, num_frames: int, positions: set
         return samples
     last = max(positions)
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         stream.thread_type = "AUTO"
         for index, frame in enumerate(container.decode(stream)):
             if index in positions:
