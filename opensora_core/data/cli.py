@@ -128,7 +128,7 @@ def scenes(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: Key
 
     settings, source, storage = _setup(input, out, config, storage_option)
     for raw in _files(source, storage, settings, key):
-        manifest = _after_earlier_step(scene_clips, source, storage, raw.key, settings)
+        manifest = _after_earlier_step(scene_clips, source, storage, raw.key, settings, progress=True)
         status = f"rejected: {manifest['rejected']['reason']}" if manifest["rejected"] else f"{manifest['clips']} clips"
         console.print(f"{raw.key}  {status}", highlight=False)
 

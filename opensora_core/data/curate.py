@@ -209,17 +209,18 @@ def _clip_row(out: Storage, key: str, file: str, probe: dict, source_manifest: d
     }
 
 
-def _cut_and_score(video: Path, folder: Path, key: str, fps: float | None, config: CurationConfig) -> tuple:
+def _cut_and_score(video: Path, folder: Path, key: str, fps: float | None, config: CurationConfig,
+                   progress=None) -> tuple:
     """Cut `video` into `folder` while the scorers that read luma alone score each clip
     from the cutter's frames; their columns go to `sample_scores.parquet`. Returns the
     cut and what the manifest records of those scores (scorer -> version, fingerprint,
-    columns)."""
+    columns). `progress`: see :func:`cut_scenes`."""
     scorers = [s for s in build_scorers(config.scorers)[0] if not s.needs_color]
     if not scorers:
-        return cut_scenes(video, folder, key, config.scenes, config.clips, fps=fps), {}
+        return cut_scenes(video, folder, key, config.scenes, config.clips, fps=fps, progress=progress), {}
     background = BackgroundScorer(scorers, config.scorers.batch_size)
     try:
-        cut = cut_scenes(video, folder, key, config.scenes, config.clips, fps=fps,
+        cut = cut_scenes(video, folder, key, config.scenes, config.clips, fps=fps, progress=progress,
                          sampler=Sampler(background.size, background.positions, background.take, background.flush))
         scores = background.results()
     finally:
@@ -255,9 +256,13 @@ def _image_sample(local: Path, folder: Path, key: str, suffix: str) -> tuple[str
     return file, None
 
 
-def scene_clips(source: Storage | FileList, out: Storage, key: str, config: CurationConfig) -> dict:
+def scene_clips(source: Storage | FileList, out: Storage, key: str, config: CurationConfig,
+                progress: bool = False) -> dict:
     """Cut one raw video into scene clips (an image becomes a one-frame sample); the
-    weights-free scores are computed on the way (see the module docstring)."""
+    weights-free scores are computed on the way (see the module docstring). With
+    `progress`, a bar counts the video's frames as they are cut."""
+    from tqdm.auto import tqdm
+
     raw_manifest = read_manifest(out, key, "raw")
     if raw_manifest is None:
         raise FileNotFoundError(f"partition {key}: raw_videos has not been materialized (no probe manifest)")
@@ -276,8 +281,11 @@ def scene_clips(source: Storage | FileList, out: Storage, key: str, config: Cura
         elif manifest["rejected"] is None:
             started = time.perf_counter()
             try:
-                with source.local_copy(raw_manifest["path"]) as local, opencv_threads(CURATION_OPENCV_THREADS):
-                    cut, manifest["sample_scores"] = _cut_and_score(local, folder, key, probe["fps"], config)
+                with source.local_copy(raw_manifest["path"]) as local, opencv_threads(CURATION_OPENCV_THREADS), \
+                        tqdm(total=probe["num_frames"] or None, desc=f"cutting {PurePosixPath(raw_manifest['path']).name}",
+                             unit="frame", disable=not progress, leave=False) as bar:
+                    cut, manifest["sample_scores"] = _cut_and_score(local, folder, key, probe["fps"], config,
+                                                                    progress=bar.update if progress else None)
             except Exception as err:  # one file the codecs cannot handle must not stop the rest
                 log.warning("partition %s: cutting %s failed", key, raw_manifest["path"], exc_info=True)
                 for written in folder.iterdir():  # no half of a cut is published
@@ -827,7 +835,7 @@ def curate(input: str | Storage | FileList, output: str | Storage, config: Curat
             elif plan.caption:
                 refresh_caption(fetched, out, raw)
             if plan.cut:
-                scene_clips(fetched, out, raw.key, config)
+                scene_clips(fetched, out, raw.key, config, progress=progress)
         if plan.score:
             captioning.load_model(config)  # once, when something is to be scored
             scored_clips(out, raw.key, config, captioning, progress=progress, scorers_fingerprint=scorers_fingerprint)

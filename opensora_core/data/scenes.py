@@ -837,7 +837,7 @@ class _Cutter:
 
 def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: ScenesConfig | None = None,
                clips: ClipsConfig | None = None, fps: float | None = None,
-               sampler: Sampler | None = None) -> SceneCut:
+               sampler: Sampler | None = None, progress: Callable[[int], object] | None = None) -> SceneCut:
     """Detect scenes in `video` and write one mp4 per scene piece into `out_dir`
     (`<prefix>-0000.mp4`, ... with a `.jpg` thumbnail each). With a `sampler`, each
     clip's sample frames go to `sampler.take` as soon as its piece ends (its file may
@@ -846,8 +846,9 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
     A packet that fails to decode is skipped: the frames lost with it end the scene
     (no clip spans them; start and end frames count them in), the good scenes on both
     sides are kept, and what was lost, where, is recorded (`gaps`, and `decode_error`
-    in words, with why decoding stopped early, if it did). A rotated video is cut
-    upright (see the module docstring): its clips' sizes are the displayed ones.
+    in words, with why decoding stopped early, if it did). A video is cut as a player
+    shows it (see the module docstring): its clips' sizes are the displayed ones.
+    `progress` is called with 1 for each frame decoded (a progress bar's `update`).
     """
     scenes = scenes or ScenesConfig()
     clips = clips or ClipsConfig()
@@ -933,6 +934,8 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
                     cutter.source.packets.keep_from([cutter.oldest_needed(),
                                                      cutter.source.key(*pending[0][:2]) if pending else None])
                 last = index
+                if progress is not None:
+                    progress(1)
             result.decoded_frames, result.gaps, result.decode_error = decoder.decoded, decoder.gaps, decoder.problems()
             if last >= 0:
                 end_run(last + 1)

@@ -188,8 +188,9 @@ def test_megamind_has_four_scenes_matching_pyscenedetect(videos_dir, tmp_path):
 
     from opensora_core.data.scenes import cut_scenes
 
-    cut = cut_scenes(videos_dir / "Megamind.avi", tmp_path, "m")
-    assert len(cut.scenes) == 4 and cut.decoded_frames == 270
+    counted = []
+    cut = cut_scenes(videos_dir / "Megamind.avi", tmp_path, "m", progress=counted.append)
+    assert len(cut.scenes) == 4 and cut.decoded_frames == 270 and sum(counted) == 270
     theirs = [start.frame_num for start, _ in scenedetect.detect(str(videos_dir / "Megamind.avi"),
                                                                  scenedetect.AdaptiveDetector())]
     ours = [start for start, _ in cut.scenes]
