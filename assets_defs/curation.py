@@ -203,7 +203,7 @@ def training_dataset(context: AssetExecutionContext, curation_storage: CurationS
     replaced, so their clips leave the table at the next merge."""
     out = curation_storage.out()
     keys = context.instance.get_dynamic_partitions(raw_partitions.name)
-    summary = curate.training_dataset(out, keys, curation_storage.curation_config())
+    summary = curate.training_dataset(out, keys, curation_storage.curation_config(), curation_storage.source())
     for warning in summary.warnings:
         context.log.warning(warning)
     with out.local_copy("meta.parquet") as local:

@@ -153,8 +153,8 @@ def filter_(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", storage
     from opensora_core.data.curate import training_dataset
 
     settings, source, storage = _setup(input, out, config, storage_option)
-    _print_summary(training_dataset(storage, [f.key for f in _files(source, storage, settings, None)], settings),
-                   storage)
+    _print_summary(training_dataset(storage, [f.key for f in _files(source, storage, settings, None)], settings,
+                                    source), storage)
 
 
 @data_app.command("curate")

@@ -178,6 +178,9 @@ class FiltersConfig(_Strict):
     max_frames: int | None = Field(None, ge=1)
     min_resolution: int | None = Field(None, ge=1)  # height * width in pixels
     require_caption: bool = False
+    # An input whose content (sha256) an input earlier by path has too gives no rows: it is
+    # rejected as a duplicate of that one (copies of a download, one file under two names).
+    drop_duplicate_files: bool = True
 
 
 class CurationConfig(_Strict):

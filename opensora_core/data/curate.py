@@ -197,12 +197,17 @@ def raw_videos(source: Storage | FileList, out: Storage, raw: RawFile, config: C
 # --------------------------------------------------------------------------------------
 
 
+def _clip_location(out: Storage, key: str, file: str) -> str:
+    """Where clip `file` of partition `key` is: a local path, or a URL in a store."""
+    return out.path(*_step_dir(key, "clips"), file) if out.is_local \
+        else f"{out.url}/{'/'.join(_step_dir(key, 'clips'))}/{file}"
+
+
 def _clip_row(out: Storage, key: str, file: str, probe: dict, source_manifest: dict, clip_path: Path,
               **fields) -> dict:
     height, width = fields["height"], fields["width"]
     return {
-        "path": out.path(*_step_dir(key, "clips"), file) if out.is_local
-        else f"{out.url}/{'/'.join(_step_dir(key, 'clips'))}/{file}",
+        "path": _clip_location(out, key, file),
         "aspect_ratio": height / width, "resolution": height * width,
         "partition": key, "source": source_manifest["source"], "source_sha256": source_manifest["sha256"],
         "sha256": file_sha256(clip_path), "media": probe["kind"], **fields,
@@ -484,7 +489,7 @@ def scored_clips(out: Storage, key: str, config: CurationConfig, captioning: Cap
     table = [{**row, "text": text, "text_source": origin, **{c: s.get(c) for c in score_columns}}
              for row, text, origin, s in zip(rows, texts, text_sources, scores, strict=True)]
     manifest = {
-        "step": "scored_clips", "key": key, "sha256": clips_manifest["sha256"],
+        "step": "scored_clips", "key": key, "path": raw_manifest["path"], "sha256": clips_manifest["sha256"],
         "fingerprint": (scorers_fingerprint or config.fingerprint("scorers")) + clips_manifest["fingerprint"],
         "clips": len(table), "seconds": round(time.perf_counter() - started, 3),
         "scorers": {s.name: {"version": s.version, "columns": list(s.columns)} for s in scorers},
@@ -688,31 +693,64 @@ def _write_csv(out: Storage, table: pd.DataFrame, name: str) -> None:
     out.write_text(table.to_csv(index=False), name)
 
 
-def training_dataset(out: Storage, keys: list[str], config: CurationConfig) -> DatasetSummary:
+def _drop_duplicate_files(table: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """(`table` without the rows of inputs whose content an input earlier by path has,
+    a rejection for each such input naming the one kept)."""
+    kept_source = table.groupby("source_sha256")["source"].transform("min")
+    duplicate = table["source"] != kept_source
+    rejected = [{"path": source, "step": "training_dataset",
+                 "reason": f"duplicate of {group['kept'].iloc[0]} (same content, sha256 {sha[:12]}...; "
+                           "filters.drop_duplicate_files)",
+                 "partition": group["partition"].iloc[0]}
+                for (source, sha), group in table[duplicate].assign(kept=kept_source[duplicate])
+                .groupby(["source", "source_sha256"], sort=True)]
+    return table[~duplicate], rejected
+
+
+def training_dataset(out: Storage, keys: list[str], config: CurationConfig,
+                     source: Storage | FileList | None = None) -> DatasetSummary:
     """Merge the scored partitions `keys`, filter, and write the training table.
 
     Writes `meta.csv` + `meta.parquet` (kept clips, Open-Sora's columns first),
     `filtered.csv` (clips removed by a filter, with the reason) and `rejected.csv`
     (input files with no clip kept: path, step, reason).
+
+    Each row's `path` is its clip under `out` as it is now, so an output folder moved or
+    copied elsewhere (another disk, a bucket) gives a table of paths that are there.
+    With `source` (the raw files' root as it is now), each file's `source` is its
+    place there; otherwise where it was when probed.
     """
     summary = DatasetSummary()
-    scored, rejected, scorers_run = [], [], {}
+    scored, rejected, scorers_run, sources = [], [], {}, {}
     for key in sorted(keys):
         manifest = read_manifest(out, key, "scores")
         if manifest is None:
             summary.missing.append(key)
             continue
         summary.partitions += 1
+        if source is not None:  # (manifests before "path" was in them: the probe's has it)
+            rel = manifest.get("path") or (read_manifest(out, key, "raw") or {}).get("path")
+            if rel:
+                sources[key] = source.url_of(rel)
+        if manifest.get("notes") or manifest["rejected"]:
+            where = sources.get(key) or (read_manifest(out, key, "raw") or {}).get("source", key)
         if manifest.get("notes"):
-            summary.notes[(read_manifest(out, key, "raw") or {}).get("source", key)] = manifest["notes"]
+            summary.notes[where] = manifest["notes"]
         if manifest["rejected"]:
-            source = (read_manifest(out, key, "raw") or {}).get("source", key)
-            rejected.append({"path": source, "step": manifest["rejected"]["step"],
+            rejected.append({"path": where, "step": manifest["rejected"]["step"],
                              "reason": manifest["rejected"]["reason"], "partition": key})
             continue
         scored.append(key)
         scorers_run.update(manifest.get("scorers", {}))
     table = _read_all_scores(out, scored) if scored else pd.DataFrame(columns=list(REQUIRED_COLUMNS))
+    if len(table):  # where the clips and raw files are now
+        table["path"] = [_clip_location(out, key, PurePosixPath(str(path)).name)
+                         for key, path in zip(table["partition"], table["path"], strict=True)]
+        if sources:
+            table["source"] = table["partition"].map(sources).fillna(table["source"])
+    if config.filters.drop_duplicate_files and len(table):
+        table, duplicates = _drop_duplicate_files(table)
+        rejected += duplicates
     computed = set(GEOMETRY_COLUMNS) | {c for scorer in scorers_run.values() for c in scorer["columns"]}
     kept, filtered, summary.warnings = apply_filters(table, config, computed)
     if summary.notes:
@@ -723,11 +761,11 @@ def training_dataset(out: Storage, keys: list[str], config: CurationConfig) -> D
         summary.warnings.append(f"{len(summary.missing)} partitions not scored yet: {', '.join(summary.missing[:5])}")
     # An input whose every clip was filtered out is rejected at the filter step.
     kept_sources = set(kept["source"]) if len(kept) else set()
-    for source, group in filtered.groupby("source") if len(filtered) else []:
-        if source not in kept_sources:
+    for raw_file, group in filtered.groupby("source") if len(filtered) else []:
+        if raw_file not in kept_sources:
             counts = Counter(r.split(" (filters.")[1].rstrip(")") if " (filters." in r else r for r in group["reason"])
             reason = f"all {len(group)} clips filtered: " + ", ".join(f"{k} ({n})" for k, n in counts.most_common())
-            rejected.append({"path": source, "step": "training_dataset", "reason": reason,
+            rejected.append({"path": raw_file, "step": "training_dataset", "reason": reason,
                              "partition": group["partition"].iloc[0]})
     kept = _ordered(kept.drop(columns=["thumbnail"], errors="ignore"))
     filtered_out = filtered[["path", "source", "reason"]].assign(step="training_dataset") if len(filtered) else \
@@ -839,4 +877,4 @@ def curate(input: str | Storage | FileList, output: str | Storage, config: Curat
         if plan.score:
             captioning.load_model(config)  # once, when something is to be scored
             scored_clips(out, raw.key, config, captioning, progress=progress, scorers_fingerprint=scorers_fingerprint)
-    return training_dataset(out, [f.key for f in files], config)
+    return training_dataset(out, [f.key for f in files], config, source)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import PurePosixPath
 
@@ -122,7 +123,11 @@ def test_rerun_reuses_partitions_and_new_file_costs_one_partition(curated, tmp_p
     summary2 = curate(raw, out, corpus_config())
     assert len(calls) == 1 and calls[0].startswith("new-")
     assert {p: p.stat().st_mtime_ns for p in before} == before  # other partitions untouched
-    assert summary2.kept == summary.kept + 1
+    # The same content twice gives its rows once: from the first by path, the other rejected as its duplicate.
+    assert (summary2.kept, summary2.rejected) == (summary.kept, summary.rejected + 1)
+    rejected = pd.read_csv(out / "rejected.csv").set_index("path")
+    assert rejected.loc[str(raw / "red left.mp4"), "reason"].startswith(f"duplicate of {raw / 'new.mp4'}")
+
 
 
 def test_threshold_on_a_column_not_computed_warns(curated):
@@ -497,3 +502,29 @@ def test_outputs_of_an_older_probe_or_cutter_are_made_again(tmp_path, monkeypatc
     monkeypatch.setattr(curate_module, "PROBE_VERSION", curate_module.PROBE_VERSION + 1)
     curate(raw, tmp_path / "out", corpus_config())
     assert steps[2:] == ["raw_videos", "scene_clips"] * 2
+
+
+def test_moved_folders_give_a_table_of_paths_that_are_there(tmp_path):
+    """Output and input folders moved (another disk, another machine's mount): a re-run
+    cuts nothing again and the table names the clips and raw files where they are now."""
+    from opensora_core.data.synthetic import moving_shape_clip
+    from opensora_core.infer.export import write_video
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_video(raw / "a.mp4", moving_shape_clip(16, 48, 64, "red", "left", "circle", seed=0), fps=8)
+    (raw / "empty.mp4").write_bytes(b"")
+    curate(raw, tmp_path / "out", corpus_config())
+    shutil.move(tmp_path / "out", tmp_path / "moved-out")
+    shutil.move(raw, tmp_path / "moved-raw")
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        original = curate_module.scene_clips
+        patch.setattr(curate_module, "scene_clips", lambda *a, **k: calls.append(a[2]) or original(*a, **k))
+        curate(tmp_path / "moved-raw", tmp_path / "moved-out", corpus_config())
+    assert calls == []
+    meta = pd.read_csv(tmp_path / "moved-out" / "meta.csv")
+    assert len(meta) == 1 and meta["source"].tolist() == [str(tmp_path / "moved-raw" / "a.mp4")]
+    assert meta["path"].str.startswith(str(tmp_path / "moved-out")).all() and all(map(os.path.isfile, meta["path"]))
+    rejected = pd.read_csv(tmp_path / "moved-out" / "rejected.csv")
+    assert rejected["path"].tolist() == [str(tmp_path / "moved-raw" / "empty.mp4")]

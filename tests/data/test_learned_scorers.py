@@ -153,12 +153,13 @@ def test_new_weights_at_the_same_path_score_again(dataset, models, tmp_path, mon
     assert manifest["scorers"]["aes"]["version"].endswith(content_digest(str(mlp)))
 
 
-def _two_shots(path: Path) -> None:
+def _two_shots(path: Path, dark: int = 20) -> None:
+    """Two 2-second scenes; `dark` (the first one's background) tells videos apart."""
     from opensora_core.data.synthetic import moving_shape_clip
     from opensora_core.infer.export import write_video
 
     write_video(path, np.concatenate([
-        moving_shape_clip(24, 64, 64, "yellow", "up", background=(20, 20, 20)),
+        moving_shape_clip(24, 64, 64, "yellow", "up", background=(dark, dark, dark)),
         moving_shape_clip(24, 64, 64, "green", "down", shape="triangle", background=(200, 200, 200)),
     ]), fps=12)
 
@@ -167,7 +168,7 @@ def test_imported_tables_caption_clips_through_curate(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     _two_shots(raw / "shots.mp4")  # two 2-second scenes
-    _two_shots(raw / "other.mp4")
+    _two_shots(raw / "other.mp4", dark=40)
     pd.DataFrame({"videoID": ["shots", "unrelated"],
                   "timestamp": ["[['0:00:00.000', '0:00:02.000'], ['0:00:02.000', '0:00:04.000']]",
                                 "[['0:00:00.000', '0:00:04.000']]"],

@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -24,6 +25,8 @@ from assets_defs.curation import (
 )
 from opensora_core.data import curate as curate_module
 from opensora_core.data.storage import Storage
+from opensora_core.data.synthetic import moving_shape_clip
+from opensora_core.infer.export import write_video
 from orchestration.local_run import apply_partition_requests
 from orchestration.resources import CurationStorage
 from orchestration.sensors import raw_videos_sensor
@@ -142,7 +145,7 @@ def test_sensor_partitions_assets_and_checks(setup):
 
     # A new file: one new partition; re-materializing it touches no other partition's files.
     others = {p: p.stat().st_mtime_ns for p in (curated / "partitions").rglob("*") if p.is_file()}
-    (raw / "again.mp4").write_bytes((raw / "red left.mp4").read_bytes())
+    write_video(raw / "again.mp4", moving_shape_clip(24, 64, 64, "cyan", "up", speed=1.5), fps=12)
     new = [r.partition_key for r in _tick(instance, storage).run_requests]
     assert len(new) == 1 and new[0].startswith("again-")
     assert _curate_partition(instance, storage, new[0]).success
@@ -170,7 +173,10 @@ def test_sensor_partitions_assets_and_checks(setup):
     # removes both old partitions, and the merge takes only the files there now.
     (raw / "again.mp4").unlink()
     red = next(k for k in keys if k.startswith("red_left"))
-    (raw / "red left.mp4").write_bytes((raw / "two_scenes.mp4").read_bytes())
+    write_video(raw / "red left.mp4", np.concatenate([  # two scenes, content no other file has
+        moving_shape_clip(24, 64, 64, "blue", "up", speed=1.5, background=(30, 30, 30)),
+        moving_shape_clip(24, 64, 64, "red", "down", speed=1.5, shape="circle", background=(210, 210, 210))]),
+        fps=12)
     replaced = [r.partition_key for r in _tick(instance, storage).run_requests]
     assert len(replaced) == 1 and replaced[0].startswith("red_left") and replaced[0] != red
     assert set(instance.get_dynamic_partitions(raw_partitions.name)) == (set(keys) - {red}) | set(replaced)
@@ -182,7 +188,7 @@ def test_sensor_partitions_assets_and_checks(setup):
     assert _curate_partition(instance, storage, replaced[0]).success
     merged = materialize([training_dataset], instance=instance, resources={"curation_storage": storage})
     meta = pd.read_csv(curated / "meta.csv")
-    assert len(meta) == 5 and (meta["partition"] == replaced[0]).sum() == 2  # two_scenes' content: two clips
+    assert len(meta) == 5 and (meta["partition"] == replaced[0]).sum() == 2  # two scenes: two clips
 
 
 def test_a_file_that_cannot_be_read_for_a_moment_keeps_the_partitions(setup, monkeypatch):
