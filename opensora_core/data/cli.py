@@ -115,8 +115,11 @@ def probe(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyO
     for raw in _files(source, storage, settings, key):
         manifest = raw_videos(source, storage, raw, settings)
         p = manifest["probe"]
+        shown = [f"turned {p['rotation']}" if p.get("rotation") else "", "mirrored" if p.get("mirrored") else "",
+                 f"pixels {p['pixel_aspect']}" if p.get("pixel_aspect") else ""]
+        shown = f" (as shown: {', '.join(filter(None, shown))})" if any(shown) else ""
         status = f"rejected: {manifest['rejected']['reason']}" if manifest["rejected"] else \
-            f"{p['codec']} {p['width']}x{p['height']} {p['num_frames']} frames @ {p['fps'] or 0:.3g} fps"
+            f"{p['codec']} {p['width']}x{p['height']}{shown} {p['num_frames']} frames @ {p['fps'] or 0:.3g} fps"
         console.print(f"{raw.key}  {raw.path}  {status}", highlight=False)
 
 

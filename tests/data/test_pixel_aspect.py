@@ -112,3 +112,19 @@ def test_hdr_video_is_noted(tmp_path):
     assert summary.kept == 4
     noted = {source.rsplit("/", 1)[-1]: notes for source, notes in summary.notes.items()}
     assert list(noted) == ["pq.mp4"] and "HDR video (PQ transfer" in noted["pq.mp4"][0]
+
+
+def test_the_probe_command_says_how_the_video_is_shown(tmp_path):
+    from typer.testing import CliRunner
+
+    from opensora_core.cli import app
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _write(raw / "anamorphic.mp4", Fraction(3, 2))
+    _write(raw / "square.mp4", Fraction(1))
+    result = CliRunner().invoke(app, ["data", "probe", "--input", str(raw), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[1]: line for line in result.output.splitlines() if line.strip()}
+    assert "h264 144x64 (as shown: pixels 3:2) 48 frames" in lines["anamorphic.mp4"]
+    assert "h264 96x64 48 frames" in lines["square.mp4"]
