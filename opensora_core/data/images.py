@@ -24,13 +24,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 as stored; 2-8 mirrored and/or turned
 # Orientations whose upright picture has width and height swapped (a quarter turn).
 _QUARTER_TURNS = (5, 6, 7, 8)
 # The counterclockwise turn, in degrees, that each orientation asks for (5 and 7 with a mirror).
 _ROTATION = {1: 0, 2: 0, 3: 180, 4: 180, 5: 90, 6: 270, 7: 270, 8: 90}
+# What shows each orientation as stored the right way round (PIL turns counterclockwise).
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
 # Modes every loader reads as they are with `convert("RGB")`.
 _PLAIN_MODES = ("RGB", "L")
 BACKGROUND = (255, 255, 255)  # under transparent pixels
@@ -83,22 +87,28 @@ def rewrite_reason(image: Image.Image) -> str | None:
 def _to_8bit(image: Image.Image) -> Image.Image:
     """An `I;16*`, `I` or `F` image scaled to `L` by its type's full range (16-bit:
     0..65535; 32-bit integer and float: their own minimum..maximum, as a viewer would
-    stretch them)."""
+    stretch them); `LA` where a transparent value (PNG `tRNS`) marks pixels."""
     values = np.asarray(image)
+    transparent = image.info.get("transparency")
+    alpha = None if not isinstance(transparent, int) else np.where(values == transparent, 0, 255).astype(np.uint8)
     if image.mode.startswith("I;16"):
         scaled = values.astype(np.float32) / 65535.0
     else:
         values = values.astype(np.float64)
         low, high = float(np.nanmin(values)), float(np.nanmax(values))
         scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    return Image.fromarray(np.clip(np.rint(np.nan_to_num(scaled) * 255), 0, 255).astype(np.uint8), mode="L")
+    grey = np.clip(np.rint(np.nan_to_num(scaled) * 255), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L") if alpha is None else Image.fromarray(np.dstack([grey, alpha]), mode="LA")
 
 
 def upright_rgb(image: Image.Image) -> Image.Image:
     """The image's first frame as a viewer shows it, in 8-bit RGB (see the module
     docstring)."""
     image.seek(0)
-    image = ImageOps.exif_transpose(image)
+    # From the orientation as read here (a damaged EXIF block is no tag), not PIL's
+    # `exif_transpose`, which reads the block again and raises on it.
+    if (turn := _TRANSPOSE.get(exif_orientation(image))) is not None:
+        image = image.transpose(turn)
     if image.mode.startswith("I") or image.mode == "F":
         image = _to_8bit(image)
     if image.mode == "P" or "transparency" in image.info:

@@ -56,12 +56,13 @@ def _as_displayed(picture: np.ndarray) -> bool:
     return bool((np.abs(left - (255, 0, 0)) < 40).all() and (np.abs(right - (0, 0, 255)) < 40).all())
 
 
-@pytest.mark.parametrize("orientation", [3, 6, 8, 2, 5])
+@pytest.mark.parametrize("orientation", [2, 3, 4, 5, 6, 7, 8])
 def test_an_exif_oriented_photo_is_a_sample_as_shown(tmp_path, orientation):
     displayed = Image.fromarray(_displayed())
     # Stored so that applying the orientation shows `displayed` (the inverse of its transform).
     inverse = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270,
-               2: Image.Transpose.FLIP_LEFT_RIGHT, 5: Image.Transpose.TRANSPOSE}[orientation]
+               2: Image.Transpose.FLIP_LEFT_RIGHT, 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+               7: Image.Transpose.TRANSVERSE}[orientation]
     exif = Image.Exif()
     exif[0x0112] = orientation
     (tmp_path / "raw").mkdir()
@@ -79,7 +80,8 @@ def test_an_exif_oriented_photo_is_a_sample_as_shown(tmp_path, orientation):
     assert manifest["rewritten"] == f"EXIF orientation {orientation}"
     probe = curate_module.read_manifest(curate_module.Storage(tmp_path / "out"), row["partition"], "raw")["probe"]
     assert (probe["rotation"], probe["mirrored"]) == {3: (180, False), 6: (270, False), 8: (90, False),
-                                                      2: (0, True), 5: (90, True)}[orientation]
+                                                      2: (0, True), 4: (180, True), 5: (90, True),
+                                                      7: (270, True)}[orientation]
 
 
 def test_sixteen_bit_transparent_and_animated_images_read_as_shown(tmp_path):
@@ -88,6 +90,9 @@ def test_sixteen_bit_transparent_and_animated_images_read_as_shown(tmp_path):
     gradient = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))
     Image.fromarray(gradient).save(raw / "deep.png")  # I;16: PIL's convert("RGB") clips it white
     assert _plain_read(raw / "deep.png").mean() > 250
+    deep_cutout = np.full((48, 64), 40000, np.uint16)
+    deep_cutout[:, 32:] = 7  # the value PNG's tRNS names transparent
+    Image.fromarray(deep_cutout).save(raw / "deep cutout.png", transparency=7)
     rgba = np.zeros((48, 64, 4), np.uint8)
     rgba[..., 0] = 255  # red everywhere, but only the left half is opaque
     rgba[:, :32, 3] = 255
@@ -97,7 +102,9 @@ def test_sixteen_bit_transparent_and_animated_images_read_as_shown(tmp_path):
 
     summary = curate(raw, tmp_path / "out", _config())
     rows = _rows(tmp_path / "out")
-    assert summary.kept == 3 and summary.rejected == 0
+    assert summary.kept == 4 and summary.rejected == 0
+    deep_cutout = _plain_read(rows["deep cutout.png"]["path"])
+    assert (deep_cutout[:, :32] == round(40000 / 65535 * 255)).all() and (deep_cutout[:, 32:] == 255).all()
     deep = _plain_read(rows["deep.png"]["path"])
     np.testing.assert_allclose(deep[0, :, 0], np.rint(np.linspace(0, 255, 64)), atol=1)
     cutout = _plain_read(rows["cutout.png"]["path"])
@@ -148,3 +155,29 @@ def test_the_image_version_redoes_images_only(tmp_path, monkeypatch):
     after = stamps()
     changed = {key for key in before if before[key] != after[key]}
     assert len(before) == 2 and len(changed) == 1 and next(iter(changed)).startswith("still")
+
+
+def test_a_damaged_exif_block_is_no_orientation(tmp_path):
+    """A PNG whose eXIf chunk is not EXIF: viewers ignore it, and so does every reader
+    here (PIL's own `exif_transpose` raises on it)."""
+    import struct
+    import zlib
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    Image.fromarray(_displayed()).save(raw / "plain.png")
+    data = (raw / "plain.png").read_bytes()
+    chunk = b"eXIf" + b"not a TIFF header at all"
+    damaged = data[:33] + struct.pack(">I", len(chunk) - 4) + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[33:]
+    (raw / "odd exif.png").write_bytes(damaged)
+    with Image.open(raw / "odd exif.png") as image, pytest.raises(SyntaxError):
+        from PIL import ImageOps
+
+        ImageOps.exif_transpose(image)  # the fixture is what it claims
+
+    summary = curate(raw, tmp_path / "out", _config())
+    assert (summary.kept, summary.rejected) == (2, 0)  # not a duplicate: same pixels, other bytes
+    np.testing.assert_array_equal(read_image_rgb(raw / "odd exif.png"), _displayed())
+    scores = curate_module.read_manifest(curate_module.Storage(tmp_path / "out"),
+                                         _rows(tmp_path / "out")["odd exif.png"]["partition"], "scores")
+    assert scores["failures"] == [] and not scores["retry"]
