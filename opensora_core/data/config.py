@@ -330,26 +330,29 @@ def content_digest(path: str) -> str:
     return digest.hexdigest()[:12]
 
 
+# What a store says of one version of a file (S3, GCS, Azure, HTTP and others' names).
+_VERSION_FIELDS = ("size", "ETag", "etag", "VersionId", "version_id", "generation", "md5Hash", "crc32c",
+                   "LastModified", "last_modified", "mtime", "updated", "Last-Modified", "Content-MD5", "Digest")
+
+
 def remote_stamp(url: str) -> str:
-    """Short hash of `url` and its store's key for the current version of it (fsspec's
-    `ukey`: the ETag in S3, GCS and Azure; for HTTP, whose `ukey` takes files as never
-    changing, what the server says of the file: size, ETag, Last-Modified), so a table
-    edited in place reads as new without downloading it. When the store cannot be
-    asked, the URL alone (reading the table then fails with the store's error)."""
+    """Short hash of `url` and what its store says of the current version of it (size,
+    ETag, version, modification time: :data:`_VERSION_FIELDS`), asked afresh (not from a
+    listing the process made earlier, which may be another shape and goes stale), so a
+    table edited in place reads as new without downloading it. When the store cannot
+    be asked, the URL alone (reading the table then fails with the store's error)."""
     from opensora_core.data.storage import filesystem
 
     try:
         fs, inner = filesystem(url)
-        if url.split("://", 1)[0].lower() in ("http", "https"):
-            info = fs.info(inner)
-            key = json.dumps({k: info.get(k) for k in ("size", "ETag", "Last-Modified", "Content-MD5", "Digest")})
-        else:
-            key = fs.ukey(inner)
+        fs.invalidate_cache(inner)
+        info = fs.info(inner)
     except Exception as err:  # noqa: BLE001 - any store's error: the URL stands for itself
         logging.getLogger(__name__).warning("%s: could not read its version from the store (%s: %s); "
                                             "changes to it in place are not seen", url, type(err).__name__, err)
         return url
-    return hashlib.sha256(f"{url}\0{key}".encode()).hexdigest()[:12]
+    version = {field: info[field] for field in _VERSION_FIELDS if info.get(field) is not None}
+    return hashlib.sha256(f"{url}\0{json.dumps(version, sort_keys=True, default=str)}".encode()).hexdigest()[:12]
 
 
 def load_curation_config(name_or_path: str | os.PathLike[str] | None = None) -> CurationConfig:
