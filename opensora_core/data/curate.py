@@ -743,11 +743,16 @@ def training_dataset(out: Storage, keys: list[str], config: CurationConfig,
         scored.append(key)
         scorers_run.update(manifest.get("scorers", {}))
     table = _read_all_scores(out, scored) if scored else pd.DataFrame(columns=list(REQUIRED_COLUMNS))
-    if len(table):  # where the clips and raw files are now
-        table["path"] = [_clip_location(out, key, PurePosixPath(str(path)).name)
-                         for key, path in zip(table["partition"], table["path"], strict=True)]
-        if sources:
-            table["source"] = table["partition"].map(sources).fillna(table["source"])
+    # Where the clips are now: rows written under another output root (a moved or copied
+    # folder) are given this one's paths (vectorised per partition: merges run to ~1M rows).
+    here = (out.path(PARTITIONS) if out.is_local else f"{out.url}/{PARTITIONS}") + "/"
+    moved = ~table["path"].astype(str).str.startswith(here) if len(table) else []
+    if len(table) and moved.any():
+        folders = {key: _clip_location(out, key, "-").removesuffix("-") for key in table.loc[moved, "partition"].unique()}
+        names = table.loc[moved, "path"].astype(str).str.rsplit("/", n=1).str[-1]
+        table.loc[moved, "path"] = table.loc[moved, "partition"].map(folders) + names
+    if len(table) and sources:  # where the raw files are now
+        table["source"] = table["partition"].map(sources).fillna(table["source"])
     if config.filters.drop_duplicate_files and len(table):
         table, duplicates = _drop_duplicate_files(table)
         rejected += duplicates
