@@ -13,10 +13,10 @@
    run against the decode run just before it (the bare decode's minimum alone swings
    by up to 2x between processes on a shared 2-vCPU machine). CPU seconds (this
    process and its children, i.e. the tesseract binary) are shown too.
-   "cut alone" is the part no per-file bookkeeping or scorer adds to: one pass of
-   decoding, scene detection on every frame and writing the clips (copied where the
-   source allows, encoded otherwise), without probe, scores or tables. Where it is
-   itself over 4x the decode (a video whose codec decodes a frame in well under the
+   "cut alone" is one pass of decoding, scene detection on every frame and writing
+   the clips (copied where the source allows, encoded otherwise), without probe,
+   scores or tables (in curation the scorers run beside it on other threads). Where it
+   is itself over 4x the decode (a video whose codec decodes a frame in well under the
    time the detector's colour conversion takes, e.g. cinepak at 320x240), no
    bookkeeping saved can bring curation within 4x.
 2. Incremental: with 20 videos curated, add one and run `curate` again (one new
@@ -46,13 +46,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from opensora_core.data.config import load_curation_config
-from opensora_core.data.curate import curate, raw_videos, scene_clips, scored_clips
+from opensora_core.data.curate import (
+    CURATION_OPENCV_THREADS,
+    curate,
+    raw_videos,
+    scene_clips,
+    scored_clips,
+)
 from opensora_core.data.frame_arrays import frame_array
 from opensora_core.data.ingest import register_inputs
 from opensora_core.data.scenes import cut_scenes
 from opensora_core.data.storage import Storage
 from opensora_core.data.synthetic import moving_shape_clip
 from opensora_core.infer.export import write_video
+from opensora_core.utils.opencv_threads import opencv_threads
 
 SHARED_VIDEOS = ROOT.parent / "shared" / "data" / "videos"
 
@@ -105,8 +112,10 @@ def curate_one_seconds(path: Path, config, work: Path) -> tuple[float, int]:
 
 
 def cut_alone(path: Path, config, work: Path) -> int:
-    """Decoding, scene detection and writing the clips, nothing else; its number of clips."""
-    cut = cut_scenes(path, work / f"cut-{time.monotonic_ns()}", "clip", config.scenes, config.clips)
+    """Decoding, scene detection and writing the clips, nothing else, with OpenCV's
+    threads as curation sets them; its number of clips."""
+    with opencv_threads(CURATION_OPENCV_THREADS):
+        cut = cut_scenes(path, work / f"cut-{time.monotonic_ns()}", "clip", config.scenes, config.clips)
     return len(cut.clips)
 
 

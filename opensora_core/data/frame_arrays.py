@@ -76,19 +76,31 @@ def display_orientation(frame: av.VideoFrame) -> Orientation:
 
 # Sample aspect ratios within this of 1:1 are square (headers round, e.g. 1001:1000).
 SQUARE_TOLERANCE = 0.01
+# Ratios outside these are a broken header, not footage (the widest in use, 2:1, is
+# anamorphic film scanned to square frames): taken as square, and the probe says so.
+PLAUSIBLE_PIXEL_ASPECT = (Fraction(1, 4), Fraction(4))
+
+
+def header_pixel_aspect(stream: av.video.stream.VideoStream) -> Fraction | None:
+    """The sample (pixel) aspect ratio `stream`'s header gives: the container's first
+    (mp4 `pasp`, mkv display size), then the codec's, as FFmpeg guesses it; None when
+    neither gives one (0:1)."""
+    for ratio in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if ratio is not None and ratio > 0:
+            return Fraction(ratio)
+    return None
 
 
 def pixel_aspect(stream: av.video.stream.VideoStream) -> Fraction | None:
     """The width-to-height ratio of one of `stream`'s pixels when they are not square,
-    else None: a DVD's 720x480 at 32:27 is shown 853x480, HDV's 1440x1080 at 4:3 as
-    1920x1080. The container's ratio first (mp4 `pasp`, mkv display size), then the
-    codec's, as FFmpeg guesses it; unknown (0:1) or within :data:`SQUARE_TOLERANCE` of
-    1:1 is square."""
-    for ratio in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
-        if ratio is not None and ratio > 0:
-            ratio = Fraction(ratio)
-            return None if abs(ratio - 1) <= SQUARE_TOLERANCE else ratio
-    return None
+    else None: a DVD's 720x480 at 32:27 is shown 854x480, HDV's 1440x1080 at 4:3 as
+    1920x1080. Unknown, within :data:`SQUARE_TOLERANCE` of 1:1 or outside
+    :data:`PLAUSIBLE_PIXEL_ASPECT` is square."""
+    ratio = header_pixel_aspect(stream)
+    if ratio is None or abs(ratio - 1) <= SQUARE_TOLERANCE:
+        return None
+    low, high = PLAUSIBLE_PIXEL_ASPECT
+    return ratio if low <= ratio <= high else None
 
 
 def square_pixel_width(width: int, aspect: Fraction | None) -> int:
@@ -101,15 +113,18 @@ def square_pixel_width(width: int, aspect: Fraction | None) -> int:
 
 def square_pixels(frame: av.VideoFrame, aspect: Fraction | None, reformatter: VideoReformatter | None = None
                   ) -> av.VideoFrame:
-    """`frame` resampled to square pixels (:func:`square_pixel_width`, bilinear) in its
-    own format; `frame` itself when `aspect` is None. Pass a `reformatter` kept for the
-    whole video: a new one sets up swscale for every frame."""
+    """`frame` resampled to square pixels (:func:`square_pixel_width`, bilinear), in
+    yuv420p (what clips are encoded in; swscale cannot write every source's format,
+    e.g. a palette); `frame` itself when `aspect` is None. Pass a `reformatter` kept for
+    the whole video: a new one sets up swscale for every frame."""
     if aspect is None:
         return frame
     width = square_pixel_width(frame.width, aspect)
-    square = (reformatter or _reformatter()).reformat(frame, width=width, height=frame.height,
-                                                      format=frame.format.name, interpolation="BILINEAR")
-    square.pts, square.time_base = frame.pts, frame.time_base
+    square = (reformatter or _reformatter()).reformat(frame, width=width, height=frame.height, format="yuv420p",
+                                                      interpolation="BILINEAR")
+    square.pts = frame.pts
+    if frame.time_base is not None:
+        square.time_base = frame.time_base
     return square
 
 
@@ -117,7 +132,11 @@ def upright_array(frame: av.VideoFrame, format: str = "rgb24", aspect: Fraction 
     """`frame` as :func:`frame_array` gives it, laid out as a player shows it: pixels
     of `aspect` (its stream's :func:`pixel_aspect`) made square, then
     :func:`display_orientation` applied."""
-    array = frame_array(square_pixels(frame, aspect), format)
+    if aspect is None:
+        array = frame_array(frame, format)
+    else:  # resampled and converted in one pass
+        array = _reformatter().reformat(frame, width=square_pixel_width(frame.width, aspect), height=frame.height,
+                                        format=format, interpolation="BILINEAR").to_ndarray()
     orientation = display_orientation(frame)
     if not orientation:
         return array

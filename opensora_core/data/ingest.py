@@ -26,7 +26,13 @@ import av
 from opensora_core.data.captions import SIDECAR_SUFFIXES, sidecar_paths
 from opensora_core.data.config import CurationConfig
 from opensora_core.data.decoding import video_stream
-from opensora_core.data.frame_arrays import display_orientation, pixel_aspect, square_pixel_width
+from opensora_core.data.frame_arrays import (
+    SQUARE_TOLERANCE,
+    display_orientation,
+    header_pixel_aspect,
+    pixel_aspect,
+    square_pixel_width,
+)
 from opensora_core.data.storage import FileList, Storage, file_suffix, modified_time
 from opensora_core.utils.hashing import stream_sha256
 
@@ -166,9 +172,10 @@ class Probe:
     """What a raw file contains. `rejected` is the reason it cannot be used, or None.
 
     `width` and `height` are the displayed size, which is the size of the clips cut
-    from it (they are encoded as shown): the decoded frame's, its width scaled by
+    from it (they are encoded as shown; a re-encoded clip drops an odd side's last row
+    or column, as 4:2:0 needs, and meta has the clip's own size): the decoded frame's, its width scaled by
     `pixel_aspect` when pixels are not square (a DVD's 720x480 at 32:27 is shown
-    853x480), then turned by `rotation` (the counterclockwise degrees of the display
+    854x480), then turned by `rotation` (the counterclockwise degrees of the display
     matrix, after a left-right mirror when `mirrored`; 270 for a phone's portrait video,
     coded 1920x1080 and shown 1080x1920). An image's `rotation` is its EXIF orientation's.
     """
@@ -256,7 +263,10 @@ def probe_video(local: Path, probe: Probe) -> Probe:
         except (av.FFmpegError, OSError) as err:
             probe.notes.append(f"demux stopped after {packets} packets: {err}")
             packets = -1
-        aspect = pixel_aspect(stream)  # (the codec's is known once a frame decoded)
+        aspect, header_aspect = pixel_aspect(stream), header_pixel_aspect(stream)  # (the codec's: once a frame decoded)
+        if aspect is None and header_aspect is not None and abs(header_aspect - 1) > SQUARE_TOLERANCE:
+            probe.notes.append(f"pixel aspect {header_aspect.numerator}:{header_aspect.denominator} in the header "
+                               "is not one footage has; taken as square")
     if first is None:
         probe.rejected = "no decodable video frame" + (f": {error}" if error else "")
         return probe

@@ -27,7 +27,7 @@ consecutive pieces; a piece shorter than `min_frames` is dropped (and recorded) 
 any encoding is spent on it.
 
 A video with a display matrix (phone footage: coded sideways, shown turned; or
-mirrored) or with non-square pixels (DVD, DV and HDV footage: 720x480 shown 853x480)
+mirrored) or with non-square pixels (DVD, DV and HDV footage: 720x480 shown 854x480)
 is cut as a player shows it: each frame is resampled to square pixels and laid out by
 the matrix before detection, scoring and encoding, and nothing is copied from it (a
 copy holds the coded frames and the tags, which training's decoding does not apply).

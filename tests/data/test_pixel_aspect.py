@@ -128,3 +128,27 @@ def test_the_probe_command_says_how_the_video_is_shown(tmp_path):
     output = " ".join(result.output.split())  # (the console wraps long lines)
     assert "anamorphic.mp4 h264 144x64 (as shown: pixels 3:2) 48 frames" in output
     assert "square.mp4 h264 96x64 48 frames" in output
+
+
+def test_an_implausible_pixel_aspect_is_taken_as_square_and_noted(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _write(raw / "broken header.mp4", Fraction(20))  # 96 columns "shown" 1920 wide: a broken header
+    summary = curate(raw, tmp_path / "out", _config())
+    out = Storage(tmp_path / "out")
+    key = next(p.name for p in (tmp_path / "out" / "partitions").iterdir())
+    probe = curate_module.read_manifest(out, key, "raw")["probe"]
+    assert (probe["width"], probe["pixel_aspect"]) == (96, None) and summary.kept == 2
+    assert any("pixel aspect 20:1 in the header is not one footage has" in n for n in probe["notes"])
+
+
+def test_a_palette_frame_is_made_square_in_yuv420p():
+    """swscale cannot write a palette: the resampled frame is in the clips' format."""
+    from opensora_core.data.frame_arrays import square_pixels
+
+    frame = av.VideoFrame(48, 32, "pal8")
+    np.frombuffer(frame.planes[1], np.uint32)[:] = 0xFF2080C0  # every entry one colour (ARGB)
+    square = square_pixels(frame, Fraction(2))
+    assert (square.format.name, square.width, square.height) == ("yuv420p", 96, 32)
+    rgb = square.to_ndarray(format="rgb24").reshape(-1, 3).astype(int)
+    assert np.abs(rgb - (0x20, 0x80, 0xC0)).max() <= 3
