@@ -246,16 +246,14 @@ def _cut_and_score(video: Path, folder: Path, key: str, fps: float | None, confi
 def _image_sample(local: Path, folder: Path, key: str, suffix: str) -> tuple[str, str | None]:
     """Write the one-frame sample of image `local` into `folder`: the file itself, or,
     where a plain reader would see it otherwise (EXIF orientation, 16-bit, transparency,
-    animation: :func:`images.rewrite_reason`), a PNG of it as a viewer shows it. Returns
-    (file name, why it was rewritten or None)."""
+    animation: :func:`images.rewrite_reason`), the picture as a viewer shows it
+    (:func:`images.write_upright`). Returns (file name, why it was rewritten or None)."""
     from PIL import Image
 
     with Image.open(local) as image:
         reason = images.rewrite_reason(image)
         if reason is not None:
-            file = f"{key}-0000.png"
-            images.upright_rgb(image).save(folder / file, format="PNG")
-            return file, reason
+            return images.write_upright(image, folder, f"{key}-0000"), reason
     file = f"{key}-0000{suffix}"
     shutil.copyfile(local, folder / file)
     return file, None

@@ -12,9 +12,10 @@ gets wrong, each common in scraped or camera data:
 
 :func:`upright_rgb` turns and mirrors by the EXIF tag, scales 16-bit and 32-bit
 values to 8 bits and composites transparency over white (as a web page shows it).
-Curation writes an image that a plain reader would see otherwise as a PNG of that
-(:func:`rewrite_reason`), so the training table's files read the same in any loader;
-every other image is copied as it is. The project's own readers go through
+Curation writes an image that a plain reader would see otherwise as a PNG of that (a
+JPEG only turned upright: a JPEG; :func:`write_upright`, :func:`rewrite_reason`), so
+the training table's files read the same in any loader; every other image is copied
+as it is. The project's own readers go through
 :func:`read_image_rgb` too, for images that did not come through curation (inference
 references, tables made elsewhere).
 """
@@ -118,6 +119,28 @@ def upright_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+JPEG_QUALITY = 95  # a photo turned upright is saved again at this quality (~1.2x its size)
+
+
+def write_upright(image: Image.Image, folder: Path, stem: str) -> str:
+    """Write :func:`upright_rgb` of `image` into `folder` as `stem` + suffix; returns the
+    file name. A JPEG whose only change is its orientation (a phone's portrait photo)
+    stays a JPEG, at :data:`JPEG_QUALITY` with its own chroma subsampling (a PNG of it
+    is several times larger); anything else is a lossless PNG."""
+    upright = upright_rgb(image)
+    if image.format == "JPEG" and image.mode in _PLAIN_MODES:
+        from PIL import JpegImagePlugin
+
+        sampling = JpegImagePlugin.get_sampling(image)
+        file = f"{stem}.jpg"
+        upright.save(folder / file, format="JPEG", quality=JPEG_QUALITY,
+                     **({"subsampling": sampling} if sampling >= 0 else {}))
+        return file
+    file = f"{stem}.png"
+    upright.save(folder / file, format="PNG")
+    return file
 
 
 def read_image_rgb(path: str | Path) -> np.ndarray:
