@@ -116,7 +116,8 @@ def probe(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyO
         manifest = raw_videos(source, storage, raw, settings)
         p = manifest["probe"]
         shown = [f"turned {p['rotation']}" if p.get("rotation") else "", "mirrored" if p.get("mirrored") else "",
-                 f"pixels {p['pixel_aspect']}" if p.get("pixel_aspect") else ""]
+                 f"pixels {p['pixel_aspect']}" if p.get("pixel_aspect") else "",
+                 "deinterlaced" if p.get("interlaced") else ""]
         shown = f" (as shown: {', '.join(filter(None, shown))})" if any(shown) else ""
         status = f"rejected: {manifest['rejected']['reason']}" if manifest["rejected"] else \
             f"{p['codec']} {p['width']}x{p['height']}{shown} {p['num_frames']} frames @ {p['fps'] or 0:.3g} fps"

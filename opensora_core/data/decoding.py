@@ -25,10 +25,13 @@ are known not to be neighbours (:class:`Gap`):
 
 from __future__ import annotations
 
+import itertools
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import av
+import av.filter
 
 MAX_FAILED_PACKETS = 32  # in a row: decoding stops there
 # Containers whose n-th packet carries the n-th frame but whose timestamps cannot be
@@ -48,6 +51,61 @@ def video_stream(container: av.container.InputContainer) -> av.video.stream.Vide
     if best is not None and not picture(best):
         return best
     return next((stream for stream in container.streams.video if not picture(stream)), None)
+
+
+class Deinterlacer:
+    """Interlaced video (DV, broadcast 1080i: each frame two fields from two instants,
+    which read as a frame comb every moving edge) deinterlaced as a player does, by
+    FFmpeg's yadif, one frame out for each frame in (`send_frame`), field order from
+    each frame's flags. Whether a video is interlaced is read from its first frame;
+    a progressive one passes through untouched and undelayed.
+
+    yadif looks one frame ahead: each frame comes out once the next one went in (the
+    last at the end), with the source index it went in with.
+    """
+
+    def __init__(self, stream: av.video.stream.VideoStream) -> None:
+        self.stream = stream
+        self.active: bool | None = None  # decided on the first frame
+
+    def _graph(self) -> av.filter.Graph:
+        graph = av.filter.Graph()
+        source = graph.add_buffer(template=self.stream)
+        yadif = graph.add("yadif", "mode=send_frame:parity=auto:deint=interlaced")
+        sink = graph.add("buffersink")
+        source.link_to(yadif)
+        yadif.link_to(sink)
+        graph.configure()
+        return graph
+
+    @staticmethod
+    def _pulled(graph: av.filter.Graph) -> Iterator[av.VideoFrame]:
+        while True:
+            try:
+                yield graph.pull()
+            except (av.BlockingIOError, av.EOFError):
+                return
+
+    def frames(self, numbered: Iterable[tuple[int, av.VideoFrame]]) -> Iterator[tuple[int, av.VideoFrame]]:
+        """(index, frame) as `numbered` gives them, deinterlaced where the video is."""
+        numbered = iter(numbered)
+        first = next(numbered, None)
+        if first is None:
+            return
+        self.active = bool(first[1].interlaced_frame)
+        if not self.active:
+            yield first
+            yield from numbered
+            return
+        graph, waiting = self._graph(), deque()
+        for index, frame in itertools.chain([first], numbered):
+            graph.push(frame)
+            waiting.append(index)
+            for out in self._pulled(graph):
+                yield waiting.popleft(), out
+        graph.push(None)
+        for out in self._pulled(graph):
+            yield waiting.popleft(), out
 
 
 @dataclass
@@ -85,12 +143,13 @@ class FrameDecoder:
         self.step = float(1 / (rate * stream.time_base)) if rate and stream.time_base else None  # a frame, in pts
         self.start_pts = stream.start_time
         self.gaps: list[Gap] = []
+        self.gap_ends: set[int] = set()  # `end` of each gap: the index of the frame right after it
         self.decoded = 0  # frames given out
         self.stopped: str | None = None
 
     def frames(self, packets: Iterable[av.Packet]) -> Iterator[tuple[int, av.VideoFrame]]:
         """(source index, frame) for each frame that decodes. A frame right after a gap
-        is the one whose index is `gaps[-1].end`. An error reading the packets
+        is the one whose index is in `gap_ends` (`gaps[-1].end` when it comes out). An error reading the packets
         (demuxing) ends decoding like the end of the file, recorded in `stopped`."""
         sent = out = 0  # packets with data given to the decoder; frames out of it
         backlog = 0  # sent - out after the last packet that decoded, before any failure since
@@ -144,6 +203,7 @@ class FrameDecoder:
                         gap = pending or Gap(index, None, 0, None)
                         gap.start, gap.end = index, index + lost
                         self.gaps.append(gap)
+                        self.gap_ends.add(gap.end)
                         pending, index = None, index + lost
                 if frame.pts is not None:
                     last_pts, last_step = frame.pts, frame.duration or self.step

@@ -194,6 +194,7 @@ class Probe:
     rotation: int = 0
     mirrored: bool = False
     pixel_aspect: str | None = None  # "32:27": the sample aspect ratio when not square
+    interlaced: bool = False  # its first frame is: clips are deinterlaced (as a player shows it)
     frame_count_source: str = "header"  # header | decoded
     rejected: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -273,6 +274,7 @@ def probe_video(local: Path, probe: Probe) -> Probe:
     if (transfer := HDR_TRANSFERS.get(int(first.color_trc or 0))) is not None:
         probe.notes.append(f"HDR video ({transfer}): decoded and cut without tone mapping, so its clips "
                            "read as SDR look flat and pale")
+    probe.interlaced = bool(first.interlaced_frame)
     orientation = display_orientation(first)
     probe.rotation, probe.mirrored = orientation.turn, orientation.mirrored
     probe.pixel_aspect = f"{aspect.numerator}:{aspect.denominator}" if aspect else None

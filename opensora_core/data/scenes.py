@@ -27,10 +27,11 @@ consecutive pieces; a piece shorter than `min_frames` is dropped (and recorded) 
 any encoding is spent on it.
 
 A video with a display matrix (phone footage: coded sideways, shown turned; or
-mirrored) or with non-square pixels (DVD, DV and HDV footage: 720x480 shown 854x480)
-is cut as a player shows it: each frame is resampled to square pixels and laid out by
-the matrix before detection, scoring and encoding, and nothing is copied from it (a
-copy holds the coded frames and the tags, which training's decoding does not apply).
+mirrored), with non-square pixels (DVD, DV and HDV footage: 720x480 shown 854x480) or
+interlaced (DV, broadcast 1080i) is cut as a player shows it: each frame is
+deinterlaced, resampled to square pixels and laid out by the matrix before detection,
+scoring and encoding, and nothing is copied from it (a copy holds the coded frames and
+the tags, which training's decoding does not apply).
 
 Packets that fail to decode are skipped (:class:`FrameDecoder`): the frames lost are a
 hard boundary, like a cut, so no clip holds frames from both sides of the damage and
@@ -69,7 +70,13 @@ from scenedetect import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector
 
 from opensora_core.data.config import ClipsConfig, ScenesConfig
-from opensora_core.data.decoding import POSITION_FORMATS, FrameDecoder, Gap, video_stream
+from opensora_core.data.decoding import (
+    POSITION_FORMATS,
+    Deinterlacer,
+    FrameDecoder,
+    Gap,
+    video_stream,
+)
 from opensora_core.data.frame_arrays import (
     Orientation,
     display_orientation,
@@ -873,7 +880,7 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
         elif clips.stream_copy and formats & POSITION_FORMATS:
             source = _CopySource(Path(video), stream, _PositionLog(limit), by_position=True)
         cutter = _Cutter(out_dir, prefix, rate, scenes, clips, result, sampler, source)
-        decoder = FrameDecoder(stream)
+        decoder, deinterlacer = FrameDecoder(stream), Deinterlacer(stream)
         detector_fps = float(rate)  # the detector counts frames; a float rate makes its timecodes cheaper
         pending: deque[tuple] = deque()
         size, rotation, aspect, last = None, 0, None, -1
@@ -901,14 +908,14 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
                 yield packet
 
         try:
-            for index, frame in decoder.frames(logged(container.demux(stream))):
+            for index, frame in deinterlacer.frames(decoder.frames(logged(container.demux(stream)))):
                 if last < 0:  # the first frame: how the video is shown
                     cutter.scene_start = index
                     rotation = display_orientation(frame)  # false when shown as coded
                     aspect = pixel_aspect(stream)  # None for square pixels
-                    if rotation or aspect:
+                    if rotation or aspect or deinterlacer.active:
                         cutter.source = None
-                elif decoder.gaps and decoder.gaps[-1].end == index:  # lost frames: a hard boundary
+                elif index in decoder.gap_ends:  # lost frames: a hard boundary
                     end_run(last + 1, index)
                     detector = new_detector()
                     if cutter.source is not None:

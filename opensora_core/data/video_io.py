@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from opensora_core.data.decoding import video_stream
+from opensora_core.data.decoding import Deinterlacer, video_stream
 from opensora_core.data.frame_arrays import pixel_aspect, upright_array
 
 
@@ -19,8 +19,8 @@ class VideoDecodeError(RuntimeError):
 
 def read_frames(path: str | Path, num_frames: int, start: int = 0, stride: int = 1) -> np.ndarray:
     """Frames `start, start+stride, ...` as uint8 RGB `[T, H, W, 3]`, as players and the
-    curated clips show them: non-square pixels made square, the display matrix (a
-    phone's rotation, a mirror) applied.
+    curated clips show them: interlaced frames deinterlaced, non-square pixels made
+    square, the display matrix (a phone's rotation, a mirror) applied.
 
     Decoding stops after `num_frames` frames. A file that ends early returns the
     frames it had; a file that yields none raises `VideoDecodeError`.
@@ -38,7 +38,7 @@ def read_frames(path: str | Path, num_frames: int, start: int = 0, stride: int =
                 raise VideoDecodeError(f"{path}: no video stream")
             stream.thread_type = "AUTO"
             aspect = pixel_aspect(stream)
-            for index, frame in enumerate(container.decode(stream)):
+            for index, frame in Deinterlacer(stream).frames(enumerate(container.decode(stream))):
                 if index >= start and (index - start) % stride == 0:
                     frames.append(upright_array(frame, aspect=aspect))
                     if len(frames) == num_frames:
