@@ -38,16 +38,20 @@ def corpus_config(**filters) -> CurationConfig:
     })
 
 
+def mux_silence(container, stream, frames: int) -> None:
+    """`frames` frames of mono silence (1024 samples each at 16 kHz) on audio `stream`."""
+    for i in range(frames):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 16000, i * 1024
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
 def _audio_only(path: Path) -> None:
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        for i in range(8):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        mux_silence(container, container.add_stream("aac", rate=16000), 8)
 
 
 def _lossless(path: Path, frames: np.ndarray, fps: int) -> None:

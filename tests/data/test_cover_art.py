@@ -12,6 +12,7 @@ import pandas as pd
 from opensora_core.data.config import CurationConfig
 from opensora_core.data.curate import curate
 from opensora_core.data.video_io import read_frames
+from tests.data.corpus import mux_silence
 
 
 def _config() -> CurationConfig:
@@ -43,13 +44,7 @@ def _song(path: Path) -> None:
         picture = _add_picture(container, attached=True)
         audio = container.add_stream("aac", rate=16000)
         _write_picture(container, picture)
-        for i in range(16):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            for packet in audio.encode(frame):
-                container.mux(packet)
-        for packet in audio.encode():
-            container.mux(packet)
+        mux_silence(container, audio, 16)
 
 
 def _thumbnail_first(path: Path) -> np.ndarray:
