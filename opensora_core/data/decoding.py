@@ -57,20 +57,37 @@ class Deinterlacer:
     """Interlaced video (DV, broadcast 1080i: each frame two fields from two instants,
     which read as a frame comb every moving edge) deinterlaced as a player does, by
     FFmpeg's yadif, one frame out for each frame in (`send_frame`), field order from
-    each frame's flags. Whether a video is interlaced is read from its first frame;
-    a progressive one passes through untouched and undelayed.
+    each frame's flags (`deint=interlaced`: frames flagged progressive pass untouched).
 
-    yadif looks one frame ahead: each frame comes out once the next one went in (the
-    last at the end), with the source index it went in with.
+    Whether a video is interlaced is decided before its first frame comes out, from its
+    codec's field order and the flags of its first :data:`LOOKAHEAD` frames (`active`);
+    a progressive one passes through untouched. A frame flagged interlaced later still
+    turns deinterlacing on from there (`activated_at`, its index). yadif looks one frame
+    ahead: each frame comes out once the next one went in, with the index, timestamp
+    and time base it went in with; a change of frame size or format starts a new graph
+    (the frames before it flushed first), and so does nothing else.
     """
+
+    LOOKAHEAD = 12  # frames read before deciding
+    INTERLACED_FIELD_ORDERS = frozenset({2, 3, 4, 5})  # FFmpeg's AVFieldOrder: tt, bb, tb, bt
 
     def __init__(self, stream: av.video.stream.VideoStream) -> None:
         self.stream = stream
-        self.active: bool | None = None  # decided on the first frame
+        self.active: bool | None = None  # decided before the first frame comes out
+        self.activated_at: int | None = None  # the index from which frames are deinterlaced
+        self._graph: av.filter.Graph | None = None
+        self._shape: tuple | None = None
+        self._waiting: deque[tuple[int, int | None, object]] = deque()  # (index, pts, time_base) in yadif
 
-    def _graph(self) -> av.filter.Graph:
+    def _field_order_interlaced(self) -> bool:
+        order = getattr(self.stream.codec_context, "field_order", None)
+        return int(order or 0) in self.INTERLACED_FIELD_ORDERS
+
+    def _new_graph(self, frame: av.VideoFrame) -> av.filter.Graph:
         graph = av.filter.Graph()
-        source = graph.add_buffer(template=self.stream)
+        graph.threads = 1  # beside decoding, encoding and the scorers; its own threads only switch
+        source = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                                  time_base=frame.time_base or self.stream.time_base)
         yadif = graph.add("yadif", "mode=send_frame:parity=auto:deint=interlaced")
         sink = graph.add("buffersink")
         source.link_to(yadif)
@@ -78,34 +95,64 @@ class Deinterlacer:
         graph.configure()
         return graph
 
-    @staticmethod
-    def _pulled(graph: av.filter.Graph) -> Iterator[av.VideoFrame]:
+    def _out(self) -> Iterator[tuple[int, av.VideoFrame]]:
         while True:
             try:
-                yield graph.pull()
+                frame = self._graph.pull()
             except (av.BlockingIOError, av.EOFError):
                 return
+            index, pts, time_base = self._waiting.popleft()
+            frame.pts = pts
+            if time_base is not None:
+                frame.time_base = time_base
+            yield index, frame
+
+    def _flush(self) -> Iterator[tuple[int, av.VideoFrame]]:
+        if self._graph is not None:
+            self._graph.push(None)
+            yield from self._out()
+            self._graph = None
+
+    def _push(self, index: int, frame: av.VideoFrame) -> Iterator[tuple[int, av.VideoFrame]]:
+        shape = (frame.width, frame.height, frame.format.name)
+        if self._graph is None or shape != self._shape:
+            yield from self._flush()
+            self._graph, self._shape = self._new_graph(frame), shape
+        self._waiting.append((index, frame.pts, frame.time_base))
+        self._graph.push(frame)
+        yield from self._out()
 
     def frames(self, numbered: Iterable[tuple[int, av.VideoFrame]]) -> Iterator[tuple[int, av.VideoFrame]]:
-        """(index, frame) as `numbered` gives them, deinterlaced where the video is."""
+        """(index, frame) as `numbered` gives them, deinterlaced where the video is. An
+        error reading `numbered` is raised after the frames held back came out."""
         numbered = iter(numbered)
-        first = next(numbered, None)
-        if first is None:
-            return
-        self.active = bool(first[1].interlaced_frame)
-        if not self.active:
-            yield first
-            yield from numbered
-            return
-        graph, waiting = self._graph(), deque()
-        for index, frame in itertools.chain([first], numbered):
-            graph.push(frame)
-            waiting.append(index)
-            for out in self._pulled(graph):
-                yield waiting.popleft(), out
-        graph.push(None)
-        for out in self._pulled(graph):
-            yield waiting.popleft(), out
+        head: list[tuple[int, av.VideoFrame]] = []
+        try:
+            head.extend(itertools.islice(numbered, self.LOOKAHEAD))
+        except av.FFmpegError:
+            self.active = self._field_order_interlaced() or any(f.interlaced_frame for _, f in head)
+            yield from self._deinterlaced(iter(head))
+            raise
+        self.active = self._field_order_interlaced() or any(f.interlaced_frame for _, f in head)
+        yield from self._deinterlaced(itertools.chain(head, numbered))
+
+    def _deinterlaced(self, numbered: Iterator[tuple[int, av.VideoFrame]]) -> Iterator[tuple[int, av.VideoFrame]]:
+        if self.active:
+            self.activated_at = -1
+        try:
+            for index, frame in numbered:
+                if not self.active and frame.interlaced_frame:  # interlaced from here on
+                    self.active, self.activated_at = True, index
+                if self.active:
+                    yield from self._push(index, frame)
+                else:
+                    yield index, frame
+        except GeneratorExit:  # the consumer stopped: nothing more to give
+            raise
+        except Exception:  # reading failed (damage): what yadif holds comes out first
+            yield from self._flush()
+            raise
+        yield from self._flush()
 
 
 @dataclass

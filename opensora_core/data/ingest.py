@@ -25,7 +25,7 @@ import av
 
 from opensora_core.data.captions import SIDECAR_SUFFIXES, sidecar_paths
 from opensora_core.data.config import CurationConfig
-from opensora_core.data.decoding import video_stream
+from opensora_core.data.decoding import Deinterlacer, video_stream
 from opensora_core.data.frame_arrays import (
     SQUARE_TOLERANCE,
     display_orientation,
@@ -265,6 +265,8 @@ def probe_video(local: Path, probe: Probe) -> Probe:
             probe.notes.append(f"demux stopped after {packets} packets: {err}")
             packets = -1
         aspect, header_aspect = pixel_aspect(stream), header_pixel_aspect(stream)  # (the codec's: once a frame decoded)
+        interlaced_order = int(getattr(stream.codec_context, "field_order", 0) or 0) in \
+            Deinterlacer.INTERLACED_FIELD_ORDERS
         if aspect is None and header_aspect is not None and abs(header_aspect - 1) > SQUARE_TOLERANCE:
             probe.notes.append(f"pixel aspect {header_aspect.numerator}:{header_aspect.denominator} in the header "
                                "is not one footage has; taken as square")
@@ -274,7 +276,7 @@ def probe_video(local: Path, probe: Probe) -> Probe:
     if (transfer := HDR_TRANSFERS.get(int(first.color_trc or 0))) is not None:
         probe.notes.append(f"HDR video ({transfer}): decoded and cut without tone mapping, so its clips "
                            "read as SDR look flat and pale")
-    probe.interlaced = bool(first.interlaced_frame)
+    probe.interlaced = bool(first.interlaced_frame) or interlaced_order
     orientation = display_orientation(first)
     probe.rotation, probe.mirrored = orientation.turn, orientation.mirrored
     probe.pixel_aspect = f"{aspect.numerator}:{aspect.denominator}" if aspect else None

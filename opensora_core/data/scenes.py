@@ -915,7 +915,9 @@ def cut_scenes(video: str | Path, out_dir: str | Path, prefix: str, scenes: Scen
                     aspect = pixel_aspect(stream)  # None for square pixels
                     if rotation or aspect or deinterlacer.active:
                         cutter.source = None
-                elif index in decoder.gap_ends:  # lost frames: a hard boundary
+                elif deinterlacer.active and cutter.source is not None and cutter.source.exact:
+                    cutter.source.exact = False  # interlaced from here on: no copy starts any more
+                if last >= 0 and index in decoder.gap_ends:  # lost frames: a hard boundary
                     end_run(last + 1, index)
                     detector = new_detector()
                     if cutter.source is not None:

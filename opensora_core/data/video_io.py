@@ -22,8 +22,10 @@ def read_frames(path: str | Path, num_frames: int, start: int = 0, stride: int =
     curated clips show them: interlaced frames deinterlaced, non-square pixels made
     square, the display matrix (a phone's rotation, a mirror) applied.
 
-    Decoding stops after `num_frames` frames. A file that ends early returns the
-    frames it had; a file that yields none raises `VideoDecodeError`.
+    Decoding stops after `num_frames` frames, and where the frame size changes (a
+    broadcast recording switching resolution: the frames of one size are one video). A
+    file that ends early returns the frames it had; a file that yields none raises
+    `VideoDecodeError`.
     """
     path = Path(path)
     if not path.is_file():
@@ -40,7 +42,10 @@ def read_frames(path: str | Path, num_frames: int, start: int = 0, stride: int =
             aspect = pixel_aspect(stream)
             for index, frame in Deinterlacer(stream).frames(enumerate(container.decode(stream))):
                 if index >= start and (index - start) % stride == 0:
-                    frames.append(upright_array(frame, aspect=aspect))
+                    array = upright_array(frame, aspect=aspect)
+                    if frames and array.shape != frames[0].shape:
+                        break
+                    frames.append(array)
                     if len(frames) == num_frames:
                         break
     except av.FFmpegError as err:

@@ -91,3 +91,54 @@ def test_interlaced_video_is_cut_deinterlaced_frame_for_frame(tmp_path, aspect):
     read = read_frames(raw / "interlaced.mp4", 2 * SCENE)
     assert read.shape == (2 * SCENE, HEIGHT, width, 3) and _comb(read) < 1.5
     np.testing.assert_allclose(_bar_centres(read), expected * scale, atol=1.5 * scale)
+
+
+def _segment(path: Path, height: int, width: int, frames: int, background: tuple[int, int, int]) -> bytes:
+    """An interlaced MPEG-TS segment of `frames` frames of `width` x `height`."""
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"x264-params": "tff=1:keyint=12", "flags": "+ildct+ilme", "crf": "10", "bf": "0"}
+        for index in range(frames):
+            array = np.full((height, width, 3), background, np.uint8)
+            array[0::2, STEP * index : STEP * index + 16] = 255
+            array[1::2, STEP * index + 2 : STEP * index + 18] = 255
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(stream.encode())
+    return path.read_bytes()
+
+
+def test_a_recording_that_changes_size_is_cut_at_both_sizes(tmp_path):
+    """A broadcast recording switching resolution: deinterlacing follows the new size
+    (yadif's graph was set up once and failed on it), and read_frames stops at it."""
+    from opensora_core.data.scenes import cut_scenes
+
+    recording = tmp_path / "recording.ts"
+    recording.write_bytes(_segment(tmp_path / "a.ts", 64, 160, SCENE, (40, 40, 40))
+                          + _segment(tmp_path / "b.ts", 128, 320, SCENE, (20, 60, 140)))
+    cut = cut_scenes(recording, tmp_path / "clips", "r", _config().scenes, _config().clips)
+    assert [(c.start_frame, c.end_frame, c.width, c.height) for c in cut.clips] == [
+        (0, SCENE, 160, 64), (SCENE, 2 * SCENE, 320, 128)]
+    for clip in cut.clips:
+        with av.open(str(tmp_path / "clips" / clip.file)) as container:
+            frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        assert len(frames) == SCENE and _comb(frames) < 1.5
+    assert read_frames(recording, 2 * SCENE).shape == (SCENE, 64, 160, 3)
+
+
+def test_read_frames_gives_the_frame_held_for_deinterlacing_when_decoding_fails(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    from tests.data.test_rotation_and_damage import _damage_keyframe
+
+    _write(raw / "damaged.mp4")
+    _damage_keyframe(raw / "damaged.mp4", 2)  # frame 24's
+    decodable = 0
+    with av.open(str(raw / "damaged.mp4")) as container:
+        try:
+            for _ in container.decode(video=0):
+                decodable += 1
+        except av.FFmpegError:
+            pass
+    assert 0 < decodable < 2 * SCENE
+    assert len(read_frames(raw / "damaged.mp4", 2 * SCENE)) == decodable
