@@ -694,11 +694,11 @@ def _write_csv(out: Storage, table: pd.DataFrame, name: str) -> None:
 def _drop_duplicate_files(table: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     """(`table` without the rows of inputs whose content an input earlier by path has,
     a rejection for each such input naming the one kept)."""
-    files = table[["source_sha256", "source"]].drop_duplicates()
+    files = table[["source_sha256", "source"]].drop_duplicates().dropna()
     if files["source_sha256"].is_unique:  # the usual case, found in ~1 ms
         return table, []
     kept_source = table.groupby("source_sha256")["source"].transform("min")
-    duplicate = table["source"] != kept_source
+    duplicate = table["source_sha256"].notna() & (table["source"] != kept_source)  # (no hash: never a duplicate)
     rejected = [{"path": source, "step": "training_dataset",
                  "reason": f"duplicate of {group['kept'].iloc[0]} (same content, sha256 {sha[:12]}...; "
                            "filters.drop_duplicate_files)",

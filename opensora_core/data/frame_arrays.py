@@ -17,7 +17,7 @@ from fractions import Fraction
 import av
 import numpy as np
 from av.sidedata.sidedata import Type
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import ColorRange, VideoReformatter
 
 _PER_THREAD = threading.local()
 
@@ -114,14 +114,14 @@ def square_pixel_width(width: int, aspect: Fraction | None) -> int:
 def square_pixels(frame: av.VideoFrame, aspect: Fraction | None, reformatter: VideoReformatter | None = None
                   ) -> av.VideoFrame:
     """`frame` resampled to square pixels (:func:`square_pixel_width`, bilinear), in
-    yuv420p (what clips are encoded in; swscale cannot write every source's format,
-    e.g. a palette); `frame` itself when `aspect` is None. Pass a `reformatter` kept for
+    limited-range yuv420p (what clips are encoded in; swscale cannot write every
+    source's format, e.g. a palette); `frame` itself when `aspect` is None. Pass a `reformatter` kept for
     the whole video: a new one sets up swscale for every frame."""
     if aspect is None:
         return frame
     width = square_pixel_width(frame.width, aspect)
     square = (reformatter or _reformatter()).reformat(frame, width=width, height=frame.height, format="yuv420p",
-                                                      interpolation="BILINEAR")
+                                                      interpolation="BILINEAR", dst_color_range=ColorRange.MPEG)
     square.pts = frame.pts
     if frame.time_base is not None:
         square.time_base = frame.time_base

@@ -69,7 +69,10 @@ def display_mirrored(image: Image.Image) -> bool:
 
 
 def frame_count(image: Image.Image) -> int:
-    """Frames in the file (an animated WebP, PNG or GIF has several)."""
+    """Frames of motion in the file (an animated WebP, PNG or GIF has several). A phone
+    JPEG's extra images (MPF: a gain map, depth; PIL's format "MPO") are not motion: 1."""
+    if image.format == "MPO":
+        return 1
     return int(getattr(image, "n_frames", 1) or 1)
 
 
@@ -128,18 +131,20 @@ def write_upright(image: Image.Image, folder: Path, stem: str) -> str:
     """Write :func:`upright_rgb` of `image` into `folder` as `stem` + suffix; returns the
     file name. A JPEG whose only change is its orientation (a phone's portrait photo)
     stays a JPEG, at :data:`JPEG_QUALITY` with its own chroma subsampling (a PNG of it
-    is several times larger); anything else is a lossless PNG."""
+    is several times larger); anything else is a lossless PNG. The colour profile is
+    kept."""
     upright = upright_rgb(image)
-    if image.format == "JPEG" and image.mode in _PLAIN_MODES:
+    icc = {"icc_profile": image.info["icc_profile"]} if image.info.get("icc_profile") else {}
+    if image.format in ("JPEG", "MPO") and image.mode in _PLAIN_MODES:  # MPO: a JPEG with MPF extras
         from PIL import JpegImagePlugin
 
         sampling = JpegImagePlugin.get_sampling(image)
         file = f"{stem}.jpg"
         upright.save(folder / file, format="JPEG", quality=JPEG_QUALITY,
-                     **({"subsampling": sampling} if sampling >= 0 else {}))
+                     **({"subsampling": sampling} if sampling >= 0 else {}), **icc)
         return file
     file = f"{stem}.png"
-    upright.save(folder / file, format="PNG")
+    upright.save(folder / file, format="PNG", **icc)
     return file
 
 

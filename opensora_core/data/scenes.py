@@ -65,7 +65,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import ColorRange, VideoReformatter
 from scenedetect import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector
 
@@ -315,6 +315,7 @@ class _ClipWriter:
         self.stream = _open_stream(self.container, rate, width, height, clips)
         self.time_base = 1 / rate
         self.encoder = encoder
+        self.reformatter = VideoReformatter()  # on the encoder thread
         self.count = 0
         self.height, self.width = self.stream.height, self.stream.width
 
@@ -335,6 +336,10 @@ class _ClipWriter:
             self._encode(frame, pts)
 
     def _encode(self, frame: av.VideoFrame, pts: int) -> None:
+        if frame.format.name != "yuv420p" or frame.color_range == ColorRange.JPEG:
+            # Into the clip's format at limited range, as the clip is tagged (the encoder
+            # would keep full-range values under a limited-range tag: blacks and whites clipped).
+            frame = self.reformatter.reformat(frame, format="yuv420p", dst_color_range=ColorRange.MPEG)
         frame.pts = pts
         frame.time_base = self.time_base
         frame.pict_type = 0  # let the encoder choose frame types, not copy the source's

@@ -50,3 +50,14 @@ def test_files_with_the_same_content_give_rows_once(tmp_path):
     # Switched off: every copy gives its rows.
     summary = curate(raw, tmp_path / "out", _config(drop=False))
     assert summary.rejected == 0 and pd.read_csv(tmp_path / "out" / "meta.csv")["source"].nunique() == 5
+
+
+def test_rows_without_a_content_hash_are_never_duplicates():
+    from opensora_core.data.curate import _drop_duplicate_files
+
+    table = pd.DataFrame({"source": ["a", "b", "c", "d"], "source_sha256": ["x", "x", None, None],
+                          "partition": ["pa", "pb", "pc", "pd"]})
+    kept, rejected = _drop_duplicate_files(table)
+    assert kept["source"].tolist() == ["a", "c", "d"] and [r["path"] for r in rejected] == ["b"]
+    kept, rejected = _drop_duplicate_files(table[table["source"] != "b"])
+    assert kept["source"].tolist() == ["a", "c", "d"] and rejected == []

@@ -184,3 +184,28 @@ def test_a_damaged_exif_block_is_no_orientation(tmp_path):
     scores = curate_module.read_manifest(curate_module.Storage(tmp_path / "out"),
                                          _rows(tmp_path / "out")["odd exif.png"]["partition"], "scores")
     assert scores["failures"] == [] and not scores["retry"]
+
+
+def test_a_phone_jpeg_with_extra_images_is_a_turned_jpeg_with_its_colour_profile(tmp_path):
+    """Phone JPEGs carry MPF extras (a gain map, depth: PIL opens them as two-frame
+    "MPO"): not animation; turned upright they stay JPEG, colour profile and all."""
+    from PIL import ImageCms
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    displayed = Image.fromarray(_displayed())
+    stored = displayed.transpose(Image.Transpose.ROTATE_90)  # orientation 6 shows it as displayed
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    stored.save(raw / "phone.jpg", format="MPO", save_all=True, append_images=[stored.convert("L").convert("RGB")],
+                exif=exif, icc_profile=profile, quality=95)
+    with Image.open(raw / "phone.jpg") as image:
+        assert image.format == "MPO" and image.n_frames == 2  # the fixture is what it claims
+
+    summary = curate(raw, tmp_path / "out", _config())
+    row = _rows(tmp_path / "out")["phone.jpg"]
+    assert summary.kept == 1 and not summary.notes  # not "animated"
+    assert row["path"].endswith(".jpg") and _as_displayed(_plain_read(row["path"]))
+    with Image.open(row["path"]) as sample:
+        assert sample.info.get("icc_profile") == profile

@@ -152,3 +152,33 @@ def test_a_palette_frame_is_made_square_in_yuv420p():
     assert (square.format.name, square.width, square.height) == ("yuv420p", 96, 32)
     rgb = square.to_ndarray(format="rgb24").reshape(-1, 3).astype(int)
     assert np.abs(rgb - (0x20, 0x80, 0xC0)).max() <= 3
+
+
+@pytest.mark.parametrize("aspect", [Fraction(3, 2), None])
+def test_a_full_range_source_keeps_its_blacks_and_whites_when_encoded(tmp_path, aspect):
+    """Full-range (yuvj420p, "pc") video, as MJPEG capture and some phones write it: a
+    re-encoded clip is limited range, tagged so; its values were left full-range under a
+    limited tag, which clips near-black and near-white when read."""
+    from opensora_core.data.scenes import cut_scenes
+
+    path = tmp_path / "full.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuvj420p"
+        stream.options = {"crf": "8", "bf": "0", "g": "5"}
+        if aspect is not None:
+            stream.codec_context.sample_aspect_ratio = aspect
+        for index in range(24):
+            array = np.zeros((64, 96, 3), np.uint8)
+            array[:, :48], array[:, 48:] = 250, 6
+            array[:8, index * 2 : index * 2 + 8] = 128
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24").reformat(
+                format="yuvj420p", dst_color_range=2)))
+        container.mux(stream.encode())
+    clips = _config().clips.model_copy(update={"stream_copy": False})  # encoded, square pixels too
+    cut = cut_scenes(path, tmp_path / "clips", "f", _config().scenes, clips)
+    assert cut.clips and not any(clip.stream_copy for clip in cut.clips)
+    for clip in cut.clips:
+        with av.open(str(tmp_path / "clips" / clip.file)) as container:
+            frame = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+        assert abs(frame[40, 10].mean() - 250) <= 3 and abs(frame[40, -10].mean() - 6) <= 3, clip.file
