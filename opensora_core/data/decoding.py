@@ -1,10 +1,12 @@
 """Decoding a video stream past damaged packets, with every frame numbered by its place
 in the source.
 
-A packet that fails to decode loses its frame, and often the frames that depend on it
-(an H.264 decoder outputs nothing more until the next keyframe). Decoding goes on
-with the next packet, so the good part after the damage is kept; it stops once
-`MAX_FAILED_PACKETS` packets in a row fail (what is left is no longer video data).
+A packet that fails to decode loses its frame, and the frames that depend on it: up
+to the next keyframe, what the decoder gives is predicted from a lost reference and
+concealed (copies of the frame before the damage, unflagged), so those count as lost
+too. Decoding goes on with the next packet, so the good part after the damage is kept;
+it stops once `MAX_FAILED_PACKETS` packets in a row fail (what is left is no longer
+video data).
 
 Frames are numbered in output order, so a clean file's frame n is the n-th frame
 decoded. Once a packet has failed, the lost frames are counted in, so that a frame
@@ -202,6 +204,7 @@ class FrameDecoder:
         backlog = 0  # sent - out after the last packet that decoded, before any failure since
         index = 0  # source index of the next frame
         damaged = False
+        awaiting_key = False  # after a failure: frames until the next keyframe are not the source's
         pending: Gap | None = None  # failed packets whose lost frames have not been placed yet
         pending_out = 0  # frames out of the decoder when the first of them failed
         failed_in_row = 0
@@ -220,7 +223,7 @@ class FrameDecoder:
             try:
                 frames = packet.decode()
             except av.FFmpegError as err:
-                damaged = True
+                damaged = awaiting_key = True
                 if pending is None:
                     pending, pending_out = Gap(index, None, 0, str(err)), out
                 pending.failed_packets += 1
@@ -235,6 +238,10 @@ class FrameDecoder:
                 continue
             failed_in_row = 0
             for frame in frames:
+                if awaiting_key:
+                    if not frame.key_frame:  # predicted from a lost reference: concealment, not the source
+                        continue
+                    awaiting_key = False
                 out += 1
                 if damaged:
                     timed = frame.pts is not None and last_step  # (an AVI stopped at its damage)

@@ -142,3 +142,40 @@ def test_read_frames_gives_the_frame_held_for_deinterlacing_when_decoding_fails(
             pass
     assert 0 < decodable < 2 * SCENE
     assert len(read_frames(raw / "damaged.mp4", 2 * SCENE)) == decodable
+
+
+def test_frames_after_a_damaged_keyframe_are_their_own_not_concealed_copies(tmp_path):
+    """A damaged keyframe: the decoder went on giving the frames that depend on it as
+    copies of the frame before the damage, unflagged (a clip then began with the
+    previous scene's picture). They are lost now, up to the next keyframe, and every
+    frame kept is the clean file's frame of its index."""
+    from opensora_core.data.decoding import FrameDecoder
+    from tests.data.test_rotation_and_damage import _damage_keyframe, _two_scenes
+
+    frames = _two_scenes(96, 128, frames=60)
+    frames[:, 1::2] //= 2  # fields that differ
+    frames[24:] = 255 - frames[24:]  # and content after the damage unlike that before it
+    paths = {}
+    for name in ("clean", "damaged"):
+        paths[name] = tmp_path / f"{name}.mp4"
+        with av.open(str(paths[name]), "w", options={"movflags": "faststart"}) as container:
+            stream = container.add_stream("libx264", rate=12)
+            stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+            stream.options = {"g": "12", "crf": "12", "bf": "0", "x264-params": "tff=1", "flags": "+ildct+ilme"}
+            for array in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+            container.mux(stream.encode())
+    _damage_keyframe(paths["damaged"], 2)  # frame 24's
+
+    def decoded(path: Path) -> tuple[dict[int, np.ndarray], list]:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            decoder = FrameDecoder(stream)
+            return ({index: frame.to_ndarray(format="rgb24").astype(int)
+                     for index, frame in decoder.frames(container.demux(stream))}, decoder.gaps)
+
+    clean, _ = decoded(paths["clean"])
+    damaged, (gap,) = decoded(paths["damaged"])
+    assert gap.start <= 24 < gap.end
+    for index, picture in damaged.items():
+        assert np.abs(picture - clean[index]).mean() < 3, index

@@ -13,7 +13,7 @@ import pytest
 from av.sidedata.sidedata import Type
 
 from opensora_core.data import curate as curate_module
-from opensora_core.data.config import ClipsConfig
+from opensora_core.data.config import ClipsConfig, ScenesConfig
 from opensora_core.data.curate import curate
 from opensora_core.data.decoding import FrameDecoder
 from opensora_core.data.ingest import RawFile, probe_file
@@ -260,7 +260,7 @@ def test_a_damaged_frame_among_b_frames_is_one_gap(tmp_path, b_frames, packet):
     data = bytearray(path.read_bytes())
     data[position : position + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
     path.write_bytes(bytes(data))
-    cut = cut_scenes(path, tmp_path / "clips", "d")
+    cut = cut_scenes(path, tmp_path / "clips", "d", ScenesConfig(min_frames=8))
     (gap,) = cut.gaps
     assert gap.failed_packets == 1 and gap.end > gap.start
     assert cut.decoded_frames == 120 - (gap.end - gap.start)
@@ -391,9 +391,11 @@ def test_damaged_video_keeps_both_scenes_and_notes_the_damage(curated):
     assert f"frames 24-{after[0] - 1} lost to damage (1 packet failed to decode" in " / ".join(manifest["notes"])
 
 
-def test_a_packet_that_fails_without_losing_a_frame_is_noted_as_such(tmp_path):
-    """A failure that lost no frame was reported as "frames from N on lost" when every
-    frame had decoded; it is noted as such, and splits nothing."""
+def test_a_failed_packet_costs_the_frames_up_to_the_next_keyframe(tmp_path):
+    """After a packet fails, the frames decoded before the next keyframe are predicted
+    from a reference that may be lost: the decoder conceals (a review found a damaged
+    keyframe's successors coming out as stale copies of the frame before it, unflagged),
+    so they count as lost; the keyframe and everything after keep their numbers."""
 
     class FailingPacket:
         size = 10
@@ -403,12 +405,14 @@ def test_a_packet_that_fails_without_losing_a_frame_is_noted_as_such(tmp_path):
 
     path = tmp_path / "clean.mp4"
     _write(path, _two_scenes(64, 96, frames=24))
+    clean = _decode(path)
+    next_key = next(i for i, frame in enumerate(clean) if i >= 5 and frame.key_frame)
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         packets = list(container.demux(stream))
         decoder = FrameDecoder(stream)
         indices = [i for i, _ in decoder.frames([*packets[:5], FailingPacket(), *packets[5:]])]
-    assert indices == list(range(len(_decode(path))))  # every frame, numbered as in a clean decode
+    assert indices == [*range(5), *range(next_key, len(clean))]  # numbered as in a clean decode
     (gap,) = decoder.gaps
-    assert gap.start == gap.end == len(indices) and gap.failed_packets == 1
-    assert decoder.problems().startswith("1 packet failed to decode but no frame was lost (")
+    assert (gap.start, gap.end, gap.failed_packets) == (5, next_key, 1)
+    assert decoder.problems().startswith(f"frames 5-{next_key - 1} lost to damage (1 packet failed to decode")
