@@ -1,4 +1,6 @@
-"""Decoded frames as NumPy arrays, with one swscale context per thread.
+"""Decoded frames as NumPy arrays, with one swscale context per thread, and as a
+player shows them (display matrix: :func:`display_orientation`; non-square pixels:
+:func:`pixel_aspect`).
 
 `av.VideoFrame.to_ndarray(format="rgb24")` sets up a new swscale context for every
 frame, which costs more than decoding the frame on small videos (320x240 mp4: ~1 ms a
