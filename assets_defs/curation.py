@@ -58,14 +58,16 @@ def _raw_file(storage: CurationStorage, key: str) -> RawFile:
 
 
 CAPTION_RUN_TAG = ("opensora/reason", "caption")  # on runs the sensor requests for a changed sidecar
+# On runs the sensor requests when the scorers' settings, weights or caption table changed.
+SCORERS_RUN_TAG = ("opensora/reason", "scorers")
 
 
-def _caption_only(context: AssetExecutionContext, storage: CurationStorage, raw: RawFile | None = None) -> bool:
-    """A run requested for a changed sidecar caption whose file's probe and clips stand:
-    the caption is read again and the clips scored, not probed and cut again. (The raw
-    file is looked up only for such a run.)"""
-    tag, value = CAPTION_RUN_TAG
-    if context.run.tags.get(tag) != value:
+def _score_only(context: AssetExecutionContext, storage: CurationStorage, raw: RawFile | None = None) -> bool:
+    """A run requested for a changed sidecar caption or changed scorers, whose file's
+    probe and clips stand: the caption is read again and the clips scored, not probed
+    and cut again. (The raw file is looked up only for such a run.)"""
+    tag = CAPTION_RUN_TAG[0]
+    if context.run.tags.get(tag) not in (CAPTION_RUN_TAG[1], SCORERS_RUN_TAG[1]):
         return False
     raw = raw or _raw_file(storage, context.partition_key)
     return curate.probe_and_cut_up_to_date(storage.out(), raw, storage.curation_config())
@@ -132,7 +134,7 @@ def raw_videos(context: AssetExecutionContext, curation_storage: CurationStorage
     """One raw video or image: content hash and probe (codec, fps, decodable frames, size)."""
     curation_storage.curation_config().check_local_files()  # a bad model path fails before the file is read
     raw = _raw_file(curation_storage, context.partition_key)
-    if _caption_only(context, curation_storage, raw):
+    if _score_only(context, curation_storage, raw):
         manifest = curate.refresh_caption(curation_storage.source(), curation_storage.out(), raw)
     else:
         manifest = curate.raw_videos(curation_storage.source(), curation_storage.out(), raw,
@@ -157,7 +159,7 @@ def scene_clips(context: AssetExecutionContext, curation_storage: CurationStorag
     or AVI source where that is exact, else re-encoded as MPEG-4 or H.264, from the data
     config); the weights-free scores are computed on the way, from the same decode."""
     key = context.partition_key
-    if _caption_only(context, curation_storage):
+    if _score_only(context, curation_storage):
         manifest = curate.read_manifest(curation_storage.out(), key, "clips")  # the cut stands
     else:
         manifest = curate.scene_clips(curation_storage.source(), curation_storage.out(), key,

@@ -17,6 +17,7 @@ from dagster import (
 
 from assets_defs.curation import (
     CAPTION_RUN_TAG,
+    SCORERS_RUN_TAG,
     raw_partitions,
     raw_videos,
     scene_clips,
@@ -44,7 +45,10 @@ def raw_videos_sensor(context: SensorEvaluationContext, curation_storage: Curati
     a changed file gets a new key. Partitions of files that are gone (deleted, or
     changed: their old key) are removed, unless the folder lists no file at all (an
     unmounted or emptied store is not taken as "delete everything"). A file whose
-    sidecar caption was added, edited or removed is curated again under its key.
+    sidecar caption was added, edited or removed is curated again under its key, and
+    so is every file when the scorers changed: their settings, or a model, weights file
+    or caption table they name replaced in place (the cursor keeps the fingerprint the
+    last tick saw; those runs score again without probing or cutting).
     """
     try:
         source = curation_storage.source()
@@ -57,10 +61,12 @@ def raw_videos_sensor(context: SensorEvaluationContext, curation_storage: Curati
     # index from before stamps has none, and is not taken as "every caption changed").
     before = {row["key"]: row["sidecar"] for row in json.loads(out.read_text(INDEX_FILE)) if "sidecar" in row} \
         if out.exists(INDEX_FILE) else {}
+    config = curation_storage.curation_config()
     try:
-        files = register_inputs(source, curation_storage.curation_config(), index=out)
+        files = register_inputs(source, config, index=out)
     except ValueError as err:  # e.g. the curated root inside the raw one
         return SkipReason(str(err))
+    scorers = config.fingerprint("scorers")  # weights and tables by content (digests cached by stat)
     if not files:
         return SkipReason(f"raw folder {curation_storage.raw_root} has no video or image files")
     known = set(context.instance.get_dynamic_partitions(raw_partitions.name))
@@ -76,17 +82,27 @@ def raw_videos_sensor(context: SensorEvaluationContext, curation_storage: Curati
         gone = []
     # A sidecar caption added, edited or removed: the partition runs again (same key, new caption).
     recaptioned = [f for f in files if f.key in known and f.key in before and before[f.key] != f.sidecar]
-    if not new and not gone and not recaptioned:
+    # The scorers changed since the last tick (none before: the first tick only notes them).
+    rescored = [f for f in files if f.key in known and f not in recaptioned] \
+        if context.cursor is not None and context.cursor != scorers else []
+    if not new and not gone and not recaptioned and not rescored:
+        if context.cursor != scorers:
+            return SensorResult(cursor=scorers, skip_reason=f"no new raw files among {len(files)}")
         return SkipReason(f"no new raw files among {len(files)}")
     requests = [raw_partitions.build_add_request(new)] if new else []
     if gone:
         context.log.info(f"removing {len(gone)} partitions of raw files no longer there: {', '.join(gone[:5])}")
         requests.append(raw_partitions.build_delete_request(gone))
+    if rescored:
+        context.log.info(f"scorers changed: scoring the {len(rescored)} curated files again")
     return SensorResult(
         run_requests=[RunRequest(partition_key=key, run_key=key) for key in new] + [
             RunRequest(partition_key=f.key, run_key=f"{f.key} caption {f.sidecar}", tags=dict([CAPTION_RUN_TAG]))
-            for f in recaptioned],
+            for f in recaptioned] + [
+            RunRequest(partition_key=f.key, run_key=f"{f.key} scorers {scorers}", tags=dict([SCORERS_RUN_TAG]))
+            for f in rescored],
         dynamic_partitions_requests=requests,
+        cursor=scorers,
     )
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -48,9 +49,17 @@ def setup(tmp_path):
 
 
 def _tick(instance, storage):
-    result = raw_videos_sensor(build_sensor_context(instance=instance, resources={"curation_storage": storage}))
+    """One evaluation of the sensor, with the cursor the last one left (kept on the
+    instance, as the daemon keeps it)."""
+    context = build_sensor_context(instance=instance, resources={"curation_storage": storage},
+                                   cursor=getattr(instance, "_test_sensor_cursor", None))
+    result = raw_videos_sensor(context)
     if isinstance(result, SensorResult):
         apply_partition_requests(instance, result)
+        if result.cursor is not None:
+            instance._test_sensor_cursor = result.cursor
+        if result.skip_reason is not None and not result.run_requests and not result.dynamic_partitions_requests:
+            return result.skip_reason
     return result
 
 
@@ -327,3 +336,36 @@ def test_a_store_failing_to_give_the_raw_file_fails_the_probe_run(setup, monkeyp
     assert not result.success
     error = result.get_step_failure_events()[0].event_specific_data.error
     assert "raw_videos of partition red_left" in error.message and "store unreachable" in error.message
+
+
+def test_changed_scorers_score_every_curated_file_again_without_cutting(setup):
+    """A model, weights file or caption table replaced in place (or the scorers'
+    settings changed): the sensor requests each curated file's run, which scores again
+    while the probe and the clips stand."""
+    instance, storage, raw, _ = setup
+    keys = sorted(r.partition_key for r in _tick(instance, storage).run_requests)
+    for key in keys:
+        assert _curate_partition(instance, storage, key).success
+    assert isinstance(_tick(instance, storage), SkipReason)
+    table = raw.parent / "captions.csv"  # a caption table the scorers now read
+    table.write_text("path,text\nred left.mp4,a red square from the table\n")
+    config = Path(storage.data_config)
+    settings = yaml.safe_load(config.read_text())
+    settings["scorers"]["captions"] = {"sidecar": False, "import_csv": str(table)}
+    config.write_text(yaml.safe_dump(settings))
+    requests = _tick(instance, storage).run_requests
+    assert sorted(r.partition_key for r in requests) == keys
+    assert {r.tags["opensora/reason"] for r in requests} == {"scorers"}
+    assert isinstance(_tick(instance, storage), SkipReason)  # once
+    table.write_text("path,text\nred left.mp4,a red square edited in place\n")  # the table's content counts
+    requests = _tick(instance, storage).run_requests
+    assert sorted(r.partition_key for r in requests) == keys
+    red = next(r for r in requests if r.partition_key.startswith("red_left"))
+    with pytest.MonkeyPatch.context() as patch:
+        for step in ("raw_videos", "scene_clips"):
+            patch.setattr(curate_module, step, lambda *a, _s=step, **k: pytest.fail(f"{_s} ran again"))
+        result = materialize([raw_videos, scene_clips, scored_clips], partition_key=red.partition_key,
+                             instance=instance, resources={"curation_storage": storage}, tags=red.tags)
+    assert result.success
+    assert set(curate_module.read_scores(storage.out(), red.partition_key)["text"]) == {
+        "a red square edited in place"}
