@@ -55,6 +55,15 @@ def video_stream(container: av.container.InputContainer) -> av.video.stream.Vide
     return next((stream for stream in container.streams.video if not picture(stream)), None)
 
 
+# FFmpeg's AVFieldOrder values of interlaced video: tt, bb, tb, bt.
+INTERLACED_FIELD_ORDERS = frozenset({2, 3, 4, 5})
+
+
+def field_order_interlaced(stream: av.video.stream.VideoStream) -> bool:
+    """Whether `stream`'s codec says its frames are interlaced (its field order)."""
+    return int(getattr(stream.codec_context, "field_order", 0) or 0) in INTERLACED_FIELD_ORDERS
+
+
 class Deinterlacer:
     """Interlaced video (DV, broadcast 1080i: each frame two fields from two instants,
     which read as a frame comb every moving edge) deinterlaced as a player does, by
@@ -64,26 +73,20 @@ class Deinterlacer:
     Whether a video is interlaced is decided before its first frame comes out, from its
     codec's field order and the flags of its first :data:`LOOKAHEAD` frames (`active`);
     a progressive one passes through untouched. A frame flagged interlaced later still
-    turns deinterlacing on from there (`activated_at`, its index). yadif looks one frame
+    turns deinterlacing on from there (`active` turns true). yadif looks one frame
     ahead: each frame comes out once the next one went in, with the index, timestamp
     and time base it went in with; a change of frame size or format starts a new graph
     (the frames before it flushed first), and so does nothing else.
     """
 
     LOOKAHEAD = 12  # frames read before deciding
-    INTERLACED_FIELD_ORDERS = frozenset({2, 3, 4, 5})  # FFmpeg's AVFieldOrder: tt, bb, tb, bt
 
     def __init__(self, stream: av.video.stream.VideoStream) -> None:
         self.stream = stream
         self.active: bool | None = None  # decided before the first frame comes out
-        self.activated_at: int | None = None  # the index from which frames are deinterlaced
         self._graph: av.filter.Graph | None = None
         self._shape: tuple | None = None
         self._waiting: deque[tuple[int, int | None, object]] = deque()  # (index, pts, time_base) in yadif
-
-    def _field_order_interlaced(self) -> bool:
-        order = getattr(self.stream.codec_context, "field_order", None)
-        return int(order or 0) in self.INTERLACED_FIELD_ORDERS
 
     def _new_graph(self, frame: av.VideoFrame) -> av.filter.Graph:
         graph = av.filter.Graph()
@@ -129,22 +132,21 @@ class Deinterlacer:
         error reading `numbered` is raised after the frames held back came out."""
         numbered = iter(numbered)
         head: list[tuple[int, av.VideoFrame]] = []
+        failure: av.FFmpegError | None = None
         try:
             head.extend(itertools.islice(numbered, self.LOOKAHEAD))
-        except av.FFmpegError:
-            self.active = self._field_order_interlaced() or any(f.interlaced_frame for _, f in head)
-            yield from self._deinterlaced(iter(head))
-            raise
-        self.active = self._field_order_interlaced() or any(f.interlaced_frame for _, f in head)
-        yield from self._deinterlaced(itertools.chain(head, numbered))
+        except av.FFmpegError as err:  # the frames before it still come out
+            failure = err
+        self.active = field_order_interlaced(self.stream) or any(f.interlaced_frame for _, f in head)
+        yield from self._deinterlaced(iter(head) if failure else itertools.chain(head, numbered))
+        if failure is not None:
+            raise failure
 
     def _deinterlaced(self, numbered: Iterator[tuple[int, av.VideoFrame]]) -> Iterator[tuple[int, av.VideoFrame]]:
-        if self.active:
-            self.activated_at = -1
         try:
             for index, frame in numbered:
                 if not self.active and frame.interlaced_frame:  # interlaced from here on
-                    self.active, self.activated_at = True, index
+                    self.active = True
                 if self.active:
                     yield from self._push(index, frame)
                 else:

@@ -25,7 +25,12 @@ import av
 
 from opensora_core.data.captions import SIDECAR_SUFFIXES, sidecar_paths
 from opensora_core.data.config import CurationConfig
-from opensora_core.data.decoding import Deinterlacer, video_stream
+from opensora_core.data.decoding import (
+    MAX_FAILED_PACKETS,
+    FrameDecoder,
+    field_order_interlaced,
+    video_stream,
+)
 from opensora_core.data.frame_arrays import (
     SQUARE_TOLERANCE,
     display_orientation,
@@ -173,9 +178,9 @@ class Probe:
 
     `width` and `height` are the displayed size, which is the size of the clips cut
     from it (they are encoded as shown; a re-encoded clip drops an odd side's last row
-    or column, as 4:2:0 needs, and meta has the clip's own size): the decoded frame's, its width scaled by
-    `pixel_aspect` when pixels are not square (a DVD's 720x480 at 32:27 is shown
-    854x480), then turned by `rotation` (the counterclockwise degrees of the display
+    or column, as 4:2:0 needs, and meta has the clip's own size): the decoded frame's,
+    its width scaled by `pixel_aspect` when pixels are not square (a DVD's 720x480 at
+    32:27 is shown 854x480), then turned by `rotation` (the counterclockwise degrees of the display
     matrix, after a left-right mirror when `mirrored`; 270 for a phone's portrait video,
     coded 1920x1080 and shown 1080x1920). An image's `rotation` is its EXIF orientation's.
     """
@@ -210,8 +215,6 @@ def _rate(stream) -> Fraction | None:
 def _count_decodable(path: Path) -> tuple[int, str | None]:
     """The frames that decode, counted as the scene cutter decodes (past packets that
     fail: :class:`FrameDecoder`), and what was lost, if anything."""
-    from opensora_core.data.decoding import FrameDecoder, video_stream
-
     try:
         with av.open(str(path)) as container:
             stream = video_stream(container)
@@ -249,8 +252,6 @@ def probe_video(local: Path, probe: Probe) -> Probe:
         # whose header still claims the full length. The first frame (its true size and
         # rotation) is decoded on the way, from the first packets, in the same pass;
         # past damaged ones, as the cutter decodes.
-        from opensora_core.data.decoding import MAX_FAILED_PACKETS
-
         packets, first, error, failed = 0, None, None, 0
         try:
             for packet in container.demux(stream):
@@ -265,8 +266,7 @@ def probe_video(local: Path, probe: Probe) -> Probe:
             probe.notes.append(f"demux stopped after {packets} packets: {err}")
             packets = -1
         aspect, header_aspect = pixel_aspect(stream), header_pixel_aspect(stream)  # (the codec's: once a frame decoded)
-        interlaced_order = int(getattr(stream.codec_context, "field_order", 0) or 0) in \
-            Deinterlacer.INTERLACED_FIELD_ORDERS
+        interlaced_order = field_order_interlaced(stream)
         if aspect is None and header_aspect is not None and abs(header_aspect - 1) > SQUARE_TOLERANCE:
             probe.notes.append(f"pixel aspect {header_aspect.numerator}:{header_aspect.denominator} in the header "
                                "is not one footage has; taken as square")
