@@ -197,10 +197,15 @@ def raw_videos(source: Storage | FileList, out: Storage, raw: RawFile, config: C
 # --------------------------------------------------------------------------------------
 
 
+def _clips_folder(out: Storage, key: str) -> str:
+    """Where partition `key`'s clips are, ending in "/": a local path, or a URL in a store."""
+    parts = _step_dir(key, "clips")
+    return (out.path(*parts) if out.is_local else f"{out.url}/{'/'.join(parts)}") + "/"
+
+
 def _clip_location(out: Storage, key: str, file: str) -> str:
-    """Where clip `file` of partition `key` is: a local path, or a URL in a store."""
-    return out.path(*_step_dir(key, "clips"), file) if out.is_local \
-        else f"{out.url}/{'/'.join(_step_dir(key, 'clips'))}/{file}"
+    """Where clip `file` of partition `key` is."""
+    return _clips_folder(out, key) + file
 
 
 def _clip_row(out: Storage, key: str, file: str, probe: dict, source_manifest: dict, clip_path: Path,
@@ -729,12 +734,12 @@ def training_dataset(out: Storage, keys: list[str], config: CurationConfig,
             summary.missing.append(key)
             continue
         summary.partitions += 1
-        if source is not None:  # (manifests before "path" was in them: the probe's has it)
-            rel = manifest.get("path") or (read_manifest(out, key, "raw") or {}).get("path")
-            if rel:
-                sources[key] = source.url_of(rel)
-        if manifest.get("notes") or manifest["rejected"]:
-            where = sources.get(key) or (read_manifest(out, key, "raw") or {}).get("source", key)
+        rel = manifest.get("path")  # (manifests before "path" was in them: the probe's has it)
+        needs_raw = (source is not None and not rel) or manifest.get("notes") or manifest["rejected"]
+        raw_manifest = (read_manifest(out, key, "raw") or {}) if needs_raw else {}
+        if source is not None and (rel := rel or raw_manifest.get("path")):
+            sources[key] = source.url_of(rel)
+        where = sources.get(key) or raw_manifest.get("source", key)
         if manifest.get("notes"):
             summary.notes[where] = manifest["notes"]
         if manifest["rejected"]:
@@ -749,7 +754,7 @@ def training_dataset(out: Storage, keys: list[str], config: CurationConfig,
     here = (out.path(PARTITIONS) if out.is_local else f"{out.url}/{PARTITIONS}") + "/"
     moved = ~table["path"].astype(str).str.startswith(here) if len(table) else []
     if len(table) and moved.any():
-        folders = {key: _clip_location(out, key, "-").removesuffix("-") for key in table.loc[moved, "partition"].unique()}
+        folders = {key: _clips_folder(out, key) for key in table.loc[moved, "partition"].unique()}
         names = table.loc[moved, "path"].astype(str).str.rsplit("/", n=1).str[-1]
         table.loc[moved, "path"] = table.loc[moved, "partition"].map(folders) + names
     if len(table) and sources:  # where the raw files are now

@@ -28,8 +28,6 @@ import numpy as np
 from PIL import Image
 
 ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 as stored; 2-8 mirrored and/or turned
-# Orientations whose upright picture has width and height swapped (a quarter turn).
-_QUARTER_TURNS = (5, 6, 7, 8)
 # The counterclockwise turn, in degrees, that each orientation asks for (5 and 7 with a mirror).
 _ROTATION = {1: 0, 2: 0, 3: 180, 4: 180, 5: 90, 6: 270, 7: 270, 8: 90}
 # What shows each orientation as stored the right way round (PIL turns counterclockwise).
@@ -53,7 +51,7 @@ def exif_orientation(image: Image.Image) -> int:
 def displayed_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) as a viewer shows the image (swapped for a quarter turn)."""
     width, height = image.size
-    return (height, width) if exif_orientation(image) in _QUARTER_TURNS else (width, height)
+    return (height, width) if display_rotation(image) in (90, 270) else (width, height)
 
 
 def display_rotation(image: Image.Image) -> int:
