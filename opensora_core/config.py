@@ -286,7 +286,7 @@ class StageConfig(_Strict):
     grad_checkpoint: bool
     max_steps: int = Field(gt=0)
     warmup_steps: int = Field(ge=0)
-    scheduler: Literal["iddpm", "iddpm-speed"]
+    scheduler: Literal["iddpm", "iddpm-speed", "rflow"]
     ckpt_every: int = Field(gt=0)
     log_every: int = Field(gt=0)
     seed: int

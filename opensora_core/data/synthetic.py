@@ -147,6 +147,28 @@ def image_caption(color: str, shape: str) -> str:
     return f"{_article(color)} {color} {shape}"
 
 
+def held_out_combinations() -> list[tuple[str, str, str]]:
+    """The (colour, shape, direction) combinations the demo never trains on: one shape
+    for every (colour, direction) pair, 28 in all, rotating through the shapes. Each
+    held-out combination's colour + direction, colour + shape and shape + direction
+    still occur in training with other third words, so samples of them measure
+    composition, not memory."""
+    colors, directions = list(COLORS), list(DIRECTIONS)
+    return [(color, SHAPES[(ci + di) % len(SHAPES)], direction)
+            for ci, color in enumerate(colors) for di, direction in enumerate(directions)]
+
+
+def training_combinations(hold_out: bool = True) -> list[tuple[str, str, str]]:
+    """Every (colour, shape, direction), less `held_out_combinations()` when `hold_out`."""
+    held = set(held_out_combinations()) if hold_out else set()
+    return [(c, s, d) for c in COLORS for s in SHAPES for d in DIRECTIONS if (c, s, d) not in held]
+
+
+def held_out_prompts() -> list[str]:
+    """Captions of the held-out combinations: the demo's evaluation prompts."""
+    return [video_caption(c, s, d) for c, s, d in held_out_combinations()]
+
+
 def synth(
     out: str | Path,
     videos: int = 24,
@@ -156,26 +178,34 @@ def synth(
     height: int = 64,
     width: int = 64,
     fps: float = 8.0,
+    speed: tuple[float, float] = (1.0, 2.5),
+    hold_out: bool = False,
 ) -> list[SyntheticSample]:
     """Write a captioned synthetic dataset: `videos` mp4 clips and `images` png stills,
     each with a sidecar `.txt` caption, plus `synthetic.json` listing every sample.
 
-    Attributes cycle through every colour, shape and direction before repeating (then
-    shuffled with `seed`), so even a small dataset covers them all.
+    Video attributes cycle through the (colour, shape, direction) combinations before
+    repeating, all of them or, with `hold_out`, all but `held_out_combinations()`; the
+    speed (pixels per frame at 64 px, scaled with the size) is drawn from `speed`.
+    Stills cycle through every (colour, shape): they name no direction.
     """
     from opensora_core.infer.export import write_image, write_video
     from opensora_core.utils.atomic import write_text_atomic
 
+    if not 0 < speed[0] <= speed[1]:
+        raise ValueError(f"speed must be a range 0 < low <= high, got {speed}")
     out = Path(out)
     rng = np.random.default_rng(seed)
-    colors, directions = list(COLORS), list(DIRECTIONS)
+    colors = list(COLORS)
+    combos = training_combinations(hold_out)
+    # A fixed shuffle spreads a short run of videos over colours, shapes and directions.
+    order = np.random.default_rng(1).permutation(len(combos))
     samples: list[SyntheticSample] = []
-    # Distinct strides keep (colour, shape, direction) combinations varied.
     for i in range(videos):
-        color, shape, direction = colors[i % len(colors)], SHAPES[(i // 2) % len(SHAPES)], directions[i % 4]
+        color, shape, direction = combos[order[i % len(combos)]]
         background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-        speed = float(rng.uniform(1.0, 2.5)) * min(height, width) / 64
-        frames = moving_shape_clip(num_frames, height, width, color, direction, shape, speed, background,
+        pixels_per_frame = float(rng.uniform(*speed)) * min(height, width) / 64
+        frames = moving_shape_clip(num_frames, height, width, color, direction, shape, pixels_per_frame, background,
                                    seed=int(rng.integers(2**31)))
         path = out / f"video_{i:04d}_{color}_{shape}_{direction}.mp4"
         write_video(path, frames, fps=fps)

@@ -7,6 +7,8 @@ per-frame conditioning masks.
 - `dpm-solver`: DPM-Solver++ (2nd order, multistep) over the same linear-beta
   process (diffusers' `DPMSolverMultistepScheduler`); it uses the noise half of
   the model output only.
+- `rflow`: Euler steps of rectified flow (`diffusion/rflow.py`), for models trained
+  with `scheduler: rflow`; the model's first channels are the velocity.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
 from opensora_core.diffusion.iddpm import BETA_END, BETA_START, NUM_TIMESTEPS, GaussianDiffusion
+from opensora_core.diffusion.rflow import RFlowSampler
 
-SAMPLERS = ("iddpm", "dpm-solver")
+SAMPLERS = ("iddpm", "dpm-solver", "rflow")
 
 # model_fn(z, t [B], x_mask [B, T] bool | None) -> [B, 2C, T, H, W]
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -68,7 +71,10 @@ class DPMSolverSampler:
         return self.scheduler.step(eps, t, z.float(), generator=generator).prev_sample
 
 
-def build_sampler(name: str, num_steps: int):
+def build_sampler(name: str, num_steps: int, shift: float = 1.0):
+    """A sampler by name; `shift` is rflow's timestep shift ratio (1 = none)."""
+    if name == "rflow":
+        return RFlowSampler(num_steps, shift)
     if name == "iddpm":
         return IDDPMSampler(num_steps)
     if name in ("dpm-solver", "dpm-solver++"):
@@ -109,17 +115,18 @@ def denoise(
     """
     if (frame_mask is None) != (reference is None):
         raise ValueError("frame_mask and reference go together")
-    diffusion = GaussianDiffusion()
+    q_sample = getattr(sampler, "q_sample", GaussianDiffusion().q_sample)
     started = torch.zeros(z.shape[:1] + z.shape[2:3], dtype=torch.bool, device=z.device)
     generating = None
     for t in tqdm(sampler.timesteps, desc=f"{sampler.name} sampling", disable=not progress, leave=False):
-        t_batch = torch.full((z.shape[0],), t, dtype=torch.long, device=z.device)
+        t_batch = torch.full((z.shape[0],), t, dtype=torch.float32 if isinstance(t, float) else torch.long,
+                             device=z.device)
         if frame_mask is not None:
             generating = frame_mask * NUM_TIMESTEPS > t
             starting = generating & ~started & (frame_mask < 1)
             if starting.any():
                 noise = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
-                renoised = diffusion.q_sample(reference, t_batch, noise)
+                renoised = q_sample(reference, t_batch, noise)
                 z = torch.where(starting[:, None, :, None, None], renoised, z)
             z = torch.where(generating[:, None, :, None, None], z, reference)
             started |= generating

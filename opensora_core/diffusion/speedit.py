@@ -53,10 +53,15 @@ class UniformTimestepSampler:
         return None
 
 
-def build_timestep_sampler(name: str, diffusion: GaussianDiffusion):
-    """`iddpm` (uniform) or `iddpm-speed` (SpeeDiT), the names of the stage configs' `scheduler`."""
+def build_timestep_sampler(name: str, diffusion: GaussianDiffusion | None = None):
+    """`iddpm` (uniform), `iddpm-speed` (SpeeDiT) or `rflow` (logit-normal), the names of
+    the stage configs' `scheduler`."""
+    if name == "rflow":
+        from opensora_core.diffusion.rflow import LogitNormalTimesteps
+
+        return LogitNormalTimesteps()
     if name == "iddpm":
         return UniformTimestepSampler(diffusion)
     if name == "iddpm-speed":
         return SpeeDiTTimestepSampler(diffusion)
-    raise ValueError(f"unknown training scheduler {name!r} (expected 'iddpm' or 'iddpm-speed')")
+    raise ValueError(f"unknown training scheduler {name!r} (expected 'iddpm', 'iddpm-speed' or 'rflow')")

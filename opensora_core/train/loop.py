@@ -41,6 +41,7 @@ from opensora_core.data.dataset import VideoTextDataset, collate
 from opensora_core.data.meta import TableError, read_training_table
 from opensora_core.diffusion.iddpm import GaussianDiffusion
 from opensora_core.diffusion.masks import MaskGenerator
+from opensora_core.diffusion.rflow import RectifiedFlow
 from opensora_core.diffusion.speedit import build_timestep_sampler
 from opensora_core.models import STDiT2, STDiT2Config, load_preset
 from opensora_core.models.accounting import estimate_step_cost
@@ -215,7 +216,7 @@ class Stage:
     ema: EMA | None
     dataset: VideoTextDataset
     sampler: BucketBatchSampler
-    diffusion: GaussianDiffusion
+    diffusion: GaussianDiffusion | RectifiedFlow
     timesteps: object
     masks: MaskGenerator | None
     generator: torch.Generator
@@ -276,7 +277,7 @@ def prepare_stage(args: TrainArgs) -> Stage:
     caches = (None, None)
     if args.cache:
         caches = (ShardedTensorCache(Path(args.cache) / "text"), ShardedTensorCache(Path(args.cache) / "video"))
-    diffusion = GaussianDiffusion()
+    diffusion = RectifiedFlow() if stage.scheduler == "rflow" else GaussianDiffusion()
     return Stage(
         args=args, stage=stage, profile=profile, config=config, seed=seed, max_steps=max_steps,
         ckpt_every=ckpt_every, rank=rank, world=world, mesh=mesh, device=device, out=out, model=model,

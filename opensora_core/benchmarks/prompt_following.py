@@ -1,0 +1,164 @@
+"""Prompt following against training minutes: held-out colour, direction, image-to-video
+and extension accuracy of the demo's model, for several training recipes side by side.
+
+Each recipe is a stage config (the demo's stage files with overrides) trained by the
+real trainer (`train_stage`, in-process, one process) from the real caches of a
+synthetic dataset that leaves out `held_out_combinations()`. Every `eval_every` steps
+the stage's export samples the held-out prompts (and, at the last point, image-to-video
+and extension cases of the same combinations) and the pixel metrics score them.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from opensora_core.config import find_config, load_profile, load_stage
+from opensora_core.data.buckets import BucketAssigner
+from opensora_core.data.caches import ShardedTensorCache, build_text_cache, build_video_cache
+from opensora_core.data.synthetic import held_out_combinations, held_out_prompts, synth
+from opensora_core.eval.conditioning import build_cases, score_case, summarize
+from opensora_core.eval.metrics import evaluate_videos
+from opensora_core.infer.sample import PromptRequest, SampleSettings, load_generation_stack
+from opensora_core.models import load_preset
+from opensora_core.models.text_encoder import build_text_encoder_for_model
+from opensora_core.models.vae import build_vae
+from opensora_core.train.loop import TrainArgs, train_stage
+
+
+def synthetic_table(folder: Path, videos: int, images: int, num_frames: int, speed: tuple[float, float],
+                    hold_out: bool = True, seed: int = 0) -> Path:
+    """The synthetic dataset written as clips plus a training table (what curation keeps
+    of it: every sample, with its caption), as meta.csv."""
+    samples = synth(folder / "raw", videos=videos, images=images, seed=seed, num_frames=num_frames, speed=speed,
+                    hold_out=hold_out)
+    rows = [{"path": str(folder / "raw" / s.path), "text": s.text, "num_frames": 1 if s.direction is None else num_frames,
+             "height": 64, "width": 64, "fps": 8.0} for s in samples]
+    meta = folder / "meta.csv"
+    pd.DataFrame(rows).to_csv(meta, index=False)
+    return meta
+
+
+def build_caches(meta: Path, stage: str, profile: str, cache: Path) -> None:
+    settings = load_profile(profile)
+    config = load_preset(load_stage(stage).model_preset)
+    table = pd.read_csv(meta)
+    encoder = build_text_encoder_for_model(settings.text_encoder.kind, settings.text_encoder.path,
+                                           config.caption_channels, config.model_max_length)
+    build_text_cache(table["text"], encoder, ShardedTensorCache(cache / "text"), progress=False)
+    build_video_cache(table, BucketAssigner(load_stage(stage)), build_vae(settings.vae.kind, settings.vae.path),
+                      ShardedTensorCache(cache / "video"), progress=False)
+
+
+def evaluate_export(export: Path, profile: str, sampler: str, steps: int, cfg_scale: float, seeds: int,
+                    folder: Path | None = None, conditioned: bool = False) -> dict[str, float]:
+    """Held-out text-to-video metrics (and image-to-video / extension with `conditioned`)."""
+    generator, _ = load_generation_stack(checkpoint=export, profile=profile)
+    prompts = held_out_prompts()
+    videos, texts = [], []
+    for seed in range(seeds):
+        settings = SampleSettings(num_frames=8, height=64, width=64, fps=8.0, steps=steps, sampler=sampler,
+                                  cfg_scale=cfg_scale, seed=seed, batch_size=len(prompts))
+        videos += generator.generate([PromptRequest(p) for p in prompts], settings, progress=False)
+        texts += prompts
+    metrics = evaluate_videos(videos, texts)
+    if conditioned and folder is not None:
+        rows = []
+        for kind in ("i2v", "extend"):
+            cases = build_cases(kind, held_out_combinations(), folder / "references")
+            settings = SampleSettings(num_frames=8, height=64, width=64, fps=8.0, steps=steps, sampler=sampler,
+                                      cfg_scale=cfg_scale, seed=0, batch_size=len(cases))
+            requests = [PromptRequest(c.prompt, [c.reference], c.mask_strategy) for c in cases]
+            rows += [score_case(v, c) for v, c in zip(generator.generate(requests, settings, progress=False), cases)]
+        metrics.update(summarize(rows))
+    return metrics
+
+
+def run_recipe(name: str, stages: list[dict], meta: Path, cache: Path, profile: str, folder: Path, eval_every: int,
+               sampler: str, steps: int, cfg_scale: float, seeds: int, console: Console) -> list[dict]:
+    """Train the stages in order (each from the previous export), evaluating every
+    `eval_every` steps; returns one row per evaluation point."""
+    rows, minutes, init = [], 0.0, None
+    for index, stage in enumerate(stages):
+        stage_file = folder / f"{name}-stage{index}.yaml"
+        stage_file.write_text(yaml.safe_dump(stage))
+        out = folder / f"{name}-stage{index}"
+        total = int(stage["max_steps"])
+        for upto in [*range(eval_every, total, eval_every), total]:
+            started = time.perf_counter()
+            result = train_stage(TrainArgs(stage=str(stage_file), data=str(meta), out=str(out), profile=profile,
+                                           cache=str(cache), init=init, max_steps=upto, ckpt_every=eval_every))
+            minutes += (time.perf_counter() - started) / 60
+            last = index == len(stages) - 1 and upto == total
+            metrics = evaluate_export(Path(result.export_path), profile, sampler, steps, cfg_scale, seeds, folder,
+                                      conditioned=last)
+            row = {"recipe": name, "stage": index, "step": upto, "minutes": minutes, "loss": result.final_loss,
+                   **metrics}
+            rows.append(row)
+            console.print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
+                          highlight=False)
+        init = str(folder / f"{name}-stage{index}" / "export" / "model.safetensors")
+    return rows
+
+
+def demo_stages(overrides: dict | None = None, per_stage: list[dict] | None = None) -> list[dict]:
+    """The demo's stage configs (configs/stages/demo) with `overrides` on every stage and
+    `per_stage[i]` on stage i."""
+    stages = []
+    for index in range(4):
+        stage = yaml.safe_load(find_config("stages", f"demo/stage{index}").read_text())
+        stage.update(overrides or {})
+        if per_stage and index < len(per_stage):
+            stage.update(per_stage[index])
+        stages.append(stage)
+    return [s for s in stages if s.get("max_steps", 0) > 0]
+
+
+def run_prompt_following_benchmark(recipes: dict[str, dict], videos: int = 112, images: int = 21,
+                                   num_frames: int = 16, speed: tuple[float, float] = (2.5, 4.0),
+                                   eval_every: int = 200, sampler: str | None = None, steps: int = 20,
+                                   cfg_scale: float = 7.0, seeds: int = 1, console: Console | None = None,
+                                   workdir: Path | None = None) -> list[dict]:
+    """`recipes`: name -> {"overrides": {...}, "per_stage": [...], "data": {...}} (data
+    overrides videos/images/num_frames/speed)."""
+    console = console or Console()
+    torch.set_num_threads(torch.get_num_threads())
+    rows = []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        root = Path(tmp)
+        profile_data = yaml.safe_load(find_config("profiles", "embedded").read_text())
+        profile_data["mlflow_tracking_uri"] = f"sqlite:///{root / 'mlruns.db'}"
+        profile = root / "profile.yaml"
+        profile.write_text(yaml.safe_dump(profile_data))
+        for name, recipe in recipes.items():
+            folder = root / name
+            folder.mkdir()
+            data = {"videos": videos, "images": images, "num_frames": num_frames, "speed": speed,
+                    **recipe.get("data", {})}
+            meta = synthetic_table(folder, data["videos"], data["images"], data["num_frames"], tuple(data["speed"]))
+            stages = demo_stages(recipe.get("overrides"), recipe.get("per_stage"))
+            for index, stage in enumerate(stages):
+                stage_file = folder / f"cache-stage{index}.yaml"
+                stage_file.write_text(yaml.safe_dump(stage))
+                build_caches(meta, str(stage_file), str(profile), folder / "cache")
+            chosen = sampler or ("rflow" if stages[0].get("scheduler") == "rflow" else "dpm-solver")
+            rows += run_recipe(name, stages, meta, folder / "cache", str(profile), folder, eval_every, chosen, steps,
+                               cfg_scale, seeds, console)
+    table = Table(title="held-out prompt following against training minutes (2-core CPU)")
+    for column in ("recipe", "stage", "step", "minutes", "loss", "colour", "direction", "i2v dir", "extend dir"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(r["recipe"], str(r["stage"]), str(r["step"]), f"{r['minutes']:.2f}", f"{r['loss']:.3f}",
+                      f"{r['color_accuracy']:.2f}", f"{r['direction_accuracy']:.2f}",
+                      f"{r.get('i2v_direction_accuracy', float('nan')):.2f}",
+                      f"{r.get('extend_direction_accuracy', float('nan')):.2f}")
+    console.print(table)
+    return rows
