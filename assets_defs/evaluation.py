@@ -217,7 +217,8 @@ def eval_samples(context: AssetExecutionContext, training_settings: TrainingSett
     metrics = report["metrics"]
     eval_run, eval_url, source_run = log_evaluation(mlflow_tracking, folder, report, export,
                                                     _training_run_id(training_settings))
-    scores = ("color_accuracy", "direction_accuracy", "diversity", *(("clip_score",) if "clip_score" in metrics else ()))
+    scores = ("prompt_following", "color_accuracy", "direction_accuracy", "diversity",
+              *(k for k in ("i2v_direction_accuracy", "extend_direction_accuracy", "clip_score") if k in metrics))
     plain = {**{name: _number(metrics[name]) for name in scores},
              "samples": len(report["samples"]), "checkpoint": str(export), "metric": s.metric,
              "mlflow_eval_run": eval_url}

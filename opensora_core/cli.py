@@ -193,7 +193,8 @@ def sample(
     width: Annotated[int | None, typer.Option(help="Pixels; instead of --resolution.")] = None,
     fps: Annotated[float, typer.Option()] = 24.0,
     steps: Annotated[int, typer.Option()] = 100,
-    sampler: Annotated[str, typer.Option(help="iddpm or dpm-solver.")] = "iddpm",
+    sampler: Annotated[str, typer.Option(
+        help="auto (the model's own: iddpm, or rflow for rectified-flow models), iddpm, dpm-solver or rflow.")] = "auto",
     cfg_scale: Annotated[float, typer.Option()] = 7.0,
     cfg_channel: Annotated[int, typer.Option(help="Guide only the first N latent channels.")] = 3,
     seed: Annotated[int, typer.Option()] = 42,

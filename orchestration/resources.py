@@ -226,8 +226,9 @@ class EvaluationSettings(ConfigurableResource):
     seeds: int = Field(2, ge=1, description="Samples per prompt (seeds 0..N-1).")
     steps: int = Field(20, ge=1, description="DPM-Solver++ steps per sample.")
     cfg_scale: float = Field(7.0, description="Classifier-free guidance scale.")
-    metric: Literal["color_accuracy", "direction_accuracy", "diversity", "clip_score"] = Field(
-        "color_accuracy", description="Score compared with the champion's to decide promotion.")
+    metric: Literal["prompt_following", "color_accuracy", "direction_accuracy", "i2v_direction_accuracy",
+                    "extend_direction_accuracy", "diversity", "clip_score"] = Field(
+        "prompt_following", description="Score compared with the champion's to decide promotion.")
     clip: str | None = Field(None, description="Local CLIP folder: adds clip_score (none is downloaded).")
 
 
@@ -240,7 +241,7 @@ def evaluation_settings_from_env() -> EvaluationSettings:
         prompts=env_or("OPENSORA_EVAL_PROMPTS", "default"),
         seeds=int(os.environ.get("OPENSORA_EVAL_SEEDS", "2")),  # read now: EnvVar.int skips the bounds check
         steps=int(os.environ.get("OPENSORA_EVAL_STEPS", "20")),
-        metric=os.environ.get("OPENSORA_EVAL_METRIC", "color_accuracy"),
+        metric=os.environ.get("OPENSORA_EVAL_METRIC", "prompt_following"),
         clip=os.environ.get("OPENSORA_EVAL_CLIP") or None,
     )
 

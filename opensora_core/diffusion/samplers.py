@@ -6,7 +6,7 @@ per-frame conditioning masks.
   respaced timesteps explicitly so each step jumps to the true previous one).
 - `dpm-solver`: DPM-Solver++ (2nd order, multistep) over the same linear-beta
   process (diffusers' `DPMSolverMultistepScheduler`); it uses the noise half of
-  the model output only.
+  the model output only; for rectified-flow models over flow sigmas.
 - `rflow`: Euler steps of rectified flow (`diffusion/rflow.py`), for models trained
   with `scheduler: rflow`; the model's first channels are the velocity.
 """
@@ -20,7 +20,7 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
 from opensora_core.diffusion.iddpm import BETA_END, BETA_START, NUM_TIMESTEPS, GaussianDiffusion
-from opensora_core.diffusion.rflow import RFlowSampler
+from opensora_core.diffusion.rflow import RectifiedFlow, RFlowSampler
 
 SAMPLERS = ("iddpm", "dpm-solver", "rflow")
 
@@ -54,32 +54,60 @@ class IDDPMSampler:
 
 
 class DPMSolverSampler:
+    """DPM-Solver++ (2nd order). For a rectified-flow model (`flow`) it runs over flow
+    sigmas (t/1000) with the velocity turned into diffusers' flow convention."""
+
     name = "dpm-solver"
 
-    def __init__(self, num_steps: int = 20):
+    def __init__(self, num_steps: int = 20, flow: bool = False):
         if num_steps < 1:
             raise ValueError(f"steps must be >= 1, got {num_steps}")
+        self.flow = flow
+        if flow:
+            process = {"use_flow_sigmas": True, "flow_shift": 1.0, "prediction_type": "flow_prediction",
+                       "final_sigmas_type": "zero"}
+            self.q_sample = RectifiedFlow.q_sample
+        else:
+            process = {"beta_start": BETA_START, "beta_end": BETA_END, "beta_schedule": "linear",
+                       "prediction_type": "epsilon"}
         self.scheduler = DPMSolverMultistepScheduler(
-            num_train_timesteps=NUM_TIMESTEPS, beta_start=BETA_START, beta_end=BETA_END, beta_schedule="linear",
-            solver_order=2, algorithm_type="dpmsolver++", prediction_type="epsilon", lower_order_final=True,
+            num_train_timesteps=NUM_TIMESTEPS, solver_order=2, algorithm_type="dpmsolver++", lower_order_final=True,
+            **process,
         )
         self.scheduler.set_timesteps(num_steps)
         self.timesteps = [int(t) for t in self.scheduler.timesteps]
+        if flow:
+            # The scheduler keeps integer timesteps; the model must see t = 1000 * sigma exactly.
+            exact = [float(sigma) * NUM_TIMESTEPS for sigma in self.scheduler.sigmas[:-1]]
+            self._scheduler_t = dict(zip(exact, self.timesteps))
+            self.timesteps = exact
 
-    def step(self, output: torch.Tensor, t: int, z: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        eps = output[:, : z.shape[1]].float()
-        return self.scheduler.step(eps, t, z.float(), generator=generator).prev_sample
+    def step(self, output: torch.Tensor, t, z: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        prediction = output[:, : z.shape[1]].float()
+        if self.flow:
+            prediction = -prediction  # ours is x0 - noise; diffusers' flow is noise - x0
+            t = self._scheduler_t[t]
+        return self.scheduler.step(prediction, t, z.float(), generator=generator).prev_sample
 
 
-def build_sampler(name: str, num_steps: int, shift: float = 1.0):
-    """A sampler by name; `shift` is rflow's timestep shift ratio (1 = none)."""
-    if name == "rflow":
-        return RFlowSampler(num_steps, shift)
-    if name == "iddpm":
-        return IDDPMSampler(num_steps)
+OBJECTIVES = ("iddpm", "rflow")
+
+
+def build_sampler(name: str, num_steps: int, objective: str = "iddpm", shift: float = 1.0):
+    """A sampler by name for a model trained with `objective` ("iddpm" covers
+    iddpm-speed); "auto" is the objective's own (iddpm or rflow); `shift` is rflow's timestep shift ratio (1 = none)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown training objective {objective!r} (expected one of {', '.join(OBJECTIVES)})")
+    if name == "auto":  # the objective's own sampler
+        name = "rflow" if objective == "rflow" else "iddpm"
     if name in ("dpm-solver", "dpm-solver++"):
-        return DPMSolverSampler(num_steps)
-    raise ValueError(f"unknown sampler {name!r} (expected one of {', '.join(SAMPLERS)})")
+        return DPMSolverSampler(num_steps, flow=objective == "rflow")
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r} (expected one of {', '.join(SAMPLERS)})")
+    if (name == "rflow") != (objective == "rflow"):
+        wanted = "rflow or dpm-solver" if objective == "rflow" else "iddpm or dpm-solver"
+        raise ValueError(f"sampler {name!r} does not fit a model trained with {objective}: use {wanted}")
+    return RFlowSampler(num_steps, shift) if name == "rflow" else IDDPMSampler(num_steps)
 
 
 def classifier_free_guidance(output: torch.Tensor, cfg_scale: float, cfg_channel: int | None) -> torch.Tensor:

@@ -16,6 +16,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from opensora_core.eval.conditioning import CONDITIONING_KINDS, build_cases, combination_of, score_case, summarize
 from opensora_core.utils.atomic import write_text_atomic
 
 DEFAULT_PROMPT_SET = "default"
@@ -72,6 +73,7 @@ def run_eval(
     cfg_scale: float = 7.0,
     progress: bool = False,
     clip: str | Path | None = None,
+    conditioned: bool = True,
 ) -> dict:
     """Generate `seeds` samples of every prompt (seeds 0..seeds-1, DPM-Solver++,
     8 frames at 64x64), write them under `out/samples/seed_N/`, and write
@@ -79,7 +81,14 @@ def run_eval(
 
     With `clip` (a local Hugging Face CLIP folder) the metrics gain `clip_score`, the
     mean over samples of `opensora_core.eval.clip_score`'s CLIP score, and every sample
-    its own; without it nothing about CLIP is imported and `clip_score` is absent."""
+    its own; without it nothing about CLIP is imported and `clip_score` is absent.
+
+    With `conditioned`, every prompt that names a colour, shape and direction also gets
+    an image-to-video and an extension case (`eval/conditioning.py`) from a fresh clip
+    of that combination, written under `out/references/` and sampled into
+    `out/samples/i2v/` and `out/samples/extend/`. `prompt_following` is the mean of the
+    colour and direction accuracies (and the conditioned direction accuracies): the
+    score promotion compares."""
     from opensora_core.eval.metrics import evaluate_videos
     from opensora_core.infer.sample import (
         SampleSettings,
@@ -113,6 +122,9 @@ def run_eval(
     metrics = evaluate_videos(videos, video_prompts, details)
     for row, path in zip(details, files):
         row["file"] = path
+    conditioned_rows = _conditioned(generator, texts, steps, cfg_scale, out, provenance, progress) if conditioned else []
+    metrics.update(summarize(conditioned_rows))
+    metrics["prompt_following"] = prompt_following(metrics)
     if scorer is not None:
         scores = scorer.score(videos, video_prompts)
         for row, value in zip(details, scores):
@@ -125,9 +137,38 @@ def run_eval(
                      "clip": None if clip is None else str(clip)},
         "provenance": provenance,
         "samples": details,
+        "conditioned": conditioned_rows,
     }
     write_text_atomic(out / METRICS_FILE, json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report
+
+
+def prompt_following(metrics: dict) -> float:
+    """Mean of the accuracies that were measured: colour, direction, and the direction
+    of image-to-video and extension samples; NaN when none was."""
+    keys = ("color_accuracy", "direction_accuracy", "i2v_direction_accuracy", "extend_direction_accuracy")
+    values = [metrics[k] for k in keys if k in metrics and not math.isnan(metrics[k])]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _conditioned(generator, texts: list[str], steps: int, cfg_scale: float, out: Path, provenance: dict,
+                 progress: bool = False) -> list[dict]:
+    """Image-to-video and extension samples of the prompts' synthetic combinations, scored."""
+    from opensora_core.infer.sample import PromptRequest, SampleSettings, write_samples
+
+    combinations = list(dict.fromkeys(c for c in map(combination_of, texts) if c is not None))
+    rows: list[dict] = []
+    for kind in CONDITIONING_KINDS if combinations else ():
+        cases = build_cases(kind, combinations, out / "references", EVAL_FRAMES, EVAL_HEIGHT, EVAL_WIDTH)
+        requests = [PromptRequest(c.prompt, [c.reference], c.mask_strategy) for c in cases]
+        settings = SampleSettings(num_frames=EVAL_FRAMES, height=EVAL_HEIGHT, width=EVAL_WIDTH, fps=EVAL_FPS,
+                                  steps=steps, sampler="dpm-solver", cfg_scale=cfg_scale, seed=0,
+                                  batch_size=len(requests))
+        videos = generator.generate(requests, settings, progress=progress)
+        written = write_samples(videos, requests, settings, out / "samples" / kind, provenance)
+        for video, case, path in zip(videos, cases, written):
+            rows.append({**score_case(video, case), "file": str(path)})
+    return rows
 
 
 def _fmt(value) -> str:
@@ -145,13 +186,16 @@ def eval_command(
     cfg_scale: Annotated[float, typer.Option()] = 7.0,
     clip: Annotated[Path | None, typer.Option(
         help="Local Hugging Face CLIP folder (config.json, weights, tokenizer, preprocessor): adds the CLIP score.")] = None,
+    conditioned: Annotated[bool, typer.Option(
+        help="Also score image-to-video and extension from fresh clips of the prompts' synthetic combinations.")] = True,
 ) -> None:
     """Score prompt following (colour, motion direction, CLIP score with --clip) and sample diversity of a checkpoint."""
     if not checkpoint.exists():
         err_console.print(f"[bold red]error:[/] --checkpoint {checkpoint}: no such file", highlight=False)
         raise typer.Exit(2)
     try:
-        report = run_eval(checkpoint, prompts, seeds, steps, out, profile, device, cfg_scale, clip=clip)
+        report = run_eval(checkpoint, prompts, seeds, steps, out, profile, device, cfg_scale, clip=clip,
+                          conditioned=conditioned)
     except (ValueError, FileNotFoundError) as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False)
         raise typer.Exit(2) from None
@@ -175,6 +219,12 @@ def eval_command(
     summary.add_row("direction_accuracy", _fmt(m["direction_accuracy"]),
                     f"{m['direction_counted']:.0f} ({m['direction_skipped']:.0f} skipped)")
     summary.add_row("diversity", _fmt(m["diversity"]), f"{m['diversity_prompts']:.0f} prompts")
+    for kind, label in (("i2v", "image-to-video"), ("extend", "extension")):
+        if f"{kind}_direction_accuracy" in m:
+            counted = sum(r["kind"] == kind for r in report["conditioned"])
+            summary.add_row(f"{kind}_direction_accuracy", _fmt(m[f"{kind}_direction_accuracy"]), f"{counted} {label}")
+            summary.add_row(f"{kind}_color_accuracy", _fmt(m[f"{kind}_color_accuracy"]), f"{counted} {label}")
+    summary.add_row("prompt_following", _fmt(m["prompt_following"]), "mean of the accuracies")
     if "clip_score" in m:
         summary.add_row("clip_score", _fmt(m["clip_score"]), f"{m['num_samples']:.0f} samples")
     console.print(summary)

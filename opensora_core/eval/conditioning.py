@@ -16,10 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
-from opensora_core.data.synthetic import BACKGROUNDS, moving_shape_clip, video_caption
-from opensora_core.eval.metrics import classify_color, estimate_motion
+from opensora_core.data.synthetic import BACKGROUNDS, SHAPES, moving_shape_clip, video_caption
+from opensora_core.eval.metrics import classify_color, estimate_motion, parse_synthetic_prompt
 
 CONDITIONING_KINDS = ("i2v", "extend")
+
+
+def combination_of(prompt: str) -> tuple[str, str, str] | None:
+    """(colour, shape, direction) a synthetic prompt names, or None when it lacks one."""
+    wanted = parse_synthetic_prompt(prompt)
+    shape = next((word for word in prompt.lower().split() if word in SHAPES), None)
+    if wanted.color is None or wanted.direction is None or shape is None:
+        return None
+    return wanted.color, shape, wanted.direction
 
 
 @dataclass(frozen=True)

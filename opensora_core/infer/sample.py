@@ -40,7 +40,7 @@ class SampleSettings:
     width: int = 64
     fps: float = 24.0
     steps: int = 100
-    sampler: str = "iddpm"
+    sampler: str = "auto"  # the model's own: iddpm, or rflow for rectified-flow models
     cfg_scale: float = 7.0
     cfg_channel: int | None = 3
     seed: int = 42
@@ -87,7 +87,8 @@ def parse_prompt(line: str, references: list[str] | None = None, mask_strategy: 
 class VideoGenerator:
     """Model + autoencoder + text encoder, and the loop that turns prompts into videos."""
 
-    def __init__(self, model, vae, text_encoder, device: str | torch.device = "cpu"):
+    def __init__(self, model, vae, text_encoder, device: str | torch.device = "cpu", objective: str = "iddpm"):
+        self.objective = objective  # what the model was trained for: iddpm or rflow
         self.model = model.eval().to(device)
         self.vae = vae.to(device) if isinstance(vae, torch.nn.Module) else vae
         self.text_encoder = text_encoder
@@ -117,7 +118,7 @@ class VideoGenerator:
         if settings.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {settings.batch_size}")
         try:
-            build_sampler(settings.sampler, settings.steps)
+            build_sampler(settings.sampler, settings.steps, self.objective)
         except ValueError as err:
             problems.append(str(err))
         if getattr(self.text_encoder, "model_max_length", c.model_max_length) != c.model_max_length or getattr(
@@ -216,7 +217,7 @@ class VideoGenerator:
             if any(p is not None for p in placements):
                 reference = torch.stack([p[0] if p else torch.zeros(latent_shape) for p in placements]).to(self.device)
                 frame_mask = torch.stack([p[1] if p else torch.ones(frames) for p in placements]).to(self.device)
-            sampler = build_sampler(settings.sampler, settings.steps)
+            sampler = build_sampler(settings.sampler, settings.steps, self.objective)
             latents = denoise(model_fn, sampler, z, frame_mask, reference, generator, progress)
             pieces.append(latents if loop == 0 else latents[:, :, settings.condition_frame_length :])
             previous = latents
@@ -261,14 +262,17 @@ def load_generation_stack(
 
     from opensora_core.config import load_profile
     from opensora_core.models import STDiT2, build_stdit2
+    from opensora_core.models.checkpoint_io import read_objective
     from opensora_core.models.text_encoder import build_text_encoder_for_model
     from opensora_core.models.vae import build_vae
 
     if (checkpoint is None) == (preset is None):
         raise ValueError("give exactly one of a checkpoint or a preset")
     settings = load_profile(profile)
+    objective = "iddpm"
     if checkpoint is not None:
         model = STDiT2.from_checkpoint(checkpoint)
+        objective = read_objective(checkpoint)
         checkpoint_file = Path(checkpoint) / "model.safetensors" if Path(checkpoint).is_dir() else Path(checkpoint)
     else:
         warnings.warn(f"sampling from a randomly initialised {preset}: the output is noise-like", stacklevel=2)
@@ -288,8 +292,9 @@ def load_generation_stack(
         "checkpoint": None if checkpoint_file is None else str(checkpoint_file),
         "checkpoint_sha256": None if checkpoint_file is None else file_sha256(checkpoint_file),
         "preset": preset,
+        "objective": objective,
         "profile": profile,
         "vae": vae.identity(),
         "text_encoder": text_encoder.identity(),
     }
-    return VideoGenerator(model, vae, text_encoder, device), provenance
+    return VideoGenerator(model, vae, text_encoder, device, objective), provenance

@@ -20,6 +20,7 @@ from opensora_core.models.stdit2 import STDiT2, STDiT2Config, config_to_json, in
 from opensora_core.utils.atomic import atomic_path, write_text_atomic
 
 CONFIG_METADATA_KEY = "stdit2_config"
+OBJECTIVE_METADATA_KEY = "objective"  # what the weights were trained for: iddpm or rflow
 _WRAPPER_KEYS = ("model", "state_dict", "module", "ema")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 
@@ -73,6 +74,18 @@ def read_config(path: str | Path) -> STDiT2Config | None:
     if sidecar.is_file():
         return STDiT2Config(**json.loads(sidecar.read_text()))
     return None
+
+
+def read_objective(path: str | Path) -> str:
+    """The training objective recorded in one of our exports ("iddpm" or "rflow");
+    "iddpm" for files that record none (Open-Sora 1.1's published weights)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if path.suffix == ".safetensors" and path.is_file():
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get(OBJECTIVE_METADATA_KEY, "iddpm")
+    return "iddpm"
 
 
 def save_model(model: STDiT2, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:

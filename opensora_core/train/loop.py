@@ -45,7 +45,7 @@ from opensora_core.diffusion.rflow import RectifiedFlow
 from opensora_core.diffusion.speedit import build_timestep_sampler
 from opensora_core.models import STDiT2, STDiT2Config, load_preset
 from opensora_core.models.accounting import estimate_step_cost
-from opensora_core.models.checkpoint_io import compare_keys, load_state_dict, save_model
+from opensora_core.models.checkpoint_io import OBJECTIVE_METADATA_KEY, compare_keys, load_state_dict, save_model
 from opensora_core.models.pixart import looks_like_pixart, stdit2_state_from_pixart
 from opensora_core.models.text_encoder import build_text_encoder_for_model
 from opensora_core.models.vae import build_vae
@@ -413,7 +413,8 @@ def _run(s: Stage, step: int, tracker, on_metrics) -> TrainResult:
                 break
     progress.close()
 
-    export = _export(s.out, s.model, s.text_encoder if s.trains_text else None, s.ema, s.rank)
+    export = _export(s.out, s.model, s.text_encoder if s.trains_text else None, s.ema, s.rank,
+                     "rflow" if s.stage.scheduler == "rflow" else "iddpm")
     wall = time.perf_counter() - started
     result = TrainResult(steps=step, final_loss=last_loss, tokens_per_second=meter.total_tokens / wall,
                          wall_seconds=wall, export_path=str(export), dcp_dir=str(s.checkpoints.latest()),
@@ -482,7 +483,7 @@ def _save(s: Stage, step: int) -> None:
     s.checkpoints.save(step, _shared_state(s), own)
 
 
-def _export(out: Path, model, text_encoder, ema: EMA | None, rank: int) -> Path:
+def _export(out: Path, model, text_encoder, ema: EMA | None, rank: int, objective: str = "iddpm") -> Path:
     """Consolidated `export/model.safetensors` (EMA weights when the stage keeps an EMA)."""
     if ema is not None:
         state = {name: tensor for name, tensor in ema.state_dict().items()}
@@ -496,7 +497,8 @@ def _export(out: Path, model, text_encoder, ema: EMA | None, rank: int) -> Path:
         with torch.device("meta"):
             shell = STDiT2(model.config)
         shell.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in full.items()}, assign=True)
-        save_model(shell, path, extra_metadata={"weights": "ema" if ema is not None else "raw"})
+        save_model(shell, path, extra_metadata={"weights": "ema" if ema is not None else "raw",
+                                                OBJECTIVE_METADATA_KEY: objective})
         if text_encoder is not None:
             with atomic_path(path.with_name(TEXT_ENCODER_WEIGHTS)) as tmp:
                 save_file({k: v.detach().cpu().contiguous() for k, v in text_encoder.state_dict().items()}, str(tmp))

@@ -64,3 +64,31 @@ def test_to_uint8_frames_validates_layout():
         to_uint8_frames(torch.zeros(2, 3, 4, 4))
     frames = to_uint8_frames(torch.ones(3, 2, 4, 4))
     assert frames.shape == (2, 4, 4, 3) and frames.max() == 255
+
+
+def test_held_out_split_keeps_every_pair_of_attributes_in_training():
+    from opensora_core.data.synthetic import (
+        COLORS,
+        DIRECTIONS,
+        SHAPES,
+        held_out_combinations,
+        training_combinations,
+    )
+
+    held, train = held_out_combinations(), training_combinations()
+    assert len(held) == 28 and len(train) == 56 and not set(held) & set(train)
+    assert len(training_combinations(hold_out=False)) == len(COLORS) * len(SHAPES) * len(DIRECTIONS)
+    for color, shape, direction in held:  # every two of its three words occur together in training
+        assert any(c == color and d == direction for c, _, d in train)
+        assert any(c == color and s == shape for c, s, _ in train)
+        assert any(s == shape and d == direction for _, s, d in train)
+
+
+def test_synth_with_hold_out_writes_only_training_combinations(tmp_path):
+    from opensora_core.data.synthetic import held_out_combinations, synth
+
+    samples = synth(tmp_path, videos=60, images=3, hold_out=True, speed=(3.0, 4.0), num_frames=10)
+    videos = [s for s in samples if s.direction is not None]
+    assert len(videos) == 60 and not {(s.color, s.shape, s.direction) for s in videos} & set(held_out_combinations())
+    with pytest.raises(ValueError, match="speed"):
+        synth(tmp_path / "x", videos=1, images=0, speed=(0.0, 1.0))

@@ -33,8 +33,11 @@ def test_speedit_favours_steps_where_noise_still_changes():
 
 def test_training_scheduler_names():
     assert build_timestep_sampler("iddpm", GaussianDiffusion()).weights(torch.tensor([3])) is None
-    with pytest.raises(ValueError, match="iddpm-speed"):
-        build_timestep_sampler("rflow", GaussianDiffusion())
+    t = build_timestep_sampler("rflow").sample(4000, torch.Generator().manual_seed(0))
+    assert t.dtype == torch.float32 and 0 < t.min() and t.max() < 1000
+    assert abs(t.median().item() - 500) < 25 and ((t > 250) & (t < 750)).float().mean() > 0.6  # logit-normal
+    with pytest.raises(ValueError, match="iddpm-speed' or 'rflow'"):
+        build_timestep_sampler("ddpm", GaussianDiffusion())
 
 
 def test_mask_generator_validates_ratios():

@@ -8,14 +8,14 @@ from opensora_core.models import build_stdit2
 from opensora_core.models.checkpoint_io import save_model
 
 
-def test_default_prompt_set_covers_colours_and_directions():
-    from opensora_core.data.synthetic import COLORS, DIRECTIONS
+def test_default_prompt_set_is_exactly_the_held_out_combinations():
+    from opensora_core.data.synthetic import COLORS, DIRECTIONS, held_out_prompts
     from opensora_core.eval.metrics import parse_synthetic_prompt
 
-    parsed = [parse_synthetic_prompt(p) for p in load_prompts("default")]
-    assert len(parsed) >= 8
-    assert {p.color for p in parsed} == set(COLORS)
-    assert {p.direction for p in parsed} == set(DIRECTIONS)
+    prompts = load_prompts("default")
+    assert prompts == held_out_prompts() and len(prompts) == 28
+    parsed = [parse_synthetic_prompt(p) for p in prompts]
+    assert {(p.color, p.direction) for p in parsed} == {(c, d) for c in COLORS for d in DIRECTIONS}
 
 
 @pytest.mark.filterwarnings("ignore:no text_encoder.safetensors")
@@ -27,7 +27,7 @@ def test_eval_command_writes_samples_and_metrics(app, tmp_path):
     result = CliRunner().invoke(app, ["eval", "--checkpoint", str(checkpoint), "--prompts", str(prompts),
                                       "--seeds", "2", "--steps", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "color_accuracy" in result.output
+    assert "color_accuracy" in result.output and "i2v_direction_accuracy" in result.output
     report = json.loads((out / "metrics.json").read_text())
     m = report["metrics"]
     assert m["num_samples"] == 4 and m["color_counted"] == 2 and m["color_skipped"] == 2
@@ -37,6 +37,12 @@ def test_eval_command_writes_samples_and_metrics(app, tmp_path):
         assert sorted(p.name for p in (out / "samples" / f"seed_{seed}").iterdir()) == [
             "sample_000.json", "sample_000.mp4", "sample_001.json", "sample_001.mp4"]
     assert len(report["samples"]) == 4 and report["settings"]["sampler"] == "dpm-solver"
+    # The prompt naming a colour, shape and direction also gets an image-to-video and an extension case.
+    assert [r["kind"] for r in report["conditioned"]] == ["i2v", "extend"]
+    assert (out / "samples" / "i2v" / "sample_000.mp4").is_file() and (out / "samples" / "extend").is_dir()
+    expected = [m[k] for k in ("color_accuracy", "direction_accuracy", "i2v_direction_accuracy",
+                               "extend_direction_accuracy")]
+    assert m["prompt_following"] == pytest.approx(sum(expected) / 4)
 
 
 def test_eval_command_rejects_missing_checkpoint(app, tmp_path):
