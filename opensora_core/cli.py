@@ -166,6 +166,23 @@ def bench_dataloader(
     run_dataloader_benchmark(clips, frames, size, max_batches, console)
 
 
+@bench_app.command("prompt-following")
+def bench_prompt_following(
+    recipes: Annotated[str, typer.Option(help="Comma-separated names of benchmarks.prompt_following.RECIPES.")] = "demo,demo-iddpm,slow-data",
+    eval_every: Annotated[int, typer.Option(min=1, help="Steps between evaluations.")] = 200,
+    steps: Annotated[int, typer.Option(min=1, help="Sampler steps.")] = 20,
+    seeds: Annotated[int, typer.Option(min=1)] = 1,
+) -> None:
+    """Held-out colour, direction, image-to-video and extension accuracy against training minutes, per recipe."""
+    from opensora_core.benchmarks.prompt_following import RECIPES, run_prompt_following_benchmark
+
+    names = [n.strip() for n in recipes.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown or not names:
+        fail(f"--recipes: unknown {unknown or names}; choose from {', '.join(RECIPES)}")
+    run_prompt_following_benchmark({n: RECIPES[n] for n in names}, eval_every, steps, seeds=seeds, console=console)
+
+
 @bench_app.command("train")
 def bench_train(
     presets: Annotated[str, typer.Option(help="Comma-separated presets.")] = "stdit2-tiny,stdit2-small",

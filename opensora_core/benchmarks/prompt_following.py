@@ -24,7 +24,7 @@ from rich.table import Table
 from opensora_core.config import find_config, load_profile, load_stage
 from opensora_core.data.buckets import BucketAssigner
 from opensora_core.data.caches import ShardedTensorCache, build_text_cache, build_video_cache
-from opensora_core.data.synthetic import held_out_combinations, held_out_prompts, synth
+from opensora_core.data.synthetic import DEMO_DATASET, held_out_combinations, held_out_prompts, synth
 from opensora_core.eval.conditioning import build_cases, score_case, summarize
 from opensora_core.eval.metrics import evaluate_videos
 from opensora_core.infer.sample import PromptRequest, SampleSettings, load_generation_stack
@@ -34,12 +34,11 @@ from opensora_core.models.vae import build_vae
 from opensora_core.train.loop import TrainArgs, train_stage
 
 
-def synthetic_table(folder: Path, videos: int, images: int, num_frames: int, speed: tuple[float, float],
-                    hold_out: bool = True, seed: int = 0) -> Path:
-    """The synthetic dataset written as clips plus a training table (what curation keeps
-    of it: every sample, with its caption), as meta.csv."""
-    samples = synth(folder / "raw", videos=videos, images=images, seed=seed, num_frames=num_frames, speed=speed,
-                    hold_out=hold_out)
+def synthetic_table(folder: Path, seed: int = 0, **data) -> Path:
+    """The synthetic dataset (`synth` with `data`) written as clips plus a training table
+    (what curation keeps of it: every sample, with its caption), as meta.csv."""
+    samples = synth(folder / "raw", seed=seed, **data)
+    num_frames = data["num_frames"]
     rows = [{"path": str(folder / "raw" / s.path), "text": s.text, "num_frames": 1 if s.direction is None else num_frames,
              "height": 64, "width": 64, "fps": 8.0} for s in samples]
     meta = folder / "meta.csv"
@@ -122,13 +121,22 @@ def demo_stages(overrides: dict | None = None, per_stage: list[dict] | None = No
     return [s for s in stages if s.get("max_steps", 0) > 0]
 
 
-def run_prompt_following_benchmark(recipes: dict[str, dict], videos: int = 112, images: int = 21,
-                                   num_frames: int = 16, speed: tuple[float, float] = (2.5, 4.0),
-                                   eval_every: int = 200, sampler: str | None = None, steps: int = 20,
+# What `opensora bench prompt-following` compares: the demo's recipe, the same with
+# IDDPM (the published 1.1 objective), and the demo's data before this bench existed
+# (48 slow 16-frame clips of any combination but the held-out ones).
+RECIPES: dict[str, dict] = {
+    "demo": {},
+    "demo-iddpm": {"overrides": {"scheduler": "iddpm"}},
+    "slow-data": {"data": {"videos": 48, "images": 16, "num_frames": 16, "speed": (1.0, 2.5)}},
+}
+
+
+def run_prompt_following_benchmark(recipes: dict[str, dict], eval_every: int = 200, steps: int = 20,
                                    cfg_scale: float = 7.0, seeds: int = 1, console: Console | None = None,
                                    workdir: Path | None = None) -> list[dict]:
-    """`recipes`: name -> {"overrides": {...}, "per_stage": [...], "data": {...}} (data
-    overrides videos/images/num_frames/speed)."""
+    """`recipes`: name -> {"overrides": {...}, "per_stage": [...], "data": {...}}: stage
+    fields for every stage, per stage, and `synth` arguments over `DEMO_DATASET`. Samples
+    with DPM-Solver++ (flow sigmas for rflow), as `opensora eval` does."""
     console = console or Console()
     torch.set_num_threads(torch.get_num_threads())
     rows = []
@@ -141,17 +149,14 @@ def run_prompt_following_benchmark(recipes: dict[str, dict], videos: int = 112, 
         for name, recipe in recipes.items():
             folder = root / name
             folder.mkdir()
-            data = {"videos": videos, "images": images, "num_frames": num_frames, "speed": speed,
-                    **recipe.get("data", {})}
-            meta = synthetic_table(folder, data["videos"], data["images"], data["num_frames"], tuple(data["speed"]))
+            meta = synthetic_table(folder, **{**DEMO_DATASET, **recipe.get("data", {})})
             stages = demo_stages(recipe.get("overrides"), recipe.get("per_stage"))
             for index, stage in enumerate(stages):
                 stage_file = folder / f"cache-stage{index}.yaml"
                 stage_file.write_text(yaml.safe_dump(stage))
                 build_caches(meta, str(stage_file), str(profile), folder / "cache")
-            chosen = sampler or ("rflow" if stages[0].get("scheduler") == "rflow" else "dpm-solver")
-            rows += run_recipe(name, stages, meta, folder / "cache", str(profile), folder, eval_every, chosen, steps,
-                               cfg_scale, seeds, console)
+            rows += run_recipe(name, stages, meta, folder / "cache", str(profile), folder, eval_every, "dpm-solver",
+                               steps, cfg_scale, seeds, console)
     table = Table(title="held-out prompt following against training minutes (2-core CPU)")
     for column in ("recipe", "stage", "step", "minutes", "loss", "colour", "direction", "i2v dir", "extend dir"):
         table.add_column(column, justify="right")

@@ -31,6 +31,13 @@ DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up"
 BACKGROUNDS: tuple[tuple[int, int, int], ...] = ((24, 24, 32), (40, 40, 40), (12, 12, 12), (32, 28, 24))
 
 
+# `make demo`'s training set: every (colour, shape, direction) but the held-out ones
+# that the evaluation prompts name, twice over, in clips short enough for fast motion
+# (pixels per frame at 64 px) to stay in the frame, and stills of every colour and
+# shape. bench/prompt_following.py measures the choices.
+DEMO_DATASET = {"videos": 112, "images": 21, "num_frames": 10, "speed": (3.5, 5.0), "hold_out": True}
+
+
 def _shape_mask(shape: str, side: int) -> np.ndarray:
     """Boolean `[side, side]` footprint of `shape` inscribed in its bounding square."""
     yy, xx = np.mgrid[0:side, 0:side] + 0.5

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -130,3 +131,30 @@ def test_loss_summary_flags_nan_and_rising_loss(tmp_path):
     assert good.finite and good.decreased and good.points == 8 and good.first == pytest.approx(0.95)
     assert not write([1.0, 0.9, float("nan"), 0.5]).decreased
     assert not write([0.5, 0.6, 0.7, 0.9]).decreased
+
+
+def test_an_rflow_stage_exports_its_objective_and_samples_with_its_own_sampler(tmp_path, training_table, test_profile):
+    import yaml
+
+    from opensora_core.config import find_config
+    from opensora_core.infer.sample import PromptRequest, SampleSettings, load_generation_stack
+    from opensora_core.models.checkpoint_io import read_objective
+
+    stage = yaml.safe_load(find_config("stages", "tiny/stage1").read_text())
+    stage_file = tmp_path / "rflow.yaml"
+    stage_file.write_text(yaml.safe_dump({**stage, "scheduler": "rflow"}))
+    result = train_stage(TrainArgs(stage=str(stage_file), data=str(training_table), out=str(tmp_path / "s"),
+                                   profile=str(test_profile), max_steps=2, ckpt_every=2))
+    assert all(math.isfinite(loss) for _, loss in result.loss_curve)
+    assert read_objective(result.export_path) == "rflow"
+    generator, provenance = load_generation_stack(checkpoint=result.export_path, profile=str(test_profile))
+    assert generator.objective == provenance["objective"] == "rflow"
+    request = [PromptRequest("a red square moving left")]
+    for sampler in ("auto", "rflow", "dpm-solver"):
+        video, = generator.generate(request, SampleSettings(num_frames=2, height=32, width=32, steps=2,
+                                                            sampler=sampler), progress=False)
+        assert video.shape == (3, 2, 32, 32) and torch.isfinite(video).all()
+    with pytest.raises(ValueError, match="does not fit a model trained with rflow"):
+        generator.generate(request, SampleSettings(num_frames=2, height=32, width=32, steps=2, sampler="iddpm"))
+    # An IDDPM export (and any file that records nothing, such as Open-Sora's) is IDDPM.
+    assert read_objective(save_model(build_stdit2("stdit2-tiny"), tmp_path / "plain" / "model.safetensors")) == "iddpm"
