@@ -154,8 +154,9 @@ def _stage_rows(result, names: list[str]) -> list[tuple[str, str]]:
 
 def _held_out_scores(evaluation: dict) -> str:
     """The evaluation's scores on the 28 held-out combinations, one line each."""
-    lines = [f"colour {evaluation['color_accuracy']:.3f} (chance 0.143), direction "
-             f"{evaluation['direction_accuracy']:.3f} (chance 0.25)"]
+    first = (f"colour {evaluation['color_accuracy']:.3f} (chance 0.143), direction "
+             f"{evaluation['direction_accuracy']:.3f} (chance 0.25)")
+    lines = [first]
     if "i2v_direction_accuracy" in evaluation:
         lines.append(f"image-to-video direction {evaluation['i2v_direction_accuracy']:.3f}, extension direction "
                      f"{evaluation.get('extend_direction_accuracy', float('nan')):.3f}")

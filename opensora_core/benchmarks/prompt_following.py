@@ -24,7 +24,12 @@ from rich.table import Table
 from opensora_core.config import find_config, load_profile, load_stage
 from opensora_core.data.buckets import BucketAssigner
 from opensora_core.data.caches import ShardedTensorCache, build_text_cache, build_video_cache
-from opensora_core.data.synthetic import DEMO_DATASET, held_out_combinations, held_out_prompts, synth
+from opensora_core.data.synthetic import (
+    DEMO_DATASET,
+    held_out_combinations,
+    held_out_prompts,
+    synth,
+)
 from opensora_core.eval.conditioning import build_cases, score_case, summarize
 from opensora_core.eval.metrics import evaluate_videos
 from opensora_core.infer.sample import PromptRequest, SampleSettings, load_generation_stack

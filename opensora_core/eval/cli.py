@@ -16,7 +16,13 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from opensora_core.eval.conditioning import CONDITIONING_KINDS, build_cases, combination_of, score_case, summarize
+from opensora_core.eval.conditioning import (
+    CONDITIONING_KINDS,
+    build_cases,
+    combination_of,
+    score_case,
+    summarize,
+)
 from opensora_core.utils.atomic import write_text_atomic
 
 DEFAULT_PROMPT_SET = "default"

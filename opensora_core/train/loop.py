@@ -45,7 +45,12 @@ from opensora_core.diffusion.rflow import RectifiedFlow
 from opensora_core.diffusion.speedit import build_timestep_sampler
 from opensora_core.models import STDiT2, STDiT2Config, load_preset
 from opensora_core.models.accounting import estimate_step_cost
-from opensora_core.models.checkpoint_io import OBJECTIVE_METADATA_KEY, compare_keys, load_state_dict, save_model
+from opensora_core.models.checkpoint_io import (
+    OBJECTIVE_METADATA_KEY,
+    compare_keys,
+    load_state_dict,
+    save_model,
+)
 from opensora_core.models.pixart import looks_like_pixart, stdit2_state_from_pixart
 from opensora_core.models.text_encoder import build_text_encoder_for_model
 from opensora_core.models.vae import build_vae
