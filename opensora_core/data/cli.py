@@ -181,13 +181,23 @@ def synth(
     frames: Annotated[int, typer.Option(min=2, help="Frames per clip.")] = 16,
     size: Annotated[int, typer.Option(min=16, help="Height and width in pixels.")] = 64,
     fps: Annotated[float, typer.Option(min=1, help="Frames per second of the clips.")] = 8.0,
+    speed: Annotated[str, typer.Option(help="Pixels per frame at 64 px, drawn per clip from LOW,HIGH.")] = "1.0,2.5",
+    hold_out: Annotated[bool, typer.Option(
+        help="Leave out the held-out (colour, shape, direction) combinations that the evaluation prompts name.")] = False,
 ) -> None:
     """Write the synthetic captioned dataset (coloured shapes moving / still, with sidecar captions)."""
     from opensora_core.data.synthetic import synth as run
 
     if out.exists() and not out.is_dir():
         fail(f"--out {out}: a file, not a folder")
-    samples = run(out, videos=videos, images=images, seed=seed, num_frames=frames, height=size, width=size, fps=fps)
+    try:
+        low, high = (float(part) for part in speed.split(","))
+        if not 0 < low <= high:
+            raise ValueError
+    except ValueError:
+        fail(f"--speed {speed}: expected LOW,HIGH with 0 < LOW <= HIGH (pixels per frame at 64 px)")
+    samples = run(out, videos=videos, images=images, seed=seed, num_frames=frames, height=size, width=size,
+                  fps=fps, speed=(low, high), hold_out=hold_out)
     console.print(f"wrote {videos} videos and {images} images to {out}", highlight=False)
     for sample in samples[:3]:
         console.print(f"  {sample.path}: {sample.text}", highlight=False)

@@ -32,6 +32,20 @@ def test_synth_then_curate_through_the_cli(tmp_path):
     assert (meta.loc[meta["media"] == "video", "num_frames"] == 16).all()
 
 
+def test_synth_holds_out_the_evaluation_combinations_and_checks_the_speed(tmp_path):
+    from opensora_core.data.synthetic import held_out_combinations
+
+    result = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "syn"), "--videos", "56", "--images", "0",
+                                 "--frames", "10", "--speed", "3.5,5", "--hold-out"])
+    assert result.exit_code == 0, result.output
+    listing = json.loads((tmp_path / "syn" / "synthetic.json").read_text())
+    seen = {(s["color"], s["shape"], s["direction"]) for s in listing}
+    assert len(seen) == 56 and not seen & set(held_out_combinations())  # every training combination once
+    for bad in ("fast", "5,3.5", "0,1", "1"):
+        result = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "x"), "--speed", bad])
+        assert result.exit_code == 2 and "--speed" in result.output, result.output
+
+
 def test_still_images_show_their_shape():
     circle = shape_image(64, 64, "blue", "circle", seed=3)
     square = shape_image(64, 64, "blue", "square", seed=3)
