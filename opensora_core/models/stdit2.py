@@ -38,6 +38,7 @@ from opensora_core.models.layers import (
     modulate,
     select_per_frame,
     spatial_sincos_pos_embed,
+    temporal_sincos_pos_embed,
 )
 from opensora_core.models.rope import RotaryEmbedding
 
@@ -68,6 +69,9 @@ class STDiT2Config(BaseModel):
     qk_norm: bool = True
     qk_norm_legacy: bool = Field(True, description="RoPE before QK-norm, as the published weights expect.")
     enable_flash_attn: bool = Field(True, description="Use flash-attn where installed and on CUDA.")
+    temporal_pos_embed: bool = Field(
+        False, description="Add a parameter-free sin-cos embedding of the frame index to every token (as STDiT 1.0 "
+                           "did); the published STDiT-2 has none: RoPE gives only relative frame positions.")
 
     @model_validator(mode="after")
     def _check_shapes(self) -> STDiT2Config:
@@ -296,6 +300,8 @@ class STDiT2(nn.Module):
         patches = grid_h * grid_w
         pos = spatial_sincos_pos_embed(c.hidden_size, grid_h, grid_w, scale, round(math.sqrt(patches)), x.device, dtype)
         x = self.x_embedder(x).view(batch, frames, patches, c.hidden_size) + pos
+        if c.temporal_pos_embed:
+            x = x + temporal_sincos_pos_embed(c.hidden_size, frames, x.device, dtype)[None, :, None]
 
         # 3. Timestep modulation (and timestep 0 for conditioning frames)
         timestep = _micro_condition(timestep, None, dtype, batch, x.device)

@@ -284,3 +284,24 @@ def test_bf16_model_sees_rounded_conditions_like_the_published_one():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     c = model(**{**inputs, "timestep": torch.tensor([999.0, 999.0])}, height=480.0, width=864.0)
     assert not torch.allclose(a, c)
+
+
+def test_temporal_position_embedding_tells_frames_apart_and_adds_no_weights():
+    """Off (the published STDiT-2), a model whose frames cannot talk gives every frame of
+    a repeated input the same output; on, each frame knows its index."""
+    torch.manual_seed(0)
+    plain = build_random_model()
+    config = plain.config.model_copy(update={"temporal_pos_embed": True})
+    with_index = STDiT2(config)
+    with_index.load_state_dict(plain.state_dict(), strict=True)  # the same tensors: nothing new to load
+    assert plain.config.temporal_pos_embed is False and load_preset("stdit2-xl2").temporal_pos_embed is False
+    for model in (plain, with_index):
+        for block in model.blocks:
+            torch.nn.init.zeros_(block.attn_temp.proj.weight)
+            torch.nn.init.zeros_(block.attn_temp.proj.bias)
+    inputs = dummy_inputs()
+    inputs["x"] = inputs["x"][:, :, :1].repeat(1, 1, inputs["x"].shape[2], 1, 1)
+    same = plain(**inputs)
+    torch.testing.assert_close(same[:, :, 0], same[:, :, -1])
+    indexed = with_index(**inputs)
+    assert not torch.allclose(indexed[:, :, 0], indexed[:, :, -1])
