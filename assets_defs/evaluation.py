@@ -78,8 +78,10 @@ def write_previews(report: dict, folder: Path, fps: float) -> tuple[Path, Path]:
 
 def _moved(report: dict, old: Path, new: Path) -> dict:
     """The report with its sample paths under the round's final folder."""
-    for row in report["samples"]:
-        row["file"] = str(new / Path(row["file"]).relative_to(old))
+    for row in report["samples"] + report.get("conditioned", []):
+        for key in ("file", "reference"):
+            if key in row:
+                row[key] = str(new / Path(row[key]).relative_to(old))
     return report
 
 

@@ -59,12 +59,12 @@ class DPMSolverSampler:
 
     name = "dpm-solver"
 
-    def __init__(self, num_steps: int = 20, flow: bool = False):
+    def __init__(self, num_steps: int = 20, flow: bool = False, shift: float = 1.0):
         if num_steps < 1:
             raise ValueError(f"steps must be >= 1, got {num_steps}")
         self.flow = flow
         if flow:
-            process = {"use_flow_sigmas": True, "flow_shift": 1.0, "prediction_type": "flow_prediction",
+            process = {"use_flow_sigmas": True, "flow_shift": shift, "prediction_type": "flow_prediction",
                        "final_sigmas_type": "zero"}
             self.q_sample = RectifiedFlow.q_sample
         else:
@@ -101,7 +101,7 @@ def build_sampler(name: str, num_steps: int, objective: str = "iddpm", shift: fl
     if name == "auto":  # the objective's own sampler
         name = "rflow" if objective == "rflow" else "iddpm"
     if name in ("dpm-solver", "dpm-solver++"):
-        return DPMSolverSampler(num_steps, flow=objective == "rflow")
+        return DPMSolverSampler(num_steps, flow=objective == "rflow", shift=shift)
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r} (expected one of {', '.join(SAMPLERS)})")
     if (name == "rflow") != (objective == "rflow"):

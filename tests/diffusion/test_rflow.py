@@ -19,11 +19,16 @@ def _velocity_oracle(x0: torch.Tensor):
     return model_fn
 
 
-@pytest.mark.parametrize(("name", "steps"), [("rflow", 30), ("rflow", 5), ("dpm-solver", 20), ("auto", 10)])
-def test_flow_samplers_recover_the_clean_latent_from_an_exact_velocity_oracle(name, steps):
+@pytest.mark.parametrize(("name", "steps", "shift"), [("rflow", 30, 1.0), ("rflow", 5, 1.0), ("dpm-solver", 20, 1.0),
+                                                    ("auto", 10, 1.0), ("rflow", 10, 3.0), ("dpm-solver", 10, 3.0)])
+def test_flow_samplers_recover_the_clean_latent_from_an_exact_velocity_oracle(name, steps, shift):
     x0 = torch.randn(2, 4, 3, 4, 4)
     z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
-    out = denoise(_velocity_oracle(x0), build_sampler(name, steps, "rflow"), z, progress=False)
+    sampler = build_sampler(name, steps, "rflow", shift)
+    plain = build_sampler(name, steps, "rflow").timesteps
+    if shift > 1:  # shifted toward noise: every step at least as noisy, the middle ones more
+        assert all(a >= b - 1e-3 for a, b in zip(sampler.timesteps, plain)) and sampler.timesteps[steps // 2] > plain[steps // 2] + 50
+    out = denoise(_velocity_oracle(x0), sampler, z, progress=False)
     assert (out - x0).abs().max() < 1e-3
 
 

@@ -87,12 +87,16 @@ def test_whole_graph_materializes_with_lineage_and_promotes(pipeline):
     assert md["frame_strip"].startswith("![first, middle, last frame](data:image/png;base64,")
     folder = Path(md["folder"])
     report = json.loads((folder / "metrics.json").read_text())
-    assert len(report["samples"]) == 8 and all(Path(s["file"]).is_file() for s in report["samples"])
+    assert len(report["samples"]) == 28 and all(Path(s["file"]).is_file() for s in report["samples"])
+    # Each held-out prompt also gets an image-to-video and an extension sample, scored.
+    assert [r["kind"] for r in report["conditioned"]] == ["i2v"] * 28 + ["extend"] * 28
+    assert all(Path(r["file"]).is_file() and Path(r["reference"]).is_file() for r in report["conditioned"])
+    assert md["metric"] == "prompt_following" and 0.0 <= md["prompt_following"] <= 1.0
     assert not list(folder.parent.glob(".*.partial"))
 
     client = MlflowClient(tracking_uri=pipeline["uri"], registry_uri=pipeline["uri"])
     champion = client.get_model_version_by_alias("stdit2", "champion")
-    assert int(champion.version) == 1 and float(champion.tags["eval.color_accuracy"]) == md["color_accuracy"]
+    assert int(champion.version) == 1 and float(champion.tags["eval.prompt_following"]) == md["prompt_following"]
     # The version points at the stage 3 run's export/ folder: weights and the trained text encoder.
     stage3_run = json.loads((pipeline["folders"].train / "stage3" / "result.json").read_text())["mlflow_run_id"]
     assert champion.run_id == stage3_run
