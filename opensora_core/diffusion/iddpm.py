@@ -125,19 +125,14 @@ class GaussianDiffusion:
         clean (t=0) and excluded from both terms. `mse_weights` `[B]` scales the MSE
         term (SpeeDiT); the bound term is unweighted so the variance still learns.
         """
-        if noise is None:
-            noise = torch.randn_like(x_start)
-        x_t = self.q_sample(x_start, t, noise)
-        if frame_mask is not None:
-            frame_mask = frame_mask.to(device=x_start.device, dtype=torch.bool)
-            x_t = torch.where(frame_mask[:, None, :, None, None], x_t, x_start)
+        x_t, frame_mask, noise = noised_input(self.q_sample, x_start, t, frame_mask, noise)
         output = model_output_fn(x_t, t, frame_mask).float()
         channels = x_start.shape[1]
         if output.shape[1] != 2 * channels:
             raise ValueError(f"the model must predict noise and variance ({2 * channels} channels), got {output.shape[1]}")
         eps, range_value = output.split(channels, dim=1)
 
-        weights = self._frame_weights(frame_mask, x_start)
+        weights = frame_weights(frame_mask, x_start)
         mse = _masked_mean((noise.float() - eps) ** 2, weights)
         if mse_weights is not None:
             mse = mse * mse_weights.float()
@@ -153,11 +148,25 @@ class GaussianDiffusion:
         vb = torch.where(t == 0, nll, kl) * (self.num_timesteps / 1000.0)
         return LossTerms(loss=mse + vb, mse=mse, vb=vb)
 
-    @staticmethod
-    def _frame_weights(frame_mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-        if frame_mask is None:
-            return torch.ones(like.shape[0], 1, like.shape[2], 1, 1, device=like.device)
-        return frame_mask.float()[:, None, :, None, None]
+
+def noised_input(q_sample, x_start: torch.Tensor, t: torch.Tensor, frame_mask: torch.Tensor | None,
+                 noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(x_t, bool frame mask, noise): generated frames noised by `q_sample` at t,
+    conditioning frames (mask False) left clean; noise drawn when None."""
+    if noise is None:
+        noise = torch.randn_like(x_start)
+    x_t = q_sample(x_start, t, noise)
+    if frame_mask is not None:
+        frame_mask = frame_mask.to(device=x_start.device, dtype=torch.bool)
+        x_t = torch.where(frame_mask[:, None, :, None, None], x_t, x_start)
+    return x_t, frame_mask, noise
+
+
+def frame_weights(frame_mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """`[B, 1, T, 1, 1]`: 1 for the frames that are scored."""
+    if frame_mask is None:
+        return torch.ones(like.shape[0], 1, like.shape[2], 1, 1, device=like.device)
+    return frame_mask.float()[:, None, :, None, None]
 
 
 def _masked_mean(values: torch.Tensor, frame_weights: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from opensora_core.diffusion.iddpm import LossTerms, _masked_mean
+from opensora_core.diffusion.iddpm import LossTerms, _masked_mean, frame_weights, noised_input
 
 NUM_TIMESTEPS = 1000
 BASE_PIXELS = 512 * 512
@@ -56,18 +56,9 @@ class RectifiedFlow:
         mse_weights: torch.Tensor | None = None,
     ) -> LossTerms:
         """Velocity MSE per sample; `model_output_fn(x_t, t, x_mask)` as for IDDPM."""
-        if noise is None:
-            noise = torch.randn_like(x_start)
-        x_t = self.q_sample(x_start, t, noise)
-        if frame_mask is not None:
-            frame_mask = frame_mask.to(device=x_start.device, dtype=torch.bool)
-            x_t = torch.where(frame_mask[:, None, :, None, None], x_t, x_start)
-        output = model_output_fn(x_t, t, frame_mask).float()
-        channels = x_start.shape[1]
-        velocity = output[:, :channels]
-        weights = (torch.ones(x_start.shape[0], 1, x_start.shape[2], 1, 1, device=x_start.device)
-                   if frame_mask is None else frame_mask.float()[:, None, :, None, None])
-        mse = _masked_mean((x_start.float() - noise.float() - velocity) ** 2, weights)
+        x_t, frame_mask, noise = noised_input(self.q_sample, x_start, t, frame_mask, noise)
+        velocity = model_output_fn(x_t, t, frame_mask).float()[:, : x_start.shape[1]]
+        mse = _masked_mean((x_start.float() - noise.float() - velocity) ** 2, frame_weights(frame_mask, x_start))
         if mse_weights is not None:
             mse = mse * mse_weights.float()
         return LossTerms(loss=mse, mse=mse, vb=torch.zeros_like(mse))
