@@ -287,6 +287,8 @@ class StageConfig(_Strict):
     max_steps: int = Field(gt=0)
     warmup_steps: int = Field(ge=0)
     scheduler: Literal["iddpm", "iddpm-speed", "rflow"]
+    # rflow only: t' = s t / (1 + (s - 1) t) moves training and sampling toward noise.
+    timestep_shift: float = Field(1.0, ge=1.0, le=100.0)
     ckpt_every: int = Field(gt=0)
     log_every: int = Field(gt=0)
     seed: int
@@ -349,6 +351,8 @@ class StageConfig(_Strict):
             raise ValueError(
                 f"warmup_steps: {self.warmup_steps} exceeds max_steps {self.max_steps}"
             )
+        if self.timestep_shift != 1.0 and self.scheduler != "rflow":
+            raise ValueError(f"timestep_shift: {self.timestep_shift} needs scheduler rflow, not {self.scheduler}")
         if self.stage == 0 and self.init_from == "previous":
             raise ValueError("init_from: stage 0 has no previous stage")
         return self

@@ -452,3 +452,13 @@ def test_project_root_walks_up_from_cwd(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.delenv("OPENSORA_PROJECT_ROOT")
     monkeypatch.chdir(nested)
     assert project_root() == tmp_path.resolve()
+
+
+def test_timestep_shift_belongs_to_rectified_flow(tmp_path: Path) -> None:
+    data = _stage1_data()
+    assert load_config(_write(tmp_path, data), StageConfig).timestep_shift == 1.0  # absent: no shift
+    assert "timestep_shift: 3.0 needs scheduler rflow, not iddpm" in _error(
+        _write(tmp_path, {**data, "scheduler": "iddpm", "timestep_shift": 3.0}))
+    assert "timestep_shift" in _error(_write(tmp_path, {**data, "scheduler": "rflow", "timestep_shift": 0.5}))
+    assert load_config(_write(tmp_path, {**data, "scheduler": "rflow", "timestep_shift": 3.0}),
+                       StageConfig).timestep_shift == 3.0

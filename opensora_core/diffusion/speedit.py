@@ -53,13 +53,13 @@ class UniformTimestepSampler:
         return None
 
 
-def build_timestep_sampler(name: str, diffusion: GaussianDiffusion | None = None):
-    """`iddpm` (uniform), `iddpm-speed` (SpeeDiT) or `rflow` (logit-normal), the names of
-    the stage configs' `scheduler`."""
+def build_timestep_sampler(name: str, diffusion: GaussianDiffusion | None = None, shift: float = 1.0):
+    """`iddpm` (uniform), `iddpm-speed` (SpeeDiT) or `rflow` (logit-normal, shifted by
+    `shift`), the names of the stage configs' `scheduler`."""
     if name == "rflow":
         from opensora_core.diffusion.rflow import LogitNormalTimesteps
 
-        return LogitNormalTimesteps()
+        return LogitNormalTimesteps(shift)
     if name == "iddpm":
         return UniformTimestepSampler(diffusion)
     if name == "iddpm-speed":

@@ -87,8 +87,10 @@ def parse_prompt(line: str, references: list[str] | None = None, mask_strategy: 
 class VideoGenerator:
     """Model + autoencoder + text encoder, and the loop that turns prompts into videos."""
 
-    def __init__(self, model, vae, text_encoder, device: str | torch.device = "cpu", objective: str = "iddpm"):
+    def __init__(self, model, vae, text_encoder, device: str | torch.device = "cpu", objective: str = "iddpm",
+                 shift: float = 1.0):
         self.objective = objective  # what the model was trained for: iddpm or rflow
+        self.shift = shift  # rflow's timestep shift in training, repeated in sampling
         self.model = model.eval().to(device)
         self.vae = vae.to(device) if isinstance(vae, torch.nn.Module) else vae
         self.text_encoder = text_encoder
@@ -118,7 +120,7 @@ class VideoGenerator:
         if settings.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {settings.batch_size}")
         try:
-            build_sampler(settings.sampler, settings.steps, self.objective)
+            build_sampler(settings.sampler, settings.steps, self.objective, self.shift)
         except ValueError as err:
             problems.append(str(err))
         if getattr(self.text_encoder, "model_max_length", c.model_max_length) != c.model_max_length or getattr(
@@ -217,7 +219,7 @@ class VideoGenerator:
             if any(p is not None for p in placements):
                 reference = torch.stack([p[0] if p else torch.zeros(latent_shape) for p in placements]).to(self.device)
                 frame_mask = torch.stack([p[1] if p else torch.ones(frames) for p in placements]).to(self.device)
-            sampler = build_sampler(settings.sampler, settings.steps, self.objective)
+            sampler = build_sampler(settings.sampler, settings.steps, self.objective, self.shift)
             latents = denoise(model_fn, sampler, z, frame_mask, reference, generator, progress)
             pieces.append(latents if loop == 0 else latents[:, :, settings.condition_frame_length :])
             previous = latents
@@ -269,10 +271,10 @@ def load_generation_stack(
     if (checkpoint is None) == (preset is None):
         raise ValueError("give exactly one of a checkpoint or a preset")
     settings = load_profile(profile)
-    objective = "iddpm"
+    objective, shift = "iddpm", 1.0
     if checkpoint is not None:
         model = STDiT2.from_checkpoint(checkpoint)
-        objective = read_objective(checkpoint)
+        objective, shift = read_objective(checkpoint)
         checkpoint_file = Path(checkpoint) / "model.safetensors" if Path(checkpoint).is_dir() else Path(checkpoint)
     else:
         warnings.warn(f"sampling from a randomly initialised {preset}: the output is noise-like", stacklevel=2)
@@ -293,8 +295,9 @@ def load_generation_stack(
         "checkpoint_sha256": None if checkpoint_file is None else file_sha256(checkpoint_file),
         "preset": preset,
         "objective": objective,
+        "timestep_shift": shift,
         "profile": profile,
         "vae": vae.identity(),
         "text_encoder": text_encoder.identity(),
     }
-    return VideoGenerator(model, vae, text_encoder, device, objective), provenance
+    return VideoGenerator(model, vae, text_encoder, device, objective, shift), provenance

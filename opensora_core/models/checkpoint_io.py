@@ -21,6 +21,7 @@ from opensora_core.utils.atomic import atomic_path, write_text_atomic
 
 CONFIG_METADATA_KEY = "stdit2_config"
 OBJECTIVE_METADATA_KEY = "objective"  # what the weights were trained for: iddpm or rflow
+SHIFT_METADATA_KEY = "timestep_shift"  # rflow's timestep shift, which sampling must repeat
 _WRAPPER_KEYS = ("model", "state_dict", "module", "ema")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 
@@ -76,16 +77,17 @@ def read_config(path: str | Path) -> STDiT2Config | None:
     return None
 
 
-def read_objective(path: str | Path) -> str:
-    """The training objective recorded in one of our exports ("iddpm" or "rflow");
-    "iddpm" for files that record none (Open-Sora 1.1's published weights)."""
+def read_objective(path: str | Path) -> tuple[str, float]:
+    """The training objective ("iddpm" or "rflow") and timestep shift recorded in one of
+    our exports; ("iddpm", 1.0) for files that record none (Open-Sora 1.1's weights)."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
+    metadata = {}
     if path.suffix == ".safetensors" and path.is_file():
         with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get(OBJECTIVE_METADATA_KEY, "iddpm")
-    return "iddpm"
+            metadata = handle.metadata() or {}
+    return metadata.get(OBJECTIVE_METADATA_KEY, "iddpm"), float(metadata.get(SHIFT_METADATA_KEY, 1.0))
 
 
 def save_model(model: STDiT2, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:

@@ -47,6 +47,7 @@ from opensora_core.models import STDiT2, STDiT2Config, load_preset
 from opensora_core.models.accounting import estimate_step_cost
 from opensora_core.models.checkpoint_io import (
     OBJECTIVE_METADATA_KEY,
+    SHIFT_METADATA_KEY,
     compare_keys,
     load_state_dict,
     save_model,
@@ -290,7 +291,7 @@ def prepare_stage(args: TrainArgs) -> Stage:
         ema=EMA(model, stage.ema_decay) if stage.ema_decay else None,
         dataset=VideoTextDataset(table, stage.frame_interval, text_encoder, vae.identity(), *caches, seed=seed),
         sampler=BucketBatchSampler(assigner, rows, seed=seed, rank=rank, world_size=world),
-        diffusion=diffusion, timesteps=build_timestep_sampler(stage.scheduler, diffusion),
+        diffusion=diffusion, timesteps=build_timestep_sampler(stage.scheduler, diffusion, stage.timestep_shift),
         masks=MaskGenerator(stage.mask_ratios) if stage.mask_ratios else None,
         generator=torch.Generator().manual_seed(seed * 1000 + rank),
         checkpoints=CheckpointManager(out / "checkpoints", args.keep_last, rank, world),
@@ -419,7 +420,7 @@ def _run(s: Stage, step: int, tracker, on_metrics) -> TrainResult:
     progress.close()
 
     export = _export(s.out, s.model, s.text_encoder if s.trains_text else None, s.ema, s.rank,
-                     "rflow" if s.stage.scheduler == "rflow" else "iddpm")
+                     "rflow" if s.stage.scheduler == "rflow" else "iddpm", s.stage.timestep_shift)
     wall = time.perf_counter() - started
     result = TrainResult(steps=step, final_loss=last_loss, tokens_per_second=meter.total_tokens / wall,
                          wall_seconds=wall, export_path=str(export), dcp_dir=str(s.checkpoints.latest()),
@@ -488,7 +489,8 @@ def _save(s: Stage, step: int) -> None:
     s.checkpoints.save(step, _shared_state(s), own)
 
 
-def _export(out: Path, model, text_encoder, ema: EMA | None, rank: int, objective: str = "iddpm") -> Path:
+def _export(out: Path, model, text_encoder, ema: EMA | None, rank: int, objective: str = "iddpm",
+            shift: float = 1.0) -> Path:
     """Consolidated `export/model.safetensors` (EMA weights when the stage keeps an EMA)."""
     if ema is not None:
         state = {name: tensor for name, tensor in ema.state_dict().items()}
@@ -503,7 +505,7 @@ def _export(out: Path, model, text_encoder, ema: EMA | None, rank: int, objectiv
             shell = STDiT2(model.config)
         shell.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in full.items()}, assign=True)
         save_model(shell, path, extra_metadata={"weights": "ema" if ema is not None else "raw",
-                                                OBJECTIVE_METADATA_KEY: objective})
+                                                OBJECTIVE_METADATA_KEY: objective, SHIFT_METADATA_KEY: repr(shift)})
         if text_encoder is not None:
             with atomic_path(path.with_name(TEXT_ENCODER_WEIGHTS)) as tmp:
                 save_file({k: v.detach().cpu().contiguous() for k, v in text_encoder.state_dict().items()}, str(tmp))

@@ -142,13 +142,13 @@ def test_an_rflow_stage_exports_its_objective_and_samples_with_its_own_sampler(t
 
     stage = yaml.safe_load(find_config("stages", "tiny/stage1").read_text())
     stage_file = tmp_path / "rflow.yaml"
-    stage_file.write_text(yaml.safe_dump({**stage, "scheduler": "rflow"}))
+    stage_file.write_text(yaml.safe_dump({**stage, "scheduler": "rflow", "timestep_shift": 2.0}))
     result = train_stage(TrainArgs(stage=str(stage_file), data=str(training_table), out=str(tmp_path / "s"),
                                    profile=str(test_profile), max_steps=2, ckpt_every=2))
     assert all(math.isfinite(loss) for _, loss in result.loss_curve)
-    assert read_objective(result.export_path) == "rflow"
+    assert read_objective(result.export_path) == ("rflow", 2.0)
     generator, provenance = load_generation_stack(checkpoint=result.export_path, profile=str(test_profile))
-    assert generator.objective == provenance["objective"] == "rflow"
+    assert generator.objective == provenance["objective"] == "rflow" and provenance["timestep_shift"] == 2.0
     request = [PromptRequest("a red square moving left")]
     for sampler in ("auto", "rflow", "dpm-solver"):
         video, = generator.generate(request, SampleSettings(num_frames=2, height=32, width=32, steps=2,
@@ -157,4 +157,5 @@ def test_an_rflow_stage_exports_its_objective_and_samples_with_its_own_sampler(t
     with pytest.raises(ValueError, match="does not fit a model trained with rflow"):
         generator.generate(request, SampleSettings(num_frames=2, height=32, width=32, steps=2, sampler="iddpm"))
     # An IDDPM export (and any file that records nothing, such as Open-Sora's) is IDDPM.
-    assert read_objective(save_model(build_stdit2("stdit2-tiny"), tmp_path / "plain" / "model.safetensors")) == "iddpm"
+    plain = save_model(build_stdit2("stdit2-tiny"), tmp_path / "plain" / "model.safetensors")
+    assert read_objective(plain) == ("iddpm", 1.0)
