@@ -130,15 +130,24 @@ def bench_model(
     size: Annotated[int, typer.Option(help="Latent height = width.")] = 16,
     repeats: Annotated[int, typer.Option(min=1)] = 3,
     dtype: Annotated[str, typer.Option()] = "fp32",
+    batch: Annotated[int, typer.Option(min=1)] = 1,
+    caption_channels: Annotated[int | None, typer.Option(help="Caption width (default: the hidden size).")] = None,
+    baseline: Annotated[bool, typer.Option(help="Also measure the full-attention DiT.")] = True,
+    checkpointing: Annotated[str, typer.Option(help="off, on or both.")] = "both",
 ) -> None:
-    """Forward+backward time, tokens/s and peak memory: STDiT-2 vs a full-attention DiT."""
+    """Forward+backward time, tokens/s, GFLOP/s against the measured matmul peak and peak memory: STDiT-2 vs a full-attention DiT."""
     from opensora_core.benchmarks.model_step import run_model_step_benchmark
 
     try:
         frame_counts = [int(f) for f in frames.split(",")]
     except ValueError:
         fail(f"--frames {frames!r}: expected comma-separated integers like 16,64")
-    run_model_step_benchmark(hidden_size, depth, num_heads, frame_counts, size, repeats, _dtype(dtype), console)
+    modes = {"off": (False,), "on": (True,), "both": (False, True)}
+    if checkpointing not in modes:
+        fail(f"--checkpointing {checkpointing!r}: expected off, on or both")
+    run_model_step_benchmark(hidden_size, depth, num_heads, frame_counts, size, repeats, _dtype(dtype), console,
+                             batch=batch, caption_channels=caption_channels, baseline=baseline,
+                             checkpointing=modes[checkpointing])
 
 
 @bench_app.command("sampling")

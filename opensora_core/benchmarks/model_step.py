@@ -6,11 +6,15 @@ then across frames (cost ~ T*S^2 + S*T^2), the DiT attends over all T*S tokens a
 (cost ~ (T*S)^2). Timings are medians over repeats after one warm-up step, measured side
 by side in one process. Peak memory is the allocator's peak above the pre-step level:
 CUDA's on GPUs, glibc's heap (sampled after every op) on CPU. "saved" is the exact size
-of the activations autograd keeps for backward.
+of the activations autograd keeps for backward. Achieved GFLOP/s divides the step's
+FLOPs (counted by `torch.utils.flop_counter` on the meta device: matmuls, convolutions,
+attention) by its time; "of peak" compares that with a 2048x2048 `torch.mm` timed in the
+same run, dtype and thread count.
 """
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
 import functools
@@ -25,6 +29,7 @@ from rich.table import Table
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
+from torch.utils.flop_counter import FlopCounterMode
 
 from opensora_core.models.accounting import SavedActivationCounter
 from opensora_core.models.layers import (
@@ -103,10 +108,15 @@ class StepMeasurement:
     seconds: float
     peak_bytes: int
     saved_bytes: int
+    flops: int = 0  # one forward + backward
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds
+
+    @property
+    def flops_per_second(self) -> float:
+        return self.flops / self.seconds
 
 
 class _MallInfo2(ctypes.Structure):
@@ -183,6 +193,30 @@ def measure_step(model: nn.Module, inputs: dict, repeats: int, device: torch.dev
     return statistics.median(times), peak, saved.bytes
 
 
+def train_step_flops(model: nn.Module, inputs: dict) -> int:
+    """FLOPs of one forward + backward, counted on a meta-device copy (no memory, no time)."""
+    meta_model = copy.deepcopy(model).to("meta")
+    meta_inputs = {k: v.to("meta") for k, v in inputs.items()}
+    with FlopCounterMode(display=False) as counter:
+        meta_model(**meta_inputs).float().square().mean().backward()
+    return counter.get_total_flops()
+
+
+def matmul_peak_flops(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a `size` x `size` `torch.mm` in `dtype` (median of `repeats`, after a warm-up)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -198,50 +232,63 @@ def run_model_step_benchmark(
     dtype: torch.dtype = torch.float32,
     console: Console | None = None,
     device: torch.device | None = None,
+    batch: int = 1,
+    caption_channels: int | None = None,
+    baseline: bool = True,
+    checkpointing: tuple[bool, ...] = (False, True),
 ) -> list[StepMeasurement]:
     console = console or Console()
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = STDiT2Config(hidden_size=hidden_size, depth=depth, num_heads=num_heads,
-                          caption_channels=hidden_size, model_max_length=32, input_sq_size=size * 8)
+                          caption_channels=caption_channels or hidden_size, model_max_length=32,
+                          input_sq_size=size * 8)
+    peak = matmul_peak_flops(dtype, device)
+    console.print(f"  2048x2048 torch.mm, {str(dtype).removeprefix('torch.')}: {peak / 1e9:.0f} GFLOP/s", highlight=False)
     torch.manual_seed(0)
-    models = {"STDiT2": STDiT2(config), "full-attention DiT": FullAttentionDiT(config)}
+    models = {"STDiT2": STDiT2(config), **({"full-attention DiT": FullAttentionDiT(config)} if baseline else {})}
     results: list[StepMeasurement] = []
     for name, model in models.items():
         model.to(device=device, dtype=dtype).train()
         for frames in frame_counts:
             inputs = {
-                "x": torch.randn(1, config.in_channels, frames, size, size, device=device, dtype=dtype),
-                "timestep": torch.tensor([500.0], device=device),
-                "y": torch.randn(1, 1, config.model_max_length, config.caption_channels, device=device, dtype=dtype),
+                "x": torch.randn(batch, config.in_channels, frames, size, size, device=device, dtype=dtype),
+                "timestep": torch.full((batch,), 500.0, device=device),
+                "y": torch.randn(batch, 1, config.model_max_length, config.caption_channels, device=device, dtype=dtype),
             }
-            tokens = frames * (size // config.patch_size[1]) * (size // config.patch_size[2])
-            for checkpointing in (False, True):
-                model.enable_gradient_checkpointing(checkpointing)
-                seconds, peak, saved = measure_step(model, inputs, repeats, device)
-                results.append(StepMeasurement(name, frames, checkpointing, tokens, seconds, peak, saved))
-                console.print(f"  {name:>18}  T={frames:<3} ckpt={'on' if checkpointing else 'off':<3} {seconds:.3f} s", highlight=False)
+            tokens = batch * frames * (size // config.patch_size[1]) * (size // config.patch_size[2])
+            flops = train_step_flops(model, inputs)
+            for recompute in checkpointing:
+                model.enable_gradient_checkpointing(recompute)
+                seconds, peak_bytes, saved = measure_step(model, inputs, repeats, device)
+                results.append(StepMeasurement(name, frames, recompute, tokens, seconds, peak_bytes, saved, flops))
+                console.print(f"  {name:>18}  T={frames:<3} ckpt={'on' if recompute else 'off':<3} {seconds:.3f} s",
+                              highlight=False)
         model.to("cpu")
-    console.print(_results_table(results, config, size, dtype, device))
+    console.print(_results_table(results, config, size, dtype, device, batch, peak))
     return results
 
 
-def _results_table(results: list[StepMeasurement], config: STDiT2Config, size: int, dtype, device) -> Table:
+def _results_table(results: list[StepMeasurement], config: STDiT2Config, size: int, dtype, device, batch: int,
+                   peak_flops: float) -> Table:
     by_key = {(r.model, r.frames, r.checkpointing): r for r in results}
     frames_sorted = sorted({r.frames for r in results})
     table = Table(title=(
-        f"forward+backward, batch 1, latent {size}x{size}, hidden {config.hidden_size}, depth {config.depth}, "
-        f"heads {config.num_heads}, {str(dtype).removeprefix('torch.')}, {device.type}"
+        f"forward+backward, batch {batch}, latent {size}x{size}, hidden {config.hidden_size}, depth {config.depth}, "
+        f"heads {config.num_heads}, caption {config.model_max_length}x{config.caption_channels}, "
+        f"{str(dtype).removeprefix('torch.')}, {device.type}; matmul peak {peak_flops / 1e9:.0f} GFLOP/s"
     ))
-    for column in ("model", "T", "tokens", "ckpt", "seconds", "tokens/s", "peak MiB", "saved MiB",
-                   "time vs T=" + str(frames_sorted[0]), "peak vs no ckpt"):
+    for column in ("model", "T", "tokens", "ckpt", "seconds", "tokens/s", "GFLOP", "GFLOP/s", "of peak",
+                   "peak MiB", "saved MiB", "time vs T=" + str(frames_sorted[0]), "peak vs no ckpt"):
         table.add_column(column, justify="right")
     for r in results:
-        base_time = by_key[(r.model, frames_sorted[0], r.checkpointing)].seconds
-        no_ckpt = by_key[(r.model, r.frames, False)]
+        base = by_key.get((r.model, frames_sorted[0], r.checkpointing))
+        no_ckpt = by_key.get((r.model, r.frames, False))
         table.add_row(
             r.model, str(r.frames), f"{r.tokens:,}", "on" if r.checkpointing else "off",
-            f"{r.seconds:.3f}", f"{r.tokens_per_second:,.0f}", f"{r.peak_bytes / 2**20:.0f}",
-            f"{r.saved_bytes / 2**20:.0f}", f"{r.seconds / base_time:.2f}x",
-            f"{r.peak_bytes / no_ckpt.peak_bytes:.2f}x" if no_ckpt.peak_bytes else "n/a",
+            f"{r.seconds:.3f}", f"{r.tokens_per_second:,.0f}", f"{r.flops / 1e9:,.0f}",
+            f"{r.flops_per_second / 1e9:.1f}", f"{r.flops_per_second / peak_flops:.0%}",
+            f"{r.peak_bytes / 2**20:.0f}", f"{r.saved_bytes / 2**20:.0f}",
+            f"{r.seconds / base.seconds:.2f}x" if base else "n/a",
+            f"{r.peak_bytes / no_ckpt.peak_bytes:.2f}x" if no_ckpt and no_ckpt.peak_bytes else "n/a",
         )
     return table

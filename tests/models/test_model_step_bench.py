@@ -1,0 +1,42 @@
+"""The model-step benchmark's own arithmetic: FLOPs counted per step, a measured matmul
+peak, and the rows it prints (tiny sizes: the numbers themselves are not asserted)."""
+
+import torch
+from rich.console import Console
+
+from opensora_core.benchmarks.model_step import (
+    matmul_peak_flops,
+    run_model_step_benchmark,
+    train_step_flops,
+)
+from opensora_core.models import STDiT2, STDiT2Config
+
+
+def test_step_flops_grow_with_tokens_and_match_a_hand_count_of_one_linear():
+    linear = torch.nn.Linear(8, 16, bias=False)
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = linear
+
+        def forward(self, x):
+            return self.linear(x)
+
+    # forward 2*M*K*N, and as much again for the weight's gradient (the input needs none)
+    assert train_step_flops(Wrapped(), {"x": torch.randn(4, 8)}) == 2 * 2 * 4 * 8 * 16
+    model = STDiT2(STDiT2Config(hidden_size=48, depth=1, num_heads=2, caption_channels=16, model_max_length=4))
+    inputs = lambda t: {"x": torch.randn(1, 4, t, 4, 4), "timestep": torch.tensor([1.0]), "y": torch.randn(1, 1, 4, 16)}
+    assert 1.5 < train_step_flops(model, inputs(4)) / train_step_flops(model, inputs(2)) < 2.5
+
+
+def test_benchmark_prints_gflops_and_share_of_the_measured_peak():
+    assert matmul_peak_flops(torch.float32, torch.device("cpu"), size=128, repeats=2) > 0
+    console = Console(record=True, width=250)
+    rows = run_model_step_benchmark(hidden_size=48, depth=1, num_heads=2, frame_counts=(2, 4), size=4, repeats=1,
+                                    console=console, batch=2, caption_channels=16, baseline=False,
+                                    checkpointing=(False,))
+    assert [(r.model, r.frames, r.checkpointing) for r in rows] == [("STDiT2", 2, False), ("STDiT2", 4, False)]
+    assert all(r.flops > 0 and r.tokens == 2 * r.frames * 4 for r in rows)
+    text = console.export_text()
+    assert "GFLOP/s" in text and "of peak" in text and "batch 2" in text and "caption 32x16" in text
