@@ -177,7 +177,7 @@ def bench_dataloader(
 
 @bench_app.command("prompt-following")
 def bench_prompt_following(
-    recipes: Annotated[str, typer.Option(help="Comma-separated names of benchmarks.prompt_following.RECIPES.")] = "demo,demo-iddpm,slow-data",
+    recipes: Annotated[str, typer.Option(help="Comma-separated names of benchmarks.prompt_following.RECIPES.")] = "demo,demo-rope-only,demo-iddpm",
     eval_every: Annotated[int, typer.Option(min=1, help="Steps between evaluations.")] = 200,
     steps: Annotated[int, typer.Option(min=1, help="Sampler steps.")] = 20,
     seeds: Annotated[int, typer.Option(min=1)] = 1,

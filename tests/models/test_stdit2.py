@@ -305,3 +305,8 @@ def test_temporal_position_embedding_tells_frames_apart_and_adds_no_weights():
     torch.testing.assert_close(same[:, :, 0], same[:, :, -1])
     indexed = with_index(**inputs)
     assert not torch.allclose(indexed[:, :, 0], indexed[:, :, -1])
+
+
+def test_demo_preset_is_the_tiny_one_with_frame_indices():
+    demo, tiny = load_preset("stdit2-demo"), load_preset("stdit2-tiny")
+    assert demo.temporal_pos_embed and demo.model_copy(update={"temporal_pos_embed": False}) == tiny
