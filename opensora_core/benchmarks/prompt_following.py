@@ -24,15 +24,8 @@ from rich.table import Table
 from opensora_core.config import find_config, load_profile, load_stage
 from opensora_core.data.buckets import BucketAssigner
 from opensora_core.data.caches import ShardedTensorCache, build_text_cache, build_video_cache
-from opensora_core.data.synthetic import (
-    DEMO_DATASET,
-    held_out_combinations,
-    held_out_prompts,
-    synth,
-)
-from opensora_core.eval.conditioning import build_cases, score_case, summarize
-from opensora_core.eval.metrics import evaluate_videos
-from opensora_core.infer.sample import PromptRequest, SampleSettings, load_generation_stack
+from opensora_core.data.synthetic import DEMO_DATASET, synth
+from opensora_core.eval.cli import DEFAULT_PROMPT_SET, run_eval
 from opensora_core.models import load_preset
 from opensora_core.models.text_encoder import build_text_encoder_for_model
 from opensora_core.models.vae import build_vae
@@ -62,34 +55,11 @@ def build_caches(meta: Path, stage: str, profile: str, cache: Path) -> None:
                       ShardedTensorCache(cache / "video"), progress=False)
 
 
-def evaluate_export(export: Path, profile: str, sampler: str, steps: int, cfg_scale: float, seeds: int,
-                    folder: Path | None = None, conditioned: bool = False) -> dict[str, float]:
-    """Held-out text-to-video metrics (and image-to-video / extension with `conditioned`)."""
-    generator, _ = load_generation_stack(checkpoint=export, profile=profile)
-    prompts = held_out_prompts()
-    videos, texts = [], []
-    for seed in range(seeds):
-        settings = SampleSettings(num_frames=8, height=64, width=64, fps=8.0, steps=steps, sampler=sampler,
-                                  cfg_scale=cfg_scale, seed=seed, batch_size=len(prompts))
-        videos += generator.generate([PromptRequest(p) for p in prompts], settings, progress=False)
-        texts += prompts
-    metrics = evaluate_videos(videos, texts)
-    if conditioned and folder is not None:
-        rows = []
-        for kind in ("i2v", "extend"):
-            cases = build_cases(kind, held_out_combinations(), folder / "references")
-            settings = SampleSettings(num_frames=8, height=64, width=64, fps=8.0, steps=steps, sampler=sampler,
-                                      cfg_scale=cfg_scale, seed=0, batch_size=len(cases))
-            requests = [PromptRequest(c.prompt, [c.reference], c.mask_strategy) for c in cases]
-            rows += [score_case(v, c) for v, c in zip(generator.generate(requests, settings, progress=False), cases)]
-        metrics.update(summarize(rows))
-    return metrics
-
-
 def run_recipe(name: str, stages: list[dict], meta: Path, cache: Path, profile: str, folder: Path, eval_every: int,
-               sampler: str, steps: int, cfg_scale: float, seeds: int, console: Console) -> list[dict]:
+               steps: int, cfg_scale: float, seeds: int, console: Console) -> list[dict]:
     """Train the stages in order (each from the previous export), evaluating every
-    `eval_every` steps; returns one row per evaluation point."""
+    `eval_every` steps with `opensora eval`'s `run_eval` on the held-out prompts (the
+    conditioned cases at the last point only); returns one row per evaluation point."""
     rows, minutes, init = [], 0.0, None
     for index, stage in enumerate(stages):
         stage_file = folder / f"{name}-stage{index}.yaml"
@@ -102,8 +72,8 @@ def run_recipe(name: str, stages: list[dict], meta: Path, cache: Path, profile: 
                                            cache=str(cache), init=init, max_steps=upto, ckpt_every=eval_every))
             minutes += (time.perf_counter() - started) / 60
             last = index == len(stages) - 1 and upto == total
-            metrics = evaluate_export(Path(result.export_path), profile, sampler, steps, cfg_scale, seeds, folder,
-                                      conditioned=last)
+            metrics = run_eval(result.export_path, DEFAULT_PROMPT_SET, seeds, steps, folder / f"eval-{index}-{upto}",
+                               profile, cfg_scale=cfg_scale, conditioned=last)["metrics"]
             row = {"recipe": name, "stage": index, "step": upto, "minutes": minutes, "loss": result.final_loss,
                    **metrics}
             rows.append(row)
@@ -162,8 +132,8 @@ def run_prompt_following_benchmark(recipes: dict[str, dict], eval_every: int = 2
                 stage_file = folder / f"cache-stage{index}.yaml"
                 stage_file.write_text(yaml.safe_dump(stage))
                 build_caches(meta, str(stage_file), str(profile), folder / "cache")
-            rows += run_recipe(name, stages, meta, folder / "cache", str(profile), folder, eval_every, "dpm-solver",
-                               steps, cfg_scale, seeds, console)
+            rows += run_recipe(name, stages, meta, folder / "cache", str(profile), folder, eval_every, steps,
+                               cfg_scale, seeds, console)
     table = Table(title="held-out prompt following against training minutes (2-core CPU)")
     for column in ("recipe", "stage", "step", "minutes", "loss", "colour", "direction", "i2v dir", "extend dir"):
         table.add_column(column, justify="right")

@@ -6,26 +6,16 @@ channels of a `pred_sigma` model are left untrained); the loss is their MSE over
 generated frames, conditioning frames given clean (t = 0) as in IDDPM's masked loss.
 Training draws t logit-normally (more steps in the middle of the path, where the
 velocity is hardest to predict); sampling takes Euler steps from 1000 to 0. Both can
-shift t toward noise for large inputs (`shift_ratio`).
+shift t toward noise (a stage's `timestep_shift`, `shift_time`).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
 from opensora_core.diffusion.iddpm import LossTerms, _masked_mean, frame_weights, noised_input
 
 NUM_TIMESTEPS = 1000
-BASE_PIXELS = 512 * 512
-
-
-def shift_ratio(height: int, width: int, num_frames: int, scale: float = 1.0) -> float:
-    """Open-Sora 1.2's resolution-dependent shift: sqrt(H*W / 512^2) * sqrt(frames) * scale
-    (frames 1 for images). Ratios below 1 are taken as 1 (no shift for small inputs)."""
-    ratio = math.sqrt(height * width / BASE_PIXELS) * math.sqrt(max(num_frames, 1)) * scale
-    return max(ratio, 1.0)
 
 
 def shift_time(t: torch.Tensor | float, ratio: float) -> torch.Tensor | float:

@@ -45,18 +45,6 @@ def sinusoidal_embedding(values: torch.Tensor, dim: int = 256, max_period: float
     return embedding
 
 
-def temporal_sincos_pos_embed(
-    dim: int, frames: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """Parameter-free 1-D sin-cos table `[frames, dim]` of frame indices 0..frames-1."""
-    if dim % 2:
-        raise ValueError(f"1-D sin-cos position embedding needs an even dim, got {dim}")
-    half = dim // 2
-    inv_freq = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float32, device=device) / half)
-    angles = torch.arange(frames, dtype=torch.float32, device=device)[:, None] * inv_freq[None]
-    return torch.cat([angles.sin(), angles.cos()], dim=1).to(dtype)
-
-
 def spatial_sincos_pos_embed(
     dim: int,
     grid_h: int,

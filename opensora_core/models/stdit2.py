@@ -37,8 +37,8 @@ from opensora_core.models.layers import (
     drop_path,
     modulate,
     select_per_frame,
+    sinusoidal_embedding,
     spatial_sincos_pos_embed,
-    temporal_sincos_pos_embed,
 )
 from opensora_core.models.rope import RotaryEmbedding
 
@@ -301,7 +301,7 @@ class STDiT2(nn.Module):
         pos = spatial_sincos_pos_embed(c.hidden_size, grid_h, grid_w, scale, round(math.sqrt(patches)), x.device, dtype)
         x = self.x_embedder(x).view(batch, frames, patches, c.hidden_size) + pos
         if c.temporal_pos_embed:
-            x = x + temporal_sincos_pos_embed(c.hidden_size, frames, x.device, dtype)[None, :, None]
+            x = x + sinusoidal_embedding(torch.arange(frames, device=x.device), c.hidden_size).to(dtype)[None, :, None]
 
         # 3. Timestep modulation (and timestep 0 for conditioning frames)
         timestep = _micro_condition(timestep, None, dtype, batch, x.device)
