@@ -286,6 +286,10 @@ class StageConfig(_Strict):
     grad_checkpoint: bool
     max_steps: int = Field(gt=0)
     warmup_steps: int = Field(ge=0)
+    # After warm-up: constant, or a cosine from lr down to min_lr at the stage's last step
+    # (a short run's last steps at a small lr sharpen what it learnt).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr: float = Field(0.0, ge=0)
     scheduler: Literal["iddpm", "iddpm-speed", "rflow"]
     # rflow only: t' = s t / (1 + (s - 1) t) moves training and sampling toward noise.
     timestep_shift: float = Field(1.0, ge=1.0, le=100.0)
@@ -351,6 +355,8 @@ class StageConfig(_Strict):
             raise ValueError(
                 f"warmup_steps: {self.warmup_steps} exceeds max_steps {self.max_steps}"
             )
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr: {self.min_lr} exceeds lr {self.lr}")
         if self.timestep_shift != 1.0 and self.scheduler != "rflow":
             raise ValueError(f"timestep_shift: {self.timestep_shift} needs scheduler rflow, not {self.scheduler}")
         if self.stage == 0 and self.init_from == "previous":

@@ -462,3 +462,15 @@ def test_timestep_shift_belongs_to_rectified_flow(tmp_path: Path) -> None:
     assert "timestep_shift" in _error(_write(tmp_path, {**data, "scheduler": "rflow", "timestep_shift": 0.5}))
     assert load_config(_write(tmp_path, {**data, "scheduler": "rflow", "timestep_shift": 3.0}),
                        StageConfig).timestep_shift == 3.0
+
+
+def test_min_lr_above_lr_is_refused():
+    import pydantic
+
+    from opensora_core.config import StageConfig, load_stage
+
+    data = load_stage("tiny/stage1").model_dump()
+    with pytest.raises(pydantic.ValidationError, match="min_lr"):
+        StageConfig(**{**data, "lr_schedule": "cosine", "min_lr": data["lr"] * 2})
+    with pytest.raises(pydantic.ValidationError, match="lr_schedule"):
+        StageConfig(**{**data, "lr_schedule": "linear"})

@@ -7,6 +7,12 @@ combinations, built from fresh clips the model never saw.
 - extension: the last `context` frames of a clip as the first frames of the sample,
   mask strategy "0,0,-context,0,context"; right when the generated frames (from the last
   given one on) keep moving the clip's way in its colour.
+
+Every reference leaves room for the motion it asks for: the object's path over the whole
+sample (for extension, the given frames and the continuation) stays inside the frame at
+`room_speed` pixels a frame, as every training clip's does. An object already at the edge
+it is asked to move toward could only stop or leave, which scores the evaluator, not the
+model.
 """
 
 from __future__ import annotations
@@ -44,9 +50,13 @@ class ConditionedCase:
 
 def build_cases(
     kind: str, combinations: list[tuple[str, str, str]], folder: str | Path, num_frames: int = 8,
-    height: int = 64, width: int = 64, speed: float = 3.0, context: int = 4, seed: int = 0,
+    height: int = 64, width: int = 64, speed: float = 4.0, context: int = 4, seed: int = 0,
+    room_speed: float = 5.0,
 ) -> list[ConditionedCase]:
-    """One case per (colour, shape, direction), its reference written under `folder`."""
+    """One case per (colour, shape, direction), its reference written under `folder`.
+
+    `speed` (pixels a frame at 64 px) is the reference clip's motion; `room_speed` the
+    fastest motion an image-to-video sample may take without leaving the frame."""
     from opensora_core.infer.export import write_image, write_video
 
     if kind not in CONDITIONING_KINDS:
@@ -58,13 +68,16 @@ def build_cases(
     cases = []
     for index, (color, shape, direction) in enumerate(combinations):
         background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-        frames = moving_shape_clip(num_frames, height, width, color, direction, shape, speed * min(height, width) / 64,
+        scale = min(height, width) / 64
+        # The clip spans the reference and what the sample adds after it, so that path fits.
+        length, clip_speed = (num_frames, room_speed) if kind == "i2v" else (2 * num_frames - context, speed)
+        frames = moving_shape_clip(length, height, width, color, direction, shape, clip_speed * scale,
                                    background, seed=int(rng.integers(2**31)))
         stem = folder / f"{kind}_{index:03d}_{color}_{shape}_{direction}"
         if kind == "i2v":
             reference, strategy, first = write_image(stem.with_suffix(".png"), frames[0]), "0", 0
         else:
-            reference = write_video(stem.with_suffix(".mp4"), frames, fps=8)
+            reference = write_video(stem.with_suffix(".mp4"), frames[:num_frames], fps=8)
             strategy, first = f"0,0,-{context},0,{context}", context - 1
         cases.append(ConditionedCase(kind, video_caption(color, shape, direction), str(reference), strategy,
                                      color, direction, first))

@@ -316,6 +316,17 @@ def resume(s: Stage) -> int:
     return int(own["step"])
 
 
+def learning_rate(stage: StageConfig, step: int, max_steps: int) -> float:
+    """The lr of 0-based `step` of a `max_steps` run: linear warm-up, then `lr_schedule`."""
+    warmup = stage.warmup_steps
+    if warmup and step < warmup:
+        return stage.lr * (step + 1) / warmup
+    if stage.lr_schedule == "constant" or max_steps <= warmup + 1:
+        return stage.lr
+    progress = min(1.0, (step - warmup) / (max_steps - 1 - warmup))
+    return stage.min_lr + (stage.lr - stage.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def train_step(s: Stage, items: list[tuple[int, Bucket]], step: int) -> tuple[float, float, float]:
     """One optimizer step on one bucket batch: (loss, grad norm, lr)."""
     batch = collate([s.dataset[item] for item in items])
@@ -329,8 +340,7 @@ def train_step(s: Stage, items: list[tuple[int, Bucket]], step: int) -> tuple[fl
         all_reduce_gradients(s.text_encoder, s.world)
         groups.append(list(s.text_encoder.parameters()))
     grad_norm = _grad_norm_and_clip(groups, s.stage.grad_clip)
-    warmup = s.stage.warmup_steps
-    lr = s.stage.lr * min(1.0, (step + 1) / warmup) if warmup else s.stage.lr
+    lr = learning_rate(s.stage, step, s.max_steps)
     for group in s.optimizer.param_groups:
         group["lr"] = lr
     s.optimizer.step()

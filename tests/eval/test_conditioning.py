@@ -47,3 +47,27 @@ def test_prompt_following_averages_what_was_measured():
             "extend_direction_accuracy": 0.5}
     assert prompt_following(full) == 0.5
     assert np.isnan(prompt_following({"color_accuracy": float("nan")}))
+
+
+def _room_ahead(frame: np.ndarray, direction: str) -> int:
+    """Pixels between the object (what differs clearly from the background, the frame's
+    median colour; mp4 blurs edges) and the frame's edge it moves toward."""
+    background = np.median(frame.reshape(-1, 3), axis=0)
+    ys, xs = np.nonzero(np.abs(frame.astype(float) - background).max(axis=-1) > 60)
+    height, width = frame.shape[:2]
+    return {"left": xs.min(), "right": width - 1 - xs.max(), "up": ys.min(), "down": height - 1 - ys.max()}[direction]
+
+
+@pytest.mark.parametrize("kind", ["i2v", "extend"])
+def test_references_leave_room_for_the_motion_asked_for(tmp_path, kind):
+    # An object at the edge it must move toward could only stop or leave the frame.
+    combos = held_out_combinations()
+    cases = build_cases(kind, combos, tmp_path, num_frames=8, speed=4.0, context=4, room_speed=5.0)
+    for case in cases:
+        if kind == "i2v":
+            from PIL import Image
+
+            last_given, needed = np.asarray(Image.open(case.reference).convert("RGB")), 5.0 * 7
+        else:
+            last_given, needed = read_frames(case.reference, 8)[-1], 4.0 * 4
+        assert _room_ahead(last_given, case.direction) >= needed - 2, case

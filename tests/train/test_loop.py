@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -159,3 +160,18 @@ def test_an_rflow_stage_exports_its_objective_and_samples_with_its_own_sampler(t
     # An IDDPM export (and any file that records nothing, such as Open-Sora's) is IDDPM.
     plain = save_model(build_stdit2("stdit2-tiny"), tmp_path / "plain" / "model.safetensors")
     assert read_objective(plain) == ("iddpm", 1.0)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_min_lr():
+    from opensora_core.config import load_stage
+    from opensora_core.train.loop import learning_rate
+
+    stage = load_stage("tiny/stage1").model_copy(update={"lr": 1e-3, "warmup_steps": 4, "lr_schedule": "cosine",
+                                                           "min_lr": 1e-4})
+    lrs = [learning_rate(stage, step, 21) for step in range(21)]
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lrs[4] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[4:]))
+    assert lrs[12] == pytest.approx(5.5e-4)  # half-way: the middle of lr and min_lr
+    constant = stage.model_copy(update={"lr_schedule": "constant"})
+    assert {learning_rate(constant, step, 20) for step in range(4, 20)} == {1e-3}
