@@ -100,7 +100,8 @@ def model_info(
 
 @model_app.command("convert")
 def model_convert(
-    source: Annotated[Path, typer.Option("--from", help="Open-Sora checkpoint: .pt, .pth or .safetensors.")],
+    source: Annotated[Path, typer.Option("--from", help="Open-Sora checkpoint: .pt, .pth, .safetensors, or a "
+                                         "published Hugging Face folder (model.safetensors + config.json).")],
     target: Annotated[Path, typer.Option("--to", help="Output .safetensors path (config.json is written beside it).")],
     preset: Annotated[str | None, typer.Option(help="Verify against this preset instead of inferring the config.")] = None,
     dtype: Annotated[str | None, typer.Option(help="Cast floating tensors: bf16, fp16 or fp32.")] = None,

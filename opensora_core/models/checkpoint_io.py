@@ -2,7 +2,8 @@
 
 Ours: `model.safetensors` whose metadata holds the config as JSON, plus the same
 config as `config.json` beside it for people and tools that do not read safetensors
-metadata. Open-Sora's: raw or wrapped state dicts in `.pt`/`.pth` (loaded with
+metadata. Published Open-Sora 1.1 weights: a Hugging Face folder (`model.safetensors`
+and the `config.json` of `save_pretrained`), read through `STDiT2Config.from_opensora`. Open-Sora's: raw or wrapped state dicts in `.pt`/`.pth` (loaded with
 `weights_only=True`) or `.safetensors`, possibly with DDP/ColossalAI `module.` prefixes.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -73,8 +75,26 @@ def read_config(path: str | Path) -> STDiT2Config | None:
             return STDiT2Config(**json.loads(text))
     sidecar = path.with_name("config.json")
     if sidecar.is_file():
-        return STDiT2Config(**json.loads(sidecar.read_text()))
+        return _read_config_json(sidecar)
     return None
+
+
+def _read_config_json(path: Path) -> STDiT2Config:
+    """Ours, or the Hugging Face `config.json` of published Open-Sora weights (told
+    apart by its `model_type`); errors name the file and the key."""
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object of model fields, got {type(raw).__name__}")  # noqa: TRY004
+    try:
+        return STDiT2Config.from_opensora(raw) if "model_type" in raw else STDiT2Config(**raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"{path}: {problems}") from None
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def read_objective(path: str | Path) -> tuple[str, float]:
