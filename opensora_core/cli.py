@@ -207,47 +207,67 @@ def bench_train(
 
 @app.command("sample")
 def sample(
-    out: Annotated[Path, typer.Option(help="Folder for sample_NNN.mp4/.png and their .json sidecars.")],
-    prompt: Annotated[list[str] | None, typer.Option(help="A prompt; repeat for several. May end with Open-Sora's JSON suffix.")] = None,
-    prompt_file: Annotated[Path | None, typer.Option(help="One prompt per line.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the samples (.mp4/.png) and their .json sidecars.")],
+    prompt: Annotated[list[str] | None, typer.Option(
+        help="A prompt; repeat for several. `|0|first|2|second` changes it per loop; may end with Open-Sora's "
+             "JSON suffix.")] = None,
+    prompt_path: Annotated[Path | None, typer.Option(
+        "--prompt-path", "--prompt-file", help="One prompt per line (blank lines skipped).")] = None,
+    start_index: Annotated[int, typer.Option(
+        min=0, help="First prompt to sample (after --prompt ones, then the file's); names count from it.")] = 0,
+    end_index: Annotated[int | None, typer.Option(help="Stop before this prompt (default: the last).")] = None,
+    num_sample: Annotated[int, typer.Option(min=1, help="Samples per prompt, each from its own noise (-k names).")] = 1,
+    prompt_as_path: Annotated[bool, typer.Option(help="Name the files after the prompts, not sample_NNN.")] = False,
     checkpoint: Annotated[Path | None, typer.Option(help="model.safetensors (or its folder), or an Open-Sora .pt/.pth.")] = None,
     preset: Annotated[str | None, typer.Option(help="Random-init preset instead of a checkpoint (pipeline checks).")] = None,
-    profile: Annotated[str, typer.Option(help="Profile naming the VAE and text encoder.")] = "embedded",
+    profile: Annotated[str, typer.Option(
+        help="Profile naming the VAE and text encoder (published: Open-Sora's T5-XXL and SD VAE folders).")] = "embedded",
     num_frames: Annotated[int, typer.Option(help="Frames per loop (1 = image).")] = 16,
     resolution: Annotated[str | None, typer.Option(help="Named resolution, e.g. 240p (with --aspect-ratio).")] = None,
     aspect_ratio: Annotated[str, typer.Option(help="height:width as Open-Sora writes it (9:16 is landscape), or 0.56.")] = "9:16",
     height: Annotated[int | None, typer.Option(help="Pixels; instead of --resolution.")] = None,
     width: Annotated[int | None, typer.Option(help="Pixels; instead of --resolution.")] = None,
-    fps: Annotated[float, typer.Option()] = 24.0,
+    fps: Annotated[float, typer.Option(help="Frame rate the model is conditioned on.")] = 24.0,
+    frame_interval: Annotated[int, typer.Option(
+        min=1, help="The file is written at fps // frame-interval frames per second (Open-Sora's published "
+                    "config: 24 // 3 = 8).")] = 3,
     steps: Annotated[int, typer.Option()] = 100,
     sampler: Annotated[str, typer.Option(
         help="auto (the model's own: iddpm, or rflow for rectified-flow models), iddpm, dpm-solver or rflow.")] = "auto",
     cfg_scale: Annotated[float, typer.Option()] = 7.0,
-    cfg_channel: Annotated[int, typer.Option(help="Guide only the first N latent channels.")] = 3,
+    cfg_channel: Annotated[int, typer.Option(
+        help="IDDPM guides only the first N latent channels; DPM-Solver and rflow guide all (as Open-Sora).")] = 3,
     seed: Annotated[int, typer.Option()] = 42,
     reference: Annotated[list[str] | None, typer.Option(help="Reference image/video; repeat for several (ref_id order).")] = None,
     mask_strategy: Annotated[str | None, typer.Option(help="loop,ref_id,ref_start,target_start,length,edit_ratio;...")] = None,
     loops: Annotated[int, typer.Option(help="Generation loops for long videos.")] = 1,
     condition_frame_length: Annotated[int, typer.Option(help="Frames each loop takes from the previous one.")] = 4,
     batch_size: Annotated[int, typer.Option()] = 1,
-    device: Annotated[str, typer.Option()] = "cpu",
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: the profile's device).")] = None,
+    dtype: Annotated[str | None, typer.Option(
+        help="Model dtype: bf16, fp16 or fp32 (default: bf16 on CUDA as Open-Sora, fp32 on CPU).")] = None,
 ) -> None:
     """Generate videos: text-to-video/image, image-to-video, extension, connection, editing, long videos."""
     from opensora_core.infer.sample import (
         SampleSettings,
         load_generation_stack,
         parse_prompt,
-        write_samples,
+        sample_to_files,
     )
     from opensora_core.infer.sizes import image_size
 
     lines = list(prompt or [])
-    if prompt_file is not None:
-        if not prompt_file.is_file():
-            fail(f"--prompt-file {prompt_file}: no such file")
-        lines += [line for line in prompt_file.read_text().splitlines() if line.strip()]
+    if prompt_path is not None:
+        if not prompt_path.is_file():
+            fail(f"--prompt-path {prompt_path}: no such file")
+        lines += [line for line in prompt_path.read_text().splitlines() if line.strip()]
     if not lines:
-        fail("give at least one --prompt or a --prompt-file")
+        fail("give at least one --prompt or a --prompt-path")
+    if start_index >= len(lines):
+        fail(f"--start-index {start_index}: there are only {len(lines)} prompts")
+    if end_index is not None and end_index <= start_index:
+        fail(f"--end-index {end_index} must be greater than --start-index {start_index}")
+    lines = lines[start_index:end_index]
     if (checkpoint is None) == (preset is None):
         fail("give exactly one of --checkpoint or --preset")
     try:
@@ -258,15 +278,17 @@ def sample(
         elif height is None or width is None:
             fail("give --resolution (with --aspect-ratio) or both --height and --width")
         requests = [parse_prompt(line, reference, mask_strategy) for line in lines]
-        settings = SampleSettings(num_frames=num_frames, height=height, width=width, fps=fps, steps=steps,
-                                  sampler=sampler, cfg_scale=cfg_scale, cfg_channel=cfg_channel, seed=seed,
-                                  loops=loops, condition_frame_length=condition_frame_length, batch_size=batch_size)
-        generator, provenance = load_generation_stack(checkpoint, preset, profile, device)
-        generator.check(settings, requests)
+        settings = SampleSettings(num_frames=num_frames, height=height, width=width, fps=fps,
+                                  frame_interval=frame_interval, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
+                                  cfg_channel=cfg_channel, seed=seed, loops=loops,
+                                  condition_frame_length=condition_frame_length, batch_size=batch_size)
+        generator, provenance = load_generation_stack(checkpoint, preset, profile, device,
+                                                      None if dtype is None else _dtype(dtype))
+        written = sample_to_files(generator, requests, settings, out, provenance, start_index, num_sample,
+                                  prompt_as_path)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
-    videos = generator.generate(requests, settings)
-    for path in write_samples(videos, requests, settings, out, provenance):
+    for path in written:
         console.print(f"wrote {path}")
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "BucketEntry",
     "ConfigError",
     "ProfileConfig",
+    "SamplingProfile",
     "StageConfig",
     "TextEncoderConfig",
     "VAEConfig",
@@ -45,6 +46,7 @@ __all__ = [
     "find_config",
     "load_config",
     "load_profile",
+    "load_sampling_profile",
     "load_stage",
     "project_root",
     "validate_config",
@@ -435,10 +437,7 @@ class ProfileConfig(_Strict):
         base = Path(root).resolve()
 
         def path(value: str | None) -> str | None:
-            if value is None or "://" in value:
-                return value
-            p = Path(value).expanduser()
-            return str(p if p.is_absolute() else base / p)
+            return _resolve_path(value, base)
 
         uri = self.mlflow_tracking_uri
         prefix = "sqlite:///"
@@ -459,6 +458,26 @@ class ProfileConfig(_Strict):
                 ),
             }
         )
+
+
+def _resolve_path(value: str | None, base: Path) -> str | None:
+    if value is None or "://" in value:
+        return value
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else base / p)
+
+
+class SamplingProfile(_Strict):
+    """The part of a profile that sampling reads: the encoders and the default device.
+
+    Sampling never needs a tracking server or a cluster, so a profile written only for
+    sampling may leave the other keys out, and their ``${VAR}``s are not expanded.
+    """
+
+    name: str
+    device: Literal["cpu", "cuda"] = "cpu"
+    vae: VAEConfig
+    text_encoder: TextEncoderConfig
 
 
 # --------------------------------------------------------------------------------------
@@ -705,10 +724,37 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> ProfileConfig:
     """Load a profile by path or stem (``embedded``), with env vars expanded and
     relative paths made absolute under the project folder the file belongs to."""
     path = find_config("profiles", name_or_path)
-    profile = load_config(path, ProfileConfig)
+    return load_config(path, ProfileConfig).resolve_paths(_profile_root(path))
+
+
+def load_sampling_profile(name_or_path: str | os.PathLike[str]) -> SamplingProfile:
+    """The encoders and device of a profile, read without the keys only training and
+    orchestration need (a full profile's other keys are checked by name only)."""
+    path = find_config("profiles", name_or_path)
+    source = _display_name(path)
+    data = _read_yaml(path, source)
+    if isinstance(data, Mapping):
+        known = list(ProfileConfig.model_fields)
+        problems = []
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                problems.append(((), f"unknown key '{key}'{hint} (valid keys: {', '.join(known)})"))
+        if problems:
+            _raise_problems(source, problems)
+        data = {k: v for k, v in data.items() if k in SamplingProfile.model_fields}
+    profile = validate_config(data, SamplingProfile, source)
+    base = Path(_profile_root(path)).resolve()
+    return profile.model_copy(update={
+        "vae": profile.vae.model_copy(update={"path": _resolve_path(profile.vae.path, base)}),
+        "text_encoder": profile.text_encoder.model_copy(
+            update={"path": _resolve_path(profile.text_encoder.path, base)}),
+    })
+
+
+def _profile_root(path: Path) -> Path:
     # A profile inside <root>/configs/profiles belongs to <root>, wherever we run from.
     if path.parent.name == "profiles" and path.parent.parent.name == "configs":
-        root = path.parent.parent.parent
-    else:
-        root = project_root()
-    return profile.resolve_paths(root)
+        return path.parent.parent.parent
+    return project_root()

@@ -110,6 +110,12 @@ def build_sampler(name: str, num_steps: int, objective: str = "iddpm", shift: fl
     return RFlowSampler(num_steps, shift) if name == "rflow" else IDDPMSampler(num_steps)
 
 
+def guided_channels(sampler, cfg_channel: int | None) -> int | None:
+    """How many channels `sampler` guides: Open-Sora limits guidance to the first
+    `cfg_channel` channels for IDDPM only; its DPM-Solver (and rflow) guide them all (None)."""
+    return cfg_channel if isinstance(sampler, IDDPMSampler) else None
+
+
 def classifier_free_guidance(output: torch.Tensor, cfg_scale: float, cfg_channel: int | None) -> torch.Tensor:
     """Combine `[2B, ...]` outputs (conditional first, then unconditional) into `[B, ...]`.
 

@@ -1,13 +1,17 @@
 """Generation: text-to-video/image, image-to-video, extension, connecting clips, editing
 and loop-generated long videos, all through one mask mechanism.
 
-`generate_videos` is the Python API; `opensora sample` wraps `sample_to_files`, which
-also writes one mp4 per prompt (PNG for one frame) with a JSON sidecar of everything
-needed to reproduce it.
+`VideoGenerator.generate` is the Python API; `opensora sample` wraps `sample_to_files`,
+which also writes one mp4 per sample (PNG for one frame) with a JSON sidecar of
+everything needed to reproduce it. Open-Sora's inference conventions are kept: the
+model is conditioned on `fps` and the file is written at `fps // frame_interval`, a
+prompt may change per loop (`|0|first|2|second`), and guidance covers only the first
+`cfg_channel` channels with IDDPM (all channels with DPM-Solver and rflow).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -17,7 +21,12 @@ import torch
 
 from opensora_core.data.images import read_image_rgb
 from opensora_core.data.video_io import frames_to_tensor, read_frames
-from opensora_core.diffusion.samplers import build_sampler, classifier_free_guidance, denoise
+from opensora_core.diffusion.samplers import (
+    build_sampler,
+    classifier_free_guidance,
+    denoise,
+    guided_channels,
+)
 from opensora_core.infer.export import to_uint8_frames, write_image, write_video
 from opensora_core.infer.mask_strategy import (
     MaskOp,
@@ -38,7 +47,9 @@ class SampleSettings:
     num_frames: int = 16
     height: int = 64
     width: int = 64
-    fps: float = 24.0
+    fps: float = 24.0  # what the model is conditioned on
+    # Open-Sora writes the file at fps // frame_interval (its published config: 24 // 3 = 8).
+    frame_interval: int = 1
     steps: int = 100
     sampler: str = "auto"  # the model's own: iddpm, or rflow for rectified-flow models
     cfg_scale: float = 7.0
@@ -48,17 +59,53 @@ class SampleSettings:
     condition_frame_length: int = 4
     batch_size: int = 1
 
+    def output_fps(self) -> float:
+        return self.fps // self.frame_interval
+
 
 @dataclass
 class PromptRequest:
-    """One prompt with its own references and mask strategy (Open-Sora's JSON suffix)."""
+    """One prompt with its own references and mask strategy (Open-Sora's JSON suffix).
+    `loop_texts` holds `(first_loop, text)` pairs of a `|0|...|2|...` prompt; empty when
+    one text serves every loop."""
 
     text: str
     references: list[str] = field(default_factory=list)
     mask_strategy: str | None = None
+    loop_texts: tuple[tuple[int, str], ...] = ()
+
+    def text_for_loop(self, loop: int) -> str:
+        chosen = self.text
+        for first, text in self.loop_texts:
+            if first <= loop:
+                chosen = text
+        return chosen
 
 
 _JSON_SUFFIX = re.compile(r"(\{[^{}]*\})\s*$")
+
+
+def parse_loop_prompts(text: str) -> tuple[tuple[int, str], ...]:
+    """`|0|a city|2|a forest` -> ((0, "a city"), (2, "a forest")): each text holds from
+    its loop until the next one's. Text not starting with `|` is one prompt: ()."""
+    if not text.startswith("|"):
+        return ()
+    parts = text.split("|")[1:]
+    if len(parts) % 2:
+        raise ValueError(f"prompt {text!r}: per-loop prompts alternate |loop|text|, got an odd number of fields")
+    pairs = []
+    for loop_field, part in zip(parts[::2], parts[1::2]):
+        if not loop_field.strip().isdigit():
+            raise ValueError(f"prompt {text!r}: loop {loop_field!r} is not a non-negative integer")
+        if not part.strip():
+            raise ValueError(f"prompt {text!r}: loop {loop_field.strip()} has no text")
+        pairs.append((int(loop_field), part.strip()))
+    loops = [loop for loop, _ in pairs]
+    if loops[0] != 0:
+        raise ValueError(f"prompt {text!r}: per-loop prompts start with |0|")
+    if any(b <= a for a, b in itertools.pairwise(loops)):
+        raise ValueError(f"prompt {text!r}: loop numbers must increase, got {loops}")
+    return tuple(pairs)
 
 
 def parse_prompt(line: str, references: list[str] | None = None, mask_strategy: str | None = None) -> PromptRequest:
@@ -81,6 +128,7 @@ def parse_prompt(line: str, references: list[str] | None = None, mask_strategy: 
             request.mask_strategy = str(extra["mask_strategy"])
     if not request.text:
         raise ValueError(f"prompt {line!r} has no text")
+    request.loop_texts = parse_loop_prompts(request.text)
     return request
 
 
@@ -112,6 +160,10 @@ class VideoGenerator:
             problems.append(f"num_frames {settings.num_frames} must be a multiple of the temporal patch {c.patch_size[0]}")
         if settings.loops < 1:
             problems.append(f"loops must be >= 1, got {settings.loops}")
+        if settings.frame_interval < 1:
+            problems.append(f"frame_interval must be >= 1, got {settings.frame_interval}")
+        elif settings.num_frames > 1 and settings.output_fps() < 1:
+            problems.append(f"fps {settings.fps} // frame_interval {settings.frame_interval} is below 1 frame per second")
         if settings.loops > 1 and not 1 <= settings.condition_frame_length < settings.num_frames:
             problems.append(f"condition_frame_length must be in [1, num_frames) for long videos, "
                             f"got {settings.condition_frame_length} with {settings.num_frames} frames")
@@ -131,6 +183,9 @@ class VideoGenerator:
                 f"the model expects {c.model_max_length} x {c.caption_channels}"
             )
         for request in requests:
+            late = [loop for loop, _ in request.loop_texts if loop >= settings.loops]
+            if late:
+                problems.append(f"prompt {request.text!r}: has text for loop(s) {late}, but loops={settings.loops}")
             try:
                 ops = parse_mask_strategy(request.mask_strategy)
             except MaskStrategyError as err:
@@ -187,8 +242,15 @@ class VideoGenerator:
         frames = settings.num_frames
         latent_shape = (c.in_channels, frames, settings.height // self.vae.spatial_downsample,
                         settings.width // self.vae.spatial_downsample)
-        caption = self.text_encoder.encode([r.text for r in batch])
-        y, y_mask = caption["y"].to(self.device, self.model.dtype), caption["mask"].to(self.device)
+        captions: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def caption(loop: int) -> tuple[torch.Tensor, torch.Tensor]:
+            texts = tuple(r.text_for_loop(loop) for r in batch)
+            if texts not in captions:
+                encoded = self.text_encoder.encode(list(texts))
+                captions[texts] = (encoded["y"].to(self.device, self.model.dtype), encoded["mask"].to(self.device))
+            return captions[texts]
+
         null = self.model.null_caption(len(batch)).to(self.device)
         references = [[self.encode_reference(p, settings.height, settings.width) for p in r.references] for r in batch]
         strategies = [parse_mask_strategy(r.mask_strategy) for r in batch]
@@ -196,11 +258,14 @@ class VideoGenerator:
         conditions = {"height": float(settings.height), "width": float(settings.width),
                       "ar": settings.height / settings.width, "num_frames": float(frames), "fps": float(fps)}
 
-        def model_fn(z, t, x_mask):
-            doubled = None if x_mask is None else torch.cat([x_mask, x_mask])
-            out = self.model(torch.cat([z, z]), torch.cat([t, t]), torch.cat([y, null]), mask=y_mask,
-                             x_mask=doubled, **conditions)
-            return classifier_free_guidance(out, settings.cfg_scale, settings.cfg_channel)
+        def guided_model(y, y_mask, channels):
+            def model_fn(z, t, x_mask):
+                doubled = None if x_mask is None else torch.cat([x_mask, x_mask])
+                out = self.model(torch.cat([z, z]), torch.cat([t, t]), torch.cat([y, null]), mask=y_mask,
+                                 x_mask=doubled, **conditions)
+                return classifier_free_guidance(out.float(), settings.cfg_scale, channels)
+
+            return model_fn
 
         pieces: list[torch.Tensor] = []
         previous: torch.Tensor | None = None
@@ -220,6 +285,7 @@ class VideoGenerator:
                 reference = torch.stack([p[0] if p else torch.zeros(latent_shape) for p in placements]).to(self.device)
                 frame_mask = torch.stack([p[1] if p else torch.ones(frames) for p in placements]).to(self.device)
             sampler = build_sampler(settings.sampler, settings.steps, self.objective, self.shift)
+            model_fn = guided_model(*caption(loop), guided_channels(sampler, settings.cfg_channel))
             latents = denoise(model_fn, sampler, z, frame_mask, reference, generator, progress)
             pieces.append(latents if loop == 0 else latents[:, :, settings.condition_frame_length :])
             previous = latents
@@ -228,49 +294,152 @@ class VideoGenerator:
 
 def write_samples(
     videos: list[torch.Tensor], requests: list[PromptRequest], settings: SampleSettings, out_dir: str | Path,
-    provenance: dict,
+    provenance: dict, names: list[str] | None = None,
 ) -> list[Path]:
-    """One mp4 (PNG for a single frame) per video, each with a JSON sidecar."""
+    """One mp4 at `settings.output_fps()` (PNG for a single frame) per video, each with
+    a JSON sidecar; files are `names` (default `sample_000`, `sample_001`, ...)."""
     out_dir = Path(out_dir)
+    names = names or [f"sample_{index:03d}" for index in range(len(videos))]
+    if not len(videos) == len(requests) == len(names):
+        raise ValueError(f"{len(videos)} videos, {len(requests)} requests and {len(names)} names must match")
     written = []
-    for index, (video, request) in enumerate(zip(videos, requests)):
-        stem = out_dir / f"sample_{index:03d}"
+    for video, request, name in zip(videos, requests, names):
         frames = to_uint8_frames(video)
+        # Not with_suffix: a prompt used as the name may hold dots.
         if frames.shape[0] == 1:
-            path = write_image(stem.with_suffix(".png"), frames[0])
+            path = write_image(out_dir / f"{name}.png", frames[0])
         else:
-            path = write_video(stem.with_suffix(".mp4"), frames, fps=settings.fps)
+            path = write_video(out_dir / f"{name}.mp4", frames, fps=settings.output_fps())
         sidecar = {"prompt": request.text, "references": request.references, "mask_strategy": request.mask_strategy,
+                   "loop_prompts": [request.text_for_loop(loop) for loop in range(settings.loops)],
                    "settings": asdict(settings), "output": path.name, "frames": int(frames.shape[0]),
+                   "output_fps": settings.output_fps() if frames.shape[0] > 1 else None,
                    "height": int(frames.shape[1]), "width": int(frames.shape[2]), **provenance}
-        write_text_atomic(stem.with_suffix(".json"), json.dumps(sidecar, indent=2, sort_keys=True))
+        write_text_atomic(out_dir / f"{name}.json", json.dumps(sidecar, indent=2, sort_keys=True))
         written.append(path)
     return written
 
 
+# Characters that are path separators or refused by common file systems.
+_UNSAFE_IN_NAMES = re.compile(r'[\x00-\x1f/\\:*?"<>|]')
+MAX_NAME_CHARS = 100
+
+
+def sample_names(requests: list[PromptRequest], start_index: int = 0, num_sample: int = 1,
+                 prompt_as_path: bool = False) -> list[str]:
+    """File stems, `num_sample` per request in order: `sample_{start_index + i}` (as
+    Open-Sora numbers a `--start-index` shard), or the prompt itself; `-k` per sample
+    when `num_sample` > 1. Two samples never share a name."""
+    names = []
+    for index, request in enumerate(requests):
+        if prompt_as_path:
+            text = " ".join(request.text_for_loop(0).split())
+            base = _UNSAFE_IN_NAMES.sub("_", text)[:MAX_NAME_CHARS].strip().lstrip(".") or "_"
+        else:
+            base = f"sample_{start_index + index:03d}"
+        names += [base] if num_sample == 1 else [f"{base}-{k}" for k in range(num_sample)]
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in seen:
+            raise ValueError(f"samples {seen[name]} and {index} would both be written as {name!r} "
+                             "(--prompt-as-path with repeated prompts): give distinct prompts or drop --prompt-as-path")
+        seen[name] = index
+    return names
+
+
+def sample_to_files(
+    generator: VideoGenerator, requests: list[PromptRequest], settings: SampleSettings, out_dir: str | Path,
+    provenance: dict, start_index: int = 0, num_sample: int = 1, prompt_as_path: bool = False,
+    progress: bool = True,
+) -> list[Path]:
+    """`num_sample` videos per request (each from its own noise, the seed's stream
+    running on), written with sidecars; every check runs before any sampling."""
+    if num_sample < 1:
+        raise ValueError(f"num_sample must be >= 1, got {num_sample}")
+    names = sample_names(requests, start_index, num_sample, prompt_as_path)
+    expanded = [request for request in requests for _ in range(num_sample)]
+    generator.check(settings, expanded)
+    videos = generator.generate(expanded, settings, progress=progress)
+    return write_samples(videos, expanded, settings, out_dir, provenance, names)
+
+
 TEXT_ENCODER_WEIGHTS = "text_encoder.safetensors"
+# T5 v1.1 XXL's width: Open-Sora's published STDiT2-XL/2 reads its captions, and was
+# trained on latents of the SD VAE.
+T5_XXL_CHANNELS = 4096
+
+
+def _t5_width(path: str | None) -> int | None:
+    config = None if path is None else Path(path) / "config.json"
+    if config is None or not config.is_file():
+        return None  # T5TextEncoder reports the missing folder or file
+    return int(json.loads(config.read_text()).get("d_model", 0)) or None
+
+
+def check_encoders(config, profile, checkpoint_file: Path, word_weights: dict | None) -> None:
+    """Refuse a profile whose encoders cannot be those `checkpoint_file` was trained with:
+    they would not fail, they would give noise. Runs before the encoders are loaded."""
+    text, vae = profile.text_encoder, profile.vae
+    channels = config.caption_channels
+    if text.kind == "word-embedding":
+        width = None if word_weights is None else int(word_weights["embedding.weight"].shape[1])
+        text_ok = width == channels
+        given_text = ("word-embedding (the embedded stand-in) with no trained "
+                      f"{TEXT_ENCODER_WEIGHTS} beside the checkpoint" if width is None
+                      else f"word-embedding of width {width}")
+    else:
+        width = _t5_width(text.path)
+        text_ok = width in (None, channels)
+        given_text = f"t5 at {text.path}" + ("" if width is None else f" (d_model {width})")
+    if channels == T5_XXL_CHANNELS:
+        wanted_text = f"t5 with a local t5-v1_1-xxl folder (T5-XXL: caption_channels {channels})"
+        wanted_vae = (f"sd-kl with a local sd-vae-ft-ema folder (Stable Diffusion's KL VAE: "
+                      f"in_channels {config.in_channels})")
+        vae_ok = vae.kind == "sd-kl" and vae.path is not None
+    else:
+        wanted_text = (f"t5 with d_model {channels}, or word-embedding with its trained {TEXT_ENCODER_WEIGHTS} "
+                       "beside the checkpoint")
+        wanted_vae = f"one with {config.in_channels} latent channels (in_channels)"
+        vae_ok = True  # the latent channels are compared once the VAE is built
+    if not (text_ok and vae_ok):
+        given_vae = f"{vae.kind}" + (f" at {vae.path}" if vae.path else " (no weights: random)" if vae.kind == "sd-kl"
+                                     else " (the embedded weight-free stand-in)")
+        raise ValueError(
+            f"{checkpoint_file} expects the text encoder {wanted_text} and the VAE {wanted_vae}; profile "
+            f"'{profile.name}' gives the text encoder {given_text} and the VAE {given_vae}. Use a profile with "
+            "the encoders the checkpoint was trained with (for Open-Sora's published weights: --profile published)"
+        )
 
 
 def load_generation_stack(
-    checkpoint: str | Path | None = None, preset: str | None = None, profile: str = "embedded", device: str = "cpu"
+    checkpoint: str | Path | None = None, preset: str | None = None, profile: str = "embedded",
+    device: str | None = None, dtype: str | torch.dtype | None = None,
 ) -> tuple[VideoGenerator, dict]:
     """Model (from a checkpoint, or a preset's random init), the profile's video
     autoencoder and text encoder, and the provenance recorded in sidecars. A jointly
     trained word-embedding text encoder is read from `text_encoder.safetensors`
-    beside the checkpoint."""
+    beside the checkpoint. `device` defaults to the profile's; `dtype` (the model's)
+    to bf16 on CUDA as Open-Sora samples, fp32 on CPU. Only the profile's encoders
+    and device are read: sampling needs no tracking server."""
     import warnings
 
     from safetensors.torch import load_file
 
-    from opensora_core.config import load_profile
+    from opensora_core.config import load_sampling_profile
     from opensora_core.models import STDiT2, build_stdit2
     from opensora_core.models.checkpoint_io import read_objective
     from opensora_core.models.text_encoder import build_text_encoder_for_model
     from opensora_core.models.vae import build_vae
+    from opensora_core.utils.dtypes import resolve_dtype
 
     if (checkpoint is None) == (preset is None):
         raise ValueError("give exactly one of a checkpoint or a preset")
-    settings = load_profile(profile)
+    settings = load_sampling_profile(profile)
+    device = device or settings.device
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device} (profile '{settings.name}') but no CUDA device is available: "
+                         "pass --device cpu")
+    dtype = resolve_dtype(dtype, torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
     objective, shift = "iddpm", 1.0
     if checkpoint is not None:
         model = STDiT2.from_checkpoint(checkpoint)
@@ -280,12 +449,16 @@ def load_generation_stack(
         warnings.warn(f"sampling from a randomly initialised {preset}: the output is noise-like", stacklevel=2)
         model = build_stdit2(preset)
         checkpoint_file = None
+    model = model.to(dtype)
     c = model.config
-    vae = build_vae(settings.vae.kind, settings.vae.path)
     weights_path = None if checkpoint_file is None else checkpoint_file.with_name(TEXT_ENCODER_WEIGHTS)
     weights = load_file(str(weights_path)) if weights_path is not None and weights_path.is_file() else None
-    if settings.text_encoder.kind == "word-embedding" and weights is None and checkpoint_file is not None:
-        warnings.warn(f"no {TEXT_ENCODER_WEIGHTS} beside {checkpoint_file}: text encoder is random", stacklevel=2)
+    if checkpoint_file is not None:
+        check_encoders(c, settings, checkpoint_file, weights if settings.text_encoder.kind == "word-embedding" else None)
+    vae = build_vae(settings.vae.kind, settings.vae.path)
+    if vae.latent_channels != c.in_channels:
+        raise ValueError(f"the model reads {c.in_channels} latent channels (in_channels), profile "
+                         f"'{settings.name}''s VAE {settings.vae.kind} gives {vae.latent_channels}")
     text_encoder = build_text_encoder_for_model(
         settings.text_encoder.kind, settings.text_encoder.path, c.caption_channels, c.model_max_length,
         weights if settings.text_encoder.kind == "word-embedding" else None, device,
@@ -297,6 +470,7 @@ def load_generation_stack(
         "objective": objective,
         "timestep_shift": shift,
         "profile": profile,
+        "dtype": str(dtype).removeprefix("torch."),
         "vae": vae.identity(),
         "text_encoder": text_encoder.identity(),
     }
