@@ -378,12 +378,19 @@ def _t5_width(path: str | None) -> int | None:
 
 def check_encoders(config, profile, checkpoint_file: Path, word_weights: dict | None) -> None:
     """Refuse a profile whose encoders cannot be those `checkpoint_file` was trained with:
-    they would not fail, they would give noise. Runs before the encoders are loaded."""
+    they would not fail, they would give noise. Runs before the encoders are loaded. A
+    T5-XXL-wide model (Open-Sora's published one) needs T5 and the SD VAE; an untrained
+    word table for a narrower model only warns (random-weight pipeline checks)."""
+    import warnings
+
     text, vae = profile.text_encoder, profile.vae
     channels = config.caption_channels
     if text.kind == "word-embedding":
         width = None if word_weights is None else int(word_weights["embedding.weight"].shape[1])
-        text_ok = width == channels
+        # A small untrained table is how pipeline checks sample; T5-XXL's width never is.
+        text_ok = width == channels or (width is None and channels != T5_XXL_CHANNELS)
+        if width is None and text_ok:
+            warnings.warn(f"no {TEXT_ENCODER_WEIGHTS} beside {checkpoint_file}: text encoder is random", stacklevel=3)
         given_text = ("word-embedding (the embedded stand-in) with no trained "
                       f"{TEXT_ENCODER_WEIGHTS} beside the checkpoint" if width is None
                       else f"word-embedding of width {width}")

@@ -144,8 +144,13 @@ def test_encoder_checks_name_what_is_given(tmp_path, tiny_t5_xxl_width):
         check_encoders(config, narrow_t5, tmp_path / "model.safetensors", None)
     words = SamplingProfile(name="p", vae={"kind": "dct"}, text_encoder={"kind": "word-embedding"})
     check_encoders(config, words, tmp_path / "model.safetensors", {"embedding.weight": torch.zeros(10, 16)})
+    with pytest.warns(UserWarning, match="text encoder is random"):
+        check_encoders(config, words, tmp_path / "model.safetensors", None)  # a pipeline check's checkpoint
+    wide = build_random_model(caption_channels=XXL_WIDTH).config
     with pytest.raises(ValueError, match="no trained text_encoder.safetensors beside the checkpoint"):
-        check_encoders(config, words, tmp_path / "model.safetensors", None)
+        check_encoders(wide, words, tmp_path / "model.safetensors", None)
+    with pytest.raises(ValueError, match="word-embedding of width 16"):
+        check_encoders(wide, words, tmp_path / "model.safetensors", {"embedding.weight": torch.zeros(10, 16)})
 
 
 # 3. Output fps: conditioned on fps, written at fps // frame_interval
