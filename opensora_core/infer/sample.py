@@ -34,6 +34,7 @@ from opensora_core.infer.mask_strategy import (
     apply_mask_strategy,
     parse_mask_strategy,
 )
+from opensora_core.infer.sizes import decoded_size, size_problems
 from opensora_core.models.stdit2 import IMAGE_FPS
 from opensora_core.utils.atomic import write_text_atomic
 from opensora_core.utils.hashing import file_sha256
@@ -143,17 +144,13 @@ class VideoGenerator:
         self.vae = vae.to(device) if isinstance(vae, torch.nn.Module) else vae
         self.text_encoder = text_encoder
         self.device = torch.device(device)
-        self.size_multiple = vae.spatial_downsample * model.config.patch_size[1]
 
     # 1. Checks that run before any work
 
     def check(self, settings: SampleSettings, requests: list[PromptRequest]) -> None:
         c = self.model.config
         problems = []
-        for side, value in (("height", settings.height), ("width", settings.width)):
-            if value <= 0 or value % self.size_multiple:
-                problems.append(f"{side} {value} must be a positive multiple of {self.size_multiple} "
-                                f"(VAE x{self.vae.spatial_downsample} times patch {c.patch_size[1]})")
+        problems += size_problems(settings.height, settings.width, self.vae.spatial_downsample)
         if settings.num_frames < 1:
             problems.append(f"num_frames must be >= 1, got {settings.num_frames}")
         if settings.num_frames % c.patch_size[0]:
@@ -207,7 +204,8 @@ class VideoGenerator:
     # 2. References
 
     def encode_reference(self, path: str | Path, height: int, width: int) -> torch.Tensor:
-        """An image or video, fitted to the target size, as latents `[C, T, h, w]`."""
+        """An image or video, fitted to the size the VAE works at, as latents `[C, T, h, w]`."""
+        height, width = decoded_size(height, width, self.vae.spatial_downsample)
         path = Path(path)
         if path.suffix.lower() in IMAGE_SUFFIXES:
             frames = read_image_rgb(path)[None]
