@@ -252,9 +252,7 @@ class VideoGenerator:
         null = self.model.null_caption(len(batch)).to(self.device)
         references = [[self.encode_reference(p, settings.height, settings.width) for p in r.references] for r in batch]
         strategies = [parse_mask_strategy(r.mask_strategy) for r in batch]
-        fps = IMAGE_FPS if frames == 1 else settings.fps
-        conditions = {"height": float(settings.height), "width": float(settings.width),
-                      "ar": settings.height / settings.width, "num_frames": float(frames), "fps": float(fps)}
+        conditions = sampling_conditions(settings)
 
         def guided_model(y, y_mask, channels):
             def model_fn(z, t, x_mask):
@@ -288,6 +286,16 @@ class VideoGenerator:
             pieces.append(latents if loop == 0 else latents[:, :, settings.condition_frame_length :])
             previous = latents
         return torch.cat(pieces, dim=2)
+
+
+def sampling_conditions(settings: SampleSettings) -> dict[str, float]:
+    """The micro-conditions of one generation loop. Both conventions of
+    `STDiT2Config.micro_condition_convention` sample alike: ar = height/width and the
+    requested fps (120 for images), as Open-Sora's inference does for its published
+    weights even though their training saw width/height and the source fps."""
+    frames = settings.num_frames
+    return {"height": float(settings.height), "width": float(settings.width), "ar": settings.height / settings.width,
+            "num_frames": float(frames), "fps": float(IMAGE_FPS if frames == 1 else settings.fps)}
 
 
 def write_samples(

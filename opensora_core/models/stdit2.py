@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -48,9 +48,14 @@ IMAGE_FPS = 120  # Open-Sora conditions images with fps 120.
 DEFAULT_VIDEO_FPS = 24
 
 
+MicroConditionConvention = Literal["consistent", "opensora-1.1"]
+
+
 class STDiT2Config(BaseModel):
     """Flat, typed STDiT-2 hyper-parameters. Field names are Open-Sora's, so its model
-    configs port as they are; the defaults are the published STDiT2-XL/2."""
+    configs port as they are; the defaults are the published STDiT2-XL/2, except
+    `micro_condition_convention`, whose default keeps configs written before the field
+    (our from-scratch presets and exports) as they were trained."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -72,6 +77,12 @@ class STDiT2Config(BaseModel):
     temporal_pos_embed: bool = Field(
         False, description="Add a parameter-free sin-cos embedding of the frame index to every token (as STDiT 1.0 "
                            "did); the published STDiT-2 has none: RoPE gives only relative frame positions.")
+    micro_condition_convention: MicroConditionConvention = Field(
+        "consistent", description="How training feeds the aspect-ratio and fps micro-conditions. 'opensora-1.1', "
+        "as the published weights were trained: ar = width/height and the clip's source fps (images 120). "
+        "'consistent' (our from-scratch models): ar = height/width and the fps of the frames the model sees "
+        "(source fps / frame_interval). Sampling passes ar = height/width and the requested fps under both, as "
+        "Open-Sora's inference does.")
 
     @model_validator(mode="after")
     def _check_shapes(self) -> STDiT2Config:
@@ -124,6 +135,8 @@ class STDiT2Config(BaseModel):
 _OPENSORA_DEFAULTS: dict[str, Any] = {
     "input_sq_size": 32, "model_max_length": 120, "qk_norm": False, "qk_norm_legacy": False,
     "enable_flash_attn": False,
+    # Not an Open-Sora field: its weights were trained with its own convention.
+    "micro_condition_convention": "opensora-1.1",
 }
 _OPENSORA_RENAMED = {"enable_flashattn": "enable_flash_attn"}  # the key's spelling before 1.1
 # Keys that never change what the model computes from its weights.
@@ -421,7 +434,8 @@ class STDiT2(nn.Module):
 
 def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> STDiT2Config:
     """Recover STDiT-2 hyper-parameters from a state dict's tensor shapes. `input_sq_size`
-    cannot be read off shapes; it defaults to the published 512 unless overridden."""
+    cannot be read off shapes; it defaults to the published 512 unless overridden. A
+    state dict without a config is Open-Sora's, so its micro-condition convention too."""
     try:
         patch_weight = state_dict["x_embedder.proj.weight"]
         hidden, in_channels, *patch = patch_weight.shape
@@ -444,6 +458,7 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> STDiT
         "caption_channels": caption_channels,
         "model_max_length": caption_tokens,
         "qk_norm": qk_norm,
+        "micro_condition_convention": "opensora-1.1",
     }
     fields.update(overrides)
     return STDiT2Config(**fields)

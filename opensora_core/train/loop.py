@@ -50,9 +50,11 @@ from opensora_core.models.checkpoint_io import (
     SHIFT_METADATA_KEY,
     compare_keys,
     load_state_dict,
+    read_config,
     save_model,
 )
 from opensora_core.models.pixart import looks_like_pixart, stdit2_state_from_pixart
+from opensora_core.models.stdit2 import MicroConditionConvention
 from opensora_core.models.text_encoder import build_text_encoder_for_model
 from opensora_core.models.vae import build_vae
 from opensora_core.train.checkpoint import CheckpointManager
@@ -145,6 +147,16 @@ def check_init(path: str | Path, preset_config, seed: int = 0) -> dict[str, torc
     report = compare_keys(state, preset_config)
     if not report.ok:
         raise TrainingError(f"--init {path} does not fit the stage's model: {report.describe()}")
+    # Weights trained under one micro-condition convention drift if fine-tuned under the other.
+    try:
+        init_config = read_config(path)
+    except ValueError as err:
+        raise TrainingError(f"--init {path}: {err}") from None
+    wanted = preset_config.micro_condition_convention
+    if init_config is not None and init_config.micro_condition_convention != wanted:
+        raise TrainingError(
+            f"--init {path} was trained with micro_condition_convention {init_config.micro_condition_convention!r} "
+            f"but the stage's model preset has {wanted!r}; use a preset with the weights' convention")
     return state
 
 
@@ -332,7 +344,9 @@ def train_step(s: Stage, items: list[tuple[int, Bucket]], step: int) -> tuple[fl
     batch = collate([s.dataset[item] for item in items])
     autocast = s.mesh is None and s.compute_dtype != torch.float32
     with torch.autocast(s.device.type, dtype=s.compute_dtype, enabled=autocast):
-        loss = _loss(s.model, s.text_encoder, s.vae, s.diffusion, s.timesteps, s.masks, batch, s.device, s.generator)
+        conditions = micro_conditions(batch, s.config.micro_condition_convention, s.stage.frame_interval)
+        loss = _loss(s.model, s.text_encoder, s.vae, s.diffusion, s.timesteps, s.masks, batch, conditions, s.device,
+                     s.generator)
     s.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     groups = [[p for p in s.model.parameters() if p.requires_grad]]
@@ -411,6 +425,7 @@ def _run(s: Stage, step: int, tracker, on_metrics) -> TrainResult:
     while step < s.max_steps:
         if len(s.sampler) == 0:
             raise TrainingError(f"epoch {s.sampler.epoch} has no full batch: too few samples for the batch sizes")
+        s.dataset.set_epoch(s.sampler.epoch)  # each epoch draws new temporal windows
         for items in s.sampler:
             loss, grad_norm, lr = train_step(s, items, step)
             step += 1
@@ -457,7 +472,21 @@ def _report(s: Stage, step: int, metrics: dict[str, float], tracker, on_metrics)
         on_metrics(step, metrics)
 
 
-def _loss(model, text_encoder, vae, diffusion, timesteps, masks, batch, device, generator) -> torch.Tensor:
+def micro_conditions(batch: dict, convention: MicroConditionConvention, frame_interval: int) -> dict[str, torch.Tensor]:
+    """The micro-conditions a training batch feeds the model, under the model's convention.
+    The dataset gives ar = height/width and the fps of the frames it sampled (source fps /
+    frame_interval; images 120): the 'consistent' convention as it is. 'opensora-1.1'
+    feeds what Open-Sora 1.1's training fed its published weights: ar = width/height and
+    the clip's source fps (images keep 120)."""
+    conditions = {k: batch[k] for k in ("height", "width", "ar", "num_frames", "fps")}
+    if convention == "opensora-1.1":
+        conditions["ar"] = batch["width"] / batch["height"]
+        videos = batch["num_frames"] > 1
+        conditions["fps"] = torch.where(videos, batch["fps"] * frame_interval, batch["fps"])
+    return conditions
+
+
+def _loss(model, text_encoder, vae, diffusion, timesteps, masks, batch, conditions, device, generator) -> torch.Tensor:
     if "latents" in batch:
         x0 = batch["latents"].to(device)
     else:
@@ -475,7 +504,7 @@ def _loss(model, text_encoder, vae, diffusion, timesteps, masks, batch, device, 
     weights = timesteps.weights(t)
     frame_mask = masks.get_masks(size, x0.shape[2], generator).to(device) if masks and x0.shape[2] > 1 else None
     noise = torch.randn(x0.shape, generator=generator).to(device)
-    conditions = {k: batch[k].to(device) for k in ("height", "width", "ar", "num_frames", "fps")}
+    conditions = {k: v.to(device) for k, v in conditions.items()}
 
     def model_fn(x_t, t_in, x_mask):
         return model(x_t, t_in, y, mask=y_mask, x_mask=x_mask, **conditions)

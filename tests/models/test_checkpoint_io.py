@@ -41,7 +41,10 @@ def test_open_sora_pth_with_wrappers_converts_and_loads(tmp_path):
     target = tmp_path / "converted.safetensors"
     config, report, count = convert_checkpoint(source, target, dtype=torch.bfloat16)
     assert report.ok and count == len(model.state_dict())
-    assert config.model_dump() | {"input_sq_size": 0} == model.config.model_dump() | {"input_sq_size": 0}
+    # A config-less Open-Sora file holds Open-Sora's weights, trained with its convention.
+    assert config.micro_condition_convention == "opensora-1.1"
+    unread = {"input_sq_size": 0, "micro_condition_convention": None}
+    assert config.model_dump() | unread == model.config.model_dump() | unread
     loaded = STDiT2.from_checkpoint(target)
     assert loaded.x_embedder.proj.weight.dtype == torch.bfloat16
     assert read_config(target) == config
@@ -52,7 +55,7 @@ def test_safetensors_from_open_sora_without_config_is_inferred(tmp_path):
     source = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(source))
     inferred = infer_config(load_state_dict(source), input_sq_size=model.config.input_sq_size)
-    assert inferred == model.config
+    assert inferred == model.config.model_copy(update={"micro_condition_convention": "opensora-1.1"})
 
 
 def test_mismatched_checkpoint_names_the_keys(tmp_path):

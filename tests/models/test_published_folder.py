@@ -79,7 +79,8 @@ def test_tiny_state_dict_has_the_published_tensor_names(model, reference_dir):
 def test_published_folder_loads_strictly_and_computes_the_same(tmp_path, model):
     folder = write_published_folder(tmp_path / "OpenSora-STDiT-v2-stage3", model)
     loaded = STDiT2.from_checkpoint(folder).eval()
-    assert loaded.config == model.config.model_copy(update={"enable_flash_attn": False})
+    assert loaded.config == model.config.model_copy(
+        update={"enable_flash_attn": False, "micro_condition_convention": "opensora-1.1"})
     inputs = dummy_inputs(height=5, width=7)
     torch.testing.assert_close(loaded(**inputs), model(**inputs), rtol=0, atol=0)
     # The weights file alone finds its config.json beside it.

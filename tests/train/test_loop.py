@@ -175,3 +175,65 @@ def test_cosine_schedule_warms_up_then_decays_to_min_lr():
     assert lrs[12] == pytest.approx(5.5e-4)  # half-way: the middle of lr and min_lr
     constant = stage.model_copy(update={"lr_schedule": "constant"})
     assert {learning_rate(constant, step, 20) for step in range(4, 20)} == {1e-3}
+
+
+def _wide_table(folder: Path) -> Path:
+    """One 16-frame 48x96 clip at 8 fps and one 48x96 still: ar 0.5 as height/width."""
+    from opensora_core.data.synthetic import moving_square_clip
+    from opensora_core.infer.export import write_image, write_video
+
+    clip, still = folder / "wide.mp4", folder / "wide.png"
+    write_video(clip, moving_square_clip(16, 48, 96, seed=0), fps=8)
+    write_image(still, moving_square_clip(1, 48, 96, seed=1)[0])
+    meta = folder / "meta.csv"
+    pd.DataFrame([{"path": str(clip), "text": "a red square", "num_frames": 16, "height": 48, "width": 96, "fps": 8.0},
+                  {"path": str(still), "text": "a red square", "num_frames": 1, "height": 48, "width": 96,
+                   "fps": 0.0}]).to_csv(meta, index=False)
+    return meta
+
+
+@pytest.mark.parametrize(
+    ("convention", "video", "image"),
+    [
+        # Ours: height/width and the sampled frames' fps (8 fps source / frame_interval 2).
+        ("consistent", {"ar": 0.5, "fps": 4.0}, {"ar": 0.5, "fps": 120.0}),
+        # Open-Sora 1.1's training: width/height and the clip's source fps; images 120.
+        ("opensora-1.1", {"ar": 2.0, "fps": 8.0}, {"ar": 2.0, "fps": 120.0}),
+    ],
+)
+def test_training_feeds_the_models_micro_condition_convention(
+    tmp_path, test_profile, monkeypatch, convention, video, image
+):
+    import yaml
+
+    from opensora_core.config import find_config
+    from opensora_core.models import load_preset
+    from opensora_core.train import loop
+
+    stage = yaml.safe_load(find_config("stages", "tiny/stage1").read_text())
+    stage.update(frame_interval=2, bucket_config={"64px": {1: [1.0, 1], 4: [1.0, 1]}}, ema_decay=None)
+    stage_file = tmp_path / "stage.yaml"
+    stage_file.write_text(yaml.safe_dump(stage))
+    config = load_preset("stdit2-tiny").model_copy(update={"micro_condition_convention": convention})
+    monkeypatch.setattr(loop, "load_preset", lambda name: config)
+    seen = {}
+    real_forward = STDiT2.forward
+
+    def recording(self, x, timestep, y, **kwargs):
+        if isinstance(kwargs.get("ar"), torch.Tensor):  # a training batch, not the cost model's scalars
+            frames = "image" if x.shape[2] == 1 else "video"
+            seen[frames] = {key: kwargs[key].tolist() for key in ("height", "width", "ar", "fps")}
+        return real_forward(self, x, timestep, y, **kwargs)
+
+    monkeypatch.setattr(STDiT2, "forward", recording)
+    result = train_stage(TrainArgs(stage=str(stage_file), data=str(_wide_table(tmp_path)), out=str(tmp_path / "s"),
+                                   profile=str(test_profile), max_steps=2, ckpt_every=2))
+    assert seen["video"] == {"height": [48.0], "width": [96.0], "ar": [video["ar"]], "fps": [video["fps"]]}
+    assert seen["image"] == {"height": [48.0], "width": [96.0], "ar": [image["ar"]], "fps": [image["fps"]]}
+    # The export carries the convention, and fine-tuning it under the other one is refused.
+    assert STDiT2.from_checkpoint(result.export_path).config.micro_condition_convention == convention
+    other = "consistent" if convention == "opensora-1.1" else "opensora-1.1"
+    monkeypatch.setattr(loop, "load_preset", lambda name: config.model_copy(update={"micro_condition_convention": other}))
+    with pytest.raises(TrainingError, match=f"trained with micro_condition_convention '{convention}'"):
+        train_stage(TrainArgs(stage=str(stage_file), data=str(_wide_table(tmp_path)), out=str(tmp_path / "x"),
+                              profile=str(test_profile), init=result.export_path, max_steps=1))
