@@ -2,7 +2,7 @@
 
 Thin wrappers over `opensora_core.data.caches`: each materialization encodes only what
 the cache lacks (new clips, new captions, a new encoder identity) and reports counts
-and sizes; the checks verify that every training row is covered and nothing is NaN/Inf.
+and sizes (a video entry is one clip's frames at one bucket size); the checks verify that every training row is covered and nothing is NaN/Inf.
 """
 
 import pandas as pd
@@ -69,16 +69,18 @@ def video_latents(context: AssetExecutionContext, curation_storage: CurationStor
     table = _meta(curation_storage)
     vae = _vae(cache_settings)
     cache = ShardedTensorCache(cache_settings.video_root())
-    added = reused = 0
+    added = reused = frames = 0
     skipped = []
     for stage in cache_settings.stages:
         report = build_video_cache(table, BucketAssigner(load_stage(stage)), vae, cache, progress=False)
         added, reused, skipped = added + report.added, reused + report.reused, skipped + report.skipped
+        frames += report.frames
     for what, why in skipped:
         context.log.warning(f"not cached: {what}: {why}")
     return MaterializeResult(metadata={
         "encoded": added, "reused": reused, "entries": len(cache), "skipped": len(skipped),
-        "bytes": cache.nbytes(), "vae": vae.identity(), "stages": ", ".join(cache_settings.stages),
+        "frames_encoded": frames, "bytes": cache.nbytes(),
+        "bytes_per_entry": round(cache.nbytes() / max(len(cache), 1), 1), "vae": vae.identity(), "stages": ", ".join(cache_settings.stages),
         "path": MetadataValue.path(cache_settings.video_root()),
     })
 
@@ -100,7 +102,7 @@ def video_latents_complete(curation_storage: CurationStorage, cache_settings: Ca
     keys = set()
     for stage in cache_settings.stages:
         assigner = BucketAssigner(load_stage(stage))
-        keys |= {key for _, row in table.iterrows() for key, _, _ in clip_plan(row, assigner, identity)}
+        keys |= {span.key for _, row in table.iterrows() for span in clip_plan(row, assigner, identity)}
     missing, bad = check_cache(ShardedTensorCache(cache_settings.video_root()), sorted(keys))
     return AssetCheckResult(passed=not missing and not bad,
                             metadata={"entries_expected": len(keys), "missing": len(missing), "non_finite": len(bad)})

@@ -53,7 +53,7 @@ def cache_video(
     profile: ProfileOpt = "embedded",
     device: Annotated[str, typer.Option()] = "cpu",
 ) -> None:
-    """Encode every clip at every bucket size the stage can assign it to."""
+    """Encode every clip's frames at every bucket size the stage can assign it to."""
     from opensora_core.config import load_profile, load_stage
     from opensora_core.data.buckets import BucketAssigner
     from opensora_core.data.caches import ShardedTensorCache, build_video_cache
@@ -64,7 +64,7 @@ def cache_video(
     vae = build_vae(settings.vae.kind, settings.vae.path).to(device)
     cache = ShardedTensorCache(out)
     report = build_video_cache(table, BucketAssigner(load_stage(stage)), vae, cache, device=device)
-    console.print(f"video cache {out}: {report.added} encoded, {report.reused} reused, "
+    console.print(f"video cache {out}: {report.added} encoded ({report.frames} frames), {report.reused} reused, "
                   f"{len(cache)} entries, {cache.nbytes() / 2**20:.2f} MiB")
     for what, why in report.skipped:
         err_console.print(f"[yellow]skipped[/] {what}: {why}", highlight=False)

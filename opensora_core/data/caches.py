@@ -1,7 +1,7 @@
 """Content-addressed caches of caption encodings and video latents.
 
 Open-Sora 1.1 encoded text (T5-XXL) and video (SD VAE) on the fly every step. We encode
-each (caption, encoder) and each (clip, VAE, bucket size, frame window) once, so training
+each (caption, encoder) and each (clip, VAE, bucket size) once, so training
 steps run the diffusion model only.
 
 Layout of a cache folder::
@@ -19,11 +19,14 @@ What is stored:
 - text, T5: the encoder output for the real tokens only (no padding), bf16;
 - text, a jointly trained word-embedding encoder: the token ids (int32), since its
   embedding changes while training;
-- video: latents `[C, t, h, w]` in bf16 for every bucket size the stage's
-  bucket_config can assign the clip to (at most one per resolution), so that every
-  epoch's fresh draw finds its latents. Each entry records the first frame of its
-  temporal window: one fixed window per clip and size (derived from the clip hash),
-  which trades Open-Sora's random window per step for a cache that is computed once.
+- video: latents `[C, n, h, w]` in bf16 of every source frame (stride 1) of the clip's
+  span at each bucket size (height x width) the stage's bucket_config can assign it.
+  The VAE encodes frames independently (no temporal compression), so any window at
+  any frame_interval is a slice of the entry, exactly what encoding the window gives:
+  each epoch draws its window afresh, as Open-Sora does, from one entry per clip and
+  size. The span is the whole clip up to `CACHED_SPAN` frames; a longer clip keeps a
+  fixed stretch of that length (offset from the clip hash), and training draws windows
+  from the same stretch whether it reads the cache or decodes.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors import safe_open
@@ -42,7 +47,8 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from opensora_core.data.buckets import Bucket, BucketAssigner
-from opensora_core.data.video_io import frames_to_tensor, read_frames
+from opensora_core.data.video_io import frames_to_tensor, iter_frames, read_frames
+from opensora_core.models.vae import DCTAutoencoder, SDKLAutoencoder
 from opensora_core.utils.atomic import atomic_path
 
 INDEX = "index.parquet"
@@ -83,6 +89,15 @@ class ShardedTensorCache:
         row = self.index.iloc[self._rows[key]]
         with safe_open(str(self.root / SHARDS / row["shard"]), framework="pt") as shard:
             return shard.get_tensor(key)
+
+    def get_frames(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """`tensor[:, start:stop]`, reading only those bytes of the shard."""
+        row = self.index.iloc[self._rows[key]]
+        with safe_open(str(self.root / SHARDS / row["shard"]), framework="pt") as shard:
+            return shard.get_slice(key)[:, start:stop]
+
+    def frame_count(self, key: str) -> int:
+        return json.loads(self.index.iloc[self._rows[key]]["shape"])[1]
 
     def put_many(self, items: dict[str, tuple[torch.Tensor, dict]]) -> None:
         """Write one new shard holding `items`, then publish the updated index."""
@@ -127,6 +142,7 @@ class CacheReport:
     added: int
     reused: int
     skipped: list[tuple[str, str]]  # (what, why) for rows that could not be encoded
+    frames: int = 0  # latent frames written (video)
 
 
 # 1. Text
@@ -181,15 +197,59 @@ def load_caption(cache: ShardedTensorCache, caption: str, text_encoder) -> tuple
 
 # 2. Video
 
+# Source frames one entry holds at most: Panda-70M's mean clip (~8.5 s at 30 fps). At
+# 240p (30x53 latents, bf16) that is 3.3 MB, at 720p 29 MB; a window needing more
+# frames (128 x 3 at 720p would) gets exactly its own span.
+CACHED_SPAN = 256
+# Frames decoded and encoded at a time while building, so pixels of a long span
+# (float, at source size before resizing) are never all held at once.
+ENCODE_CHUNK = 16
+# Pending entries are written once they hold this many bytes (or `flush_every` entries).
+FLUSH_BYTES = 256 * 2**20
+# Encoders known to map each frame on its own (Open-Sora 1.1's SD VAE and our DCT
+# codec): only for these is a window sliced from the clip's latents exact.
+PER_FRAME_VAES = (DCTAutoencoder, SDKLAutoencoder)
 
-def window_start(clip_hash: str, total_frames: int, span: int) -> int:
-    """A fixed, clip-specific first frame for a window of `span` source frames."""
-    room = max(total_frames - span, 0)
-    return int(clip_hash[:8], 16) % (room + 1)
+
+@dataclass(frozen=True)
+class ClipSpan:
+    """One cache entry: the clip's source frames [first, first + count) at one size."""
+
+    key: str
+    bucket: Bucket  # the first bucket this entry serves; others of the same size share it
+    first: int
+    count: int
 
 
-def video_key(clip_hash: str, vae_identity: str, bucket: Bucket, frame_interval: int, start: int) -> str:
-    return digest("video", clip_hash, vae_identity, bucket.height, bucket.width, bucket.num_frames, frame_interval, start)
+def clip_hash(row: pd.Series) -> str:
+    return str(row.get("sha256") or digest("path", row["path"]))
+
+
+def clip_span(row: pd.Series, bucket: Bucket, frame_interval: int) -> tuple[int, int]:
+    """(first, count): the source frames windows of this row in this bucket come from."""
+    total = int(row["num_frames"])
+    count = min(total, max(CACHED_SPAN, bucket.num_frames * frame_interval))
+    room = total - count
+    return int(clip_hash(row)[:8], 16) % (room + 1), count
+
+
+def window_start(row: pd.Series, bucket: Bucket, frame_interval: int, seed: int, epoch: int, index: int) -> int:
+    """The first source frame of this epoch's window: uniform over the clip's span,
+    drawn from (seed, epoch, row, bucket size) so a resumed run draws the same."""
+    first, count = clip_span(row, bucket, frame_interval)
+    room = max(count - bucket.num_frames * frame_interval, 0)
+    rng = np.random.default_rng([seed, epoch, index, bucket.num_frames, bucket.height, bucket.width])
+    return first + int(rng.integers(0, room + 1))
+
+
+def video_key(clip: str, vae_identity: str, height: int, width: int, first: int, count: int) -> str:
+    # "clip-frames" names the layout: keys of the old one-window entries never match.
+    return digest("video", "clip-frames", clip, vae_identity, height, width, first, count)
+
+
+def row_video_key(row: pd.Series, bucket: Bucket, frame_interval: int, vae_identity: str) -> str:
+    first, count = clip_span(row, bucket, frame_interval)
+    return video_key(clip_hash(row), vae_identity, bucket.height, bucket.width, first, count)
 
 
 def load_clip_window(path: str | Path, start: int, num_frames: int, frame_interval: int, height: int, width: int) -> torch.Tensor:
@@ -206,54 +266,84 @@ def load_clip_window(path: str | Path, start: int, num_frames: int, frame_interv
     return frames_to_tensor(frames, height, width)
 
 
-def row_video_key(row: pd.Series, bucket: Bucket, frame_interval: int, vae_identity: str) -> tuple[str, int]:
-    """(cache key, window start) of one training-table row in one bucket."""
-    clip_hash = str(row.get("sha256") or digest("path", row["path"]))
-    start = window_start(clip_hash, int(row["num_frames"]), bucket.num_frames * frame_interval)
-    return video_key(clip_hash, vae_identity, bucket, frame_interval, start), start
+def load_cached_window(cache: ShardedTensorCache, key: str, offset: int, num_frames: int,
+                       frame_interval: int) -> torch.Tensor:
+    """Latents `[C, num_frames, h, w]` of the window starting `offset` frames into the entry."""
+    stop = offset + (num_frames - 1) * frame_interval + 1
+    latents = cache.get_frames(key, offset, stop)
+    if latents.shape[1] != stop - offset:
+        raise ValueError(f"video cache entry {key[:12]} holds {cache.frame_count(key)} frames, "
+                         f"window needs frames {offset}..{stop - 1}")
+    return latents[:, ::frame_interval]
 
 
-def clip_plan(row: pd.Series, assigner: BucketAssigner, vae_identity: str) -> list[tuple[str, Bucket, int]]:
-    """(cache key, bucket, window start) for every bucket this row can be assigned."""
-    plan = []
+def clip_plan(row: pd.Series, assigner: BucketAssigner, vae_identity: str) -> list[ClipSpan]:
+    """The cache entries this row needs: one per bucket size it can be assigned."""
+    plan: dict[str, ClipSpan] = {}
     for bucket in assigner.candidates(int(row["num_frames"]), int(row["height"]), int(row["width"])):
-        key, start = row_video_key(row, bucket, assigner.frame_interval, vae_identity)
-        plan.append((key, bucket, start))
-    return plan
+        first, count = clip_span(row, bucket, assigner.frame_interval)
+        key = video_key(clip_hash(row), vae_identity, bucket.height, bucket.width, first, count)
+        plan.setdefault(key, ClipSpan(key, bucket, first, count))
+    return list(plan.values())
+
+
+def encode_span(path: str | Path, span: ClipSpan, vae, device: str | torch.device = "cpu") -> torch.Tensor:
+    """bf16 latents `[C, count, h, w]` of the span's frames, encoded `ENCODE_CHUNK` at a time."""
+    bucket = span.bucket
+    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+        chunks = [load_clip_window(path, 0, 1, 1, bucket.height, bucket.width)]
+    else:
+        frames = islice(iter_frames(path, start=span.first), span.count)
+        parts = iter(lambda: list(islice(frames, ENCODE_CHUNK)), [])
+        chunks = (frames_to_tensor(np.stack(part), bucket.height, bucket.width) for part in parts)
+    latents = []
+    for video in chunks:
+        with torch.no_grad():
+            encoded = vae.encode(video[None].to(device))[0]
+        if encoded.shape[1] != video.shape[1]:
+            raise ValueError(f"{type(vae).__name__} maps {video.shape[1]} frames to {encoded.shape[1]} latent "
+                             "frames: the clip cache needs one latent frame per frame")
+        latents.append(encoded.to(torch.bfloat16).cpu())
+    out = torch.cat(latents, dim=1)
+    if out.shape[1] < span.count:
+        raise ValueError(f"{path}: {out.shape[1]} decodable frames from {span.first}, the table promises {span.count}")
+    return out
 
 
 def build_video_cache(
     table: pd.DataFrame, assigner: BucketAssigner, vae, cache: ShardedTensorCache, progress: bool = True,
     flush_every: int = 32, device: str | torch.device = "cpu",
 ) -> CacheReport:
+    if not isinstance(vae, PER_FRAME_VAES):
+        raise TypeError(f"the video cache slices windows out of a clip's latents, which is exact only for a VAE "
+                         f"that encodes frames independently ({', '.join(c.__name__ for c in PER_FRAME_VAES)}); "
+                         f"got {type(vae).__name__}: train without the video cache (decoding on the fly)")
     identity = vae.identity()
     pending: dict[str, tuple[torch.Tensor, dict]] = {}
-    added = reused = 0
+    added = reused = frames = 0
     skipped: list[tuple[str, str]] = []
     for _, row in tqdm(table.iterrows(), total=len(table), desc="video cache", disable=not progress):
-        for key, bucket, start in clip_plan(row, assigner, identity):
-            if key in cache or key in pending:
+        for span in clip_plan(row, assigner, identity):
+            if span.key in cache or span.key in pending:
                 reused += 1
                 continue
+            bucket = span.bucket
             try:
-                video = load_clip_window(row["path"], start, bucket.num_frames, assigner.frame_interval,
-                                         bucket.height, bucket.width)
+                latents = encode_span(row["path"], span, vae, device)
             except (OSError, ValueError, RuntimeError) as err:
-                skipped.append((f"{row['path']} @ {bucket.resolution}/{bucket.num_frames}", str(err)))
+                skipped.append((f"{row['path']} @ {bucket.height}x{bucket.width}", str(err)))
                 continue
-            with torch.no_grad():
-                latents = vae.encode(video[None].to(device))[0]
-            pending[key] = (latents.to(torch.bfloat16), {
-                "path": str(row["path"]), "resolution": bucket.resolution, "num_frames": bucket.num_frames,
-                "height": bucket.height, "width": bucket.width, "start_frame": start,
-                "frame_interval": assigner.frame_interval, "vae": identity,
+            pending[span.key] = (latents, {
+                "path": str(row["path"]), "resolution": bucket.resolution, "height": bucket.height,
+                "width": bucket.width, "first_frame": span.first, "num_frames": span.count, "vae": identity,
             })
             added += 1
-        if len(pending) >= flush_every:
+            frames += span.count
+        if len(pending) >= flush_every or sum(t.nbytes for t, _ in pending.values()) >= FLUSH_BYTES:
             cache.put_many(pending)
             pending = {}
     cache.put_many(pending)
-    return CacheReport(added=added, reused=reused, skipped=skipped)
+    return CacheReport(added=added, reused=reused, skipped=skipped, frames=frames)
 
 
 def check_cache(cache: ShardedTensorCache, keys: Iterable[str]) -> tuple[list[str], list[str]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
@@ -13,10 +12,13 @@ from torch.utils.data import Dataset
 from opensora_core.data.buckets import Bucket
 from opensora_core.data.caches import (
     ShardedTensorCache,
+    clip_span,
+    load_cached_window,
     load_caption,
     load_clip_window,
     row_video_key,
     text_key,
+    window_start,
 )
 from opensora_core.models.stdit2 import IMAGE_FPS
 
@@ -28,11 +30,13 @@ class MissingCacheError(LookupError):
 class VideoTextDataset(Dataset):
     """Index with `(row, bucket)` pairs, as `BucketBatchSampler` yields them.
 
-    A sample is a dict with `latents` `[C, t, h, w]` (from the video cache) or `video`
-    `[3, t, H, W]` in [-1, 1] (decoded: a window of `t * frame_interval` source frames
-    at a seeded random start, resized and center-cropped to the bucket), the caption as
-    `text` plus `y`/`ids` and `mask` when the text cache holds it, and the
-    micro-conditions `height, width, ar, num_frames, fps` (images: fps 120).
+    A sample is a window of `t` frames, `frame_interval` apart, whose start is drawn
+    afresh each epoch (`set_epoch`, as the batch sampler's epoch) from (seed, epoch, row,
+    bucket): as `latents` `[C, t, h, w]` sliced from the clip's cached latents, or as
+    `video` `[3, t, H, W]` in [-1, 1] decoded, resized and center-cropped to the bucket.
+    Both read the same window. Also the caption as `text` plus `y`/`ids` and `mask` when
+    the text cache holds it, and the micro-conditions `height, width, ar, num_frames,
+    fps` (images: fps 120).
     """
 
     def __init__(
@@ -61,6 +65,10 @@ class VideoTextDataset(Dataset):
         self.video_cache = video_cache
         self.require_cache = require_cache
         self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.table)
@@ -70,7 +78,7 @@ class VideoTextDataset(Dataset):
         problems = []
         for index, bucket in items:
             row = self.table.iloc[index]
-            if self.video_cache is None or row_video_key(row, bucket, self.frame_interval, self.vae_identity)[0] not in self.video_cache:
+            if self.video_cache is None or row_video_key(row, bucket, self.frame_interval, self.vae_identity) not in self.video_cache:
                 problems.append(f"row {index} ({row['path']}): no latents at {bucket.height}x{bucket.width}x{bucket.num_frames}")
             if self.text_cache is None or text_key(str(row["text"]), self.text_encoder) not in self.text_cache:
                 problems.append(f"row {index} ({row['path']}): caption not in the text cache")
@@ -85,15 +93,15 @@ class VideoTextDataset(Dataset):
                 raise MissingCacheError("; ".join(problems))
         sample: dict = {"index": index, "text": str(row["text"])}
 
+        start = window_start(row, bucket, self.frame_interval, self.seed, self.epoch, index)
         video_key = None
         if self.video_cache is not None:
-            video_key, _ = row_video_key(row, bucket, self.frame_interval, self.vae_identity)
+            video_key = row_video_key(row, bucket, self.frame_interval, self.vae_identity)
         if video_key is not None and video_key in self.video_cache:
-            sample["latents"] = self.video_cache.get(video_key).float()
+            offset = start - clip_span(row, bucket, self.frame_interval)[0]
+            sample["latents"] = load_cached_window(self.video_cache, video_key, offset, bucket.num_frames,
+                                                   self.frame_interval).float()
         else:
-            span = bucket.num_frames * self.frame_interval
-            rng = np.random.default_rng([self.seed, index, bucket.num_frames, bucket.height, bucket.width])
-            start = int(rng.integers(0, max(int(row["num_frames"]) - span, 0) + 1))
             sample["video"] = load_clip_window(row["path"], start, bucket.num_frames, self.frame_interval,
                                                bucket.height, bucket.width)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import av
@@ -27,12 +29,19 @@ def read_frames(path: str | Path, num_frames: int, start: int = 0, stride: int =
     file that ends early returns the frames it had; a file that yields none raises
     `VideoDecodeError`.
     """
+    if num_frames < 1:
+        raise ValueError(f"need num_frames >= 1 (got {num_frames})")
+    return np.stack(list(islice(iter_frames(path, start, stride), num_frames)))
+
+
+def iter_frames(path: str | Path, start: int = 0, stride: int = 1) -> Iterator[np.ndarray]:
+    """`read_frames` one frame at a time, so long spans need not be held at source size."""
     path = Path(path)
     if not path.is_file():
         raise VideoDecodeError(f"{path}: no such file")
-    if num_frames < 1 or stride < 1 or start < 0:
-        raise ValueError(f"need num_frames >= 1, stride >= 1, start >= 0 (got {num_frames}, {stride}, {start})")
-    frames: list[np.ndarray] = []
+    if stride < 1 or start < 0:
+        raise ValueError(f"need stride >= 1, start >= 0 (got {stride}, {start})")
+    shape = None
     try:
         with av.open(str(path)) as container:
             stream = video_stream(container)
@@ -43,17 +52,15 @@ def read_frames(path: str | Path, num_frames: int, start: int = 0, stride: int =
             for index, frame in Deinterlacer(stream).frames(enumerate(container.decode(stream))):
                 if index >= start and (index - start) % stride == 0:
                     array = upright_array(frame, aspect=aspect)
-                    if frames and array.shape != frames[0].shape:
-                        break
-                    frames.append(array)
-                    if len(frames) == num_frames:
-                        break
+                    if shape is not None and array.shape != shape:
+                        return
+                    shape = array.shape
+                    yield array
     except av.FFmpegError as err:
-        if not frames:
+        if shape is None:
             raise VideoDecodeError(f"{path}: {err}") from err
-    if not frames:
+    if shape is None:
         raise VideoDecodeError(f"{path}: no decodable frames from frame {start}")
-    return np.stack(frames)
 
 
 def frames_to_tensor(frames: np.ndarray, height: int, width: int) -> torch.Tensor:

@@ -5,10 +5,12 @@ import hashlib
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
 from opensora_core.cli import app
 from opensora_core.config import load_stage
+from opensora_core.data import caches
 from opensora_core.data.buckets import BucketAssigner
 from opensora_core.data.caches import (
     ShardedTensorCache,
@@ -16,8 +18,11 @@ from opensora_core.data.caches import (
     build_video_cache,
     check_cache,
     clip_plan,
+    clip_span,
     load_caption,
+    load_clip_window,
     text_key,
+    window_start,
 )
 from opensora_core.data.dataset import MissingCacheError, VideoTextDataset, collate
 from opensora_core.data.synthetic import moving_square_clip
@@ -100,11 +105,12 @@ def test_video_cache_encodes_each_clip_once_per_bucket_size(tmp_path, table, ass
     assert first.added == planned > len(table) and not first.skipped
     assert not list((tmp_path / "video").rglob("*.tmp"))
 
-    key, bucket, start = clip_plan(table.iloc[0], assigner, vae.identity())[0]
-    meta = cache.meta(key)
-    assert meta["start_frame"] == start and meta["height"] == bucket.height
-    latents = cache.get(key)
-    assert latents.shape == (4, bucket.num_frames, bucket.height // 8, bucket.width // 8)
+    span = clip_plan(table.iloc[0], assigner, vae.identity())[0]
+    meta = cache.meta(span.key)
+    assert (meta["first_frame"], meta["num_frames"]) == (0, 20) and meta["height"] == span.bucket.height
+    latents = cache.get(span.key)
+    assert latents.shape == (4, 20, span.bucket.height // 8, span.bucket.width // 8)  # every frame of the clip
+    assert first.frames == sum(s.count for _, row in table.iterrows() for s in clip_plan(row, assigner, vae.identity()))
 
     # Re-run: nothing to do. One new video: only its entries.
     assert build_video_cache(table, assigner, vae, ShardedTensorCache(tmp_path / "video"), progress=False).added == 0
@@ -116,7 +122,7 @@ def test_video_cache_encodes_each_clip_once_per_bucket_size(tmp_path, table, ass
     assert flat.identity() != vae.identity()
     assert build_video_cache(table, assigner, flat, ShardedTensorCache(tmp_path / "video"), progress=False).added == planned
 
-    keys = [k for _, row in grown.iterrows() for k, _, _ in clip_plan(row, assigner, vae.identity())]
+    keys = [s.key for _, row in grown.iterrows() for s in clip_plan(row, assigner, vae.identity())]
     assert check_cache(ShardedTensorCache(tmp_path / "video"), keys) == ([], [])
     poisoned = ShardedTensorCache(tmp_path / "video")
     poisoned.put_many({"nan-entry": (torch.tensor([float("nan")]), {})})
@@ -144,16 +150,19 @@ def test_dataset_reads_caches_or_decodes(tmp_path, table, assigner):
     decoding = VideoTextDataset(table, assigner.frame_interval)
     raw = decoding[(0, bucket)]
     assert raw["video"].shape == (3, bucket.num_frames, bucket.height, bucket.width)
-    # The cached latents are the encoding of the clip's recorded window.
-    _key, window = next((k, s) for k, b, s in clip_plan(table.iloc[0], assigner, vae.identity()) if b == bucket)
-    from opensora_core.data.caches import load_clip_window
-
-    expected = vae.encode(load_clip_window(table.iloc[0]["path"], window, bucket.num_frames,
-                                           assigner.frame_interval, bucket.height, bucket.width)[None])[0]
-    torch.testing.assert_close(sample["latents"], expected, atol=0.05, rtol=0.02)
+    # Both paths read the same window: the cached latents are that window's encoding.
+    start = window_start(table.iloc[0], bucket, assigner.frame_interval, seed=0, epoch=0, index=0)
+    window = load_clip_window(table.iloc[0]["path"], start, bucket.num_frames, assigner.frame_interval,
+                              bucket.height, bucket.width)
+    assert torch.equal(raw["video"], window)
+    assert torch.equal(sample["latents"], vae.encode(window[None])[0].to(torch.bfloat16).float())
 
     image_bucket = assigner.candidates(1, 64, 64)[0]
     assert decoding[(2, image_bucket)]["fps"] == 120.0
+    image = cached[(2, image_bucket)]
+    assert image["latents"].shape == (4, 1, image_bucket.height // 8, image_bucket.width // 8)
+    still = load_clip_window(table.iloc[2]["path"], 0, 1, 1, image_bucket.height, image_bucket.width)
+    assert torch.equal(image["latents"], vae.encode(still[None])[0].to(torch.bfloat16).float())
     batch = collate([decoding[(0, bucket)], decoding[(1, bucket)]])
     assert batch["video"].shape[0] == 2 and batch["text"][1] == "a blue square moving up"
 
@@ -162,6 +171,76 @@ def test_dataset_reads_caches_or_decodes(tmp_path, table, assigner):
                                 require_cache=True)
     with pytest.raises(MissingCacheError, match="no latents at"):
         uncached[(1, bucket)]
+
+
+def test_windows_are_drawn_afresh_each_epoch_from_the_whole_clip(tmp_path, table, assigner):
+    vae = DCTAutoencoder()
+    video_cache = ShardedTensorCache(tmp_path / "v")
+    build_video_cache(table, assigner, vae, video_cache, progress=False)
+    bucket = assigner.candidates(20, 64, 64)[0]
+    span = bucket.num_frames * assigner.frame_interval
+    cached = VideoTextDataset(table, assigner.frame_interval, vae_identity=vae.identity(), video_cache=video_cache,
+                              seed=3)
+    decoding = VideoTextDataset(table, assigner.frame_interval, seed=3)
+
+    starts = [window_start(table.iloc[0], bucket, assigner.frame_interval, 3, epoch, 0) for epoch in range(200)]
+    assert set(starts) == set(range(20 - span + 1))  # every valid start, none past the clip's end
+    assert starts == [window_start(table.iloc[0], bucket, assigner.frame_interval, 3, e, 0) for e in range(200)]
+    assert starts != [window_start(table.iloc[0], bucket, assigner.frame_interval, 4, e, 0) for e in range(200)]
+
+    path = table.iloc[0]["path"]
+    for epoch in range(4):
+        cached.set_epoch(epoch)
+        decoding.set_epoch(epoch)
+        window = load_clip_window(path, starts[epoch], bucket.num_frames, assigner.frame_interval,
+                                  bucket.height, bucket.width)
+        assert torch.equal(decoding[(0, bucket)]["video"], window)
+        # Sliced from the clip's latents = the window encoded on its own (bf16, as stored).
+        assert torch.equal(cached[(0, bucket)]["latents"], vae.encode(window[None])[0].to(torch.bfloat16).float())
+    assert len({starts[e] for e in range(4)}) > 1
+
+
+def test_long_clips_cache_a_bounded_span_and_windows_stay_in_it(tmp_path, table, monkeypatch):
+    monkeypatch.setattr(caches, "CACHED_SPAN", 18)
+    stage2 = BucketAssigner(load_stage("tiny/stage2"))  # frame_interval 2
+    vae = DCTAutoencoder()
+    video_cache = ShardedTensorCache(tmp_path / "v")
+    assert not build_video_cache(table, stage2, vae, video_cache, progress=False).skipped
+    row = table.iloc[0]
+    bucket = stage2.candidates(20, 64, 64)[0]
+    first, count = clip_span(row, bucket, stage2.frame_interval)
+    assert (bucket.num_frames, count) == (8, 18) and 0 <= first <= 20 - 18
+    key = next(s.key for s in clip_plan(row, stage2, vae.identity()) if s.bucket.height == bucket.height)
+    assert video_cache.get(key).shape[1] == 18
+
+    dataset = VideoTextDataset(table, stage2.frame_interval, vae_identity=vae.identity(), video_cache=video_cache)
+    starts = set()
+    for epoch in range(40):
+        dataset.set_epoch(epoch)
+        start = window_start(row, bucket, stage2.frame_interval, 0, epoch, 0)
+        starts.add(start)
+        if epoch < 3:
+            window = load_clip_window(row["path"], start, 8, 2, bucket.height, bucket.width)
+            expected = vae.encode(window[None])[0].to(torch.bfloat16).float()
+            assert torch.equal(dataset[(0, bucket)]["latents"], expected)
+    assert starts == set(range(first, first + count - 8 * 2 + 1))
+    monkeypatch.setattr(caches, "CACHED_SPAN", 10)  # below the window: the entry is the window's span
+    assert clip_span(row, bucket, stage2.frame_interval)[1] == 16
+
+
+class _TemporalVAE(nn.Module):
+    """Halves the frame count, as a video VAE with temporal compression would."""
+
+    def identity(self) -> str:
+        return "temporal-test"
+
+    def encode(self, x):
+        return x[:, :, ::2]
+
+
+def test_video_cache_refuses_a_vae_that_compresses_time(tmp_path, table, assigner):
+    with pytest.raises(TypeError, match="encodes frames independently"):
+        build_video_cache(table, assigner, _TemporalVAE(), ShardedTensorCache(tmp_path / "v"), progress=False)
 
 
 def test_cache_commands(tmp_path, table):
