@@ -33,11 +33,13 @@ from opensora_core.infer.sample import (
     parse_prompt,
     sample_names,
 )
+from opensora_core.models import STDiT2
 from opensora_core.models.checkpoint_io import save_model
 from opensora_core.models.text_encoder import T5TextEncoder, WordEmbeddingTextEncoder, clean_caption
 from opensora_core.models.vae import DCTAutoencoder
 
 from ..models.model_fixtures import build_random_model
+from ..models.test_published_folder import write_published_folder
 from ..models.test_text_encoder import _train_spiece
 from ..models.test_vae import TINY_KL
 
@@ -77,6 +79,14 @@ def published_like_checkpoint(tmp_path_factory) -> Path:
     save_model(build_random_model(caption_channels=XXL_WIDTH, model_max_length=MAX_TOKENS),
                folder / "model.safetensors")
     return folder
+
+
+@pytest.fixture(scope="module")
+def published_folder(tmp_path_factory) -> Path:
+    """The same kind of tiny model as the published weights ship: a `save_pretrained`
+    folder (Open-Sora's config.json keys, model.safetensors without our metadata)."""
+    model = build_random_model(caption_channels=XXL_WIDTH, model_max_length=MAX_TOKENS)
+    return write_published_folder(tmp_path_factory.mktemp("hub") / "OpenSora-STDiT-v2-stage3", model)
 
 
 def _sample(*args: str):
@@ -348,20 +358,30 @@ def test_real_generation_in_bf16(generator):
 # Smoke tests: the real T5 and SD VAE code paths, tiny models in their real formats
 
 
-def _smoke_args(checkpoint: Path, out: Path) -> list[str]:
+def _smoke_args(checkpoint: Path, out: Path, height: int = 16, width: int = 16) -> list[str]:
     return ["--checkpoint", str(checkpoint), "--device", "cpu", "--prompt", "A <b>Red</b> square https://x.com",
-            "--prompt", "|0|a cat|1|a dog", "--loops", "2", "--condition-frame-length", "1", "--height", "16",
-            "--width", "16", "--num-frames", "2", "--steps", "2", "--sampler", "dpm-solver", "--out", str(out)]
+            "--prompt", "|0|a cat|1|a dog", "--loops", "2", "--condition-frame-length", "1", "--height", str(height),
+            "--width", str(width), "--num-frames", "2", "--steps", "2", "--sampler", "dpm-solver", "--out", str(out)]
 
 
-def test_published_profile_samples_with_local_t5_and_sd_vae(
-    tmp_path, monkeypatch, tiny_t5_xxl_width, tiny_sd_vae, published_like_checkpoint
+def test_published_profile_samples_a_hugging_face_folder_with_local_t5_and_sd_vae(
+    tmp_path, monkeypatch, tiny_t5_xxl_width, tiny_sd_vae, published_folder
 ):
     monkeypatch.setenv("T5_PATH", str(tiny_t5_xxl_width))
     monkeypatch.setenv("SD_VAE_PATH", str(tiny_sd_vae))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    result = _sample("--profile", "published", *_smoke_args(published_like_checkpoint, tmp_path))
+    seen = []
+    real_forward = STDiT2.forward
+
+    def recording(self, *args, **kwargs):
+        seen.append((self.config.micro_condition_convention, kwargs["ar"], kwargs["fps"]))
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(STDiT2, "forward", recording)
+    result = _sample("--profile", "published", *_smoke_args(published_folder, tmp_path, height=16, width=24))
     assert result.exit_code == 0, result.output
+    # Trained on width/height, the published weights are sampled on height/width, as Open-Sora does.
+    assert set(seen) == {("opensora-1.1", 16 / 24, 24.0)}
     assert _video_fps_and_frames(tmp_path / "sample_000.mp4") == (8.0, 3)  # 2 + (2 - 1) frames
     sidecar = json.loads((tmp_path / "sample_001.json").read_text())
     assert sidecar["text_encoder"].startswith("t5(") and "dtype=float32" in sidecar["text_encoder"]
