@@ -199,7 +199,7 @@ def load_caption(cache: ShardedTensorCache, caption: str, text_encoder) -> tuple
 
 # Source frames one entry holds at most: Panda-70M's mean clip (~8.5 s at 30 fps). At
 # 240p (30x53 latents, bf16) that is 3.3 MB, at 720p 29 MB; a window needing more
-# frames (128 x 3 at 720p would) gets exactly its own span.
+# frames (128 frames x interval 3 = 384) gets exactly its own span.
 CACHED_SPAN = 256
 # Frames decoded and encoded at a time while building, so pixels of a long span
 # (float, at source size before resizing) are never all held at once.
