@@ -79,6 +79,10 @@ MASK_NAMES: tuple[str, ...] = (
     "image_head",
     "image_tail",
     "image_head_tail",
+    # Not in Open-Sora 1.1: k in [1, T//2] frames at the head or the tail. On short
+    # windows (8 frames: a quarter is at most 2) they train extension from half a clip.
+    "half_head",
+    "half_tail",
 )
 
 CONFIG_KINDS: tuple[str, ...] = ("models", "stages", "profiles", "data")
@@ -195,8 +199,8 @@ class _Strict(BaseModel):
 
 
 def validate_mask_ratios(value: Mapping[str, float]) -> dict[str, float]:
-    """Check names and ranges and that the ratios sum to 1; return all nine kinds in
-    the published order (omitted kinds get 0 and are never drawn)."""
+    """Check names and ranges and that the ratios sum to 1; return every kind in
+    `MASK_NAMES` order (omitted kinds get 0 and are never drawn)."""
     for name, ratio in value.items():
         if name not in MASK_NAMES:
             raise ValueError(f"unknown mask '{name}' (valid: {', '.join(MASK_NAMES)})")

@@ -3,7 +3,9 @@
 Open-Sora 1.1 trains one model for text-to-video, image-to-video, extension and
 connecting clips by sometimes giving it frames: "quarter" masks give k in [1, T//4]
 frames (at the head, the tail, both ends or random positions), "image" masks give one
-frame (head, tail, both ends or random). Masks are `[B, T]` bool with True = generated.
+frame (head, tail, both ends or random). Our "half" masks (head or tail) give k in
+[1, T//2]: short training windows then still see extension from half a clip. Masks are
+`[B, T]` bool with True = generated.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ def make_mask(kind: str, num_frames: int, generator: torch.Generator | None = No
     if kind == "no_mask" or num_frames < 2:
         return mask
     group, _, where = kind.partition("_")
-    if group == "quarter":
-        count = int(torch.randint(1, max(1, num_frames // 4) + 1, (1,), generator=generator))
+    if group in ("quarter", "half"):
+        most = num_frames // 4 if group == "quarter" else num_frames // 2
+        count = int(torch.randint(1, max(1, most) + 1, (1,), generator=generator))
     else:
         count = 1
     if where == "random":

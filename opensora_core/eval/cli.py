@@ -91,8 +91,9 @@ def run_eval(
 
     With `conditioned`, every prompt that names a colour, shape and direction also gets
     an image-to-video and an extension case (`eval/conditioning.py`) from a fresh clip
-    of that combination, written under `out/references/` and sampled into
-    `out/samples/i2v/` and `out/samples/extend/`. `prompt_following` is the mean of the
+    of that combination, written under `out/references/` and sampled with every seed into
+    `out/samples/i2v/` and `out/samples/extend/` (seed 0; `i2v_seed_N/`, `extend_seed_N/`
+    for the others). `prompt_following` is the mean of the
     colour and direction accuracies (and the conditioned direction accuracies): the
     score promotion compares."""
     from opensora_core.eval.metrics import evaluate_videos
@@ -128,7 +129,8 @@ def run_eval(
     metrics = evaluate_videos(videos, video_prompts, details)
     for row, path in zip(details, files):
         row["file"] = path
-    conditioned_rows = _conditioned(generator, texts, steps, cfg_scale, out, provenance, progress) if conditioned else []
+    conditioned_rows = (_conditioned(generator, texts, seeds, steps, cfg_scale, out, provenance, progress)
+                        if conditioned else [])
     metrics.update(summarize(conditioned_rows))
     metrics["prompt_following"] = prompt_following(metrics)
     if scorer is not None:
@@ -157,9 +159,10 @@ def prompt_following(metrics: dict) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def _conditioned(generator, texts: list[str], steps: int, cfg_scale: float, out: Path, provenance: dict,
+def _conditioned(generator, texts: list[str], seeds: int, steps: int, cfg_scale: float, out: Path, provenance: dict,
                  progress: bool = False) -> list[dict]:
-    """Image-to-video and extension samples of the prompts' synthetic combinations, scored."""
+    """Image-to-video and extension samples of the prompts' synthetic combinations, one
+    per seed as for the prompts themselves, scored."""
     from opensora_core.infer.sample import PromptRequest, SampleSettings, write_samples
 
     combinations = list(dict.fromkeys(c for c in map(combination_of, texts) if c is not None))
@@ -167,13 +170,15 @@ def _conditioned(generator, texts: list[str], steps: int, cfg_scale: float, out:
     for kind in CONDITIONING_KINDS if combinations else ():
         cases = build_cases(kind, combinations, out / "references", EVAL_FRAMES, EVAL_HEIGHT, EVAL_WIDTH)
         requests = [PromptRequest(c.prompt, [c.reference], c.mask_strategy) for c in cases]
-        settings = SampleSettings(num_frames=EVAL_FRAMES, height=EVAL_HEIGHT, width=EVAL_WIDTH, fps=EVAL_FPS,
-                                  steps=steps, sampler="dpm-solver", cfg_scale=cfg_scale, seed=0,
-                                  batch_size=len(requests))
-        videos = generator.generate(requests, settings, progress=progress)
-        written = write_samples(videos, requests, settings, out / "samples" / kind, provenance)
-        for video, case, path in zip(videos, cases, written):
-            rows.append({**score_case(video, case), "file": str(path)})
+        for seed in range(seeds):
+            settings = SampleSettings(num_frames=EVAL_FRAMES, height=EVAL_HEIGHT, width=EVAL_WIDTH, fps=EVAL_FPS,
+                                      steps=steps, sampler="dpm-solver", cfg_scale=cfg_scale, seed=seed,
+                                      batch_size=len(requests))
+            videos = generator.generate(requests, settings, progress=progress)
+            folder = out / "samples" / (kind if seed == 0 else f"{kind}_seed_{seed}")
+            written = write_samples(videos, requests, settings, folder, provenance)
+            for video, case, path in zip(videos, cases, written):
+                rows.append({**score_case(video, case), "seed": seed, "file": str(path)})
     return rows
 
 

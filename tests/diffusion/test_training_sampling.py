@@ -78,6 +78,18 @@ def test_mask_kinds_give_the_frames_they_name(seed):
     assert make_mask("no_mask", frames, g).all()
 
 
+def test_half_masks_give_up_to_half_the_frames_at_one_end():
+    g = torch.Generator().manual_seed(0)
+    heads = [int((~make_mask("half_head", 8, g)).sum()) for _ in range(200)]
+    assert set(heads) == {1, 2, 3, 4}  # a quarter would stop at 2
+    head = make_mask("half_head", 8, g)
+    given = int((~head).sum())
+    assert not head[:given].any() and head[given:].all()
+    tail = make_mask("half_tail", 8, g)
+    given = int((~tail).sum())
+    assert not tail[8 - given :].any() and tail[: 8 - given].all()
+
+
 def test_masks_never_leave_nothing_to_generate():
     assert make_mask("image_head", 1).all()  # images: nothing to condition on
     assert make_mask("image_head_tail", 2).all()

@@ -37,9 +37,12 @@ def test_eval_command_writes_samples_and_metrics(app, tmp_path):
         assert sorted(p.name for p in (out / "samples" / f"seed_{seed}").iterdir()) == [
             "sample_000.json", "sample_000.mp4", "sample_001.json", "sample_001.mp4"]
     assert len(report["samples"]) == 4 and report["settings"]["sampler"] == "dpm-solver"
-    # The prompt naming a colour, shape and direction also gets an image-to-video and an extension case.
-    assert [r["kind"] for r in report["conditioned"]] == ["i2v", "extend"]
+    # The prompt naming a colour, shape and direction also gets an image-to-video and an
+    # extension case, sampled with each seed.
+    assert [(r["kind"], r["seed"]) for r in report["conditioned"]] == [("i2v", 0), ("i2v", 1), ("extend", 0),
+                                                                        ("extend", 1)]
     assert (out / "samples" / "i2v" / "sample_000.mp4").is_file() and (out / "samples" / "extend").is_dir()
+    assert (out / "samples" / "extend_seed_1" / "sample_000.mp4").is_file()
     expected = [m[k] for k in ("color_accuracy", "direction_accuracy", "i2v_direction_accuracy",
                                "extend_direction_accuracy")]
     assert m["prompt_following"] == pytest.approx(sum(expected) / 4)
