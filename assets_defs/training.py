@@ -12,7 +12,9 @@ import base64
 import io
 import json
 import shutil
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -57,6 +59,41 @@ INPUTS = "inputs.json"  # what the stage folder's checkpoints were trained from
 # Outputs of a training run in the stage folder; removed when the inputs change.
 _RUN_OUTPUTS = ("checkpoints", "export", "result.json", "metrics.jsonl", "mlflow_offline", "loss_curve.png")
 _REQUIRED_COLUMNS = ("path", "text", "num_frames", "height", "width")
+
+
+class WholeLineFileMessageReader(PipesFileMessageReader):
+    """`PipesFileMessageReader` that hands on only whole lines. Dagster's tails the file
+    with `readline()`, which returns a line the job is still writing as it stands; one
+    such half-written message killed its reader thread, and the stage failed as having
+    reported nothing."""
+
+    def _reader_thread(self, handler, is_resource_complete) -> None:
+        try:
+            for line in whole_lines(self._path, is_resource_complete.is_set):
+                handler.handle_message(json.loads(line))
+        except Exception:
+            handler.report_pipes_framework_exception(f"{type(self).__name__} reader thread", sys.exc_info())
+            raise
+
+
+def whole_lines(path: str | Path, should_stop: Callable[[], bool], poll_seconds: float = 0.01) -> Iterator[str]:
+    """The lines appended to `path` until `should_stop()`, each only once its newline is
+    written (after the stop, a last line without one is still given)."""
+    pending = ""
+    with open(path, encoding="utf-8") as stream:
+        while True:
+            chunk = stream.readline()
+            if chunk:
+                pending += chunk
+                if pending.endswith("\n"):
+                    yield pending
+                    pending = ""
+            elif should_stop():
+                rest = pending + stream.read()
+                yield from (line for line in rest.splitlines(keepends=True) if line.strip())
+                return
+            else:
+                time.sleep(poll_seconds)
 
 
 class StageRunConfig(Config):
@@ -261,7 +298,7 @@ def train_stage_asset(context: AssetExecutionContext, index: int, run_config: St
     messages = out / "pipes" / f"{context.run.run_id}.jsonl"
     messages.parent.mkdir(parents=True, exist_ok=True)
     with open_pipes_session(context=context, context_injector=PipesEnvContextInjector(),
-                            message_reader=PipesFileMessageReader(str(messages))) as session:
+                            message_reader=WholeLineFileMessageReader(str(messages))) as session:
         app = train_stage_component(
             stage=plan.config_name, profile=training_settings.profile, data=str(plan.data), out=str(plan.out),
             cache=cache_settings.root, init=str(plan.init) if plan.init else None,

@@ -187,3 +187,31 @@ def test_champion_init_without_a_champion_fails_before_launch(tmp_path, profile,
     with pytest.raises(Failure, match="init 'champion': model 'stdit2' has no 'champion' alias"):
         materialize([stdit2_stage0], resources=resources,
                     run_config=RunConfig(ops={"stdit2_stage0": {"config": {"init": "champion"}}}))
+
+
+def test_pipes_messages_are_read_only_as_whole_lines(tmp_path):
+    # A reader that parsed a half-written line killed the stage's Pipes session.
+    import json
+    import threading
+    import time
+
+    from assets_defs.training import whole_lines
+
+    path = tmp_path / "messages.jsonl"
+    path.write_text("")
+    stop = threading.Event()
+
+    def writer():
+        with open(path, "a", encoding="utf-8") as f:
+            f.write('{"method": "log", "par')
+            f.flush()
+            time.sleep(0.2)  # the reader polls the half line meanwhile
+            f.write('ams": {}}\n{"method": "closed"}')  # the last line lacks its newline
+            f.flush()
+        stop.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    lines = list(whole_lines(path, stop.is_set, poll_seconds=0.001))
+    thread.join()
+    assert [json.loads(line) for line in lines] == [{"method": "log", "params": {}}, {"method": "closed"}]
