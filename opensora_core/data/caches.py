@@ -197,9 +197,9 @@ def load_caption(cache: ShardedTensorCache, caption: str, text_encoder) -> tuple
 
 # 2. Video
 
-# Source frames one entry holds at most: Panda-70M's mean clip (~8.5 s at 30 fps). At
-# 240p (30x53 latents, bf16) that is 3.3 MB, at 720p 29 MB; a window needing more
-# frames (128 frames x interval 3 = 384) gets exactly its own span.
+# Source frames one entry holds at most, about a typical curated clip, so an entry's size
+# stays bounded however long the clip; a window that needs more frames gets exactly its
+# own span.
 CACHED_SPAN = 256
 # Frames decoded and encoded at a time while building, so pixels of a long span
 # (float, at source size before resizing) are never all held at once.
@@ -320,7 +320,7 @@ def build_video_cache(
                          f"got {type(vae).__name__}: train without the video cache (decoding on the fly)")
     identity = vae.identity()
     pending: dict[str, tuple[torch.Tensor, dict]] = {}
-    added = reused = frames = 0
+    added = reused = frames = pending_bytes = 0
     skipped: list[tuple[str, str]] = []
     for _, row in tqdm(table.iterrows(), total=len(table), desc="video cache", disable=not progress):
         for span in clip_plan(row, assigner, identity):
@@ -339,9 +339,10 @@ def build_video_cache(
             })
             added += 1
             frames += span.count
-        if len(pending) >= flush_every or sum(t.nbytes for t, _ in pending.values()) >= FLUSH_BYTES:
+            pending_bytes += latents.nbytes
+        if len(pending) >= flush_every or pending_bytes >= FLUSH_BYTES:
             cache.put_many(pending)
-            pending = {}
+            pending, pending_bytes = {}, 0
     cache.put_many(pending)
     return CacheReport(added=added, reused=reused, skipped=skipped, frames=frames)
 

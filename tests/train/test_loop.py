@@ -195,7 +195,7 @@ def _wide_table(folder: Path) -> Path:
 @pytest.mark.parametrize(
     ("convention", "video", "image"),
     [
-        # Ours: height/width and the sampled frames' fps (8 fps source / frame_interval 2).
+        # Ours: height/width and the sampled frames' fps (the clip's fps / the stage's frame_interval).
         ("consistent", {"ar": 0.5, "fps": 4.0}, {"ar": 0.5, "fps": 120.0}),
         # Open-Sora 1.1's training: width/height and the clip's source fps; images 120.
         ("opensora-1.1", {"ar": 2.0, "fps": 8.0}, {"ar": 2.0, "fps": 120.0}),
