@@ -36,7 +36,8 @@ class VideoTextDataset(Dataset):
     `video` `[3, t, H, W]` in [-1, 1] decoded, resized and center-cropped to the bucket.
     Both read the same window. Also the caption as `text` plus `y`/`ids` and `mask` when
     the text cache holds it, and the micro-conditions `height, width, ar, num_frames,
-    fps` (images: fps 120).
+    fps` (images: fps 120), plus the clip's `source_fps` (images: 120) for models that
+    were trained on that instead.
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class VideoTextDataset(Dataset):
         sample.update(
             height=float(bucket.height), width=float(bucket.width), ar=bucket.height / bucket.width,
             num_frames=float(bucket.num_frames), fps=float(IMAGE_FPS if is_image else source_fps / self.frame_interval),
+            source_fps=float(IMAGE_FPS if is_image else source_fps),
         )
         return sample
 

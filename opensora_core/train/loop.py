@@ -344,7 +344,7 @@ def train_step(s: Stage, items: list[tuple[int, Bucket]], step: int) -> tuple[fl
     batch = collate([s.dataset[item] for item in items])
     autocast = s.mesh is None and s.compute_dtype != torch.float32
     with torch.autocast(s.device.type, dtype=s.compute_dtype, enabled=autocast):
-        conditions = micro_conditions(batch, s.config.micro_condition_convention, s.stage.frame_interval)
+        conditions = micro_conditions(batch, s.config.micro_condition_convention)
         loss = _loss(s.model, s.text_encoder, s.vae, s.diffusion, s.timesteps, s.masks, batch, conditions, s.device,
                      s.generator)
     s.optimizer.zero_grad(set_to_none=True)
@@ -472,17 +472,16 @@ def _report(s: Stage, step: int, metrics: dict[str, float], tracker, on_metrics)
         on_metrics(step, metrics)
 
 
-def micro_conditions(batch: dict, convention: MicroConditionConvention, frame_interval: int) -> dict[str, torch.Tensor]:
+def micro_conditions(batch: dict, convention: MicroConditionConvention) -> dict[str, torch.Tensor]:
     """The micro-conditions a training batch feeds the model, under the model's convention.
     The dataset gives ar = height/width and the fps of the frames it sampled (source fps /
     frame_interval; images 120): the 'consistent' convention as it is. 'opensora-1.1'
     feeds what Open-Sora 1.1's training fed its published weights: ar = width/height and
-    the clip's source fps (images keep 120)."""
+    the clip's source fps (the dataset's `source_fps`; images keep 120)."""
     conditions = {k: batch[k] for k in ("height", "width", "ar", "num_frames", "fps")}
     if convention == "opensora-1.1":
         conditions["ar"] = batch["width"] / batch["height"]
-        videos = batch["num_frames"] > 1
-        conditions["fps"] = torch.where(videos, batch["fps"] * frame_interval, batch["fps"])
+        conditions["fps"] = batch["source_fps"]
     return conditions
 
 
