@@ -227,7 +227,9 @@ def sample(
     aspect_ratio: Annotated[str, typer.Option(help="height:width as Open-Sora writes it (9:16 is landscape), or 0.56.")] = "9:16",
     height: Annotated[int | None, typer.Option(help="Pixels; instead of --resolution.")] = None,
     width: Annotated[int | None, typer.Option(help="Pixels; instead of --resolution.")] = None,
-    fps: Annotated[float, typer.Option(help="Frame rate the model is conditioned on.")] = 24.0,
+    fps: Annotated[float, typer.Option(
+        help="Source frame rate: the published model is conditioned on it; ours (micro_condition_convention "
+             "consistent) on fps / frame-interval, the rate of the frames they generate.")] = 24.0,
     frame_interval: Annotated[int, typer.Option(
         min=1, help="The file is written at fps // frame-interval frames per second (Open-Sora's published "
                     "config: 24 // 3 = 8).")] = 3,

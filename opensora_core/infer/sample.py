@@ -4,8 +4,9 @@ and loop-generated long videos, all through one mask mechanism.
 `VideoGenerator.generate` is the Python API; `opensora sample` wraps `sample_to_files`,
 which also writes one mp4 per sample (PNG for one frame) with a JSON sidecar of
 everything needed to reproduce it. Open-Sora's inference conventions are kept: the
-model is conditioned on `fps` and the file is written at `fps // frame_interval`, a
-prompt may change per loop (`|0|first|2|second`), and guidance covers only the first
+file is written at `fps // frame_interval` and the published weights are conditioned on
+`fps` (models of the "consistent" convention on `fps / frame_interval`, the rate of the
+frames they generate, as they were trained), a prompt may change per loop (`|0|first|2|second`), and guidance covers only the first
 `cfg_channel` channels with IDDPM (all channels with DPM-Solver and rflow).
 """
 
@@ -48,7 +49,7 @@ class SampleSettings:
     num_frames: int = 16
     height: int = 64
     width: int = 64
-    fps: float = 24.0  # what the model is conditioned on
+    fps: float = 24.0  # see sampling_conditions for what the model is conditioned on
     # Open-Sora writes the file at fps // frame_interval (its published config: 24 // 3 = 8).
     frame_interval: int = 1
     steps: int = 100
@@ -252,7 +253,7 @@ class VideoGenerator:
         null = self.model.null_caption(len(batch)).to(self.device)
         references = [[self.encode_reference(p, settings.height, settings.width) for p in r.references] for r in batch]
         strategies = [parse_mask_strategy(r.mask_strategy) for r in batch]
-        conditions = sampling_conditions(settings)
+        conditions = sampling_conditions(settings, self.model.config.micro_condition_convention)
 
         def guided_model(y, y_mask, channels):
             def model_fn(z, t, x_mask):
@@ -288,14 +289,17 @@ class VideoGenerator:
         return torch.cat(pieces, dim=2)
 
 
-def sampling_conditions(settings: SampleSettings) -> dict[str, float]:
-    """The micro-conditions of one generation loop. Both conventions of
-    `STDiT2Config.micro_condition_convention` sample alike: ar = height/width and the
-    requested fps (120 for images), as Open-Sora's inference does for its published
-    weights even though their training saw width/height and the source fps."""
+def sampling_conditions(settings: SampleSettings, convention: str = "consistent") -> dict[str, float]:
+    """The micro-conditions of one generation loop: ar = height/width under both values
+    of `STDiT2Config.micro_condition_convention`, as Open-Sora's inference does for its
+    published weights even though their training saw width/height. fps (120 for
+    images): "opensora-1.1" gets the requested `fps`, the source rate its training saw;
+    "consistent" gets `fps / frame_interval`, the rate of the frames the model makes,
+    which is what its training saw (Open-Sora's defaults, 24 and 3, give 8)."""
     frames = settings.num_frames
+    fps = settings.fps if convention == "opensora-1.1" else settings.fps / settings.frame_interval
     return {"height": float(settings.height), "width": float(settings.width), "ar": settings.height / settings.width,
-            "num_frames": float(frames), "fps": float(IMAGE_FPS if frames == 1 else settings.fps)}
+            "num_frames": float(frames), "fps": float(IMAGE_FPS if frames == 1 else fps)}
 
 
 def write_samples(

@@ -81,8 +81,8 @@ class STDiT2Config(BaseModel):
         "consistent", description="How training feeds the aspect-ratio and fps micro-conditions. 'opensora-1.1', "
         "as the published weights were trained: ar = width/height and the clip's source fps (images 120). "
         "'consistent' (our from-scratch models): ar = height/width and the fps of the frames the model sees "
-        "(source fps / frame_interval). Sampling passes ar = height/width and the requested fps under both, as "
-        "Open-Sora's inference does.")
+        "(source fps / frame_interval). Sampling passes ar = height/width under both, as Open-Sora's inference "
+        "does, and the fps each was trained on: the requested fps, or fps / frame_interval.")
 
     @model_validator(mode="after")
     def _check_shapes(self) -> STDiT2Config:
