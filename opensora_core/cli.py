@@ -124,31 +124,50 @@ def model_convert(
 
 @bench_app.command("model")
 def bench_model(
-    hidden_size: Annotated[int, typer.Option(help="Width of both models.")] = 192,
-    depth: Annotated[int, typer.Option(help="Blocks of both models.")] = 4,
-    num_heads: Annotated[int, typer.Option()] = 4,
+    setup: Annotated[str, typer.Option(
+        help="Comma-separated: tiny, reference (Open-Sora 1.1's comparison: hidden 384, depth 4, batch 2, latent "
+             "32x32; fp32 and bf16, glibc's default host memory and retained), or custom (the options below).")
+    ] = "tiny,reference",
+    hidden_size: Annotated[int, typer.Option(help="custom: width of both models.")] = 192,
+    depth: Annotated[int, typer.Option(help="custom: blocks of both models.")] = 4,
+    num_heads: Annotated[int, typer.Option(help="custom.")] = 4,
     frames: Annotated[str, typer.Option(help="Comma-separated latent frame counts.")] = "16,64",
-    size: Annotated[int, typer.Option(help="Latent height = width.")] = 16,
+    size: Annotated[int, typer.Option(help="custom: latent height = width.")] = 16,
     repeats: Annotated[int, typer.Option(min=1)] = 3,
-    dtype: Annotated[str, typer.Option()] = "fp32",
-    batch: Annotated[int, typer.Option(min=1)] = 1,
-    caption_channels: Annotated[int | None, typer.Option(help="Caption width (default: the hidden size).")] = None,
-    baseline: Annotated[bool, typer.Option(help="Also measure the full-attention DiT.")] = True,
-    checkpointing: Annotated[str, typer.Option(help="off, on or both.")] = "both",
+    precision: Annotated[str, typer.Option(help="custom: fp32, bf16 (autocast over fp32 weights) or both.")] = "fp32",
+    host_memory: Annotated[str, typer.Option(help="custom: default, retained or both.")] = "retained",
+    batch: Annotated[int, typer.Option(min=1, help="custom.")] = 1,
+    caption_channels: Annotated[int | None, typer.Option(help="custom: caption width (default: the hidden size).")] = None,
+    baseline: Annotated[bool, typer.Option(help="custom: also measure the full-attention DiT.")] = True,
+    checkpointing: Annotated[str, typer.Option(help="custom: off, on or both.")] = "both",
 ) -> None:
-    """Forward+backward time, tokens/s, GFLOP/s against the measured matmul peak and peak memory: STDiT-2 vs a full-attention DiT."""
-    from opensora_core.benchmarks.model_step import run_model_step_benchmark
+    """Forward+backward time, tokens/s, GFLOP/s against the measured matmul peak and peak memory: STDiT-2 (vs a full-attention DiT)."""
+    from opensora_core.benchmarks.model_step import SETUPS, run_model_step_benchmark
 
     try:
         frame_counts = [int(f) for f in frames.split(",")]
     except ValueError:
         fail(f"--frames {frames!r}: expected comma-separated integers like 16,64")
-    modes = {"off": (False,), "on": (True,), "both": (False, True)}
-    if checkpointing not in modes:
-        fail(f"--checkpointing {checkpointing!r}: expected off, on or both")
-    run_model_step_benchmark(hidden_size, depth, num_heads, frame_counts, size, repeats, _dtype(dtype), console,
-                             batch=batch, caption_channels=caption_channels, baseline=baseline,
-                             checkpointing=modes[checkpointing])
+    both = {"fp32": ("fp32",), "bf16": ("bf16",), "both": ("fp32", "bf16"), "off": (False,), "on": (True,),
+            "default": ("default",), "retained": ("retained",)}
+    for name, value, allowed in (("--precision", precision, ("fp32", "bf16", "both")),
+                                 ("--host-memory", host_memory, ("default", "retained", "both")),
+                                 ("--checkpointing", checkpointing, ("off", "on", "both"))):
+        if value not in allowed:
+            fail(f"{name} {value!r}: expected one of {', '.join(allowed)}")
+    custom = {"hidden_size": hidden_size, "depth": depth, "num_heads": num_heads, "size": size, "batch": batch,
+              "caption_channels": caption_channels, "baseline": baseline,
+              "checkpointing": (False, True) if checkpointing == "both" else both[checkpointing],
+              "precisions": both[precision],
+              "host_memory": ("default", "retained") if host_memory == "both" else both[host_memory]}
+    names = [n.strip() for n in setup.split(",") if n.strip()]
+    unknown = [n for n in names if n != "custom" and n not in SETUPS]
+    if unknown or not names:
+        fail(f"--setup {setup!r}: expected some of {', '.join([*SETUPS, 'custom'])}")
+    for name in names:
+        console.print(f"[bold]setup {name}[/]")
+        run_model_step_benchmark(frame_counts=frame_counts, repeats=repeats, console=console,
+                                 **(custom if name == "custom" else SETUPS[name]))
 
 
 @bench_app.command("sampling")

@@ -15,10 +15,8 @@ same run, dtype and thread count.
 from __future__ import annotations
 
 import copy
-import ctypes
-import ctypes.util
-import functools
 import gc
+import itertools
 import statistics
 import time
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from opensora_core.models.layers import (
     modulate,
 )
 from opensora_core.models.stdit2 import STDiT2, STDiT2Config
+from opensora_core.utils.host_memory import heap_in_use, retain_freed_memory
 
 # 1. The baseline: one attention over every token of the clip
 
@@ -109,6 +108,8 @@ class StepMeasurement:
     peak_bytes: int
     saved_bytes: int
     flops: int = 0  # one forward + backward
+    precision: str = "fp32"
+    host_memory: str = "retained"
 
     @property
     def tokens_per_second(self) -> float:
@@ -117,25 +118,6 @@ class StepMeasurement:
     @property
     def flops_per_second(self) -> float:
         return self.flops / self.seconds
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-@functools.cache
-def _mallinfo2():
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    return libc.mallinfo2
-
-
-def heap_in_use() -> int:
-    """Bytes the C heap has handed out (glibc), including mmapped blocks: the CPU
-    counterpart of `torch.cuda.memory_allocated`."""
-    info = _mallinfo2()()
-    return info.uordblks + info.hblkhd
 
 
 class CPUPeakMemory(TorchDispatchMode):
@@ -156,15 +138,21 @@ class CPUPeakMemory(TorchDispatchMode):
         return self.peak - self.baseline
 
 
-def measure_step(model: nn.Module, inputs: dict, repeats: int, device: torch.device) -> tuple[float, int, int]:
+def measure_step(model: nn.Module, inputs: dict, repeats: int, device: torch.device,
+                 precision: str = "fp32") -> tuple[float, int, int]:
     """(median seconds, peak bytes above the pre-step baseline, bytes saved for backward)
-    of one forward+backward. Time and memory are taken in separate runs because the
-    CPU memory probe slows every op."""
+    of one forward+backward; `precision` "bf16" runs it under autocast with the fp32
+    weights, as a `mixed_precision: bf16` stage trains. Time and memory are taken in
+    separate runs because the CPU memory probe slows every op."""
+
+    def forward() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return model(**inputs)
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
         gc.collect()
-        model(**inputs).float().square().mean().backward()
+        forward().float().square().mean().backward()
 
     step()  # warm-up: kernels, allocator
     times = []
@@ -184,12 +172,12 @@ def measure_step(model: nn.Module, inputs: dict, repeats: int, device: torch.dev
         peak = torch.cuda.max_memory_allocated(device) - baseline
     else:
         with CPUPeakMemory() as probe:
-            model(**inputs).float().square().mean().backward()
+            forward().float().square().mean().backward()
         peak = probe.peak_above_baseline
 
     model.zero_grad(set_to_none=True)
     with SavedActivationCounter(model) as saved:
-        model(**inputs)
+        forward()
     return statistics.median(times), peak, saved.bytes
 
 
@@ -222,6 +210,18 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# The configurations `bench/model_step.py` runs. "reference" is the one measured against
+# Open-Sora 1.1's own STDiT-2 (hidden 384, depth 4, 6 heads, caption 32x64, batch 2,
+# latent 32x32): its activations far exceed the caches, as at the sizes users train.
+SETUPS: dict[str, dict] = {
+    "tiny": {"hidden_size": 192, "depth": 4, "num_heads": 4, "size": 16, "batch": 1},
+    "reference": {"hidden_size": 384, "depth": 4, "num_heads": 6, "size": 32, "batch": 2, "caption_channels": 64,
+                  "baseline": False, "checkpointing": (False,), "precisions": ("fp32", "bf16"),
+                  "host_memory": ("default", "retained")},
+}
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 def run_model_step_benchmark(
     hidden_size: int = 192,
     depth: int = 4,
@@ -229,66 +229,89 @@ def run_model_step_benchmark(
     frame_counts: list[int] | tuple[int, ...] = (16, 64),
     size: int = 16,
     repeats: int = 3,
-    dtype: torch.dtype = torch.float32,
+    precisions: tuple[str, ...] = ("fp32",),
     console: Console | None = None,
     device: torch.device | None = None,
     batch: int = 1,
     caption_channels: int | None = None,
     baseline: bool = True,
     checkpointing: tuple[bool, ...] = (False, True),
+    host_memory: tuple[str, ...] = ("retained",),
 ) -> list[StepMeasurement]:
+    """Every combination of model, frame count, precision ("fp32", or "bf16" autocast
+    over fp32 weights), host memory ("default": glibc maps and unmaps every large
+    block; "retained": `retain_freed_memory`, what training and sampling use on CPU)
+    and activation checkpointing, timed side by side in this process."""
     console = console or Console()
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        raise ValueError(f"precisions {list(precisions)}: expected some of {sorted(PRECISIONS)}")
+    if not host_memory or any(m not in ("default", "retained") for m in host_memory):
+        raise ValueError(f"host_memory {list(host_memory)}: expected some of default, retained")
     config = STDiT2Config(hidden_size=hidden_size, depth=depth, num_heads=num_heads,
                           caption_channels=caption_channels or hidden_size, model_max_length=32,
                           input_sq_size=size * 8)
-    peak = matmul_peak_flops(dtype, device)
-    console.print(f"  2048x2048 torch.mm, {str(dtype).removeprefix('torch.')}: {peak / 1e9:.0f} GFLOP/s", highlight=False)
+    peaks = {p: matmul_peak_flops(PRECISIONS[p], device) for p in precisions}
+    for p, peak in peaks.items():
+        console.print(f"  2048x2048 torch.mm, {p}: {peak / 1e9:.0f} GFLOP/s", highlight=False)
+    memory_modes = host_memory if device.type == "cpu" else ("retained",)
     torch.manual_seed(0)
     models = {"STDiT2": STDiT2(config), **({"full-attention DiT": FullAttentionDiT(config)} if baseline else {})}
     results: list[StepMeasurement] = []
-    for name, model in models.items():
-        model.to(device=device, dtype=dtype).train()
-        for frames in frame_counts:
-            inputs = {
-                "x": torch.randn(batch, config.in_channels, frames, size, size, device=device, dtype=dtype),
-                "timestep": torch.full((batch,), 500.0, device=device),
-                "y": torch.randn(batch, 1, config.model_max_length, config.caption_channels, device=device, dtype=dtype),
-            }
-            tokens = batch * frames * (size // config.patch_size[1]) * (size // config.patch_size[2])
-            flops = train_step_flops(model, inputs)
-            for recompute in checkpointing:
-                model.enable_gradient_checkpointing(recompute)
-                seconds, peak_bytes, saved = measure_step(model, inputs, repeats, device)
-                results.append(StepMeasurement(name, frames, recompute, tokens, seconds, peak_bytes, saved, flops))
-                console.print(f"  {name:>18}  T={frames:<3} ckpt={'on' if recompute else 'off':<3} {seconds:.3f} s",
-                              highlight=False)
-        model.to("cpu")
-    console.print(_results_table(results, config, size, dtype, device, batch, peak))
+    try:
+        for name, model in models.items():
+            model.to(device=device).train()
+            for frames in frame_counts:
+                inputs = {
+                    "x": torch.randn(batch, config.in_channels, frames, size, size, device=device),
+                    "timestep": torch.full((batch,), 500.0, device=device),
+                    "y": torch.randn(batch, 1, config.model_max_length, config.caption_channels, device=device),
+                }
+                tokens = batch * frames * (size // config.patch_size[1]) * (size // config.patch_size[2])
+                flops = train_step_flops(model, inputs)
+                for precision, memory, recompute in itertools.product(precisions, memory_modes, checkpointing):
+                    retain_freed_memory(memory == "retained")
+                    model.enable_gradient_checkpointing(recompute)
+                    seconds, peak_bytes, saved = measure_step(model, inputs, repeats, device, precision)
+                    results.append(StepMeasurement(name, frames, recompute, tokens, seconds, peak_bytes, saved, flops,
+                                                   precision, memory))
+                    console.print(f"  {name:>18}  T={frames:<3} {precision} memory={memory:<8} "
+                                  f"ckpt={'on' if recompute else 'off':<3} {seconds:.3f} s", highlight=False)
+            model.to("cpu")
+    finally:
+        retain_freed_memory()
+    console.print(_results_table(results, config, size, device, batch, peaks))
     return results
 
 
-def _results_table(results: list[StepMeasurement], config: STDiT2Config, size: int, dtype, device, batch: int,
-                   peak_flops: float) -> Table:
-    by_key = {(r.model, r.frames, r.checkpointing): r for r in results}
+def _results_table(results: list[StepMeasurement], config: STDiT2Config, size: int, device, batch: int,
+                   peaks: dict[str, float]) -> Table:
+    by_key = {(r.model, r.frames, r.checkpointing, r.precision, r.host_memory): r for r in results}
     frames_sorted = sorted({r.frames for r in results})
+    peak_text = ", ".join(f"{p} {v / 1e9:.0f}" for p, v in peaks.items())
     table = Table(title=(
         f"forward+backward, batch {batch}, latent {size}x{size}, hidden {config.hidden_size}, depth {config.depth}, "
-        f"heads {config.num_heads}, caption {config.model_max_length}x{config.caption_channels}, "
-        f"{str(dtype).removeprefix('torch.')}, {device.type}; matmul peak {peak_flops / 1e9:.0f} GFLOP/s"
+        f"heads {config.num_heads}, caption {config.model_max_length}x{config.caption_channels}, {device.type}, "
+        f"{torch.get_num_threads()} threads; matmul peak GFLOP/s: {peak_text}"
     ))
-    for column in ("model", "T", "tokens", "ckpt", "seconds", "tokens/s", "GFLOP", "GFLOP/s", "of peak",
-                   "peak MiB", "saved MiB", "time vs T=" + str(frames_sorted[0]), "peak vs no ckpt"):
+    for column in ("model", "T", "tokens", "precision", "host memory", "ckpt", "seconds", "tokens/s", "GFLOP",
+                   "GFLOP/s", "of peak", "peak MiB", "saved MiB", "time vs T=" + str(frames_sorted[0]),
+                   "speed-up vs fp32", "speed-up vs default memory", "peak vs no ckpt"):
         table.add_column(column, justify="right")
     for r in results:
-        base = by_key.get((r.model, frames_sorted[0], r.checkpointing))
-        no_ckpt = by_key.get((r.model, r.frames, False))
+        base = by_key.get((r.model, frames_sorted[0], r.checkpointing, r.precision, r.host_memory))
+        fp32 = by_key.get((r.model, r.frames, r.checkpointing, "fp32", r.host_memory))
+        default = by_key.get((r.model, r.frames, r.checkpointing, r.precision, "default"))
+        no_ckpt = by_key.get((r.model, r.frames, False, r.precision, r.host_memory))
         table.add_row(
-            r.model, str(r.frames), f"{r.tokens:,}", "on" if r.checkpointing else "off",
+            r.model, str(r.frames), f"{r.tokens:,}", r.precision, r.host_memory, "on" if r.checkpointing else "off",
             f"{r.seconds:.3f}", f"{r.tokens_per_second:,.0f}", f"{r.flops / 1e9:,.0f}",
-            f"{r.flops_per_second / 1e9:.1f}", f"{r.flops_per_second / peak_flops:.0%}",
+            f"{r.flops_per_second / 1e9:.1f}", f"{r.flops_per_second / peaks[r.precision]:.0%}",
             f"{r.peak_bytes / 2**20:.0f}", f"{r.saved_bytes / 2**20:.0f}",
             f"{r.seconds / base.seconds:.2f}x" if base else "n/a",
+            f"{fp32.seconds / r.seconds:.2f}x" if fp32 and r.precision != "fp32" else "",
+            f"{default.seconds / r.seconds:.2f}x" if default and r.host_memory != "default" else "",
             f"{r.peak_bytes / no_ckpt.peak_bytes:.2f}x" if no_ckpt and no_ckpt.peak_bytes else "n/a",
         )
     return table

@@ -448,6 +448,7 @@ def load_generation_stack(
     from opensora_core.models.text_encoder import build_text_encoder_for_model
     from opensora_core.models.vae import build_vae
     from opensora_core.utils.dtypes import resolve_dtype
+    from opensora_core.utils.host_memory import retain_freed_memory
 
     if (checkpoint is None) == (preset is None):
         raise ValueError("give exactly one of a checkpoint or a preset")
@@ -457,6 +458,8 @@ def load_generation_stack(
         raise ValueError(f"device {device} (profile '{settings.name}') but no CUDA device is available: "
                          "pass --device cpu")
     dtype = resolve_dtype(dtype, torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+    if not str(device).startswith("cuda"):
+        retain_freed_memory()
     objective, shift = "iddpm", 1.0
     if checkpoint is not None:
         model = STDiT2.from_checkpoint(checkpoint)

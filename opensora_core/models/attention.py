@@ -4,7 +4,7 @@ It picks a kernel so the model never has to: flash-attn when it is installed, th
 tensors are on CUDA in half precision and the caller allows it; otherwise PyTorch's
 `scaled_dot_product_attention`, which never materialises the attention matrix in
 Python and dispatches to fused kernels itself (flash / memory-efficient on CUDA,
-a flash-style kernel on CPU).
+a flash-style kernel on CPU, which runs in fp32 whatever the inputs' precision).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 AttentionBackend = Literal["auto", "sdpa", "flash"]
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @functools.cache
@@ -25,7 +26,7 @@ def flash_attn_installed() -> bool:
 
 
 def _flash_usable(q: torch.Tensor) -> bool:
-    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and flash_attn_installed()
+    return q.is_cuda and q.dtype in HALF_DTYPES and flash_attn_installed()
 
 
 def attention(
@@ -50,6 +51,12 @@ def attention(
     if backend != "sdpa" and _flash_usable(q):
         return _flash_attention(q, k, v, kv_mask)
     attn_mask = None if kv_mask is None else kv_mask[:, None, None, :]
+    if q.device.type == "cpu" and (q.dtype in HALF_DTYPES or torch.is_autocast_enabled("cpu")):
+        # PyTorch's CPU kernel is slower in bf16/fp16 than in fp32, its backward several
+        # times so at short sequences (temporal attention): attend in fp32 (bench/model_step.py).
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask)
+        return out.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 

@@ -63,6 +63,7 @@ from opensora_core.train.fsdp import all_reduce_gradients, init_distributed, par
 from opensora_core.utils.atomic import atomic_path, write_text_atomic
 from opensora_core.utils.dtypes import resolve_dtype
 from opensora_core.utils.hashing import file_sha256
+from opensora_core.utils.host_memory import retain_freed_memory
 
 TEXT_ENCODER_WEIGHTS = "text_encoder.safetensors"
 EXPORT_ARTIFACT_PATH = "export"  # the MLflow run's copy of the stage's export/ folder
@@ -269,6 +270,8 @@ def prepare_stage(args: TrainArgs) -> Stage:
 
     rank, world, mesh = init_distributed(profile.dist_backend, profile.device)
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if profile.device == "cuda" else "cpu")
+    if device.type == "cpu":
+        retain_freed_memory()  # activations reuse mapped pages step after step (utils/host_memory.py)
     out = Path(args.out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,12 @@
 """The model-step benchmark's own arithmetic: FLOPs counted per step, a measured matmul
 peak, and the rows it prints (tiny sizes: the numbers themselves are not asserted)."""
 
+import pytest
 import torch
 from rich.console import Console
+from typer.testing import CliRunner
+
+from opensora_core import cli
 
 from opensora_core.benchmarks.model_step import (
     matmul_peak_flops,
@@ -35,8 +39,20 @@ def test_benchmark_prints_gflops_and_share_of_the_measured_peak():
     console = Console(record=True, width=250)
     rows = run_model_step_benchmark(hidden_size=48, depth=1, num_heads=2, frame_counts=(2, 4), size=4, repeats=1,
                                     console=console, batch=2, caption_channels=16, baseline=False,
-                                    checkpointing=(False,))
-    assert [(r.model, r.frames, r.checkpointing) for r in rows] == [("STDiT2", 2, False), ("STDiT2", 4, False)]
-    assert all(r.flops > 0 and r.tokens == 2 * r.frames * 4 for r in rows)
+                                    checkpointing=(False,), precisions=("fp32", "bf16"),
+                                    host_memory=("default", "retained"))
+    assert [(r.frames, r.precision, r.host_memory) for r in rows] == [
+        (t, p, m) for t in (2, 4) for p in ("fp32", "bf16") for m in ("default", "retained")]
+    assert all(r.flops > 0 and r.tokens == 2 * r.frames * 4 and r.model == "STDiT2" for r in rows)
     text = console.export_text()
     assert "GFLOP/s" in text and "of peak" in text and "batch 2" in text and "caption 32x16" in text
+    assert "speed-up vs fp32" in text and "speed-up vs default memory" in text and "bf16" in text
+
+
+def test_benchmark_refuses_unknown_settings():
+    with pytest.raises(ValueError, match="precisions"):
+        run_model_step_benchmark(precisions=("fp8",))
+    with pytest.raises(ValueError, match="host_memory"):
+        run_model_step_benchmark(host_memory=("huge",))
+    result = CliRunner().invoke(cli.app, ["bench", "model", "--setup", "huge"])
+    assert result.exit_code == 2 and "tiny, reference, custom" in result.output
