@@ -273,6 +273,7 @@ def sample(
         SampleSettings,
         load_generation_stack,
         parse_prompt,
+        request_problems,
         sample_to_files,
     )
     from opensora_core.infer.sizes import image_size
@@ -303,6 +304,9 @@ def sample(
                                   frame_interval=frame_interval, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
                                   cfg_channel=cfg_channel, seed=seed, loops=loops,
                                   condition_frame_length=condition_frame_length, batch_size=batch_size)
+        problems = settings.problems() + request_problems(requests, settings)
+        if problems:  # before seconds of model loading
+            fail("cannot sample:\n  " + "\n  ".join(problems))
         generator, provenance = load_generation_stack(checkpoint, preset, profile, device,
                                                       None if dtype is None else _dtype(dtype))
         written = sample_to_files(generator, requests, settings, out, provenance, start_index, num_sample,

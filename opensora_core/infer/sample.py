@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,6 +64,56 @@ class SampleSettings:
 
     def output_fps(self) -> float:
         return self.fps // self.frame_interval
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings whatever the model: checked before anything
+        loads (`VideoGenerator.check` adds what depends on the model)."""
+        problems = []
+        if self.num_frames < 1:
+            problems.append(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.steps < 1:
+            problems.append(f"steps must be >= 1, got {self.steps}")
+        if self.loops < 1:
+            problems.append(f"loops must be >= 1, got {self.loops}")
+        if not math.isfinite(self.cfg_scale):
+            problems.append(f"cfg_scale must be a finite number, got {self.cfg_scale}")
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            problems.append(f"fps must be a positive number, got {self.fps}")
+        elif self.frame_interval < 1:
+            problems.append(f"frame_interval must be >= 1, got {self.frame_interval}")
+        elif self.num_frames > 1 and self.output_fps() < 1:
+            problems.append(f"fps {self.fps} // frame_interval {self.frame_interval} is below 1 frame per second")
+        if self.loops > 1 and not 1 <= self.condition_frame_length < self.num_frames:
+            problems.append(f"condition_frame_length must be in [1, num_frames) for long videos, "
+                            f"got {self.condition_frame_length} with {self.num_frames} frames")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        return problems
+
+
+def request_problems(requests: list[PromptRequest], settings: SampleSettings) -> list[str]:
+    """Per prompt: loop texts and mask strategies that fit `settings`, references that exist."""
+    problems = []
+    for request in requests:
+        late = [loop for loop, _ in request.loop_texts if loop >= settings.loops]
+        if late:
+            problems.append(f"prompt {request.text!r}: has text for loop(s) {late}, but loops={settings.loops}")
+        try:
+            ops = parse_mask_strategy(request.mask_strategy)
+        except MaskStrategyError as err:
+            problems.append(str(err))
+            continue
+        available = len(request.references) + (1 if settings.loops > 1 else 0)
+        for op in ops:
+            if op.ref_id >= available:
+                problems.append(f"prompt {request.text!r}: {op} refers to reference {op.ref_id}, "
+                                f"but {len(request.references)} reference(s) were given")
+            if op.loop >= settings.loops:
+                problems.append(f"prompt {request.text!r}: {op} is for loop {op.loop}, but loops={settings.loops}")
+        for path in request.references:
+            if not Path(path).is_file():
+                problems.append(f"prompt {request.text!r}: reference {path} not found")
+    return problems
 
 
 @dataclass
@@ -150,25 +201,12 @@ class VideoGenerator:
 
     def check(self, settings: SampleSettings, requests: list[PromptRequest]) -> None:
         c = self.model.config
-        problems = []
+        problems = settings.problems()
         problems += size_problems(settings.height, settings.width, self.vae.spatial_downsample)
-        if settings.num_frames < 1:
-            problems.append(f"num_frames must be >= 1, got {settings.num_frames}")
         if settings.num_frames % c.patch_size[0]:
             problems.append(f"num_frames {settings.num_frames} must be a multiple of the temporal patch {c.patch_size[0]}")
-        if settings.loops < 1:
-            problems.append(f"loops must be >= 1, got {settings.loops}")
-        if settings.frame_interval < 1:
-            problems.append(f"frame_interval must be >= 1, got {settings.frame_interval}")
-        elif settings.num_frames > 1 and settings.output_fps() < 1:
-            problems.append(f"fps {settings.fps} // frame_interval {settings.frame_interval} is below 1 frame per second")
-        if settings.loops > 1 and not 1 <= settings.condition_frame_length < settings.num_frames:
-            problems.append(f"condition_frame_length must be in [1, num_frames) for long videos, "
-                            f"got {settings.condition_frame_length} with {settings.num_frames} frames")
         if settings.cfg_channel is not None and not 1 <= settings.cfg_channel <= c.in_channels:
             problems.append(f"cfg_channel must be in [1, {c.in_channels}], got {settings.cfg_channel}")
-        if settings.batch_size < 1:
-            problems.append(f"batch_size must be >= 1, got {settings.batch_size}")
         try:
             build_sampler(settings.sampler, settings.steps, self.objective, self.shift)
         except ValueError as err:
@@ -180,25 +218,7 @@ class VideoGenerator:
                 f"text encoder gives {self.text_encoder.model_max_length} tokens x {self.text_encoder.output_dim}, "
                 f"the model expects {c.model_max_length} x {c.caption_channels}"
             )
-        for request in requests:
-            late = [loop for loop, _ in request.loop_texts if loop >= settings.loops]
-            if late:
-                problems.append(f"prompt {request.text!r}: has text for loop(s) {late}, but loops={settings.loops}")
-            try:
-                ops = parse_mask_strategy(request.mask_strategy)
-            except MaskStrategyError as err:
-                problems.append(str(err))
-                continue
-            available = len(request.references) + (1 if settings.loops > 1 else 0)
-            for op in ops:
-                if op.ref_id >= available:
-                    problems.append(f"prompt {request.text!r}: {op} refers to reference {op.ref_id}, "
-                                    f"but {len(request.references)} reference(s) were given")
-                if op.loop >= settings.loops:
-                    problems.append(f"prompt {request.text!r}: {op} is for loop {op.loop}, but loops={settings.loops}")
-            for path in request.references:
-                if not Path(path).is_file():
-                    problems.append(f"prompt {request.text!r}: reference {path} not found")
+        problems += request_problems(requests, settings)
         if problems:
             raise ValueError("cannot sample:\n  " + "\n  ".join(problems))
 

@@ -184,3 +184,20 @@ def test_sampling_builds_no_autograd_graph(generator):
     latents = generator.generate_latents([PromptRequest("a square")], _settings(steps=2),
                                          torch.Generator().manual_seed(0), progress=False)
     assert not latents.requires_grad and latents.grad_fn is None
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--fps", "nan"], "fps must be a positive number, got nan"),
+    (["--fps", "0"], "fps must be a positive number, got 0.0"),
+    (["--num-frames", "0"], "num_frames must be >= 1, got 0"),
+    (["--steps", "0"], "steps must be >= 1, got 0"),
+    (["--reference", "/nope.png", "--mask-strategy", "0"], "/nope.png not found"),
+])
+def test_cli_refuses_bad_settings_before_loading_the_model(tmp_path, monkeypatch, extra, message):
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(sample_module, "load_generation_stack", must_not_load)
+    result = _run_cli(tmp_path / "out", extra=extra)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "out").exists()
