@@ -60,9 +60,9 @@ def _bytes(n: int) -> str:
 @model_app.command("info")
 def model_info(
     preset: Annotated[str, typer.Option(help="Preset name (configs/models stem or STDiT2-XL/2) or YAML path.")] = "stdit2-tiny",
-    num_frames: Annotated[int, typer.Option(help="Video frames (= latent frames for the SD VAE).")] = 16,
-    height: Annotated[int, typer.Option(help="Video height in pixels.")] = 256,
-    width: Annotated[int, typer.Option(help="Video width in pixels.")] = 256,
+    num_frames: Annotated[int, typer.Option(min=1, help="Video frames (= latent frames for the SD VAE).")] = 16,
+    height: Annotated[int, typer.Option(min=8, help="Video height in pixels (one 8-pixel latent cell or more).")] = 256,
+    width: Annotated[int, typer.Option(min=8, help="Video width in pixels (one 8-pixel latent cell or more).")] = 256,
     batch_size: Annotated[int, typer.Option(min=1)] = 1,
     dtype: Annotated[str, typer.Option(help="Compute dtype: bf16, fp16 or fp32.")] = "bf16",
     grad_checkpoint: Annotated[bool, typer.Option(help="Activation checkpointing per block.")] = False,

@@ -34,6 +34,8 @@ def test_model_info_rejects_bad_sizes_with_exit_code_2():
     result = runner.invoke(cli.app, ["model", "info", "--height", "60"])
     assert result.exit_code == 2
     assert "multiples of 8" in result.output
+    result = runner.invoke(cli.app, ["model", "info", "--num-frames", "0"])
+    assert result.exit_code == 2 and "--num-frames" in result.output
 
 
 def test_unknown_preset_is_a_config_error_with_exit_code_2(monkeypatch, capsys):

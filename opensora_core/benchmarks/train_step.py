@@ -8,7 +8,6 @@ the first steps (start-up, first-bucket cost estimates) are left out of the aver
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from opensora_core.data.caches import ShardedTensorCache, build_text_cache, buil
 from opensora_core.models import load_preset
 from opensora_core.models.text_encoder import build_text_encoder_for_model
 from opensora_core.models.vae import build_vae
+from opensora_core.utils.jsonl import read_jsonl
 
 WARMUP_STEPS = 2
 
@@ -41,7 +41,7 @@ def _run(stage_file: Path, profile_file: Path, meta: Path, cache: Path, out: Pat
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"training run failed: {done.stderr[-2000:]}")
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = read_jsonl(out / "metrics.jsonl")
     timed = lines[WARMUP_STEPS:] or lines
     return {"samples_per_s": sum(x["samples_per_s"] for x in timed) / len(timed),
             "tokens_per_s": sum(x["tokens_per_s"] for x in timed) / len(timed),

@@ -64,6 +64,7 @@ from opensora_core.utils.atomic import atomic_path, write_text_atomic
 from opensora_core.utils.dtypes import resolve_dtype
 from opensora_core.utils.hashing import file_sha256
 from opensora_core.utils.host_memory import retain_freed_memory
+from opensora_core.utils.jsonl import append_jsonl
 
 TEXT_ENCODER_WEIGHTS = "text_encoder.safetensors"
 EXPORT_ARTIFACT_PATH = "export"  # the MLflow run's copy of the stage's export/ folder
@@ -467,8 +468,7 @@ def _run(s: Stage, step: int, tracker, on_metrics) -> TrainResult:
 
 
 def _report(s: Stage, step: int, metrics: dict[str, float], tracker, on_metrics) -> None:
-    with open(s.out / "metrics.jsonl", "a") as handle:
-        handle.write(json.dumps({"step": step, **metrics}) + "\n")
+    append_jsonl(s.out / "metrics.jsonl", {"step": step, **metrics})
     if tracker is not None:
         tracker.log_metrics(metrics, step)
     if on_metrics is not None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from opensora_core.utils.jsonl import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class LossSummary:
 
 
 def summarize_loss(metrics_file: str | Path) -> LossSummary:
-    lines = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+    lines = read_jsonl(metrics_file)
     losses = [float(line["loss"]) for line in lines]
     if not losses:
         return LossSummary(0, False, math.nan, math.nan)

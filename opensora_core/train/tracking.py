@@ -31,6 +31,8 @@ from typing import Any
 
 import pandas as pd
 
+from opensora_core.utils.jsonl import append_jsonl, read_jsonl
+
 __all__ = ["RECORD_FILE", "StageTracker", "TrackingUnavailable", "flatten_params", "upload_offline_record"]
 
 log = logging.getLogger(__name__)
@@ -100,14 +102,11 @@ class _Record:
     def write(self, event: str, **fields: Any) -> int:
         """Append one event; return its sequence number within this record."""
         self.seq += 1
-        line = {"event": event, "seq": self.seq, "time_ms": int(time.time() * 1000), **fields}
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line) + "\n")
+        append_jsonl(self.path, {"event": event, "seq": self.seq, "time_ms": int(time.time() * 1000), **fields})
         return self.seq
 
     def read(self) -> list[dict[str, Any]]:
-        with open(self.path, encoding="utf-8") as handle:
-            events = [json.loads(line) for line in handle if line.strip()]
+        events = read_jsonl(self.path)
         self.seq = max((e["seq"] for e in events), default=0)
         return events
 
