@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from opensora_core.utils.atomic import atomic_path
+from opensora_core.utils.atomic import atomic_path, publish_mode
 
 # Written last into every published step folder; its presence means the folder is complete.
 MANIFEST = "manifest.json"
@@ -215,6 +215,7 @@ class Storage:
             final = self.local_path(*parts)
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+            publish_mode(tmp)  # mkdtemp's 0700 would survive the publishing rename
         else:
             tmp = Path(tempfile.mkdtemp(prefix="opensora-out-"))
         try:

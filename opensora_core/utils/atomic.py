@@ -1,5 +1,9 @@
 """Atomic file writes: write beside the target under a temporary name, then rename, so
-a crash never leaves a half-written file under a final name."""
+a crash never leaves a half-written file under a final name.
+
+`tempfile` creates files 0600 and folders 0700, and a rename keeps the mode: published
+outputs get the mode a plain `open`/`mkdir` would give them under the process umask
+instead, so a team sharing a volume (Dagster and training pods) can read them."""
 
 from __future__ import annotations
 
@@ -8,6 +12,24 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def _umask() -> int:
+    try:  # Linux reports it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def publish_mode(path: str | Path) -> None:
+    """Give a temporary file or folder the mode `open`/`mkdir` would have given it."""
+    path = Path(path)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
 
 
 @contextlib.contextmanager
@@ -20,6 +42,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            publish_mode(tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
