@@ -62,6 +62,7 @@ from opensora_core.train.ema import EMA
 from opensora_core.train.fsdp import all_reduce_gradients, init_distributed, parallelize_stdit2
 from opensora_core.utils.atomic import atomic_path, write_text_atomic
 from opensora_core.utils.dtypes import resolve_dtype
+from opensora_core.utils.folder_lock import FolderLock, FolderLocked
 from opensora_core.utils.hashing import file_sha256
 from opensora_core.utils.host_memory import retain_freed_memory
 from opensora_core.utils.jsonl import append_jsonl
@@ -241,6 +242,7 @@ class Stage:
     masks: MaskGenerator | None
     generator: torch.Generator
     checkpoints: CheckpointManager
+    lock: FolderLock | None = None  # rank 0's hold on `out` while the stage runs
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -274,8 +276,12 @@ def prepare_stage(args: TrainArgs) -> Stage:
     if device.type == "cpu":
         retain_freed_memory()  # activations reuse mapped pages step after step (utils/host_memory.py)
     out = Path(args.out)
+    lock = None
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        try:  # one run per stage folder: a second would resume from and prune the same checkpoints
+            lock = FolderLock(out, f"training {Path(args.stage).stem}").acquire()
+        except FolderLocked as err:
+            raise TrainingError(str(err)) from None
 
     torch.manual_seed(seed)
     model = STDiT2(config)
@@ -310,7 +316,7 @@ def prepare_stage(args: TrainArgs) -> Stage:
         diffusion=diffusion, timesteps=build_timestep_sampler(stage.scheduler, diffusion, stage.timestep_shift),
         masks=MaskGenerator(stage.mask_ratios) if stage.mask_ratios else None,
         generator=torch.Generator().manual_seed(seed * 1000 + rank),
-        checkpoints=CheckpointManager(out / "checkpoints", args.keep_last, rank, world),
+        checkpoints=CheckpointManager(out / "checkpoints", args.keep_last, rank, world), lock=lock,
     )
 
 
@@ -409,14 +415,18 @@ class StepMeter:
 
 def train_stage(args: TrainArgs, on_metrics: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
     s = prepare_stage(args)
-    step = resume(s)
-    tracker = _start_tracker(s) if s.rank == 0 else None
     try:
-        return _run(s, step, tracker, on_metrics)
-    except BaseException:
-        if tracker is not None:
-            tracker.finish("FAILED")  # a stage that fails still closes its MLflow run
-        raise
+        step = resume(s)
+        tracker = _start_tracker(s) if s.rank == 0 else None
+        try:
+            return _run(s, step, tracker, on_metrics)
+        except BaseException:
+            if tracker is not None:
+                tracker.finish("FAILED")  # a stage that fails still closes its MLflow run
+            raise
+    finally:
+        if s.lock is not None:
+            s.lock.release()
 
 
 def _run(s: Stage, step: int, tracker, on_metrics) -> TrainResult:

@@ -7,7 +7,6 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from opensora_core import cli
-
 from opensora_core.benchmarks.model_step import (
     matmul_peak_flops,
     run_model_step_benchmark,

@@ -269,3 +269,16 @@ def test_bf16_stage_on_cpu_follows_the_fp32_loss_curve(tmp_path, training_table,
     # loss moves between steps.
     assert (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max(), (curves)
     assert not torch.equal(fp32, bf16)  # the bf16 run really computed in bf16
+
+
+def test_a_second_run_on_a_busy_stage_folder_is_refused_naming_the_holder(tmp_path, training_table, test_profile):
+    from opensora_core.utils.folder_lock import FolderLock
+
+    out = tmp_path / "busy"
+    args = TrainArgs(stage="tiny/stage1", data=str(training_table), out=str(out), profile=str(test_profile),
+                     max_steps=1, ckpt_every=1)
+    with FolderLock(out, "training stage1"):
+        with pytest.raises(TrainingError, match=rf"in use by another run \(training stage1, pid {os.getpid()} on "):
+            train_stage(args)
+        assert not (out / "checkpoints").exists()
+    assert train_stage(args).steps == 1  # free again once the holder lets go
