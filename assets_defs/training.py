@@ -43,6 +43,7 @@ from opensora_core.models import load_preset
 from opensora_core.models.checkpoint_io import compare_keys, load_state_dict
 from opensora_core.train.metrics import summarize_loss
 from opensora_core.utils.atomic import atomic_path, write_text_atomic
+from opensora_core.utils.folder_lock import FolderLock, FolderLocked
 from opensora_core.utils.hashing import file_sha256
 from orchestration.launch.components import train_stage_component
 from orchestration.promotion import download_champion
@@ -287,7 +288,11 @@ def train_stage_asset(context: AssetExecutionContext, index: int, run_config: St
     if run_config.init == "champion":
         init, init_source = champion_init(index, out, mlflow_tracking)
     plan = plan_stage(index, training_settings, snapshot_table(curation_storage, out), init)
-    previous = reuse_or_reset(plan, stage_inputs(plan, training_settings))
+    try:  # a stage folder a training job still holds is neither reused nor cleared under it
+        with FolderLock(out, f"Dagster asset stdit2_stage{index}, checking its inputs"):
+            previous = reuse_or_reset(plan, stage_inputs(plan, training_settings))
+    except FolderLocked as err:
+        raise Failure(f"stdit2_stage{index}: {err}") from None
     if previous is not None:
         context.log.info(f"stage {index}: inputs unchanged, reusing {plan.out / 'export'}")
         yield _reused(index, plan, previous, init_source)
@@ -325,10 +330,15 @@ def train_stage_asset(context: AssetExecutionContext, index: int, run_config: St
     yield from results
 
 
+# Every stage launch shares one Dagster pool, so an instance can bound how many training
+# jobs run at once across runs: `dagster instance concurrency set training 1`.
+TRAINING_POOL = "training"
+
+
 def _stage_asset(index: int, previous):
     deps = [text_embeddings, video_latents, *([previous] if previous is not None else [])]
 
-    @asset(name=f"stdit2_stage{index}", deps=deps, group_name="training", kinds={"pytorch", "mlflow"},
+    @asset(name=f"stdit2_stage{index}", deps=deps, group_name="training", kinds={"pytorch", "mlflow"}, pool=TRAINING_POOL,
            description=f"STDiT-2 training stage {index} (TorchX job; DCP checkpoints + export/model.safetensors).")
     def stage(context: AssetExecutionContext, config: StageRunConfig, curation_storage: CurationStorage,
               cache_settings: CacheSettings, training_settings: TrainingSettings, torchx_launcher: TorchXLauncher,

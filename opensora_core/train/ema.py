@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 class EMA:
@@ -16,9 +17,13 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for name, param in model.named_parameters():
-            if name in self.shadow:
-                self.shadow[name].lerp_(param.detach().float(), 1.0 - self.decay)
+        pairs = [(self.shadow[name], param.detach().float()) for name, param in model.named_parameters()
+                 if name in self.shadow]
+        if any(isinstance(t, DTensor) for pair in pairs for t in pair):
+            for shadow, param in pairs:
+                shadow.lerp_(param, 1.0 - self.decay)
+        elif pairs:  # one multi-tensor op instead of one op per weight
+            torch._foreach_lerp_([s for s, _ in pairs], [p for _, p in pairs], 1.0 - self.decay)
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:

@@ -299,8 +299,10 @@ def prepare_stage(args: TrainArgs) -> Stage:
         text_encoder.to(device)
     model = parallelize_stdit2(model, mesh, stage.mixed_precision, stage.grad_checkpoint)
     trainable = _Trainable(model, text_encoder if trains_text else None)
+    # One fused kernel for the whole update where the weights are plain tensors (one
+    # process): the per-tensor loop costs more than the arithmetic at small models.
     optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=stage.lr,
-                                  weight_decay=stage.weight_decay)
+                                  weight_decay=stage.weight_decay, fused=mesh is None)
 
     caches = (None, None)
     if args.cache:

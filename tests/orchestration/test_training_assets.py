@@ -215,3 +215,19 @@ def test_pipes_messages_are_read_only_as_whole_lines(tmp_path):
     lines = list(whole_lines(path, stop.is_set, poll_seconds=0.001))
     thread.join()
     assert [json.loads(line) for line in lines] == [{"method": "log", "params": {}}, {"method": "closed"}]
+
+
+def test_a_stage_folder_held_by_a_running_job_is_not_reset(tmp_path, profile, curated):
+    from opensora_core.utils.folder_lock import FolderLock
+
+    settings = _settings(tmp_path, profile)
+    resources = {"curation_storage": CurationStorage(raw_root=str(tmp_path), curated_root=str(curated)),
+                 "cache_settings": CacheSettings(root=str(tmp_path / "caches"), stages=TINY),
+                 "training_settings": settings, "torchx_launcher": _NoLaunch(log_dir=str(tmp_path / "logs")),
+                 "mlflow_tracking": _tracking(tmp_path)}
+    keep = settings.stage_dir(0) / "checkpoints" / "step-00000004"
+    keep.mkdir(parents=True)
+    with FolderLock(settings.stage_dir(0), "training stage0"):
+        with pytest.raises(Failure, match=r"stdit2_stage0: .* is in use by another run \(training stage0, pid "):
+            materialize([stdit2_stage0], resources=resources)
+    assert keep.is_dir()  # the running job's checkpoints are untouched
