@@ -40,4 +40,10 @@ def rotate_interleaved_pairs(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate `x [..., L, D]` by position."""
+    if x.dtype == cos.dtype == sin.dtype == torch.float32:
+        # Each pair (x0, x1) as x0 + i*x1 times cos + i*sin: the same rotation in one
+        # complex multiply instead of a gather, a negation and two products.
+        turn = torch.complex(cos[..., ::2], sin[..., ::2])
+        pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)).contiguous())
+        return torch.view_as_real(pairs * turn).flatten(-2)
     return (x * cos + rotate_interleaved_pairs(x) * sin).to(x.dtype)

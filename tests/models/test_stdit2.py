@@ -7,7 +7,7 @@ import torch
 
 from opensora_core.models import STDiT2, STDiT2Config, build_stdit2, load_preset
 from opensora_core.models.layers import spatial_sincos_pos_embed
-from opensora_core.models.rope import RotaryEmbedding, apply_rotary
+from opensora_core.models.rope import RotaryEmbedding, apply_rotary, rotate_interleaved_pairs
 
 from .model_fixtures import build_random_model, dummy_inputs, get_init_dict
 
@@ -193,6 +193,12 @@ def test_rope_equals_complex_rotation():
     phase = torch.polar(torch.ones(length, dim // 2), torch.outer(torch.arange(length).float(), expected_freqs))
     expected = torch.view_as_real(as_complex * phase).reshape(2, 3, length, dim)
     torch.testing.assert_close(rotated, expected)
+    # The real-valued form (bf16 models, as published) is the same rotation.
+    cos, sin = rope.angles(length)
+    torch.testing.assert_close(x * cos + rotate_interleaved_pairs(x) * sin, expected)
+    half = apply_rotary(x.bfloat16(), cos.bfloat16(), sin.bfloat16())
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), expected, atol=0.05, rtol=0.02)
 
 
 def test_spatial_position_embedding_layout():
