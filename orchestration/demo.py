@@ -240,7 +240,7 @@ def run_pipeline(root: Path, profile: str = "embedded", console: Console | None 
                 failed.append(key)
             progress.advance(task)
 
-        curate_partitions(instance, defs, todo, on_partition=advance)
+        curate_partitions(instance, defs, todo, on_partition=advance, workers=min(2, os.cpu_count() or 1))
     timings["curate new partitions"] = time.perf_counter() - started
     console.print(f"[green]done[/] curated {len(todo)} new raw files ({timings['curate new partitions']:.1f} s)"
                   + (f", [red]{len(failed)} failed[/]: {', '.join(failed)}" if failed else ""))

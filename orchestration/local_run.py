@@ -138,18 +138,54 @@ def unprocessed_partitions(instance: DagsterInstance) -> list[str]:
 
 
 def curate_partitions(instance: DagsterInstance, defs: Definitions, keys: list[str],
-                      on_partition: Callable[[str, bool], None] | None = None) -> dict[str, bool]:
+                      on_partition: Callable[[str, bool], None] | None = None, workers: int = 1) -> dict[str, bool]:
     """Run the per-file curation assets for each key (as `curate_partition` runs would);
-    returns key -> success. A failing file does not stop the others."""
-    resources = {"curation_storage": defs.resources["curation_storage"]}
+    returns key -> success. A failing file does not stop the others. `workers` > 1 runs
+    that many partitions at once, each in a worker process of its own on the same
+    instance, as a run launcher would: each run is mostly single-threaded Dagster
+    bookkeeping (event storage), so one process leaves the other cores idle."""
     outcome = {}
-    for key in keys:
-        result = materialize(CURATION_PARTITION_ASSETS, partition_key=key, instance=instance, resources=resources,
-                             raise_on_error=False, tags={"opensora/kind": "curate"})
-        outcome[key] = result.success
-        if on_partition is not None:
-            on_partition(key, result.success)
-    return outcome
+    if workers <= 1 or len(keys) < 2 * workers:
+        for key in keys:
+            outcome[key] = _curate_one(instance, defs, key)
+            if on_partition is not None:
+                on_partition(key, outcome[key])
+        return outcome
+    import concurrent.futures
+    import multiprocessing
+
+    home = instance.root_directory
+    # spawn: a forked copy of a process with torch's thread pools can deadlock.
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_worker_init, initargs=(home,)) as pool:
+        futures = [pool.submit(_worker_curate, key) for key in keys]
+        for future in concurrent.futures.as_completed(futures):
+            key, ok = future.result()
+            outcome[key] = ok
+            if on_partition is not None:
+                on_partition(key, ok)
+    return {key: outcome[key] for key in keys}
+
+
+def _curate_one(instance: DagsterInstance, defs: Definitions, key: str) -> bool:
+    resources = {"curation_storage": defs.resources["curation_storage"]}
+    result = materialize(CURATION_PARTITION_ASSETS, partition_key=key, instance=instance, resources=resources,
+                         raise_on_error=False, tags={"opensora/kind": "curate"})
+    return result.success
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(dagster_home: str) -> None:
+    from orchestration.definitions import build_definitions
+
+    _WORKER["defs"] = build_definitions()  # from the environment the parent configured
+    _WORKER["instance"] = DagsterInstance.from_config(dagster_home)
+
+
+def _worker_curate(key: str) -> tuple[str, bool]:
+    return key, _curate_one(_WORKER["instance"], _WORKER["defs"], key)
 
 
 def materialize_downstream(instance: DagsterInstance, defs: Definitions,

@@ -48,7 +48,7 @@ def pipeline(tmp_path_factory):
         defs = build_definitions()
         instance = local_instance(folders)
         keys = register_new_partitions(instance, defs)
-        curated = curate_partitions(instance, defs, keys)
+        curated = curate_partitions(instance, defs, keys, workers=2)  # worker processes, as the demo
         first = materialize_downstream(instance, defs)
         yield {"root": root, "folders": folders, "defs": defs, "instance": instance, "keys": keys,
                "curated": curated, "first": first, "env": env, "uri": profile["mlflow_tracking_uri"]}

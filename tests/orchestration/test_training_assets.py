@@ -227,7 +227,7 @@ def test_a_stage_folder_held_by_a_running_job_is_not_reset(tmp_path, profile, cu
                  "mlflow_tracking": _tracking(tmp_path)}
     keep = settings.stage_dir(0) / "checkpoints" / "step-00000004"
     keep.mkdir(parents=True)
-    with FolderLock(settings.stage_dir(0), "training stage0"):
-        with pytest.raises(Failure, match=r"stdit2_stage0: .* is in use by another run \(training stage0, pid "):
-            materialize([stdit2_stage0], resources=resources)
+    busy = r"stdit2_stage0: .* is in use by another run \(training stage0, pid "
+    with FolderLock(settings.stage_dir(0), "training stage0"), pytest.raises(Failure, match=busy):
+        materialize([stdit2_stage0], resources=resources)
     assert keep.is_dir()  # the running job's checkpoints are untouched
