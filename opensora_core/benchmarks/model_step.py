@@ -40,7 +40,7 @@ from opensora_core.models.layers import (
     modulate,
 )
 from opensora_core.models.stdit2 import STDiT2, STDiT2Config
-from opensora_core.utils.host_memory import heap_in_use, retain_freed_memory
+from opensora_core.utils.host_memory import heap_in_use, release_free_memory, retain_freed_memory
 
 # 1. The baseline: one attention over every token of the clip
 
@@ -154,6 +154,8 @@ def measure_step(model: nn.Module, inputs: dict, repeats: int, device: torch.dev
         gc.collect()
         forward().float().square().mean().backward()
 
+    release_free_memory()  # each measurement starts from the same heap, whatever ran before
+
     step()  # warm-up: kernels, allocator
     times = []
     for _ in range(repeats):
@@ -165,6 +167,7 @@ def measure_step(model: nn.Module, inputs: dict, repeats: int, device: torch.dev
 
     model.zero_grad(set_to_none=True)
     gc.collect()
+    release_free_memory()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)

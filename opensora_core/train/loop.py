@@ -64,7 +64,7 @@ from opensora_core.utils.atomic import atomic_path, write_text_atomic
 from opensora_core.utils.dtypes import resolve_dtype
 from opensora_core.utils.folder_lock import FolderLock, FolderLocked
 from opensora_core.utils.hashing import file_sha256
-from opensora_core.utils.host_memory import retain_freed_memory
+from opensora_core.utils.host_memory import release_free_memory, retain_freed_memory
 from opensora_core.utils.jsonl import append_jsonl
 
 TEXT_ENCODER_WEIGHTS = "text_encoder.safetensors"
@@ -448,6 +448,8 @@ def _run(s: Stage, step: int, tracker, on_metrics) -> TrainResult:
             progress.update(1)
             meter.add(items, loss)
             if step % s.stage.log_every == 0 or step == s.max_steps:
+                if s.device.type == "cpu":
+                    release_free_memory()  # bounds what heap fragmentation keeps resident
                 metrics = meter.report(grad_norm, lr)
                 last_loss = metrics["loss"]
                 if s.rank == 0:

@@ -8,8 +8,10 @@ clips most of a CPU step goes to page faults, not arithmetic. CUDA avoids this w
 its caching allocator; `retain_freed_memory` is the host counterpart: it tells glibc
 to serve every block from its heap and not to trim freed memory back to the system,
 so the next step reuses pages that are already mapped. The process then holds on to
-its high-water mark, as a caching allocator does. `bench/model_step.py` measures the
-step with and without it.
+its high-water mark, as a caching allocator does, plus what fragmentation of the heap
+adds: `release_free_memory` hands the free pages back (the trainer calls it every
+`log_every` steps, so the next step alone pays the page faults again and resident
+memory stays bounded). `bench/model_step.py` measures the step with and without it.
 
 Set `OPENSORA_RETAIN_HOST_MEMORY=0` to leave glibc's defaults alone.
 """
@@ -82,3 +84,10 @@ def retain_freed_memory(enabled: bool | None = None) -> bool:
         libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
         ok = False
     return bool(ok)
+
+
+def release_free_memory() -> bool:
+    """Return the heap's free pages to the system now (glibc `malloc_trim`); whether
+    any were released. False where the C library is not glibc."""
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
