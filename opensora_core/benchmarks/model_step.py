@@ -258,30 +258,31 @@ def run_model_step_benchmark(
     peaks = {p: matmul_peak_flops(PRECISIONS[p], device) for p in precisions}
     for p, peak in peaks.items():
         console.print(f"  2048x2048 torch.mm, {p}: {peak / 1e9:.0f} GFLOP/s", highlight=False)
-    memory_modes = host_memory if device.type == "cpu" else ("retained",)
+    # Retained first: switching glibc from its defaults to retained memory in the middle of
+    # a process left a heap that grew past the machine's memory at long clips.
+    memory_modes = sorted(host_memory, key=lambda m: m != "retained") if device.type == "cpu" else ("retained",)
     torch.manual_seed(0)
     models = {"STDiT2": STDiT2(config), **({"full-attention DiT": FullAttentionDiT(config)} if baseline else {})}
     results: list[StepMeasurement] = []
     try:
-        for name, model in models.items():
+        for memory, (name, model), frames in itertools.product(memory_modes, models.items(), frame_counts):
+            release_free_memory()
+            retain_freed_memory(memory == "retained")
             model.to(device=device).train()
-            for frames in frame_counts:
-                inputs = {
-                    "x": torch.randn(batch, config.in_channels, frames, size, size, device=device),
-                    "timestep": torch.full((batch,), 500.0, device=device),
-                    "y": torch.randn(batch, 1, config.model_max_length, config.caption_channels, device=device),
-                }
-                tokens = batch * frames * (size // config.patch_size[1]) * (size // config.patch_size[2])
-                flops = train_step_flops(model, inputs)
-                for precision, memory, recompute in itertools.product(precisions, memory_modes, checkpointing):
-                    retain_freed_memory(memory == "retained")
-                    model.enable_gradient_checkpointing(recompute)
-                    seconds, peak_bytes, saved = measure_step(model, inputs, repeats, device, precision)
-                    results.append(StepMeasurement(name, frames, recompute, tokens, seconds, peak_bytes, saved, flops,
-                                                   precision, memory))
-                    console.print(f"  {name:>18}  T={frames:<3} {precision} memory={memory:<8} "
-                                  f"ckpt={'on' if recompute else 'off':<3} {seconds:.3f} s", highlight=False)
-            model.to("cpu")
+            inputs = {
+                "x": torch.randn(batch, config.in_channels, frames, size, size, device=device),
+                "timestep": torch.full((batch,), 500.0, device=device),
+                "y": torch.randn(batch, 1, config.model_max_length, config.caption_channels, device=device),
+            }
+            tokens = batch * frames * (size // config.patch_size[1]) * (size // config.patch_size[2])
+            flops = train_step_flops(model, inputs)
+            for precision, recompute in itertools.product(precisions, checkpointing):
+                model.enable_gradient_checkpointing(recompute)
+                seconds, peak_bytes, saved = measure_step(model, inputs, repeats, device, precision)
+                results.append(StepMeasurement(name, frames, recompute, tokens, seconds, peak_bytes, saved, flops,
+                                               precision, memory))
+                console.print(f"  {name:>18}  T={frames:<3} {precision} memory={memory:<8} "
+                              f"ckpt={'on' if recompute else 'off':<3} {seconds:.3f} s", highlight=False)
     finally:
         retain_freed_memory()
     console.print(_results_table(results, config, size, device, batch, peaks))
