@@ -165,32 +165,9 @@ def bench_model(
     if unknown or not names:
         fail(f"--setup {setup!r}: expected some of {', '.join([*SETUPS, 'custom'])}")
     for name in names:
-        settings = {**(custom if name == "custom" else SETUPS[name])}
-        modes = settings.pop("host_memory", ("retained",))
-        for mode in modes:
-            console.print(f"[bold]setup {name}, host memory {mode}[/]")
-            if len(modes) == 1:
-                run_model_step_benchmark(frame_counts=frame_counts, repeats=repeats, console=console,
-                                         host_memory=(mode,), **settings)
-                continue
-            # Each mode in a process of its own: switching glibc's mode inside one process
-            # let the heap grow past 24 GiB at 64 frames.
-            import subprocess
-            import sys
-
-            args = [sys.executable, "-m", "opensora_core.cli", "bench", "model", "--setup", "custom",
-                    "--hidden-size", str(settings["hidden_size"]), "--depth", str(settings["depth"]),
-                    "--num-heads", str(settings["num_heads"]), "--size", str(settings["size"]),
-                    "--batch", str(settings["batch"]), "--frames", frames, "--repeats", str(repeats),
-                    "--precision", "both" if len(settings.get("precisions", ())) > 1 else
-                    settings.get("precisions", ("fp32",))[0], "--host-memory", mode,
-                    "--checkpointing", {(False,): "off", (True,): "on"}.get(tuple(settings.get("checkpointing", ())),
-                                                                           "both"),
-                    "--baseline" if settings.get("baseline", True) else "--no-baseline",
-                    *(["--caption-channels", str(settings["caption_channels"])]
-                      if settings.get("caption_channels") else [])]
-            if subprocess.run(args, check=False).returncode != 0:
-                fail(f"the {mode} host-memory measurement of setup {name} failed (see above)", code=1)
+        console.print(f"[bold]setup {name}[/]")
+        run_model_step_benchmark(frame_counts=frame_counts, repeats=repeats, console=console,
+                                 **(custom if name == "custom" else SETUPS[name]))
 
 
 @bench_app.command("sampling")

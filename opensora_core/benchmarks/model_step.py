@@ -14,9 +14,11 @@ same run, dtype and thread count.
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import gc
 import itertools
+import multiprocessing
 import statistics
 import time
 from dataclasses import dataclass
@@ -244,7 +246,9 @@ def run_model_step_benchmark(
     """Every combination of model, frame count, precision ("fp32", or "bf16" autocast
     over fp32 weights), host memory ("default": glibc maps and unmaps every large
     block; "retained": `retain_freed_memory`, what training and sampling use on CPU)
-    and activation checkpointing, timed side by side in this process."""
+    and activation checkpointing, in one table. glibc's setting is process-wide, and
+    switching it inside a process lets the heap grow without bound at long clips, so
+    with several modes on CPU each is measured in a process of its own."""
     console = console or Console()
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     unknown = [p for p in precisions if p not in PRECISIONS]
@@ -258,16 +262,30 @@ def run_model_step_benchmark(
     peaks = {p: matmul_peak_flops(PRECISIONS[p], device) for p in precisions}
     for p, peak in peaks.items():
         console.print(f"  2048x2048 torch.mm, {p}: {peak / 1e9:.0f} GFLOP/s", highlight=False)
-    # Retained first: switching glibc from its defaults to retained memory in the middle of
-    # a process left a heap that grew past the machine's memory at long clips.
+    plan = (config, baseline, tuple(frame_counts), size, batch, repeats, tuple(precisions), tuple(checkpointing),
+            device)
     memory_modes = sorted(host_memory, key=lambda m: m != "retained") if device.type == "cpu" else ("retained",)
+    if len(memory_modes) == 1:
+        results = _measure_steps(*plan, memory_modes[0], console)
+    else:
+        results = []
+        for memory in memory_modes:
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                results += pool.submit(_measure_steps, *plan, memory, None).result()
+    console.print(_results_table(results, config, size, device, batch, peaks))
+    return results
+
+
+def _measure_steps(config: STDiT2Config, baseline: bool, frame_counts: tuple[int, ...], size: int, batch: int,
+                   repeats: int, precisions: tuple[str, ...], checkpointing: tuple[bool, ...], device: torch.device,
+                   memory: str, console: Console | None) -> list[StepMeasurement]:
+    console = console or Console()
+    retain_freed_memory(memory == "retained")
     torch.manual_seed(0)
     models = {"STDiT2": STDiT2(config), **({"full-attention DiT": FullAttentionDiT(config)} if baseline else {})}
     results: list[StepMeasurement] = []
     try:
-        for memory, (name, model), frames in itertools.product(memory_modes, models.items(), frame_counts):
-            release_free_memory()
-            retain_freed_memory(memory == "retained")
+        for (name, model), frames in itertools.product(models.items(), frame_counts):
             model.to(device=device).train()
             inputs = {
                 "x": torch.randn(batch, config.in_channels, frames, size, size, device=device),
@@ -285,7 +303,6 @@ def run_model_step_benchmark(
                               f"ckpt={'on' if recompute else 'off':<3} {seconds:.3f} s", highlight=False)
     finally:
         retain_freed_memory()
-    console.print(_results_table(results, config, size, device, batch, peaks))
     return results
 
 
