@@ -126,7 +126,8 @@ def model_convert(
 def bench_model(
     setup: Annotated[str, typer.Option(
         help="Comma-separated: tiny, reference (Open-Sora 1.1's comparison: hidden 384, depth 4, batch 2, latent "
-             "32x32; fp32 and bf16, glibc's default host memory and retained), or custom (the options below).")
+             "32x32; fp32 and bf16, glibc's default host memory and retained, eager and compiled), or custom "
+             "(the options below).")
     ] = "tiny,reference",
     hidden_size: Annotated[int, typer.Option(help="custom: width of both models.")] = 192,
     depth: Annotated[int, typer.Option(help="custom: blocks of both models.")] = 4,
@@ -140,6 +141,7 @@ def bench_model(
     caption_channels: Annotated[int | None, typer.Option(help="custom: caption width (default: the hidden size).")] = None,
     baseline: Annotated[bool, typer.Option(help="custom: also measure the full-attention DiT.")] = True,
     checkpointing: Annotated[str, typer.Option(help="custom: off, on or both.")] = "both",
+    compile: Annotated[str, typer.Option(help="custom: torch.compile each block: off, on or both.")] = "off",
 ) -> None:
     """Forward+backward time, tokens/s, GFLOP/s against the measured matmul peak and peak memory: STDiT-2 (vs a full-attention DiT)."""
     from opensora_core.benchmarks.model_step import SETUPS, run_model_step_benchmark
@@ -152,12 +154,14 @@ def bench_model(
             "default": ("default",), "retained": ("retained",)}
     for name, value, allowed in (("--precision", precision, ("fp32", "bf16", "both")),
                                  ("--host-memory", host_memory, ("default", "retained", "both")),
-                                 ("--checkpointing", checkpointing, ("off", "on", "both"))):
+                                 ("--checkpointing", checkpointing, ("off", "on", "both")),
+                                 ("--compile", compile, ("off", "on", "both"))):
         if value not in allowed:
             fail(f"{name} {value!r}: expected one of {', '.join(allowed)}")
     custom = {"hidden_size": hidden_size, "depth": depth, "num_heads": num_heads, "size": size, "batch": batch,
               "caption_channels": caption_channels, "baseline": baseline,
               "checkpointing": (False, True) if checkpointing == "both" else both[checkpointing],
+              "compile": (False, True) if compile == "both" else both[compile],
               "precisions": both[precision],
               "host_memory": ("default", "retained") if host_memory == "both" else both[host_memory]}
     names = [n.strip() for n in setup.split(",") if n.strip()]

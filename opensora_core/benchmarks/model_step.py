@@ -112,6 +112,7 @@ class StepMeasurement:
     flops: int = 0  # one forward + backward
     precision: str = "fp32"
     host_memory: str = "retained"
+    compiled: bool = False
 
     @property
     def tokens_per_second(self) -> float:
@@ -222,7 +223,7 @@ SETUPS: dict[str, dict] = {
     "tiny": {"hidden_size": 192, "depth": 4, "num_heads": 4, "size": 16, "batch": 1},
     "reference": {"hidden_size": 384, "depth": 4, "num_heads": 6, "size": 32, "batch": 2, "caption_channels": 64,
                   "baseline": False, "checkpointing": (False,), "precisions": ("fp32", "bf16"),
-                  "host_memory": ("default", "retained")},
+                  "host_memory": ("default", "retained"), "compile": (False, True)},
 }
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -242,13 +243,15 @@ def run_model_step_benchmark(
     baseline: bool = True,
     checkpointing: tuple[bool, ...] = (False, True),
     host_memory: tuple[str, ...] = ("retained",),
+    compile: tuple[bool, ...] = (False,),
 ) -> list[StepMeasurement]:
     """Every combination of model, frame count, precision ("fp32", or "bf16" autocast
     over fp32 weights), host memory ("default": glibc maps and unmaps every large
-    block; "retained": `retain_freed_memory`, what training and sampling use on CPU)
-    and activation checkpointing, in one table. glibc's setting is process-wide, and
-    switching it inside a process lets the heap grow without bound at long clips, so
-    with several modes on CPU each is measured in a process of its own."""
+    block; "retained": `retain_freed_memory`, what training and sampling use on CPU),
+    activation checkpointing and `torch.compile` of each block (as the profile's
+    `compile` trains; with retained memory only), in one table. glibc's setting is
+    process-wide, and switching it inside a process lets the heap grow without bound at
+    long clips, so with several modes each is measured in a process of its own."""
     console = console or Console()
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     unknown = [p for p in precisions if p not in PRECISIONS]
@@ -256,6 +259,8 @@ def run_model_step_benchmark(
         raise ValueError(f"precisions {list(precisions)}: expected some of {sorted(PRECISIONS)}")
     if not host_memory or any(m not in ("default", "retained") for m in host_memory):
         raise ValueError(f"host_memory {list(host_memory)}: expected some of default, retained")
+    if not compile or any(not isinstance(c, bool) for c in compile):
+        raise ValueError(f"compile {list(compile)}: expected some of False, True")
     config = STDiT2Config(hidden_size=hidden_size, depth=depth, num_heads=num_heads,
                           caption_channels=caption_channels or hidden_size, model_max_length=32,
                           input_sq_size=size * 8)
@@ -265,20 +270,22 @@ def run_model_step_benchmark(
     plan = (config, baseline, tuple(frame_counts), size, batch, repeats, tuple(precisions), tuple(checkpointing),
             device)
     memory_modes = sorted(host_memory, key=lambda m: m != "retained") if device.type == "cpu" else ("retained",)
-    if len(memory_modes) == 1:
-        results = _measure_steps(*plan, memory_modes[0], console)
+    modes = [(memory, False) for memory in memory_modes if False in compile]
+    modes += [("retained", True)] if True in compile else []
+    if len(modes) == 1:
+        results = _measure_steps(*plan, *modes[0], console)
     else:
         results = []
-        for memory in memory_modes:
+        for memory, compiled in modes:
             with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                results += pool.submit(_measure_steps, *plan, memory, None).result()
+                results += pool.submit(_measure_steps, *plan, memory, compiled, None).result()
     console.print(_results_table(results, config, size, device, batch, peaks))
     return results
 
 
 def _measure_steps(config: STDiT2Config, baseline: bool, frame_counts: tuple[int, ...], size: int, batch: int,
                    repeats: int, precisions: tuple[str, ...], checkpointing: tuple[bool, ...], device: torch.device,
-                   memory: str, console: Console | None) -> list[StepMeasurement]:
+                   memory: str, compiled: bool, console: Console | None) -> list[StepMeasurement]:
     console = console or Console()
     retain_freed_memory(memory == "retained")
     torch.manual_seed(0)
@@ -287,6 +294,9 @@ def _measure_steps(config: STDiT2Config, baseline: bool, frame_counts: tuple[int
     try:
         for (name, model), frames in itertools.product(models.items(), frame_counts):
             model.to(device=device).train()
+            if compiled:  # in place, as training's `parallelize_stdit2` does
+                for block in model.blocks:
+                    block.compile()
             inputs = {
                 "x": torch.randn(batch, config.in_channels, frames, size, size, device=device),
                 "timestep": torch.full((batch,), 500.0, device=device),
@@ -298,9 +308,10 @@ def _measure_steps(config: STDiT2Config, baseline: bool, frame_counts: tuple[int
                 model.enable_gradient_checkpointing(recompute)
                 seconds, peak_bytes, saved = measure_step(model, inputs, repeats, device, precision)
                 results.append(StepMeasurement(name, frames, recompute, tokens, seconds, peak_bytes, saved, flops,
-                                               precision, memory))
+                                               precision, memory, compiled))
                 console.print(f"  {name:>18}  T={frames:<3} {precision} memory={memory:<8} "
-                              f"ckpt={'on' if recompute else 'off':<3} {seconds:.3f} s", highlight=False)
+                              f"ckpt={'on' if recompute else 'off':<3} compiled={'yes' if compiled else 'no':<3} "
+                              f"{seconds:.3f} s", highlight=False)
     finally:
         retain_freed_memory()
     return results
@@ -308,7 +319,7 @@ def _measure_steps(config: STDiT2Config, baseline: bool, frame_counts: tuple[int
 
 def _results_table(results: list[StepMeasurement], config: STDiT2Config, size: int, device, batch: int,
                    peaks: dict[str, float]) -> Table:
-    by_key = {(r.model, r.frames, r.checkpointing, r.precision, r.host_memory): r for r in results}
+    by_key = {(r.model, r.frames, r.checkpointing, r.precision, r.host_memory, r.compiled): r for r in results}
     frames_sorted = sorted({r.frames for r in results})
     peak_text = ", ".join(f"{p} {v / 1e9:.0f}" for p, v in peaks.items())
     table = Table(title=(
@@ -316,23 +327,25 @@ def _results_table(results: list[StepMeasurement], config: STDiT2Config, size: i
         f"heads {config.num_heads}, caption {config.model_max_length}x{config.caption_channels}, {device.type}, "
         f"{torch.get_num_threads()} threads; matmul peak GFLOP/s: {peak_text}"
     ))
-    for column in ("model", "T", "tokens", "precision", "host memory", "ckpt", "seconds", "tokens/s", "GFLOP",
+    for column in ("model", "T", "tokens", "precision", "host memory", "compiled", "ckpt", "seconds", "tokens/s", "GFLOP",
                    "GFLOP/s", "of peak", "peak MiB", "saved MiB", "time vs T=" + str(frames_sorted[0]),
                    "speed-up vs fp32", "speed-up vs default memory", "peak vs no ckpt"):
         table.add_column(column, justify="right")
     for r in results:
-        base = by_key.get((r.model, frames_sorted[0], r.checkpointing, r.precision, r.host_memory))
-        fp32 = by_key.get((r.model, r.frames, r.checkpointing, "fp32", r.host_memory))
-        default = by_key.get((r.model, r.frames, r.checkpointing, r.precision, "default"))
-        no_ckpt = by_key.get((r.model, r.frames, False, r.precision, r.host_memory))
+        base = by_key.get((r.model, frames_sorted[0], r.checkpointing, r.precision, r.host_memory, r.compiled))
+        # Against the eager fp32 step, whatever this row's compilation.
+        fp32 = by_key.get((r.model, r.frames, r.checkpointing, "fp32", r.host_memory, False))
+        default = by_key.get((r.model, r.frames, r.checkpointing, r.precision, "default", False))
+        no_ckpt = by_key.get((r.model, r.frames, False, r.precision, r.host_memory, r.compiled))
         table.add_row(
-            r.model, str(r.frames), f"{r.tokens:,}", r.precision, r.host_memory, "on" if r.checkpointing else "off",
+            r.model, str(r.frames), f"{r.tokens:,}", r.precision, r.host_memory, "yes" if r.compiled else "no",
+            "on" if r.checkpointing else "off",
             f"{r.seconds:.3f}", f"{r.tokens_per_second:,.0f}", f"{r.flops / 1e9:,.0f}",
             f"{r.flops_per_second / 1e9:.1f}", f"{r.flops_per_second / peaks[r.precision]:.0%}",
             f"{r.peak_bytes / 2**20:.0f}", f"{r.saved_bytes / 2**20:.0f}",
             f"{r.seconds / base.seconds:.2f}x" if base else "n/a",
-            f"{fp32.seconds / r.seconds:.2f}x" if fp32 and r.precision != "fp32" else "",
-            f"{default.seconds / r.seconds:.2f}x" if default and r.host_memory != "default" else "",
+            f"{fp32.seconds / r.seconds:.2f}x" if fp32 and fp32 is not r else "",
+            f"{default.seconds / r.seconds:.2f}x" if default and default is not r else "",
             f"{r.peak_bytes / no_ckpt.peak_bytes:.2f}x" if no_ckpt and no_ckpt.peak_bytes else "n/a",
         )
     return table

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 AttentionBackend = Literal["auto", "sdpa", "flash"]
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+# Up to this many keys, half-precision attention on CPU multiplies out the scores.
+CPU_MATMUL_MAX_KEYS = 64
 
 
 @functools.cache
@@ -53,11 +55,27 @@ def attention(
     attn_mask = None if kv_mask is None else kv_mask[:, None, None, :]
     if q.device.type == "cpu" and (q.dtype in HALF_DTYPES or torch.is_autocast_enabled("cpu")):
         # PyTorch's CPU kernel is slower in bf16/fp16 than in fp32, its backward several
-        # times so at short sequences (temporal attention): attend in fp32 (bench/model_step.py).
+        # times so at short sequences (temporal and cross-attention). Few keys: two half-
+        # precision matmuls around an fp32 softmax, the score matrix no larger than q.
+        # Many keys: the fused kernel in fp32 (bench/model_step.py).
+        if k.shape[-2] <= CPU_MATMUL_MAX_KEYS:
+            return _matmul_attention(q, k, v, attn_mask)
         with torch.autocast("cpu", enabled=False):
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask)
         return out.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+def _matmul_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v with the matmuls in the inputs' (or autocast's) precision
+    and the softmax in fp32."""
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    return (probs.to(v.dtype) @ v).to(q.dtype)  # under autocast the matmul runs in its dtype
 
 
 def _flash_attention(

@@ -297,7 +297,7 @@ def prepare_stage(args: TrainArgs) -> Stage:
     model.to(device)
     if trains_text:
         text_encoder.to(device)
-    model = parallelize_stdit2(model, mesh, stage.mixed_precision, stage.grad_checkpoint)
+    model = parallelize_stdit2(model, mesh, stage.mixed_precision, stage.grad_checkpoint, profile.compile)
     trainable = _Trainable(model, text_encoder if trains_text else None)
     # One fused kernel for the whole update where the weights are plain tensors (one
     # process): the per-tensor loop costs more than the arithmetic at small models.

@@ -48,10 +48,25 @@ def test_benchmark_prints_gflops_and_share_of_the_measured_peak():
     assert "speed-up vs fp32" in text and "speed-up vs default memory" in text and "bf16" in text
 
 
+def test_benchmark_compiles_each_block_when_asked():
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    console = Console(record=True, width=250)
+    rows = run_model_step_benchmark(hidden_size=48, depth=2, num_heads=2, frame_counts=(2,), size=4, repeats=1,
+                                    console=console, caption_channels=16, baseline=False, checkpointing=(False,),
+                                    compile=(True,))
+    assert [(r.compiled, r.precision) for r in rows] == [(True, "fp32")]
+    assert counters["stats"]["unique_graphs"] > 0
+    assert "compiled" in console.export_text()
+
+
 def test_benchmark_refuses_unknown_settings():
     with pytest.raises(ValueError, match="precisions"):
         run_model_step_benchmark(precisions=("fp8",))
     with pytest.raises(ValueError, match="host_memory"):
         run_model_step_benchmark(host_memory=("huge",))
+    with pytest.raises(ValueError, match="compile"):
+        run_model_step_benchmark(compile=())
     result = CliRunner().invoke(cli.app, ["bench", "model", "--setup", "huge"])
     assert result.exit_code == 2 and "tiny, reference, custom" in result.output

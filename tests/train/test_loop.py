@@ -271,6 +271,28 @@ def test_bf16_stage_on_cpu_follows_the_fp32_loss_curve(tmp_path, training_table,
     assert not torch.equal(fp32, bf16)  # the bf16 run really computed in bf16
 
 
+def test_compiled_blocks_train_as_eager_ones_and_export_the_same_names(tmp_path, training_table, test_profile):
+    """The profile's `compile`: each block compiled in place; the loss curve follows the
+    eager one and the exported parameter names are unchanged (checkpoints interchange)."""
+    import yaml
+    from torch._dynamo.utils import counters
+
+    curves, exports = {}, {}
+    stage = _stage_with(tmp_path, "bf16", mixed_precision="bf16")
+    for compiled in (False, True):
+        counters.clear()
+        profile = tmp_path / f"profile-{compiled}.yaml"
+        profile.write_text(yaml.safe_dump({**yaml.safe_load(test_profile.read_text()), "compile": compiled}))
+        result = train_stage(TrainArgs(stage=str(stage), data=str(training_table), out=str(tmp_path / str(compiled)),
+                                       profile=str(profile), max_steps=3, ckpt_every=3))
+        curves[compiled] = torch.tensor([loss for _, loss in result.loss_curve])
+        exports[compiled] = load_file(str(result.export_path))
+        assert (counters["stats"]["unique_graphs"] > 0) == compiled  # the blocks really ran compiled
+    assert exports[True].keys() == exports[False].keys()
+    assert torch.isfinite(curves[True]).all()
+    assert (curves[True] - curves[False]).abs().max() < 0.05 * curves[False].abs().max(), curves
+
+
 def test_a_second_run_on_a_busy_stage_folder_is_refused_naming_the_holder(tmp_path, training_table, test_profile):
     from opensora_core.utils.folder_lock import FolderLock
 
