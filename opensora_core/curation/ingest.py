@@ -23,8 +23,9 @@ from pathlib import Path, PurePosixPath
 
 import av
 
-from opensora_core.data.captions import SIDECAR_SUFFIXES, sidecar_paths
-from opensora_core.data.config import CurationConfig
+from opensora_core.curation.captions import SIDECAR_SUFFIXES, sidecar_paths
+from opensora_core.curation.config import CurationConfig
+from opensora_core.curation.storage import FileList, Storage, file_suffix, modified_time
 from opensora_core.data.decoding import (
     MAX_FAILED_PACKETS,
     FrameDecoder,
@@ -38,7 +39,6 @@ from opensora_core.data.frame_arrays import (
     pixel_aspect,
     square_pixel_width,
 )
-from opensora_core.data.storage import FileList, Storage, file_suffix, modified_time
 from opensora_core.utils.hashing import stream_sha256
 
 log = logging.getLogger(__name__)
