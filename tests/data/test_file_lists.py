@@ -90,7 +90,7 @@ def test_every_listed_entry_is_kept_or_rejected_with_its_reason(listed, monkeypa
     assert (meta.loc[meta["source"] == "memory://lists-test/d.png", "media"] == "image").all()
     assert summary.kept == len(meta) and summary.rejected == 2
     # A second look hashes nothing again: local files by mtime, http by its Last-Modified.
-    from opensora_core.data import ingest
+    from opensora_core.curation import ingest
 
     hashed = []
     monkeypatch.setattr(ingest, "sha256_file", lambda storage, rel: hashed.append(rel))
@@ -201,7 +201,7 @@ def test_a_store_error_is_recorded_and_retried_and_a_probe_bug_raised(tmp_path, 
 
 
 def test_a_remote_file_is_fetched_once_for_its_probe_and_its_cut(tmp_path, monkeypatch):
-    from opensora_core.data import storage
+    from opensora_core.curation import storage
 
     video = _video(tmp_path / "v.mp4")
     memory = fsspec.filesystem("memory")

@@ -275,7 +275,7 @@ def test_cli_reports_a_config_mistake_with_exit_code_2(dataset, tmp_path, monkey
 
 
 def test_weight_digests_are_kept_across_processes(tmp_path, monkeypatch):
-    from opensora_core.data import config as config_module
+    from opensora_core.curation import config as config_module
 
     monkeypatch.setenv("OPENSORA_DIGEST_CACHE", str(tmp_path / "digests.json"))
     weights = tmp_path / "head.pth"

@@ -34,17 +34,8 @@ from opensora_core.curation.scenes.stream_copy import (
     _PieceToCopy,
 )
 from opensora_core.curation.scoring.base import ClipSamples, frame_luma, full_range
-from opensora_core.data.decoding import (
-    Deinterlacer,
-    FrameDecoder,
-    Gap,
-    video_stream,
-)
-from opensora_core.data.frame_arrays import (
-    display_orientation,
-    pixel_aspect,
-    square_pixels,
-)
+from opensora_core.data.decoding import Deinterlacer, FrameDecoder, Gap, video_stream
+from opensora_core.data.frame_arrays import display_orientation, pixel_aspect, square_pixels
 from opensora_core.utils.atomic import atomic_path
 
 

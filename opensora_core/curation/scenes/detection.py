@@ -10,10 +10,7 @@ from scenedetect import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector
 
 from opensora_core.curation.scoring.base import plane_view
-from opensora_core.data.frame_arrays import (
-    Orientation,
-    frame_array,
-)
+from opensora_core.data.frame_arrays import Orientation, frame_array
 
 THUMBNAIL_WIDTH = 160
 

@@ -19,10 +19,7 @@ import numpy as np
 
 from opensora_core.curation.config import ClipsConfig, ScenesConfig
 from opensora_core.curation.scenes.encoding import _ClipWriter, _EncodeThread
-from opensora_core.data.decoding import (
-    POSITION_FORMATS,
-    video_stream,
-)
+from opensora_core.data.decoding import POSITION_FORMATS, video_stream
 
 log = logging.getLogger(__name__)
 
