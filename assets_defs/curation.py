@@ -1,7 +1,8 @@
 """Curation assets: one dynamic partition per raw file, then one merged training table.
 
 raw_videos -> scene_clips -> scored_clips (partitioned) -> training_dataset (merged,
-filtered), each a call to the `opensora_core.data.curate` function of the same name.
+filtered), each a call to the function of the same name in the `opensora_core.curation` module of
+that name.
 A bad file materializes successfully with its rejection in the metadata: one broken
 upload must not fail the run that carries the good ones. A step that fails on the way
 (a codec's or a scorer's error, a store's hiccup) records it and fails its partition's
@@ -27,9 +28,13 @@ from dagster import (
     asset_check,
 )
 
-from opensora_core.data import curate
-from opensora_core.data.ingest import INDEX_FILE, RawFile, register_inputs
-from opensora_core.data.scoring import SCORE_RANGES
+from opensora_core.curation import partitions
+from opensora_core.curation import raw_videos as raw_step
+from opensora_core.curation import scene_clips as clips_step
+from opensora_core.curation import scored_clips as scores_step
+from opensora_core.curation import training_dataset as dataset_step
+from opensora_core.curation.ingest import INDEX_FILE, RawFile, register_inputs
+from opensora_core.curation.scoring import SCORE_RANGES
 from orchestration.resources import CurationStorage
 
 raw_partitions = DynamicPartitionsDefinition(name="raw_videos")
@@ -70,7 +75,7 @@ def _score_only(context: AssetExecutionContext, storage: CurationStorage, raw: R
     if context.run.tags.get(tag) not in (CAPTION_RUN_TAG[1], SCORERS_RUN_TAG[1]):
         return False
     raw = raw or _raw_file(storage, context.partition_key)
-    return curate.probe_and_cut_up_to_date(storage.out(), raw, storage.curation_config())
+    return partitions.probe_and_cut_up_to_date(storage.out(), raw, storage.curation_config())
 
 
 def _fail_for_retry(manifest: dict, step: str) -> None:
@@ -101,7 +106,7 @@ def _thumbnail_md(storage: CurationStorage, key: str, clips: pd.DataFrame) -> st
     if clips.empty:
         return "no clips"
     name = clips["thumbnail"].iloc[0]
-    image = cv2.imdecode(np.frombuffer(storage.out().read_bytes(curate.PARTITIONS, key, "clips", name), np.uint8),
+    image = cv2.imdecode(np.frombuffer(storage.out().read_bytes(partitions.PARTITIONS, key, "clips", name), np.uint8),
                          cv2.IMREAD_COLOR)
     if image is None:
         return f"thumbnail {name} could not be decoded"
@@ -135,10 +140,10 @@ def raw_videos(context: AssetExecutionContext, curation_storage: CurationStorage
     curation_storage.curation_config().check_local_files()  # a bad model path fails before the file is read
     raw = _raw_file(curation_storage, context.partition_key)
     if _score_only(context, curation_storage, raw):
-        manifest = curate.refresh_caption(curation_storage.source(), curation_storage.out(), raw)
+        manifest = raw_step.refresh_caption(curation_storage.source(), curation_storage.out(), raw)
     else:
-        manifest = curate.raw_videos(curation_storage.source(), curation_storage.out(), raw,
-                                     curation_storage.curation_config())
+        manifest = raw_step.raw_videos(curation_storage.source(), curation_storage.out(), raw,
+                                       curation_storage.curation_config())
     if not raw.problem:  # a listed file missing is its rejection; a store's hiccup on reading one is a failure
         _fail_for_retry(manifest, "raw_videos")
     probe = manifest["probe"]
@@ -160,12 +165,12 @@ def scene_clips(context: AssetExecutionContext, curation_storage: CurationStorag
     config); the weights-free scores are computed on the way, from the same decode."""
     key = context.partition_key
     if _score_only(context, curation_storage):
-        manifest = curate.read_manifest(curation_storage.out(), key, "clips")  # the cut stands
+        manifest = partitions.read_manifest(curation_storage.out(), key, "clips")  # the cut stands
     else:
-        manifest = curate.scene_clips(curation_storage.source(), curation_storage.out(), key,
-                                      curation_storage.curation_config())
+        manifest = clips_step.scene_clips(curation_storage.source(), curation_storage.out(), key,
+                                          curation_storage.curation_config())
     _fail_for_retry(manifest, "scene_clips")
-    clips = curate.read_clips(curation_storage.out(), key)
+    clips = clips_step.read_clips(curation_storage.out(), key)
     return MaterializeResult(metadata={
         "clips": manifest["clips"], "frames": int(clips["num_frames"].sum()) if len(clips) else 0,
         "scenes": len(manifest.get("scenes", [])), "dropped_pieces": len(manifest.get("dropped", [])),
@@ -182,12 +187,12 @@ def scored_clips(context: AssetExecutionContext, curation_storage: CurationStora
     """Captions and scores per clip: flow, ocr, quality (and aes, match with CLIP weights)."""
     key = context.partition_key
     out = curation_storage.out()
-    manifest = curate.scored_clips(out, key, curation_storage.curation_config(),
-                                   curate.Captioning.from_config(curation_storage.curation_config()))
+    manifest = scores_step.scored_clips(out, key, curation_storage.curation_config(),
+                                        scores_step.Captioning.from_config(curation_storage.curation_config()))
     for name, reason in manifest["skipped"].items():
         context.log.warning(f"scorer {name} skipped: {reason}")
     _fail_for_retry(manifest, "scored_clips")
-    table = curate.read_scores(out, key)
+    table = scores_step.read_scores(out, key)
     return MaterializeResult(metadata={
         "clips": manifest["clips"], "scorers": ", ".join(f"{n} {s['version']}" for n, s in manifest["scorers"].items()),
         "skipped": "; ".join(f"{n}: {r}" for n, r in manifest["skipped"].items()) or "none",
@@ -205,7 +210,7 @@ def training_dataset(context: AssetExecutionContext, curation_storage: CurationS
     replaced, so their clips leave the table at the next merge."""
     out = curation_storage.out()
     keys = context.instance.get_dynamic_partitions(raw_partitions.name)
-    summary = curate.training_dataset(out, keys, curation_storage.curation_config(), curation_storage.source())
+    summary = dataset_step.training_dataset(out, keys, curation_storage.curation_config(), curation_storage.source())
     for warning in summary.warnings:
         context.log.warning(warning)
     with out.local_copy("meta.parquet") as local:
@@ -236,8 +241,8 @@ def training_dataset_not_empty(curation_storage: CurationStorage) -> AssetCheckR
 @asset_check(asset=training_dataset, description="Required columns present and non-null (fps: videos only).")
 def training_dataset_columns(curation_storage: CurationStorage) -> AssetCheckResult:
     meta = _meta(curation_storage)
-    problems = [f"missing column {c}" for c in curate.REQUIRED_COLUMNS if c not in meta]
-    problems += [f"{c}: {n} nulls" for c in curate.REQUIRED_COLUMNS if c in meta and (n := int(meta[c].isna().sum()))]
+    problems = [f"missing column {c}" for c in dataset_step.REQUIRED_COLUMNS if c not in meta]
+    problems += [f"{c}: {n} nulls" for c in dataset_step.REQUIRED_COLUMNS if c in meta and (n := int(meta[c].isna().sum()))]
     if "fps" in meta and "media" in meta:
         nulls = int(meta.loc[meta["media"] == "video", "fps"].isna().sum())
         if nulls:

@@ -45,18 +45,15 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from opensora_core.data.config import load_curation_config
-from opensora_core.data.curate import (
-    CURATION_OPENCV_THREADS,
-    curate,
-    raw_videos,
-    scene_clips,
-    scored_clips,
-)
+from opensora_core.curation.config import load_curation_config
+from opensora_core.curation.ingest import register_inputs
+from opensora_core.curation.raw_videos import raw_videos
+from opensora_core.curation.runner import curate
+from opensora_core.curation.scene_clips import CURATION_OPENCV_THREADS, scene_clips
+from opensora_core.curation.scenes.cutter import cut_scenes
+from opensora_core.curation.scored_clips import scored_clips
+from opensora_core.curation.storage import Storage
 from opensora_core.data.frame_arrays import frame_array
-from opensora_core.data.ingest import register_inputs
-from opensora_core.data.scenes import cut_scenes
-from opensora_core.data.storage import Storage
 from opensora_core.data.synthetic import moving_shape_clip
 from opensora_core.infer.export import write_video
 from opensora_core.utils.opencv_threads import opencv_threads
@@ -135,7 +132,7 @@ def synthetic_video(path: Path, seed: int, frames: int, height: int, width: int)
 def ocr_note(config) -> str:
     """Which Tesseract the ocr scorer used, and what loading the library's model costs
     (once per process: the per-video minimums above do not include it)."""
-    from opensora_core.data.scoring import ocr
+    from opensora_core.curation.scoring import ocr
 
     backend, missing = ocr.choose_backend(config.scorers.ocr)
     if backend is None:

@@ -14,8 +14,8 @@ import typer
 from rich.table import Table
 
 from opensora_core.config import ConfigError
+from opensora_core.curation.cli import data_app
 from opensora_core.data.cache_cli import cache_app
-from opensora_core.data.cli import data_app
 from opensora_core.eval.cli import eval_command
 from opensora_core.utils.cli import console, err_console, fail
 

@@ -195,8 +195,8 @@ def run_pipeline(root: Path, profile: str = "embedded", console: Console | None 
     `environment` adds variables the resources read (`OPENSORA_MAX_STEPS=2`, ...)."""
     from rich.progress import Progress
 
-    from opensora_core.data.curate import clip_origins
-    from opensora_core.data.storage import Storage
+    from opensora_core.curation.scene_clips import clip_origins
+    from opensora_core.curation.storage import Storage
     from opensora_core.data.synthetic import DEMO_DATASET, synth
     from orchestration.definitions import build_definitions
     from orchestration.local_run import (

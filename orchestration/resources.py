@@ -20,8 +20,8 @@ from torchx import specs
 from torchx.runner import get_runner
 
 from opensora_core.config import load_profile, project_root
-from opensora_core.data.config import CurationConfig, load_curation_config
-from opensora_core.data.storage import FileList, Storage, open_source
+from opensora_core.curation.config import CurationConfig, load_curation_config
+from opensora_core.curation.storage import FileList, Storage, open_source
 from orchestration.launch.components import DEFAULT_IMAGE
 
 # The folder holding opensora_core/ and orchestration/: what a local job must import.

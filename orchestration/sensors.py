@@ -23,7 +23,7 @@ from assets_defs.curation import (
     scene_clips,
     scored_clips,
 )
-from opensora_core.data.ingest import INDEX_FILE, register_inputs
+from opensora_core.curation.ingest import INDEX_FILE, register_inputs
 from orchestration.resources import CurationStorage
 from orchestration.schedules import retrain_job
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from opensora_core.data.config import CurationConfig
+from opensora_core.curation.config import CurationConfig
 from opensora_core.data.synthetic import moving_shape_clip, shape_image
 from opensora_core.infer.export import write_image, write_video
 

@@ -48,7 +48,7 @@ def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
 def save_aesthetic_head(path: Path, seed: int = 0) -> Path:
     """Random weights of the aesthetic predictor's MLP over the tiny CLIP's embeddings,
     keyed as the published state dict (`layers.N.weight`)."""
-    from opensora_core.data.scoring.clip_models import aesthetic_head
+    from opensora_core.curation.scoring.clip_models import aesthetic_head
 
     torch.manual_seed(seed)
     head = aesthetic_head(CLIP_PROJECTION)

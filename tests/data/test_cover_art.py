@@ -9,8 +9,8 @@ import av
 import numpy as np
 import pandas as pd
 
-from opensora_core.data.config import CurationConfig
-from opensora_core.data.curate import curate
+from opensora_core.curation.config import CurationConfig
+from opensora_core.curation.runner import curate
 from opensora_core.data.video_io import read_frames
 from tests.data.corpus import mux_silence
 

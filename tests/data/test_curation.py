@@ -10,13 +10,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from opensora_core.data import curate as curate_module
-from opensora_core.data.config import OCRConfig
-from opensora_core.data.curate import OPENSORA_COLUMNS, apply_filters, curate, training_dataset
-from opensora_core.data.ingest import partition_key, register_inputs
-from opensora_core.data.scoring import SCORE_RANGES
-from opensora_core.data.scoring.ocr import choose_backend
-from opensora_core.data.storage import Storage
+from opensora_core.curation import partitions, runner
+from opensora_core.curation import scene_clips as clips_step
+from opensora_core.curation import scored_clips as scores_step
+from opensora_core.curation import training_dataset as dataset_step
+from opensora_core.curation.config import OCRConfig
+from opensora_core.curation.ingest import partition_key, register_inputs
+from opensora_core.curation.runner import curate
+from opensora_core.curation.scoring import SCORE_RANGES
+from opensora_core.curation.scoring.ocr import choose_backend
+from opensora_core.curation.storage import Storage
+from opensora_core.curation.training_dataset import (
+    OPENSORA_COLUMNS,
+    apply_filters,
+    training_dataset,
+)
 from opensora_core.data.video_io import read_frames
 from tests.data.corpus import EXPECTED, corpus_config, make_corpus
 
@@ -60,14 +68,14 @@ def test_mp4_scenes_on_keyframes_are_copied_and_other_sources_encoded(curated):
     out = Storage(root / "out")
     copied = {}
     for key in out.listdir("partitions"):
-        manifest = curate_module.read_manifest(out, key, "clips")
+        manifest = partitions.read_manifest(out, key, "clips")
         if manifest and manifest["clips"] and "stream_copied" in manifest:
-            copied[PurePosixPath(curate_module.read_manifest(out, key, "raw")["path"]).name] = \
+            copied[PurePosixPath(partitions.read_manifest(out, key, "raw")["path"]).name] = \
                 (manifest["stream_copied"], manifest["clips"])
     # H.264 mp4 from the synthesiser: each shot starts on a keyframe. MKV is always encoded.
     assert copied["red left.mp4"] == (1, 1) and copied["odd_size.mkv"] == (0, 1)
     assert copied["two_scenes.mp4"][0] >= 1  # the first scene starts on the first keyframe
-    total = curate_module.clip_origins(out, out.listdir("partitions"))
+    total = clips_step.clip_origins(out, out.listdir("partitions"))
     assert total == (sum(c for c, _ in copied.values()), sum(n - c for c, n in copied.values()))
     assert total[0] >= 2 and total[1] >= 1
 
@@ -114,8 +122,8 @@ def test_rerun_reuses_partitions_and_new_file_costs_one_partition(curated, tmp_p
     shutil.copytree(root / "raw", raw)
     shutil.copytree(root / "out", out)
     calls = []
-    original = curate_module.scene_clips
-    monkeypatch.setattr(curate_module, "scene_clips", lambda *a, **k: calls.append(a[2]) or original(*a, **k))
+    original = clips_step.scene_clips
+    monkeypatch.setattr(runner, "scene_clips", lambda *a, **k: calls.append(a[2]) or original(*a, **k))
     summary = curate(raw, out, corpus_config())  # paths differ from the first run: everything re-probed
     calls.clear()
     before = {p: p.stat().st_mtime_ns for p in (out / "partitions").rglob("*.mp4")}
@@ -153,7 +161,7 @@ def test_partition_keys_are_ascii_and_depend_on_path_and_content():
 
 
 def test_ocr_skipped_with_warning_when_tesseract_missing(tmp_path, monkeypatch, caplog):
-    from opensora_core.data.scoring import ocr
+    from opensora_core.curation.scoring import ocr
 
     # A user without root: neither the binary nor the library's language data.
     monkeypatch.setattr(ocr.shutil, "which", lambda name: None)
@@ -191,7 +199,7 @@ def test_output_to_an_fsspec_object_store(tmp_path):
 def test_megamind_has_four_scenes_matching_pyscenedetect(videos_dir, tmp_path):
     import scenedetect
 
-    from opensora_core.data.scenes import cut_scenes
+    from opensora_core.curation.scenes.cutter import cut_scenes
 
     counted = []
     cut = cut_scenes(videos_dir / "Megamind.avi", tmp_path, "m", progress=counted.append)
@@ -231,7 +239,7 @@ def _copy_output(root, tmp_path):
 
 def _video_keys(out: Storage) -> list[str]:
     return sorted(k for k in out.listdir("partitions")
-                  if (curate_module.read_manifest(out, k, "clips") or {}).get("sample_scores"))
+                  if (partitions.read_manifest(out, k, "clips") or {}).get("sample_scores"))
 
 
 def test_scores_computed_while_cutting_are_reused_without_decoding(curated, tmp_path, monkeypatch):
@@ -241,33 +249,33 @@ def test_scores_computed_while_cutting_are_reused_without_decoding(curated, tmp_
     assert len(keys) >= 4  # every kept video was scored while it was cut
     expected = {"flow", "quality"} | ({"ocr"} if HAVE_TESSERACT else set())
     for key in keys:
-        assert set(curate_module.read_manifest(out, key, "scores")["reused"]) == expected
-    before = curate_module.read_scores(out, keys[0])
+        assert set(partitions.read_manifest(out, key, "scores")["reused"]) == expected
+    before = scores_step.read_scores(out, keys[0])
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("clips decoded although their scores are stored")
 
-    monkeypatch.setattr(curate_module, "read_samples", no_decoding)
-    manifest = curate_module.scored_clips(out, keys[0], corpus_config())
+    monkeypatch.setattr(scores_step, "read_samples", no_decoding)
+    manifest = scores_step.scored_clips(out, keys[0], corpus_config())
     assert set(manifest["reused"]) == expected
-    pd.testing.assert_frame_equal(curate_module.read_scores(out, keys[0]), before)
+    pd.testing.assert_frame_equal(scores_step.read_scores(out, keys[0]), before)
     # Changed flow settings: flow is scored again by decoding the clips, the rest reused.
     monkeypatch.undo()
     config = corpus_config()
     config.scorers.flow.samples = 3
-    manifest = curate_module.scored_clips(out, keys[0], config)
+    manifest = scores_step.scored_clips(out, keys[0], config)
     assert set(manifest["reused"]) == expected - {"flow"}
-    assert curate_module.read_scores(out, keys[0])["flow"].notna().all()
+    assert scores_step.read_scores(out, keys[0])["flow"].notna().all()
 
 
 def _source_scores(out: Storage, key: str, config) -> tuple[pd.DataFrame, list[dict]]:
     """The stored scores of partition `key`, and the same scorers on the source's RGB frames."""
-    from opensora_core.data.scoring.base import ClipSamples
-    from opensora_core.data.scoring.flow import FlowScorer
-    from opensora_core.data.scoring.quality import QualityScorer
+    from opensora_core.curation.scoring.base import ClipSamples
+    from opensora_core.curation.scoring.flow import FlowScorer
+    from opensora_core.curation.scoring.quality import QualityScorer
 
-    stored = curate_module.read_scores(out, key)
-    source = curate_module.read_manifest(out, key, "raw")["source"]
+    stored = scores_step.read_scores(out, key)
+    source = partitions.read_manifest(out, key, "raw")["source"]
     recomputed = []
     for row in stored.itertuples():
         frames = read_frames(source, row.num_frames, start=row.start_frame)
@@ -278,7 +286,7 @@ def _source_scores(out: Storage, key: str, config) -> tuple[pd.DataFrame, list[d
 
 
 def test_scores_while_cutting_are_the_scores_of_the_source_frames(curated):
-    from opensora_core.data.scoring.quality import QualityScorer
+    from opensora_core.curation.scoring.quality import QualityScorer
 
     root, _, _ = curated
     out = Storage(root / "out")
@@ -309,7 +317,7 @@ def test_scores_while_cutting_real_footage(videos_dir, tmp_path):
 
 
 def test_a_scorer_failing_while_cutting_is_scored_by_decoding(tmp_path, monkeypatch, caplog):
-    from opensora_core.data.scoring.quality import QualityScorer
+    from opensora_core.curation.scoring.quality import QualityScorer
 
     original = QualityScorer.score
 
@@ -338,8 +346,8 @@ def test_merge_reads_partitions_as_pandas_concat_would(curated, tmp_path, monkey
     written = {}
     for merge in ("arrow", "pandas"):
         if merge == "pandas":
-            monkeypatch.setattr(curate_module, "_read_all_scores", lambda out, keys: pd.concat(
-                [curate_module.read_scores(out, k) for k in keys], ignore_index=True))
+            monkeypatch.setattr(dataset_step, "_read_all_scores", lambda out, keys: pd.concat(
+                [scores_step.read_scores(out, k) for k in keys], ignore_index=True))
         training_dataset(out, keys, corpus_config(min_flow=None))
         written[merge] = {name: (tmp_path / "out" / name).read_bytes()
                           for name in ("meta.csv", "filtered.csv", "rejected.csv", "summary.json")}
@@ -352,7 +360,11 @@ def test_merge_parses_only_partitions_changed_since_the_last_merge(tmp_path, mon
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from opensora_core.data.curate import MERGED_SCORES, _MergedScores, _read_all_scores
+    from opensora_core.curation.training_dataset import (
+        MERGED_SCORES,
+        _MergedScores,
+        _read_all_scores,
+    )
 
     out = Storage(tmp_path)
 
@@ -407,18 +419,18 @@ def test_scenes_are_cut_with_one_opencv_thread_and_the_setting_restored(curated,
     root, _, _ = curated
     out = _copy_output(root, tmp_path)
     key = _video_keys(out)[0]
-    seen, cut_and_score = [], curate_module._cut_and_score
+    seen, cut_and_score = [], clips_step._cut_and_score
 
     def recording(*args, **kwargs):
         seen.append(cv2.getNumThreads())
         return cut_and_score(*args, **kwargs)
 
-    monkeypatch.setattr(curate_module, "_cut_and_score", recording)
+    monkeypatch.setattr(clips_step, "_cut_and_score", recording)
     before = cv2.getNumThreads()
     with opencv_threads(3):
-        curate_module.scene_clips(Storage(root / "raw"), out, key, corpus_config())
+        clips_step.scene_clips(Storage(root / "raw"), out, key, corpus_config())
         assert cv2.getNumThreads() == 3  # an enclosing setting survives the inner one
-    assert seen == [curate_module.CURATION_OPENCV_THREADS] == [1]
+    assert seen == [clips_step.CURATION_OPENCV_THREADS] == [1]
     assert cv2.getNumThreads() == before
 
 
@@ -430,8 +442,8 @@ def test_an_edited_sidecar_caption_is_read_again_without_cutting(tmp_path, monke
     (raw / "two_scenes.txt").write_text("first caption")
     curate(raw, tmp_path / "out", corpus_config())
     cuts = []
-    original = curate_module._cut_and_score
-    monkeypatch.setattr(curate_module, "_cut_and_score", lambda *a, **k: cuts.append(a[0]) or original(*a, **k))
+    original = clips_step._cut_and_score
+    monkeypatch.setattr(clips_step, "_cut_and_score", lambda *a, **k: cuts.append(a[0]) or original(*a, **k))
 
     def captions() -> dict[str, set]:
         meta = pd.read_csv(tmp_path / "out" / "meta.csv", keep_default_na=False)
@@ -477,9 +489,9 @@ def test_an_empty_model_caption_is_no_caption(tmp_path):
     out = Storage(tmp_path / "out")
     key = _video_keys(out)[0]
     answers = iter(["", "  two   shapes \n"])
-    captioning = curate_module.Captioning(model=lambda frames: [next(answers) for _ in frames])
-    curate_module.scored_clips(out, key, config, captioning)
-    scores = curate_module.read_scores(out, key)
+    captioning = scores_step.Captioning(model=lambda frames: [next(answers) for _ in frames])
+    scores_step.scored_clips(out, key, config, captioning)
+    scores = scores_step.read_scores(out, key)
     assert scores["text"].isna().tolist() == [True, False] and scores["text"].iloc[1] == "two shapes"
     assert scores["text_source"].isna().tolist() == [True, False] and scores["text_source"].iloc[1] == "model"
 
@@ -492,14 +504,14 @@ def test_outputs_of_an_older_probe_or_cutter_are_made_again(tmp_path, monkeypatc
     curate(raw, tmp_path / "out", corpus_config())
     steps = []
     for step in ("raw_videos", "scene_clips"):
-        original = getattr(curate_module, step)
-        monkeypatch.setattr(curate_module, step, lambda *a, _f=original, _s=step, **k: steps.append(_s) or _f(*a, **k))
+        original = getattr(runner, step)
+        monkeypatch.setattr(runner, step, lambda *a, _f=original, _s=step, **k: steps.append(_s) or _f(*a, **k))
     curate(raw, tmp_path / "out", corpus_config())
     assert steps == []
-    monkeypatch.setattr(curate_module, "CUTTER_VERSION", curate_module.CUTTER_VERSION + 1)
+    monkeypatch.setattr(partitions, "CUTTER_VERSION", partitions.CUTTER_VERSION + 1)
     curate(raw, tmp_path / "out", corpus_config())
     assert steps == ["scene_clips", "scene_clips"]
-    monkeypatch.setattr(curate_module, "PROBE_VERSION", curate_module.PROBE_VERSION + 1)
+    monkeypatch.setattr(partitions, "PROBE_VERSION", partitions.PROBE_VERSION + 1)
     curate(raw, tmp_path / "out", corpus_config())
     assert steps[2:] == ["raw_videos", "scene_clips"] * 2
 
@@ -519,8 +531,8 @@ def test_moved_folders_give_a_table_of_paths_that_are_there(tmp_path):
     shutil.move(raw, tmp_path / "moved-raw")
     calls = []
     with pytest.MonkeyPatch.context() as patch:
-        original = curate_module.scene_clips
-        patch.setattr(curate_module, "scene_clips", lambda *a, **k: calls.append(a[2]) or original(*a, **k))
+        original = clips_step.scene_clips
+        patch.setattr(runner, "scene_clips", lambda *a, **k: calls.append(a[2]) or original(*a, **k))
         curate(tmp_path / "moved-raw", tmp_path / "moved-out", corpus_config())
     assert calls == []
     meta = pd.read_csv(tmp_path / "moved-out" / "meta.csv")

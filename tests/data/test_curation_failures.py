@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from opensora_core.cli import app
-from opensora_core.data.curate import curate
-from opensora_core.data.scoring.flow import FlowScorer
+from opensora_core.curation.runner import curate
+from opensora_core.curation.scoring.flow import FlowScorer
 from opensora_core.data.synthetic import moving_shape_clip
 from tests.data.corpus import EXPECTED, corpus_config, make_corpus
 
@@ -55,14 +55,14 @@ def test_a_video_the_encoder_cannot_write_is_rejected_and_the_others_kept(tmp_pa
     assert clips["retry"] and not list((tmp_path / "out" / "partitions").glob("wide*/clips/*.mp4"))
     # Marked for retry: the next run cuts it again (a transient failure may pass then).
     calls = []
-    import opensora_core.data.curate as curate_module
+    from opensora_core.curation import scene_clips as clips_step
 
-    original = curate_module._cut_and_score
-    curate_module._cut_and_score = lambda *a, **k: calls.append(a[0]) or original(*a, **k)
+    original = clips_step._cut_and_score
+    clips_step._cut_and_score = lambda *a, **k: calls.append(a[0]) or original(*a, **k)
     try:
         curate(raw, tmp_path / "out", config)
     finally:
-        curate_module._cut_and_score = original
+        clips_step._cut_and_score = original
     assert len(calls) == 1  # wide.mkv only; the good files are up to date
 
 

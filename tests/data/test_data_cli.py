@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from opensora_core.cli import app
 from opensora_core.config import ConfigError
-from opensora_core.data.config import load_curation_config
+from opensora_core.curation.config import load_curation_config
 from opensora_core.data.synthetic import COLORS, DIRECTIONS, SHAPES, shape_image
 
 runner = CliRunner()

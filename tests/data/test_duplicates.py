@@ -8,8 +8,8 @@ import shutil
 import pandas as pd
 from PIL import Image
 
-from opensora_core.data.config import CurationConfig
-from opensora_core.data.curate import curate
+from opensora_core.curation.config import CurationConfig
+from opensora_core.curation.runner import curate
 from opensora_core.data.synthetic import moving_shape_clip, shape_image
 from opensora_core.infer.export import write_video
 
@@ -53,7 +53,7 @@ def test_files_with_the_same_content_give_rows_once(tmp_path):
 
 
 def test_rows_without_a_content_hash_are_never_duplicates():
-    from opensora_core.data.curate import _drop_duplicate_files
+    from opensora_core.curation.training_dataset import _drop_duplicate_files
 
     table = pd.DataFrame({"source": ["a", "b", "c", "d"], "source_sha256": ["x", "x", None, None],
                           "partition": ["pa", "pb", "pc", "pd"]})

@@ -15,9 +15,10 @@ import pytest
 from typer.testing import CliRunner
 
 from opensora_core.cli import app
-from opensora_core.data.curate import curate, read_manifest
-from opensora_core.data.ingest import register_inputs
-from opensora_core.data.storage import FileList, Storage, open_source
+from opensora_core.curation.ingest import register_inputs
+from opensora_core.curation.partitions import read_manifest
+from opensora_core.curation.runner import curate
+from opensora_core.curation.storage import FileList, Storage, open_source
 from opensora_core.data.synthetic import moving_shape_clip, shape_image
 from tests.data.corpus import corpus_config
 
@@ -89,7 +90,7 @@ def test_every_listed_entry_is_kept_or_rejected_with_its_reason(listed, monkeypa
     assert (meta.loc[meta["source"] == "memory://lists-test/d.png", "media"] == "image").all()
     assert summary.kept == len(meta) and summary.rejected == 2
     # A second look hashes nothing again: local files by mtime, http by its Last-Modified.
-    from opensora_core.data import ingest
+    from opensora_core.curation import ingest
 
     hashed = []
     monkeypatch.setattr(ingest, "sha256_file", lambda storage, rel: hashed.append(rel))
@@ -144,7 +145,7 @@ def test_cli_curates_a_list_and_names_a_bad_one(tmp_path):
 def test_modification_times_of_every_store():
     import datetime
 
-    from opensora_core.data.storage import modified_time
+    from opensora_core.curation.storage import modified_time
 
     moment = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
     assert modified_time({"mtime": 1.5}) == 1.5  # local
@@ -155,8 +156,8 @@ def test_modification_times_of_every_store():
 
 
 def test_signed_urls_are_typed_by_their_path_and_have_no_sidecar():
-    from opensora_core.data.captions import read_sidecar
-    from opensora_core.data.ingest import file_suffix, media_kind
+    from opensora_core.curation.captions import read_sidecar
+    from opensora_core.curation.ingest import file_suffix, media_kind
 
     url = "https://host/bucket/clip.MP4?X-Signature=a.b&exp=1#t=3"
     assert file_suffix(url) == ".mp4" and media_kind(url, corpus_config()) == "video"
@@ -170,7 +171,7 @@ def test_signed_urls_are_typed_by_their_path_and_have_no_sidecar():
 
 
 def test_a_store_error_is_recorded_and_retried_and_a_probe_bug_raised(tmp_path, monkeypatch):
-    from opensora_core.data import curate as curate_module
+    from opensora_core.curation import raw_videos as raw_step
 
     _video(tmp_path / "v.mp4")
     (tmp_path / "list.txt").write_text("v.mp4\n")
@@ -193,14 +194,14 @@ def test_a_store_error_is_recorded_and_retried_and_a_probe_bug_raised(tmp_path, 
     def broken_probe(local, raw):
         raise KeyError("a bug in the probe")
 
-    monkeypatch.setattr(curate_module, "probe_file", broken_probe)
+    monkeypatch.setattr(raw_step, "probe_file", broken_probe)
     raw = register_inputs(open_source(tmp_path / "list.txt"), corpus_config())[0]
     with pytest.raises(KeyError, match="a bug in the probe"):
-        curate_module.raw_videos(open_source(tmp_path / "list.txt"), out, raw, corpus_config())
+        raw_step.raw_videos(open_source(tmp_path / "list.txt"), out, raw, corpus_config())
 
 
 def test_a_remote_file_is_fetched_once_for_its_probe_and_its_cut(tmp_path, monkeypatch):
-    from opensora_core.data import storage
+    from opensora_core.curation import storage
 
     video = _video(tmp_path / "v.mp4")
     memory = fsspec.filesystem("memory")

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from opensora_core.data import curate as curate_module
-from opensora_core.data.config import CurationConfig
-from opensora_core.data.curate import curate
+from opensora_core.curation import partitions
+from opensora_core.curation.config import CurationConfig
+from opensora_core.curation.runner import curate
+from opensora_core.curation.storage import Storage
 from opensora_core.data.images import read_image_rgb
 from opensora_core.data.synthetic import moving_shape_clip
 from opensora_core.infer.export import write_video
@@ -79,9 +80,9 @@ def test_an_exif_oriented_photo_is_a_sample_as_shown(tmp_path, orientation):
     assert np.abs(read_image_rgb(tmp_path / "raw" / "photo.jpg").astype(int) - sample).mean() < 2  # saved again
     assert (tmp_path / "raw" / "photo.jpg").stat().st_size * 0.8 < Path(row["path"]).stat().st_size < \
         (tmp_path / "raw" / "photo.jpg").stat().st_size * 2
-    manifest = curate_module.read_manifest(curate_module.Storage(tmp_path / "out"), row["partition"], "clips")
+    manifest = partitions.read_manifest(Storage(tmp_path / "out"), row["partition"], "clips")
     assert manifest["rewritten"] == f"EXIF orientation {orientation}"
-    probe = curate_module.read_manifest(curate_module.Storage(tmp_path / "out"), row["partition"], "raw")["probe"]
+    probe = partitions.read_manifest(Storage(tmp_path / "out"), row["partition"], "raw")["probe"]
     assert (probe["rotation"], probe["mirrored"]) == {3: (180, False), 6: (270, False), 8: (90, False),
                                                       2: (0, True), 4: (180, True), 5: (90, True),
                                                       7: (270, True)}[orientation]
@@ -153,7 +154,7 @@ def test_the_image_version_redoes_images_only(tmp_path, monkeypatch):
                 for m in (tmp_path / "out" / "partitions").glob("*/raw/manifest.json")}
 
     before = stamps()
-    monkeypatch.setattr(curate_module, "IMAGE_VERSION", curate_module.IMAGE_VERSION + 1)
+    monkeypatch.setattr(partitions, "IMAGE_VERSION", partitions.IMAGE_VERSION + 1)
     curate(raw, tmp_path / "out", _config())
     after = stamps()
     changed = {key for key in before if before[key] != after[key]}
@@ -181,7 +182,7 @@ def test_a_damaged_exif_block_is_no_orientation(tmp_path):
     summary = curate(raw, tmp_path / "out", _config())
     assert (summary.kept, summary.rejected) == (2, 0)  # not a duplicate: same pixels, other bytes
     np.testing.assert_array_equal(read_image_rgb(raw / "odd exif.png"), _displayed())
-    scores = curate_module.read_manifest(curate_module.Storage(tmp_path / "out"),
+    scores = partitions.read_manifest(Storage(tmp_path / "out"),
                                          _rows(tmp_path / "out")["odd exif.png"]["partition"], "scores")
     assert scores["failures"] == [] and not scores["retry"]
 

@@ -10,11 +10,12 @@ import av
 import numpy as np
 import pytest
 
-from opensora_core.data import curate as curate_module
-from opensora_core.data.config import CurationConfig
-from opensora_core.data.curate import curate
+from opensora_core.curation import partitions
+from opensora_core.curation import scene_clips as clips_step
+from opensora_core.curation.config import CurationConfig
+from opensora_core.curation.runner import curate
+from opensora_core.curation.storage import Storage
 from opensora_core.data.frame_arrays import square_pixel_width
-from opensora_core.data.storage import Storage
 from opensora_core.data.video_io import read_frames
 
 SCENE, HEIGHT, WIDTH, STEP = 24, 64, 160, 4  # frames per scene; the bar moves STEP px a frame
@@ -73,13 +74,13 @@ def test_interlaced_video_is_cut_deinterlaced_frame_for_frame(tmp_path, aspect):
     out = Storage(tmp_path / "out")
     key = next(p.name for p in (tmp_path / "out" / "partitions").iterdir())
     width = square_pixel_width(WIDTH, aspect)
-    probe = curate_module.read_manifest(out, key, "raw")["probe"]
+    probe = partitions.read_manifest(out, key, "raw")["probe"]
     assert probe["interlaced"] and probe["width"] == width
-    manifest = curate_module.read_manifest(out, key, "clips")
+    manifest = partitions.read_manifest(out, key, "clips")
     assert manifest["stream_copied"] == 0 and manifest["scenes"] == [[0, SCENE], [SCENE, 2 * SCENE]]
     expected = STEP * (np.arange(2 * SCENE) % SCENE) + 8 + STEP / 4  # the bar between its two fields
     scale = width / WIDTH
-    for clip in curate_module.read_clips(out, key).itertuples():
+    for clip in clips_step.read_clips(out, key).itertuples():
         with av.open(clip.path) as container:
             frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
         assert len(frames) == clip.num_frames == SCENE and frames.shape[2] == width
@@ -111,7 +112,7 @@ def _segment(path: Path, height: int, width: int, frames: int, background: tuple
 def test_a_recording_that_changes_size_is_cut_at_both_sizes(tmp_path):
     """A broadcast recording switching resolution: deinterlacing follows the new size
     (yadif's graph was set up once and failed on it), and read_frames stops at it."""
-    from opensora_core.data.scenes import cut_scenes
+    from opensora_core.curation.scenes.cutter import cut_scenes
 
     recording = tmp_path / "recording.ts"
     recording.write_bytes(_segment(tmp_path / "a.ts", 64, 160, SCENE, (40, 40, 40))

@@ -16,12 +16,13 @@ import pytest
 
 from opensora_core import cli
 from opensora_core.config import ConfigError
-from opensora_core.data import curate as curate_module
-from opensora_core.data.config import CurationConfig, content_digest
-from opensora_core.data.curate import curate
-from opensora_core.data.scoring import SCORE_RANGES, build_scorers, read_samples
-from opensora_core.data.scoring.clip_models import AestheticScorer
-from opensora_core.data.storage import Storage
+from opensora_core.curation import partitions, runner
+from opensora_core.curation import scored_clips as scores_step
+from opensora_core.curation.config import CurationConfig, content_digest
+from opensora_core.curation.runner import curate
+from opensora_core.curation.scoring import SCORE_RANGES, build_scorers, read_samples
+from opensora_core.curation.scoring.clip_models import AestheticScorer
+from opensora_core.curation.storage import Storage
 from opensora_core.data.synthetic import synth
 from tests.data.learned_models import save_aesthetic_head, save_tiny_captioner, save_tiny_clip
 
@@ -84,7 +85,7 @@ def test_aes_and_match_come_from_the_clip_weights(dataset, models):
     samples = read_samples(row["path"], row["clip_id"], int(row["num_frames"]), scorer.positions(row["num_frames"]))
     assert scorer.score([samples])[0]["aes"] == pytest.approx(row["aes"], rel=1e-5)
     # The manifests name the weights' contents.
-    manifest = curate_module.read_manifest(Storage(root / "out"), row["partition"], "scores")
+    manifest = partitions.read_manifest(Storage(root / "out"), row["partition"], "scores")
     clip, mlp = content_digest(str(models["clip"])), content_digest(str(models["mlp"]))
     assert manifest["scorers"]["aes"]["version"] == f"clip-vit-l14-mlp-1+{clip}+{mlp}"
     assert manifest["scorers"]["match"]["version"] == f"clip-cosine-1+{clip}"
@@ -111,8 +112,8 @@ def test_filters_on_aes_and_match_filter_and_reject_with_reasons(dataset, tmp_pa
     filters = {"min_aes": float(meta["aes"].nsmallest(2).iloc[-1]),
                "min_match": float(rest["match"].nsmallest(2).iloc[-1])}
     rescored = []
-    original = curate_module.scored_clips
-    monkeypatch.setattr(curate_module, "scored_clips", lambda *a, **k: rescored.append(a[1]) or original(*a, **k))
+    original = runner.scored_clips
+    monkeypatch.setattr(runner, "scored_clips", lambda *a, **k: rescored.append(a[1]) or original(*a, **k))
     summary = curate(root / "raw", tmp_path / "out", config.model_copy(update={
         "filters": config.filters.model_copy(update=filters)}))
     assert not rescored  # thresholds are no scorer setting: nothing is scored again
@@ -139,8 +140,8 @@ def test_new_weights_at_the_same_path_score_again(dataset, models, tmp_path, mon
     curate(root / "raw", tmp_path / "out", moved)
     before = pd.read_parquet(tmp_path / "out" / "meta.parquet").set_index("clip_id")
     rescored = []
-    original = curate_module.scored_clips
-    monkeypatch.setattr(curate_module, "scored_clips", lambda *a, **k: rescored.append(a[1]) or original(*a, **k))
+    original = runner.scored_clips
+    monkeypatch.setattr(runner, "scored_clips", lambda *a, **k: rescored.append(a[1]) or original(*a, **k))
     curate(root / "raw", tmp_path / "out", moved)
     assert not rescored  # the same weights: the stored scores stand
     save_aesthetic_head(mlp, seed=1)
@@ -149,7 +150,7 @@ def test_new_weights_at_the_same_path_score_again(dataset, models, tmp_path, mon
     after = pd.read_parquet(tmp_path / "out" / "meta.parquet").set_index("clip_id").loc[before.index]
     assert not np.allclose(after["aes"], before["aes"])
     np.testing.assert_allclose(after["match"], before["match"], rtol=1e-5)  # the same CLIP
-    manifest = curate_module.read_manifest(Storage(tmp_path / "out"), after["partition"].iloc[0], "scores")
+    manifest = partitions.read_manifest(Storage(tmp_path / "out"), after["partition"].iloc[0], "scores")
     assert manifest["scorers"]["aes"]["version"].endswith(content_digest(str(mlp)))
 
 
@@ -188,7 +189,7 @@ def test_imported_tables_caption_clips_through_curate(tmp_path):
     assert list(meta.loc[meta["source"] == str(raw / "other.mp4"), "text"]) == ["two shots", "two shots"]
     assert meta.loc[meta["source"] == str(raw / "shots.mp4"), "text"].isna().all()
     # Nothing to score: the table is not parsed again (a full Panda-70M table takes minutes).
-    from opensora_core.data.captions import CaptionTable
+    from opensora_core.curation.captions import CaptionTable
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(CaptionTable, "from_csv", classmethod(lambda cls, path: pytest.fail("parsed, nothing to do")))
@@ -234,15 +235,15 @@ def test_config_mistakes_fail_before_any_file_is_read(mistake, dataset, models, 
     config = CurationConfig.model_validate({"scorers": scorers})
     if mistake in TABLE_BODY_MISTAKES:  # the table is read whole once some clip is to be scored: before any
         for step in ("raw_videos", "scene_clips", "scored_clips"):  # file is processed
-            monkeypatch.setattr(curate_module, step, lambda *a, **k: pytest.fail("a file was processed"))
+            monkeypatch.setattr(runner, step, lambda *a, **k: pytest.fail("a file was processed"))
     else:  # paths and headers: before any file is read
-        monkeypatch.setattr(curate_module, "register_inputs", lambda *a, **k: pytest.fail("an input was read"))
+        monkeypatch.setattr(runner, "register_inputs", lambda *a, **k: pytest.fail("an input was read"))
     with pytest.raises(ConfigError) as err:
         curate(root / "raw", tmp_path / "fresh-out", config)
     assert str(err.value).startswith(f"{key}: ") and expected.format(**fill) in str(err.value)
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):  # the step commands and assets check too
-        curate_module.Captioning.from_config(config)
+        scores_step.Captioning.from_config(config)
 
 
 def test_weights_left_out_are_skipped_and_weights_missing_are_named(tmp_path):
@@ -274,7 +275,7 @@ def test_cli_reports_a_config_mistake_with_exit_code_2(dataset, tmp_path, monkey
 
 
 def test_weight_digests_are_kept_across_processes(tmp_path, monkeypatch):
-    from opensora_core.data import config as config_module
+    from opensora_core.curation import config as config_module
 
     monkeypatch.setenv("OPENSORA_DIGEST_CACHE", str(tmp_path / "digests.json"))
     weights = tmp_path / "head.pth"

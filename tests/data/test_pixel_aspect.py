@@ -11,11 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from opensora_core.data import curate as curate_module
-from opensora_core.data.config import CurationConfig
-from opensora_core.data.curate import curate
+from opensora_core.curation import partitions
+from opensora_core.curation import scene_clips as clips_step
+from opensora_core.curation.config import CurationConfig
+from opensora_core.curation.runner import curate
+from opensora_core.curation.storage import Storage
 from opensora_core.data.frame_arrays import pixel_aspect, square_pixel_width
-from opensora_core.data.storage import Storage
 from opensora_core.data.video_io import read_frames
 
 CODED = (64, 96)  # height, width as stored
@@ -71,11 +72,11 @@ def test_anamorphic_video_is_cut_with_square_pixels(tmp_path):
     curate(raw, tmp_path / "out", _config())
     out = Storage(tmp_path / "out")
     key = next(p.name for p in (tmp_path / "out" / "partitions").iterdir())
-    probe = curate_module.read_manifest(out, key, "raw")["probe"]
+    probe = partitions.read_manifest(out, key, "raw")["probe"]
     assert (probe["width"], probe["height"], probe["pixel_aspect"]) == (144, 64, "3:2")
-    manifest = curate_module.read_manifest(out, key, "clips")
+    manifest = partitions.read_manifest(out, key, "clips")
     assert manifest["stream_copied"] == 0 and manifest["scenes"] == [[0, SCENE], [SCENE, 2 * SCENE]]
-    clips = curate_module.read_clips(out, key)
+    clips = clips_step.read_clips(out, key)
     assert (clips["width"] == 144).all() and (clips["height"] == 64).all()
     for clip in clips.itertuples():
         with av.open(clip.path) as container:
@@ -98,9 +99,9 @@ def test_pixels_within_a_percent_of_square_are_square(tmp_path, aspect):
     curate(raw, tmp_path / "out", _config())
     out = Storage(tmp_path / "out")
     key = next(p.name for p in (tmp_path / "out" / "partitions").iterdir())
-    probe = curate_module.read_manifest(out, key, "raw")["probe"]
+    probe = partitions.read_manifest(out, key, "raw")["probe"]
     assert (probe["width"], probe["pixel_aspect"]) == (96, None)
-    assert curate_module.read_manifest(out, key, "clips")["stream_copied"] == 2  # both scenes start on keyframes
+    assert partitions.read_manifest(out, key, "clips")["stream_copied"] == 2  # both scenes start on keyframes
 
 
 def test_hdr_video_is_noted(tmp_path):
@@ -137,7 +138,7 @@ def test_an_implausible_pixel_aspect_is_taken_as_square_and_noted(tmp_path):
     summary = curate(raw, tmp_path / "out", _config())
     out = Storage(tmp_path / "out")
     key = next(p.name for p in (tmp_path / "out" / "partitions").iterdir())
-    probe = curate_module.read_manifest(out, key, "raw")["probe"]
+    probe = partitions.read_manifest(out, key, "raw")["probe"]
     assert (probe["width"], probe["pixel_aspect"]) == (96, None) and summary.kept == 2
     assert any("pixel aspect 20:1 in the header is not one footage has" in n for n in probe["notes"])
 
@@ -159,7 +160,7 @@ def test_a_full_range_source_keeps_its_blacks_and_whites_when_encoded(tmp_path, 
     """Full-range (yuvj420p, "pc") video, as MJPEG capture and some phones write it: a
     re-encoded clip is limited range, tagged so; its values were left full-range under a
     limited tag, which clips near-black and near-white when read."""
-    from opensora_core.data.scenes import cut_scenes
+    from opensora_core.curation.scenes.cutter import cut_scenes
 
     path = tmp_path / "full.mp4"
     with av.open(str(path), "w") as container:

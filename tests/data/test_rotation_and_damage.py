@@ -12,13 +12,14 @@ import pandas as pd
 import pytest
 from av.sidedata.sidedata import Type
 
-from opensora_core.data import curate as curate_module
-from opensora_core.data.config import ClipsConfig, ScenesConfig
-from opensora_core.data.curate import curate
+from opensora_core.curation import partitions
+from opensora_core.curation import scene_clips as clips_step
+from opensora_core.curation.config import ClipsConfig, ScenesConfig
+from opensora_core.curation.ingest import RawFile, probe_file
+from opensora_core.curation.runner import curate
+from opensora_core.curation.scenes.cutter import Sampler, cut_scenes
+from opensora_core.curation.storage import Storage
 from opensora_core.data.decoding import FrameDecoder
-from opensora_core.data.ingest import RawFile, probe_file
-from opensora_core.data.scenes import Sampler, cut_scenes
-from opensora_core.data.storage import Storage
 from opensora_core.data.synthetic import moving_shape_clip
 from tests.data.corpus import corpus_config
 
@@ -341,15 +342,15 @@ def curated(tmp_path_factory):
     _damaged_pair(root)[1].rename(raw / "damaged.mp4")
     curate(raw, root / "out", corpus_config())
     out = Storage(root / "out")
-    keys = {Path(curate_module.read_manifest(out, key, "raw")["path"]).name: key for key in out.listdir("partitions")}
+    keys = {Path(partitions.read_manifest(out, key, "raw")["path"]).name: key for key in out.listdir("partitions")}
     return out, keys
 
 
 def test_rotated_video_has_its_upright_size_in_the_probe_and_the_clips(curated):
     out, keys = curated
-    probe = curate_module.read_manifest(out, keys["portrait.mp4"], "raw")["probe"]
+    probe = partitions.read_manifest(out, keys["portrait.mp4"], "raw")["probe"]
     assert (probe["rotation"], probe["mirrored"], probe["width"], probe["height"]) == (270, False, 64, 96)
-    clips = curate_module.read_clips(out, keys["portrait.mp4"])
+    clips = clips_step.read_clips(out, keys["portrait.mp4"])
     assert len(clips) == 2
     assert (clips["width"] == 64).all() and (clips["height"] == 96).all()
     assert (clips["aspect_ratio"] == 96 / 64).all() and (clips["resolution"] == 96 * 64).all()
@@ -363,12 +364,12 @@ def test_mirrored_video_is_curated_as_a_player_shows_it(curated, corner):
     out, keys = curated
     key = keys[f"mirrored_{corner}.mp4"]
     shown = _shown(_marked_scenes(), MIRRORS[corner])
-    probe = curate_module.read_manifest(out, key, "raw")["probe"]
+    probe = partitions.read_manifest(out, key, "raw")["probe"]
     assert (probe["height"], probe["width"]) == shown.shape[1:3]
     # The probe records the layout as display_orientation reads it, not PyAV's angle of the raw matrix.
     assert probe["mirrored"] and probe["rotation"] == {"bottom_left": 180, "bottom_right": 270}[corner]
-    assert curate_module.read_manifest(out, key, "clips")["stream_copied"] == 0
-    clips = curate_module.read_clips(out, key)
+    assert partitions.read_manifest(out, key, "clips")["stream_copied"] == 0
+    clips = clips_step.read_clips(out, key)
     assert len(clips) == 2
     assert (clips["height"] == shown.shape[1]).all() and (clips["width"] == shown.shape[2]).all()
     for clip in clips.itertuples():
@@ -379,8 +380,8 @@ def test_mirrored_video_is_curated_as_a_player_shows_it(curated, corner):
 
 def test_damaged_video_keeps_both_scenes_and_notes_the_damage(curated):
     out, keys = curated
-    manifest = curate_module.read_manifest(out, keys["damaged.mp4"], "clips")
-    clips = curate_module.read_clips(out, keys["damaged.mp4"])
+    manifest = partitions.read_manifest(out, keys["damaged.mp4"], "clips")
+    clips = clips_step.read_clips(out, keys["damaged.mp4"])
     assert manifest["rejected"] is None and manifest["decoded_frames"] < 120
     # No B-frames: frame 24 (the damaged keyframe's) and the next ones up to the
     # decoder's recovery are lost; every scene around them is kept.

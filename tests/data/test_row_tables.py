@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from opensora_core.data.row_tables import read_rows, write_rows
+from opensora_core.curation.row_tables import read_rows, write_rows
 
 # Every kind of column the curation steps write: ids and paths, counts, rates with a
 # missing value (images have no fps), scores that are floats, numpy scalars, NaN or

@@ -10,9 +10,9 @@ import yaml
 from typer.testing import CliRunner
 
 from opensora_core.cli import app
-from opensora_core.data import ingest
-from opensora_core.data.curate import curate
-from opensora_core.data.storage import FileList, Storage, set_protocol_options
+from opensora_core.curation import ingest
+from opensora_core.curation.runner import curate
+from opensora_core.curation.storage import FileList, Storage, set_protocol_options
 from tests.data.corpus import corpus_config, make_corpus
 
 KEEP = ("red left.mp4", "two_scenes.mp4", "empty.mp4")

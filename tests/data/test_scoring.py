@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from opensora_core.data.captions import CaptionTable, read_sidecar
-from opensora_core.data.config import OCRConfig
-from opensora_core.data.scoring.base import ClipSamples, pair_positions, spread_positions
-from opensora_core.data.scoring.flow import FlowScorer, flow_magnitude
-from opensora_core.data.scoring.quality import frame_quality
-from opensora_core.data.storage import Storage
+from opensora_core.curation.captions import CaptionTable, read_sidecar
+from opensora_core.curation.config import OCRConfig
+from opensora_core.curation.scoring.base import ClipSamples, pair_positions, spread_positions
+from opensora_core.curation.scoring.flow import FlowScorer, flow_magnitude
+from opensora_core.curation.scoring.quality import frame_quality
+from opensora_core.curation.storage import Storage
 from opensora_core.data.synthetic import moving_shape_clip
 
 
@@ -28,7 +28,7 @@ def test_flow_separates_motion_from_stillness():
     assert flow_magnitude(still[0], still[1]) < 0.01
     faster = moving_shape_clip(6, 64, 64, "red", "right", speed=6)
     scorer = FlowScorer.__new__(FlowScorer)
-    from opensora_core.data.config import FlowConfig
+    from opensora_core.curation.config import FlowConfig
 
     scorer.config = FlowConfig(samples=2)
     rows = []
@@ -64,7 +64,7 @@ def test_luma_views_outlive_their_frames(tmp_path):
     still hold the frame's pixels once the frame is dropped and decoding goes on."""
     import gc
 
-    from opensora_core.data.scoring.base import frame_luma, plane_view
+    from opensora_core.curation.scoring.base import frame_luma, plane_view
     from opensora_core.infer.export import write_video
 
     rng = np.random.default_rng(3)
@@ -88,7 +88,7 @@ def test_quality_is_its_definition_in_numpy():
     kind: RGB and luma, larger than the analysis size (resized), odd sizes, clipped."""
     import math
 
-    from opensora_core.data.scoring.base import shrink
+    from opensora_core.curation.scoring.base import shrink
 
     rng = np.random.default_rng(1)
     noise = rng.integers(0, 256, (375, 501), dtype=np.uint8)
@@ -107,7 +107,7 @@ def test_quality_is_its_definition_in_numpy():
 
 
 def _ocr_backends() -> list:
-    from opensora_core.data.scoring.ocr import library_missing, tesseract_missing
+    from opensora_core.curation.scoring.ocr import library_missing, tesseract_missing
 
     return [pytest.param("cli", marks=pytest.mark.skipif(tesseract_missing() is not None,
                                                          reason=str(tesseract_missing()))),
@@ -126,7 +126,7 @@ def _text_frames() -> list[np.ndarray]:
 
 @pytest.mark.parametrize("backend", _ocr_backends())
 def test_ocr_coverage_finds_text_and_keeps_frames_apart(backend):
-    from opensora_core.data.scoring.ocr import text_coverage
+    from opensora_core.curation.scoring.ocr import text_coverage
 
     coverage = text_coverage(_text_frames(), OCRConfig(backend=backend), backend)
     assert coverage[0] == 0 and coverage[2] == 0
@@ -136,7 +136,7 @@ def test_ocr_coverage_finds_text_and_keeps_frames_apart(backend):
 
 @pytest.mark.skipif(any(m.args[0] for p in _ocr_backends() for m in p.marks), reason="needs both OCR backends")
 def test_ocr_library_and_binary_read_the_same_boxes():
-    from opensora_core.data.scoring.ocr import text_coverage
+    from opensora_core.curation.scoring.ocr import text_coverage
 
     frames = _text_frames()
     library = text_coverage(frames, OCRConfig(), "library")
@@ -148,7 +148,7 @@ def test_ocr_library_and_binary_read_the_same_boxes():
 def test_ocr_library_engines_serve_threads_one_at_a_time():
     from concurrent.futures import ThreadPoolExecutor
 
-    from opensora_core.data.scoring import ocr
+    from opensora_core.curation.scoring import ocr
 
     frames = _text_frames()
     alone = ocr.text_coverage(frames, OCRConfig(), "library")
@@ -160,7 +160,7 @@ def test_ocr_library_engines_serve_threads_one_at_a_time():
 
 
 def test_ocr_backend_choice_names_what_is_missing(tmp_path, monkeypatch):
-    from opensora_core.data.scoring import ocr
+    from opensora_core.curation.scoring import ocr
 
     monkeypatch.delenv("TESSDATA_PREFIX", raising=False)
     empty = tmp_path / "tessdata"
@@ -188,7 +188,7 @@ def test_ocr_backend_choice_names_what_is_missing(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(any(m.args[0] for p in _ocr_backends()[:1] for m in p.marks), reason="needs the tesseract binary")
 def test_ocr_language_without_data_is_named_not_run():
-    from opensora_core.data.scoring import ocr
+    from opensora_core.curation.scoring import ocr
 
     backend, why = ocr.choose_backend(OCRConfig(lang="eng+xx", backend="cli"))
     assert backend is None and "no language data for xx" in why and "tesseract-ocr-xx" in why
@@ -199,7 +199,7 @@ def test_ocr_language_without_data_is_named_not_run():
 
 
 def test_ocr_scorer_version_and_batching_follow_its_backend(monkeypatch):
-    from opensora_core.data.scoring import ocr
+    from opensora_core.curation.scoring import ocr
 
     monkeypatch.setattr(ocr, "choose_backend", lambda config: ("cli", None))
     binary = ocr.OCRScorer(OCRConfig())
@@ -243,8 +243,8 @@ def _two_shots(path, n=24):
 
 @pytest.mark.parametrize("codec", ["mpeg4", "libx264"])
 def test_cut_is_frame_accurate_and_hands_sample_frames_over(tmp_path, codec):
-    from opensora_core.data.config import ClipsConfig, ScenesConfig
-    from opensora_core.data.scenes import Sampler, cut_scenes
+    from opensora_core.curation.config import ClipsConfig, ScenesConfig
+    from opensora_core.curation.scenes.cutter import Sampler, cut_scenes
     from opensora_core.data.video_io import read_frames
 
     video = _two_shots(tmp_path / "two.mp4")
@@ -276,7 +276,7 @@ def test_detection_sees_frames_at_pyscenedetects_size(tmp_path):
     """Frames wider than the analysis width are resized to it, as PySceneDetect's
     default downscaling does (height to match, rounded for 4:2:0); the picture is the
     full frame's, resized."""
-    from opensora_core.data.scenes import detection_frame, detection_size
+    from opensora_core.curation.scenes.detection import detection_frame, detection_size
 
     assert detection_size(720, 528, 256) == (256, 188)
     assert detection_size(1920, 1080, 256) == (256, 144)
@@ -303,7 +303,7 @@ def test_fast_detector_scores_equal_pyscenedetect(tmp_path):
     from scenedetect import FrameTimecode
     from scenedetect.detectors import AdaptiveDetector
 
-    from opensora_core.data.scenes import _Detector, detection_frame
+    from opensora_core.curation.scenes.detection import _Detector, detection_frame
 
     video = _two_shots(tmp_path / "two.mp4")
     theirs, ours, cuts = AdaptiveDetector(), _Detector(), ([], [])
@@ -317,25 +317,25 @@ def test_fast_detector_scores_equal_pyscenedetect(tmp_path):
 
 
 def test_an_encoding_error_stops_the_cut_and_leaves_no_files(tmp_path, monkeypatch):
-    from opensora_core.data import scenes
+    from opensora_core.curation.scenes import cutter
 
     def broken(self, *args):
         raise RuntimeError("encoder broke")
 
-    monkeypatch.setattr(scenes._ClipWriter, "_encode", broken)
-    monkeypatch.setattr(scenes._CopyWriter, "_write", broken)
+    monkeypatch.setattr(cutter._ClipWriter, "_encode", broken)
+    monkeypatch.setattr(cutter._CopyWriter, "_write", broken)
     for stream_copy in (False, True):
         with pytest.raises(RuntimeError, match="encoder broke"):
-            scenes.cut_scenes(_two_shots(tmp_path / "two.mp4"), tmp_path / "clips", "c",
-                              scenes.ScenesConfig(min_frames=8), scenes.ClipsConfig(stream_copy=stream_copy))
+            cutter.cut_scenes(_two_shots(tmp_path / "two.mp4"), tmp_path / "clips", "c",
+                              cutter.ScenesConfig(min_frames=8), cutter.ClipsConfig(stream_copy=stream_copy))
         assert not [p for p in (tmp_path / "clips").iterdir() if p.suffix != ".jpg"]
 
 
 def test_background_scorer_prepares_each_scorer_on_its_worker_first():
     import threading
 
-    from opensora_core.data.scoring import BackgroundScorer
-    from opensora_core.data.scoring.base import Scorer
+    from opensora_core.curation.scoring import BackgroundScorer
+    from opensora_core.curation.scoring.base import Scorer
 
     events = []
 
@@ -424,8 +424,8 @@ def _shots(lengths, seed=0):
 
 
 def test_scenes_starting_on_keyframes_are_copied_bit_exact(tmp_path):
-    from opensora_core.data.config import ClipsConfig, ScenesConfig
-    from opensora_core.data.scenes import cut_scenes
+    from opensora_core.curation.config import ClipsConfig, ScenesConfig
+    from opensora_core.curation.scenes.cutter import cut_scenes
 
     video = _x264_shots(tmp_path / "shots.mp4", _shots([30, 26, 34]))
     source = _decoded(video)
@@ -444,15 +444,15 @@ def test_scenes_starting_on_keyframes_are_copied_bit_exact(tmp_path):
 
 
 def test_pieces_copied_only_when_exact_else_decoded_again_and_encoded(tmp_path, monkeypatch):
-    from opensora_core.data import scenes
-    from opensora_core.data.config import ScenesConfig
+    from opensora_core.curation.config import ScenesConfig
+    from opensora_core.curation.scenes import cutter, stream_copy
 
     # One long shot split every 20 frames: only the first piece starts on a keyframe, and
     # with B-frames its packets are one run or not depending on where the split falls.
     video = _x264_shots(tmp_path / "long.mp4", _shots([70]))
     source = _decoded(video)
     for max_frames in (19, 20, 21, 22):
-        cut = scenes.cut_scenes(video, tmp_path / f"clips{max_frames}", "c",
+        cut = cutter.cut_scenes(video, tmp_path / f"clips{max_frames}", "c",
                                 ScenesConfig(min_frames=8, max_frames=max_frames))
         assert not any(c.stream_copy for c in cut.clips[1:])  # they start mid-GOP
         for clip in cut.clips:
@@ -463,16 +463,16 @@ def test_pieces_copied_only_when_exact_else_decoded_again_and_encoded(tmp_path, 
             assert error == 0 if clip.stream_copy else 0 < error < 8
     # Force the fallback for the first piece: encoded from the frames kept while it might
     # be copied, or, where they did not fit in the buffer, decoded again from its keyframe.
-    monkeypatch.setattr(scenes._PacketLog, "run", lambda self, pts: None)
+    monkeypatch.setattr(stream_copy._PacketLog, "run", lambda self, pts: None)
     decoded_again = []
-    decode_again = scenes._CopySource.decode_again
-    monkeypatch.setattr(scenes._CopySource, "decode_again",
+    decode_again = stream_copy._CopySource.decode_again
+    monkeypatch.setattr(stream_copy._CopySource, "decode_again",
                         lambda self, keys: decoded_again.append(len(keys)) or decode_again(self, keys))
-    for buffer_bytes, again in ((scenes.COPY_BUFFER_BYTES, []), (96 * 128 * 3, [30])):
-        monkeypatch.setattr(scenes, "COPY_BUFFER_BYTES", buffer_bytes)  # 1.5 yuv420p frames of 128x96
+    for buffer_bytes, again in ((stream_copy.COPY_BUFFER_BYTES, []), (96 * 128 * 3, [30])):
+        monkeypatch.setattr(stream_copy, "COPY_BUFFER_BYTES", buffer_bytes)  # 1.5 yuv420p frames of 128x96
         decoded_again.clear()
         folder = tmp_path / f"fallback{buffer_bytes}"
-        cut = scenes.cut_scenes(video, folder, "c", ScenesConfig(min_frames=8, max_frames=30))
+        cut = cutter.cut_scenes(video, folder, "c", ScenesConfig(min_frames=8, max_frames=30))
         assert [(c.start_frame, c.end_frame, c.stream_copy) for c in cut.clips] == \
             [(0, 30, False), (30, 60, False), (60, 70, False)]
         assert decoded_again == again
@@ -484,7 +484,7 @@ def test_pieces_copied_only_when_exact_else_decoded_again_and_encoded(tmp_path, 
 def test_packet_log_finds_runs_and_forgets_what_no_piece_needs():
     from types import SimpleNamespace
 
-    from opensora_core.data.scenes import _PacketLog
+    from opensora_core.curation.scenes.stream_copy import _PacketLog
 
     log = _PacketLog(limit=100)
     # Decode order I0 P3 B1 B2 I4 P7 B5 B6 (pts = display index).
@@ -540,8 +540,8 @@ def _avi_shots(path, shots: list[np.ndarray], keyframes: set[int] | None = None,
 
 
 def test_avi_pieces_are_copied_by_position_when_the_copy_decodes_to_them(tmp_path):
-    from opensora_core.data.config import ScenesConfig
-    from opensora_core.data.scenes import cut_scenes
+    from opensora_core.curation.config import ScenesConfig
+    from opensora_core.curation.scenes.cutter import cut_scenes
 
     video = _avi_shots(tmp_path / "shots.avi", _shots([30, 26, 34]), keyframes={0, 30, 42, 56})
     source = _decoded(video)
@@ -566,8 +566,8 @@ def test_avi_pieces_are_copied_by_position_when_the_copy_decodes_to_them(tmp_pat
 
 
 def test_an_avi_copy_that_does_not_decode_to_its_piece_is_encoded_instead(tmp_path, caplog):
-    from opensora_core.data.config import ScenesConfig
-    from opensora_core.data.scenes import cut_scenes
+    from opensora_core.curation.config import ScenesConfig
+    from opensora_core.curation.scenes.cutter import cut_scenes
 
     # One shot split every 20 frames; the P-frames at 20 and 40 are flagged as keyframes:
     # copied, those pieces decode without their reference frames. Each is encoded from the
@@ -575,7 +575,7 @@ def test_an_avi_copy_that_does_not_decode_to_its_piece_is_encoded_instead(tmp_pa
     # (A P-frame that opens a shot is mostly intra-coded and may well pass: then the copy is exact.)
     video = _avi_shots(tmp_path / "lying.avi", _shots([60]), keyframes={0}, flag={20, 40}, codec="msmpeg4v2")
     source = _decoded(video)
-    with caplog.at_level("INFO", logger="opensora_core.data.scenes"):
+    with caplog.at_level("INFO", logger="opensora_core.curation.scenes.stream_copy"):
         cut = cut_scenes(video, tmp_path / "clips", "c", ScenesConfig(min_frames=8, max_frames=20))
     assert [(c.start_frame, c.end_frame, c.stream_copy, c.file) for c in cut.clips] == \
         [(0, 20, True, "c-0000.avi"), (20, 40, False, "c-0001.mp4"), (40, 60, False, "c-0002.mp4")]
@@ -588,18 +588,18 @@ def test_an_avi_copy_that_does_not_decode_to_its_piece_is_encoded_instead(tmp_pa
 
 
 def test_an_avi_copy_with_frames_missing_is_encoded_instead(tmp_path, monkeypatch):
-    from opensora_core.data import scenes
+    from opensora_core.curation.scenes import cutter, stream_copy
 
     video = _avi_shots(tmp_path / "shots.avi", _shots([30, 26]))
-    real = scenes._decoded_signatures
-    monkeypatch.setattr(scenes, "_decoded_signatures", lambda path: real(path)[:-1])
-    cut = scenes.cut_scenes(video, tmp_path / "clips", "c", scenes.ScenesConfig(min_frames=8))
+    real = stream_copy._decoded_signatures
+    monkeypatch.setattr(stream_copy, "_decoded_signatures", lambda path: real(path)[:-1])
+    cut = cutter.cut_scenes(video, tmp_path / "clips", "c", cutter.ScenesConfig(min_frames=8))
     assert [(c.num_frames, c.stream_copy) for c in cut.clips] == [(30, False), (26, False)]
     assert [len(_decoded(tmp_path / "clips" / c.file)) for c in cut.clips] == [30, 26]
 
 
 def test_frame_signature_reads_pixels_not_row_padding(tmp_path):
-    from opensora_core.data.scenes import frame_signature
+    from opensora_core.curation.scenes.stream_copy import frame_signature
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)  # rows of 60 px are padded in the buffer
@@ -619,7 +619,7 @@ def test_frame_signature_reads_pixels_not_row_padding(tmp_path):
 def test_position_log_keeps_what_a_piece_or_the_decoder_still_needs():
     from types import SimpleNamespace
 
-    from opensora_core.data.scenes import _PositionLog
+    from opensora_core.curation.scenes.stream_copy import _PositionLog
 
     log = _PositionLog(limit=10)
     for i in range(6):
@@ -636,7 +636,7 @@ def test_position_log_keeps_what_a_piece_or_the_decoder_still_needs():
 
 
 def test_a_piece_decoded_again_comes_from_the_start_when_seeking_overshoots(tmp_path, monkeypatch):
-    from opensora_core.data.scenes import _CopySource, _PacketLog
+    from opensora_core.curation.scenes.stream_copy import _CopySource, _PacketLog
 
     video = _x264_shots(tmp_path / "shots.mp4", _shots([30, 26]))
     with av.open(str(video)) as container:

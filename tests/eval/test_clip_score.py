@@ -147,9 +147,9 @@ def test_run_eval_without_clip_imports_nothing_of_clip(checkpoint, one_prompt, t
 
 def test_curation_match_scorer_reads_the_same_clip_folder(tiny_clip):
     """The curation `match` scorer (caption-frame similarity) works with the installed transformers."""
-    from opensora_core.data.config import MatchConfig
-    from opensora_core.data.scoring.base import ClipSamples
-    from opensora_core.data.scoring.clip_models import MatchScorer
+    from opensora_core.curation.config import MatchConfig
+    from opensora_core.curation.scoring.base import ClipSamples
+    from opensora_core.curation.scoring.clip_models import MatchScorer
 
     frames = clip_video().permute(1, 2, 3, 0).add(1).mul(127.5).round().byte().numpy()
     samples = ClipSamples("c0", len(frames), {i: f for i, f in enumerate(frames)}, "a red square moving right")

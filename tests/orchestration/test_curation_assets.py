@@ -24,8 +24,10 @@ from assets_defs.curation import (
     scored_clips,
     training_dataset,
 )
-from opensora_core.data import curate as curate_module
-from opensora_core.data.storage import Storage
+from opensora_core.curation import raw_videos as raw_step
+from opensora_core.curation import scene_clips as clips_step
+from opensora_core.curation import scored_clips as scores_step
+from opensora_core.curation.storage import Storage
 from opensora_core.data.synthetic import moving_shape_clip
 from opensora_core.infer.export import write_video
 from orchestration.local_run import apply_partition_requests
@@ -34,6 +36,7 @@ from orchestration.sensors import raw_videos_sensor
 from tests.data.corpus import EXPECTED, corpus_config, make_corpus
 
 KEEP = ["red left.mp4", "two_scenes.mp4", "still.png", "empty.mp4"]
+STEP_MODULES = {"raw_videos": raw_step, "scene_clips": clips_step}  # where the assets look each step up
 
 
 @pytest.fixture
@@ -168,15 +171,15 @@ def test_sensor_partitions_assets_and_checks(setup):
     rerun = _tick(instance, storage).run_requests  # the merge in between does not hide the edit
     assert [r.partition_key for r in rerun] == [two] and rerun[0].tags["opensora/reason"] == "caption"
     assert isinstance(_tick(instance, storage), SkipReason)  # once
-    cut = curate_module.scene_clips  # the run reads the caption again and scores; it neither probes nor cuts
+    cut = clips_step.scene_clips  # the run reads the caption again and scores; it neither probes nor cuts
     with pytest.MonkeyPatch.context() as patch:
         for step in ("raw_videos", "scene_clips"):
-            patch.setattr(curate_module, step, lambda *a, _s=step, **k: pytest.fail(f"{_s} ran again"))
+            patch.setattr(STEP_MODULES[step], step, lambda *a, _s=step, **k: pytest.fail(f"{_s} ran again"))
         result = materialize([raw_videos, scene_clips, scored_clips], partition_key=two, instance=instance,
                              resources={"curation_storage": storage}, tags=rerun[0].tags)
-    assert result.success and curate_module.scene_clips is cut
+    assert result.success and clips_step.scene_clips is cut
     assert result.asset_materializations_for_node("scene_clips")[0].metadata["clips"].value == 2
-    assert set(curate_module.read_scores(storage.out(), two)["text"]) == {"two shots, captioned later"}
+    assert set(scores_step.read_scores(storage.out(), two)["text"]) == {"two shots, captioned later"}
 
     # One file deleted and one replaced under its name (new content, new key): the sensor
     # removes both old partitions, and the merge takes only the files there now.
@@ -311,7 +314,7 @@ def test_a_step_that_fails_on_the_way_fails_its_run(setup, monkeypatch):
     it shows in the UI and can be run again, unlike a file that is bad in itself."""
     instance, storage, _, _ = setup
     key = next(r.partition_key for r in _tick(instance, storage).run_requests if r.partition_key.startswith("red"))
-    monkeypatch.setattr(curate_module, "_cut_and_score", lambda *a, **k: (_ for _ in ()).throw(MemoryError("oom")))
+    monkeypatch.setattr(clips_step, "_cut_and_score", lambda *a, **k: (_ for _ in ()).throw(MemoryError("oom")))
     result = materialize([raw_videos, scene_clips, scored_clips], partition_key=key, instance=instance,
                          resources={"curation_storage": storage}, raise_on_error=False)
     assert not result.success
@@ -363,9 +366,9 @@ def test_changed_scorers_score_every_curated_file_again_without_cutting(setup):
     red = next(r for r in requests if r.partition_key.startswith("red_left"))
     with pytest.MonkeyPatch.context() as patch:
         for step in ("raw_videos", "scene_clips"):
-            patch.setattr(curate_module, step, lambda *a, _s=step, **k: pytest.fail(f"{_s} ran again"))
+            patch.setattr(STEP_MODULES[step], step, lambda *a, _s=step, **k: pytest.fail(f"{_s} ran again"))
         result = materialize([raw_videos, scene_clips, scored_clips], partition_key=red.partition_key,
                              instance=instance, resources={"curation_storage": storage}, tags=red.tags)
     assert result.success
-    assert set(curate_module.read_scores(storage.out(), red.partition_key)["text"]) == {
+    assert set(scores_step.read_scores(storage.out(), red.partition_key)["text"]) == {
         "a red square edited in place"}

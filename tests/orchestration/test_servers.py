@@ -32,7 +32,7 @@ from dagster import DagsterInstance, materialize
 from mlflow.tracking import MlflowClient
 
 from assets_defs.curation import raw_partitions, raw_videos
-from opensora_core.data.ingest import register_inputs
+from opensora_core.curation.ingest import register_inputs
 from opensora_core.data.synthetic import moving_square_clip
 from opensora_core.infer.export import write_video
 from opensora_core.train.loop import TrainArgs, train_stage

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from opensora_core.data.storage import Storage
+from opensora_core.curation.storage import Storage
 from opensora_core.utils.atomic import atomic_path, write_text_atomic
 
 

@@ -216,7 +216,7 @@ class CurationConfig(_Strict):
 
 
 def _clip_folder_problem(path: str) -> str | None:
-    from opensora_core.eval.clip_score import check_clip_folder
+    from opensora_core.utils.clip import check_clip_folder
 
     try:
         check_clip_folder(path)
@@ -243,7 +243,7 @@ def _caption_model_problem(path: str) -> str | None:
 
 
 def _caption_table_problem(path: str) -> str | None:
-    from opensora_core.data.captions import caption_table_problem
+    from opensora_core.curation.captions import caption_table_problem
 
     return caption_table_problem(path)
 
@@ -341,7 +341,7 @@ def remote_stamp(url: str) -> str:
     listing the process made earlier, which may be another shape and goes stale), so a
     table edited in place reads as new without downloading it. When the store cannot
     be asked, the URL alone (reading the table then fails with the store's error)."""
-    from opensora_core.data.storage import filesystem
+    from opensora_core.curation.storage import filesystem
 
     try:
         fs, inner = filesystem(url)

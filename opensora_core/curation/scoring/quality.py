@@ -18,9 +18,9 @@ import math
 import cv2
 import numpy as np
 
-from opensora_core.data.config import QualityConfig
-from opensora_core.data.scoring.base import ClipSamples, Scorer, shrink, spread_positions
-from opensora_core.data.scoring.base import gray as to_gray
+from opensora_core.curation.config import QualityConfig
+from opensora_core.curation.scoring.base import ClipSamples, Scorer, shrink, spread_positions
+from opensora_core.curation.scoring.base import gray as to_gray
 
 ANALYSIS_SIZE = 512
 

@@ -1,7 +1,7 @@
 """Scoring clips while their video is still being cut.
 
 :class:`BackgroundScorer` takes each clip's sample frames from the cutter (a
-:class:`opensora_core.data.scenes.Sampler`) and scores them on worker threads, so
+:class:`opensora_core.curation.scenes.cutter.Sampler`) and scores them on worker threads, so
 scoring overlaps with decoding and encoding (OpenCV and Tesseract run without the
 GIL). Each scorer has its own worker thread, where its `prepare` (loading a model)
 runs first. Scorers with a fixed cost per call (`batched`: the tesseract binary's
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from opensora_core.data.scoring.base import ClipSamples, Scorer, sample_size
+from opensora_core.curation.scoring.base import ClipSamples, Scorer, sample_size
 
 
 class BackgroundScorer:

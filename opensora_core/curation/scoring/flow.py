@@ -17,8 +17,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from opensora_core.data.config import FlowConfig
-from opensora_core.data.scoring.base import ClipSamples, Scorer, gray, pair_positions
+from opensora_core.curation.config import FlowConfig
+from opensora_core.curation.scoring.base import ClipSamples, Scorer, gray, pair_positions
 
 
 def _gray(frame: np.ndarray, size: int) -> np.ndarray:

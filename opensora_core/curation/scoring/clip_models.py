@@ -10,7 +10,7 @@ Nothing is downloaded: `clip` is a local transformers folder, `mlp` a local
 `.pth`/`.safetensors` state dict with keys `layers.{0,2,4,6,7}.{weight,bias}`. A scorer
 without weights configured is left out. Weights configured but missing, or not what
 their key expects, fail a run before any file is read
-(:meth:`~opensora_core.data.config.CurationConfig.check_local_files`); here they only
+(:meth:`~opensora_core.curation.config.CurationConfig.check_local_files`); here they only
 keep the scorer from running, so cutting, which needs no weights, is not stopped by
 them. A scorer's version names the digest of its weights' contents, so the manifests
 say which weights made a score.
@@ -22,13 +22,13 @@ from functools import lru_cache
 
 import numpy as np
 
-from opensora_core.data.config import (
+from opensora_core.curation.config import (
     AestheticConfig,
     MatchConfig,
     content_digest,
     local_file_problem,
 )
-from opensora_core.data.scoring.base import ClipSamples, Scorer, spread_frames, spread_positions
+from opensora_core.curation.scoring.base import ClipSamples, Scorer, spread_frames, spread_positions
 from opensora_core.utils.clip import projected_features
 
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from opensora_core.data.storage import FileList, Storage
+from opensora_core.curation.storage import FileList, Storage
 
 SIDECAR_SUFFIXES = (".txt", ".json")
 

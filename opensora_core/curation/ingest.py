@@ -23,8 +23,9 @@ from pathlib import Path, PurePosixPath
 
 import av
 
-from opensora_core.data.captions import SIDECAR_SUFFIXES, sidecar_paths
-from opensora_core.data.config import CurationConfig
+from opensora_core.curation.captions import SIDECAR_SUFFIXES, sidecar_paths
+from opensora_core.curation.config import CurationConfig
+from opensora_core.curation.storage import FileList, Storage, file_suffix, modified_time
 from opensora_core.data.decoding import (
     MAX_FAILED_PACKETS,
     FrameDecoder,
@@ -38,7 +39,6 @@ from opensora_core.data.frame_arrays import (
     pixel_aspect,
     square_pixel_width,
 )
-from opensora_core.data.storage import FileList, Storage, file_suffix, modified_time
 from opensora_core.utils.hashing import stream_sha256
 
 log = logging.getLogger(__name__)
@@ -227,6 +227,47 @@ def _count_decodable(path: Path) -> tuple[int, str | None]:
     return decoder.decoded, decoder.problems()
 
 
+def _demux(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+           probe: Probe) -> tuple[int, av.VideoFrame | None, str | None]:
+    """(packets with data, -1 where demuxing stopped (noted in `probe`); the first
+    frame, or None; the first decoding error, or None)."""
+    # Counting packets is a demux, no decode: cheap, and it exposes truncated files
+    # whose header still claims the full length. The first frame (its true size and
+    # rotation) is decoded on the way, from the first packets, in the same pass;
+    # past damaged ones, as the cutter decodes.
+    packets, first, error, failed = 0, None, None, 0
+    try:
+        for packet in container.demux(stream):
+            if packet.size:
+                packets += 1
+            if first is None and failed < MAX_FAILED_PACKETS:  # the last, empty packet drains the decoder
+                try:
+                    first = next(iter(packet.decode()), None)
+                except av.FFmpegError as err:
+                    error, failed = error or str(err), failed + 1
+    except (av.FFmpegError, OSError) as err:
+        probe.notes.append(f"demux stopped after {packets} packets: {err}")
+        packets = -1
+    return packets, first, error
+
+
+def _count_frames(local: Path, probe: Probe, packets: int) -> None:
+    """`probe.num_frames`: the packets where they are the frames the header gives, else
+    the frames that decode (the duration then theirs)."""
+    if probe.header_frames and packets == probe.header_frames:
+        probe.num_frames = packets
+    else:
+        probe.num_frames, lost = _count_decodable(local)
+        probe.frame_count_source = "decoded"
+        if probe.fps:  # the header's duration may be that of frames that are not there
+            probe.duration = probe.num_frames / probe.fps
+        if probe.header_frames and probe.num_frames != probe.header_frames:
+            probe.notes.append(f"header says {probe.header_frames} frames, {probe.num_frames} decode"
+                               + (f" ({lost})" if lost else ""))
+        elif lost:
+            probe.notes.append(lost)
+
+
 def probe_video(local: Path, probe: Probe) -> Probe:
     try:
         container = av.open(str(local))
@@ -248,23 +289,7 @@ def probe_video(local: Path, probe: Probe) -> Probe:
             probe.duration = float(stream.duration * stream.time_base)
         elif container.duration:
             probe.duration = container.duration / av.time_base
-        # Counting packets is a demux, no decode: cheap, and it exposes truncated files
-        # whose header still claims the full length. The first frame (its true size and
-        # rotation) is decoded on the way, from the first packets, in the same pass;
-        # past damaged ones, as the cutter decodes.
-        packets, first, error, failed = 0, None, None, 0
-        try:
-            for packet in container.demux(stream):
-                if packet.size:
-                    packets += 1
-                if first is None and failed < MAX_FAILED_PACKETS:  # the last, empty packet drains the decoder
-                    try:
-                        first = next(iter(packet.decode()), None)
-                    except av.FFmpegError as err:
-                        error, failed = error or str(err), failed + 1
-        except (av.FFmpegError, OSError) as err:
-            probe.notes.append(f"demux stopped after {packets} packets: {err}")
-            packets = -1
+        packets, first, error = _demux(container, stream, probe)
         aspect, header_aspect = pixel_aspect(stream), header_pixel_aspect(stream)  # (the codec's: once a frame decoded)
         interlaced_order = field_order_interlaced(stream)
         if aspect is None and header_aspect is not None and abs(header_aspect - 1) > SQUARE_TOLERANCE:
@@ -283,18 +308,7 @@ def probe_video(local: Path, probe: Probe) -> Probe:
     width = square_pixel_width(first.width, aspect)
     # A quarter turn: shown the other way round.
     probe.width, probe.height = (first.height, width) if orientation.turn in (90, 270) else (width, first.height)
-    if probe.header_frames and packets == probe.header_frames:
-        probe.num_frames = packets
-    else:
-        probe.num_frames, lost = _count_decodable(local)
-        probe.frame_count_source = "decoded"
-        if probe.fps:  # the header's duration may be that of frames that are not there
-            probe.duration = probe.num_frames / probe.fps
-        if probe.header_frames and probe.num_frames != probe.header_frames:
-            probe.notes.append(f"header says {probe.header_frames} frames, {probe.num_frames} decode"
-                               + (f" ({lost})" if lost else ""))
-        elif lost:
-            probe.notes.append(lost)
+    _count_frames(local, probe, packets)
     if probe.fps is None:
         probe.fps = probe.num_frames / probe.duration if probe.duration else None
     if probe.duration is None and probe.fps:

@@ -35,9 +35,14 @@ StorageOpt = Annotated[list[str] | None, typer.Option(
 
 def _setup(input: str, out: str, config: str, storage_options: list[str] | None = None):
     from opensora_core.config import ConfigError
-    from opensora_core.data.config import load_curation_config
-    from opensora_core.data.ingest import check_output_outside
-    from opensora_core.data.storage import LIST_SUFFIXES, Storage, open_source, set_protocol_options
+    from opensora_core.curation.config import load_curation_config
+    from opensora_core.curation.ingest import check_output_outside
+    from opensora_core.curation.storage import (
+        LIST_SUFFIXES,
+        Storage,
+        open_source,
+        set_protocol_options,
+    )
 
     try:
         settings = load_curation_config(config)
@@ -71,7 +76,7 @@ def _store_errors(option: str):
 
 
 def _files(source, out, settings, keys: list[str] | None):
-    from opensora_core.data.ingest import register_inputs
+    from opensora_core.curation.ingest import register_inputs
 
     files = register_inputs(source, settings, index=out)
     if keys:
@@ -109,7 +114,7 @@ def _after_earlier_step(step, *args, **kwargs):
 def probe(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyOpt = None,
         storage_option: StorageOpt = None) -> None:
     """raw_videos: hash and probe every raw file (codec, fps, decodable frames, size)."""
-    from opensora_core.data.curate import raw_videos
+    from opensora_core.curation.raw_videos import raw_videos
 
     settings, source, storage = _setup(input, out, config, storage_option)
     for raw in _files(source, storage, settings, key):
@@ -128,7 +133,7 @@ def probe(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyO
 def scenes(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyOpt = None,
         storage_option: StorageOpt = None) -> None:
     """scene_clips: detect scenes and cut them into frame-accurate clips."""
-    from opensora_core.data.curate import scene_clips
+    from opensora_core.curation.scene_clips import scene_clips
 
     settings, source, storage = _setup(input, out, config, storage_option)
     for raw in _files(source, storage, settings, key):
@@ -141,7 +146,7 @@ def scenes(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: Key
 def score(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyOpt = None,
         storage_option: StorageOpt = None) -> None:
     """scored_clips: captions and scores (flow, ocr, quality; aes and match with CLIP weights)."""
-    from opensora_core.data.curate import Captioning, scored_clips
+    from opensora_core.curation.scored_clips import Captioning, scored_clips
 
     settings, source, storage = _setup(input, out, config, storage_option)
     captioning = Captioning.from_config(settings)
@@ -154,7 +159,7 @@ def score(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyO
 @data_app.command("filter")
 def filter_(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", storage_option: StorageOpt = None) -> None:
     """training_dataset: merge all partitions, filter, write meta.csv/.parquet and rejected.csv."""
-    from opensora_core.data.curate import training_dataset
+    from opensora_core.curation.training_dataset import training_dataset
 
     settings, source, storage = _setup(input, out, config, storage_option)
     _print_summary(training_dataset(storage, [f.key for f in _files(source, storage, settings, None)], settings,
@@ -166,7 +171,7 @@ def curate(input: InputOpt, out: OutOpt, config: ConfigOpt = "default",
            progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
            storage_option: StorageOpt = None) -> None:
     """All steps without Dagster: meta.csv, meta.parquet, rejected.csv (+ filtered.csv)."""
-    from opensora_core.data.curate import curate as run
+    from opensora_core.curation.runner import curate as run
 
     settings, source, storage = _setup(input, out, config, storage_option)
     _print_summary(run(source, storage, settings, progress=progress), storage)

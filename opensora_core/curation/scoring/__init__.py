@@ -3,13 +3,13 @@ with local weights). :func:`build_scorers` picks those that can run here."""
 
 from __future__ import annotations
 
-from opensora_core.data.config import ScorersConfig
-from opensora_core.data.scoring.background import BackgroundScorer
-from opensora_core.data.scoring.base import ClipSamples, Scorer, read_samples
-from opensora_core.data.scoring.clip_models import AestheticScorer, MatchScorer
-from opensora_core.data.scoring.flow import FlowScorer
-from opensora_core.data.scoring.ocr import OCRScorer
-from opensora_core.data.scoring.quality import QualityScorer
+from opensora_core.curation.config import ScorersConfig
+from opensora_core.curation.scoring.background import BackgroundScorer
+from opensora_core.curation.scoring.base import ClipSamples, Scorer, read_samples
+from opensora_core.curation.scoring.clip_models import AestheticScorer, MatchScorer
+from opensora_core.curation.scoring.flow import FlowScorer
+from opensora_core.curation.scoring.ocr import OCRScorer
+from opensora_core.curation.scoring.quality import QualityScorer
 
 __all__ = ["BackgroundScorer", "ClipSamples", "Scorer", "build_scorers", "read_samples"]
 

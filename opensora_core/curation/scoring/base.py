@@ -7,7 +7,7 @@ filled with a stand-in.
 
 Frames reach scorers two ways:
 
-- while a video is cut into clips (:func:`opensora_core.data.scenes.cut_scenes`), the
+- while a video is cut into clips (:func:`opensora_core.curation.scenes.cutter.cut_scenes`), the
   cutter keeps each frame's luma at :func:`sample_size` and hands every finished clip's
   sample positions to the scorers that work on luma alone (`flow`, `ocr`, `quality`),
   so scoring costs no second decode; the scores are stored with the clips;

@@ -39,8 +39,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from opensora_core.data.config import OCRConfig
-from opensora_core.data.scoring.base import (
+from opensora_core.curation.config import OCRConfig
+from opensora_core.curation.scoring.base import (
     ClipSamples,
     Scorer,
     gray,
