@@ -55,7 +55,7 @@ from opensora_core.curation.scored_clips import scored_clips
 from opensora_core.curation.storage import Storage
 from opensora_core.data.frame_arrays import frame_array
 from opensora_core.data.synthetic import moving_shape_clip
-from opensora_core.infer.export import write_video
+from opensora_core.data.video_io import write_video
 from opensora_core.utils.opencv_threads import opencv_threads
 
 SHARED_VIDEOS = ROOT.parent / "shared" / "data" / "videos"

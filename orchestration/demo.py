@@ -25,8 +25,13 @@ from rich.table import Table
 
 from opensora_core.config import load_profile, project_root
 from opensora_core.data.synthetic import moving_square_clip
-from opensora_core.data.video_io import frames_to_tensor, read_frames
-from opensora_core.infer.export import to_uint8_frames, write_image, write_video
+from opensora_core.data.video_io import (
+    frames_to_tensor,
+    read_frames,
+    to_uint8_frames,
+    write_image,
+    write_video,
+)
 from opensora_core.infer.sample import PromptRequest, SampleSettings, VideoGenerator, write_samples
 from opensora_core.models import build_stdit2
 from opensora_core.models.text_encoder import build_text_encoder

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from opensora_core import cli
-from opensora_core.models import STDiT2
+from opensora_core.models.checkpoint_io import load_stdit2
 
 from .models.model_fixtures import build_random_model
 
@@ -54,7 +54,7 @@ def test_model_convert_round_trip(tmp_path):
     result = runner.invoke(cli.app, ["model", "convert", "--from", str(tmp_path / "ema.pt"), "--to", str(out)])
     assert result.exit_code == 0, result.output
     assert "verified" in result.output and "all keys match" in result.output
-    loaded = STDiT2.from_checkpoint(out)
+    loaded = load_stdit2(out)
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
 

@@ -31,7 +31,7 @@ from opensora_core.data.caches import (
 )
 from opensora_core.data.dataset import VideoTextDataset, collate
 from opensora_core.data.synthetic import COLORS, DIRECTIONS, moving_square_clip
-from opensora_core.infer.export import write_video
+from opensora_core.data.video_io import write_video
 from opensora_core.models.text_encoder import WordEmbeddingTextEncoder
 from opensora_core.models.vae import DCTAutoencoder, SDKLAutoencoder
 

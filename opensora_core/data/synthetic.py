@@ -202,7 +202,7 @@ def synth(
     speed (pixels per frame at 64 px, scaled with the size) is drawn from `speed`.
     Stills cycle through every (colour, shape): they name no direction.
     """
-    from opensora_core.infer.export import write_image, write_video
+    from opensora_core.data.video_io import write_image, write_video
     from opensora_core.utils.atomic import write_text_atomic
 
     if not 0 < speed[0] <= speed[1]:

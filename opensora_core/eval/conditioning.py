@@ -57,7 +57,7 @@ def build_cases(
 
     `speed` (pixels a frame at 64 px) is the reference clip's motion; `room_speed` the
     fastest motion an image-to-video sample may take without leaving the frame."""
-    from opensora_core.infer.export import write_image, write_video
+    from opensora_core.data.video_io import write_image, write_video
 
     if kind not in CONDITIONING_KINDS:
         raise ValueError(f"unknown conditioning kind {kind!r}; choose from {CONDITIONING_KINDS}")

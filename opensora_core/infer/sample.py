@@ -22,14 +22,19 @@ from pathlib import Path
 import torch
 
 from opensora_core.data.images import read_image_rgb
-from opensora_core.data.video_io import frames_to_tensor, read_frames
+from opensora_core.data.video_io import (
+    frames_to_tensor,
+    read_frames,
+    to_uint8_frames,
+    write_image,
+    write_video,
+)
 from opensora_core.diffusion.samplers import (
     build_sampler,
     classifier_free_guidance,
     denoise,
     guided_channels,
 )
-from opensora_core.infer.export import to_uint8_frames, write_image, write_video
 from opensora_core.infer.mask_strategy import (
     MaskOp,
     MaskStrategyError,
@@ -37,6 +42,7 @@ from opensora_core.infer.mask_strategy import (
     parse_mask_strategy,
 )
 from opensora_core.infer.sizes import decoded_size, size_problems
+from opensora_core.models.checkpoint_io import load_stdit2
 from opensora_core.models.stdit2 import IMAGE_FPS
 from opensora_core.utils.atomic import write_text_atomic
 from opensora_core.utils.hashing import file_sha256
@@ -463,7 +469,7 @@ def load_generation_stack(
     from safetensors.torch import load_file
 
     from opensora_core.config import load_sampling_profile
-    from opensora_core.models import STDiT2, build_stdit2
+    from opensora_core.models import build_stdit2
     from opensora_core.models.checkpoint_io import read_objective
     from opensora_core.models.text_encoder import build_text_encoder_for_model
     from opensora_core.models.vae import build_vae
@@ -482,7 +488,7 @@ def load_generation_stack(
         retain_freed_memory()
     objective, shift = "iddpm", 1.0
     if checkpoint is not None:
-        model = STDiT2.from_checkpoint(checkpoint)
+        model = load_stdit2(checkpoint)
         objective, shift = read_objective(checkpoint)
         checkpoint_file = Path(checkpoint) / "model.safetensors" if Path(checkpoint).is_dir() else Path(checkpoint)
     else:

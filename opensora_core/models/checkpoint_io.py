@@ -28,6 +28,20 @@ _WRAPPER_KEYS = ("model", "state_dict", "module", "ema")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
+def load_stdit2(
+    path: str | Path, config: STDiT2Config | None = None, map_location: str | torch.device = "cpu"
+) -> STDiT2:
+    """Load a checkpoint strictly: our `model.safetensors` (config in its metadata
+    or a `config.json` beside it), or an Open-Sora `.pt`/`.pth`/`.safetensors`
+    (config given, or inferred from tensor shapes)."""
+    state_dict = load_state_dict(path, map_location=map_location)
+    config = config or read_config(path) or infer_config(state_dict)
+    with torch.device("meta"):
+        model = STDiT2(config)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model
+
+
 def load_state_dict(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.is_dir():

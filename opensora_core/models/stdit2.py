@@ -9,14 +9,13 @@ micro-conditions (size, aspect ratio, frame count, fps). Conditioning frames
 text-to-video, image-to-video, extension and editing.
 
 Parameter names and shapes equal the published STDiT2-XL/2 checkpoint, which loads
-with `strict=True` (`STDiT2.from_checkpoint`).
+with `strict=True` (`checkpoint_io.load_stdit2`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -412,24 +411,6 @@ class STDiT2(nn.Module):
         x = x.reshape(x.shape[0], frames, grid_h, grid_w, pt, ph, pw, out)
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.reshape(x.shape[0], out, frames * pt, grid_h * ph, grid_w * pw)
-
-    # -- checkpoints --------------------------------------------------------
-
-    @classmethod
-    def from_checkpoint(
-        cls, path: str | Path, config: STDiT2Config | None = None, map_location: str | torch.device = "cpu"
-    ) -> STDiT2:
-        """Load a checkpoint strictly: our `model.safetensors` (config in its metadata
-        or a `config.json` beside it), or an Open-Sora `.pt`/`.pth`/`.safetensors`
-        (config given, or inferred from tensor shapes)."""
-        from opensora_core.models.checkpoint_io import load_state_dict, read_config
-
-        state_dict = load_state_dict(path, map_location=map_location)
-        config = config or read_config(path) or infer_config(state_dict)
-        with torch.device("meta"):
-            model = cls(config)
-        model.load_state_dict(state_dict, strict=True, assign=True)
-        return model
 
 
 def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> STDiT2Config:

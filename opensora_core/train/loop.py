@@ -7,7 +7,7 @@ mask per sample from the stage's `mask_ratios`, the IDDPM hybrid loss, AdamW wit
 clipping and warm-up, an fp32 EMA. Checkpoints (DCP) every `ckpt_every` steps and at the
 end; an `--out` that holds checkpoints resumes from the newest, exactly. The end of a
 stage exports `export/model.safetensors` (+ config, + the jointly trained text encoder)
-that `STDiT2.from_checkpoint`, `opensora sample` and the next stage's `--init` read.
+that `load_stdit2`, `opensora sample` and the next stage's `--init` read.
 """
 
 from __future__ import annotations

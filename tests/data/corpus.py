@@ -9,7 +9,7 @@ import numpy as np
 
 from opensora_core.curation.config import CurationConfig
 from opensora_core.data.synthetic import moving_shape_clip, shape_image
-from opensora_core.infer.export import write_image, write_video
+from opensora_core.data.video_io import write_image, write_video
 
 # Expected outcome per file: ("kept", clips) or ("rejected", step).
 EXPECTED: dict[str, tuple[str, object]] = {

@@ -520,7 +520,7 @@ def test_moved_folders_give_a_table_of_paths_that_are_there(tmp_path):
     """Output and input folders moved (another disk, another machine's mount): a re-run
     cuts nothing again and the table names the clips and raw files where they are now."""
     from opensora_core.data.synthetic import moving_shape_clip
-    from opensora_core.infer.export import write_video
+    from opensora_core.data.video_io import write_video
 
     raw = tmp_path / "raw"
     raw.mkdir()

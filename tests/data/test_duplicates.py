@@ -11,7 +11,7 @@ from PIL import Image
 from opensora_core.curation.config import CurationConfig
 from opensora_core.curation.runner import curate
 from opensora_core.data.synthetic import moving_shape_clip, shape_image
-from opensora_core.infer.export import write_video
+from opensora_core.data.video_io import write_video
 
 
 def _config(drop: bool = True) -> CurationConfig:

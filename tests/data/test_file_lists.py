@@ -24,7 +24,7 @@ from tests.data.corpus import corpus_config
 
 
 def _video(path, color="red", direction="left", seed=0):
-    from opensora_core.infer.export import write_video
+    from opensora_core.data.video_io import write_video
 
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_video(path, moving_shape_clip(24, 96, 128, color, direction, "circle", seed=seed), fps=12)

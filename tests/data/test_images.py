@@ -18,7 +18,7 @@ from opensora_core.curation.runner import curate
 from opensora_core.curation.storage import Storage
 from opensora_core.data.images import read_image_rgb
 from opensora_core.data.synthetic import moving_shape_clip
-from opensora_core.infer.export import write_video
+from opensora_core.data.video_io import write_video
 
 MARKER = 12
 

@@ -157,7 +157,7 @@ def test_new_weights_at_the_same_path_score_again(dataset, models, tmp_path, mon
 def _two_shots(path: Path, dark: int = 20) -> None:
     """Two 2-second scenes; `dark` (the first one's background) tells videos apart."""
     from opensora_core.data.synthetic import moving_shape_clip
-    from opensora_core.infer.export import write_video
+    from opensora_core.data.video_io import write_video
 
     write_video(path, np.concatenate([
         moving_shape_clip(24, 64, 64, "yellow", "up", background=(dark, dark, dark)),

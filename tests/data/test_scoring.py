@@ -65,7 +65,7 @@ def test_luma_views_outlive_their_frames(tmp_path):
     import gc
 
     from opensora_core.curation.scoring.base import frame_luma, plane_view
-    from opensora_core.infer.export import write_video
+    from opensora_core.data.video_io import write_video
 
     rng = np.random.default_rng(3)
     path = write_video(tmp_path / "noise.mp4", rng.integers(0, 256, (40, 64, 96, 3), dtype=np.uint8), fps=24)
@@ -233,7 +233,7 @@ def test_captions_from_sidecars_and_imported_tables(tmp_path):
 
 
 def _two_shots(path, n=24):
-    from opensora_core.infer.export import write_video
+    from opensora_core.data.video_io import write_video
 
     frames = np.concatenate([moving_shape_clip(n, 64, 96, "yellow", "up", background=(20, 20, 20)),
                              moving_shape_clip(n, 64, 96, "green", "down", shape="triangle",
@@ -282,7 +282,7 @@ def test_detection_sees_frames_at_pyscenedetects_size(tmp_path):
     assert detection_size(1920, 1080, 256) == (256, 144)
     assert detection_size(320, 240, 256) == (256, 192)
     assert detection_size(256, 141, 256) == (256, 141) and detection_size(200, 100, 256) == (200, 100)
-    from opensora_core.infer.export import write_video
+    from opensora_core.data.video_io import write_video
 
     yy, xx = np.mgrid[0:96, 0:128]
     colours = np.stack([xx * 2, yy * 2, np.full_like(xx, 200)], axis=-1).astype(np.uint8)  # red across, green down
@@ -371,7 +371,7 @@ def test_frame_array_gives_pyav_pixels_with_one_converter_per_thread(tmp_path):
     import threading
 
     from opensora_core.data import frame_arrays
-    from opensora_core.infer.export import write_video
+    from opensora_core.data.video_io import write_video
 
     rng = np.random.default_rng(0)
     small = write_video(tmp_path / "small.mp4", rng.integers(0, 255, (4, 48, 64, 3), dtype=np.uint8), fps=8)

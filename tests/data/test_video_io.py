@@ -7,8 +7,13 @@ import pytest
 import torch
 
 from opensora_core.data.synthetic import moving_square_clip
-from opensora_core.data.video_io import VideoDecodeError, frames_to_tensor, read_frames
-from opensora_core.infer.export import to_uint8_frames, write_video
+from opensora_core.data.video_io import (
+    VideoDecodeError,
+    frames_to_tensor,
+    read_frames,
+    to_uint8_frames,
+    write_video,
+)
 
 
 def test_reads_real_video_frames(videos_dir):

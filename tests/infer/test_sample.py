@@ -10,8 +10,7 @@ from typer.testing import CliRunner
 import opensora_core.infer.sample as sample_module
 from opensora_core import cli
 from opensora_core.data.synthetic import moving_square_clip
-from opensora_core.data.video_io import read_frames
-from opensora_core.infer.export import write_image, write_video
+from opensora_core.data.video_io import read_frames, write_image, write_video
 from opensora_core.infer.sample import PromptRequest, SampleSettings, VideoGenerator, parse_prompt
 from opensora_core.models.text_encoder import WordEmbeddingTextEncoder
 from opensora_core.models.vae import DCTAutoencoder

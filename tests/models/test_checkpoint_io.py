@@ -6,11 +6,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from opensora_core.models import STDiT2, infer_config
+from opensora_core.models import infer_config
 from opensora_core.models.checkpoint_io import (
     compare_keys,
     convert_checkpoint,
     load_state_dict,
+    load_stdit2,
     read_config,
     save_model,
 )
@@ -22,12 +23,12 @@ def test_save_and_load_round_trip_is_exact(tmp_path):
     model = build_random_model()
     path = save_model(model, tmp_path / "stage1" / "model.safetensors")
     assert json.loads((path.parent / "config.json").read_text())["hidden_size"] == model.config.hidden_size
-    loaded = STDiT2.from_checkpoint(path).eval()
+    loaded = load_stdit2(path).eval()
     assert loaded.config == model.config
     inputs = dummy_inputs()
     torch.testing.assert_close(loaded(**inputs), model(**inputs), rtol=0, atol=0)
     # A folder holding model.safetensors is accepted too.
-    assert STDiT2.from_checkpoint(path.parent).config == model.config
+    assert load_stdit2(path.parent).config == model.config
     assert not list(path.parent.glob("*.tmp")), "atomic writes leave no temporaries"
 
 
@@ -45,7 +46,7 @@ def test_open_sora_pth_with_wrappers_converts_and_loads(tmp_path):
     assert config.micro_condition_convention == "opensora-1.1"
     unread = {"input_sq_size": 0, "micro_condition_convention": None}
     assert config.model_dump() | unread == model.config.model_dump() | unread
-    loaded = STDiT2.from_checkpoint(target)
+    loaded = load_stdit2(target)
     assert loaded.x_embedder.proj.weight.dtype == torch.bfloat16
     assert read_config(target) == config
 

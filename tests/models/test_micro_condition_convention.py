@@ -12,10 +12,11 @@ from pydantic import ValidationError
 from safetensors import safe_open
 
 from opensora_core.config import find_config
-from opensora_core.models import STDiT2, STDiT2Config, load_preset
+from opensora_core.models import STDiT2Config, load_preset
 from opensora_core.models.checkpoint_io import (
     CONFIG_METADATA_KEY,
     convert_checkpoint,
+    load_stdit2,
     read_config,
     save_model,
 )
@@ -67,7 +68,7 @@ def test_the_convention_survives_export_and_convert(tmp_path, convention):
         stored = json.loads(handle.metadata()[CONFIG_METADATA_KEY])
     assert stored["micro_condition_convention"] == convention
     assert json.loads((path.parent / "config.json").read_text())["micro_condition_convention"] == convention
-    assert STDiT2.from_checkpoint(path).config.micro_condition_convention == convention
+    assert load_stdit2(path).config.micro_condition_convention == convention
     config, _, _ = convert_checkpoint(path, tmp_path / "converted" / "model.safetensors")
     assert config.micro_condition_convention == convention
     assert read_config(tmp_path / "converted").micro_condition_convention == convention

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from opensora_core import cli
 from opensora_core.models import STDiT2
-from opensora_core.models.checkpoint_io import read_config
+from opensora_core.models.checkpoint_io import load_stdit2, read_config
 
 from .model_fixtures import build_random_model, dummy_inputs
 
@@ -78,13 +78,13 @@ def test_tiny_state_dict_has_the_published_tensor_names(model, reference_dir):
 
 def test_published_folder_loads_strictly_and_computes_the_same(tmp_path, model):
     folder = write_published_folder(tmp_path / "OpenSora-STDiT-v2-stage3", model)
-    loaded = STDiT2.from_checkpoint(folder).eval()
+    loaded = load_stdit2(folder).eval()
     assert loaded.config == model.config.model_copy(
         update={"enable_flash_attn": False, "micro_condition_convention": "opensora-1.1"})
     inputs = dummy_inputs(height=5, width=7)
     torch.testing.assert_close(loaded(**inputs), model(**inputs), rtol=0, atol=0)
     # The weights file alone finds its config.json beside it.
-    assert STDiT2.from_checkpoint(folder / "model.safetensors").config == loaded.config
+    assert load_stdit2(folder / "model.safetensors").config == loaded.config
 
 
 def test_bookkeeping_variants_are_accepted(tmp_path, model):
@@ -100,7 +100,7 @@ def test_convert_without_preset(tmp_path, model, source):
     target = tmp_path / "ours" / "model.safetensors"
     result = CliRunner().invoke(cli.app, ["model", "convert", "--from", str(tmp_path / source), "--to", str(target)])
     assert result.exit_code == 0, result.output
-    converted = STDiT2.from_checkpoint(target).eval()
+    converted = load_stdit2(target).eval()
     inputs = dummy_inputs()
     torch.testing.assert_close(converted(**inputs), model(**inputs), rtol=0, atol=0)
 
@@ -120,7 +120,7 @@ def test_convert_without_preset(tmp_path, model, source):
 def test_behaviour_changing_keys_are_refused_by_name(tmp_path, model, changes, named):
     folder = write_published_folder(tmp_path / "f", model, **changes)
     with pytest.raises(ValueError, match=re.escape(named)) as err:
-        STDiT2.from_checkpoint(folder)
+        load_stdit2(folder)
     assert str(folder / "config.json") in str(err.value)
     result = CliRunner().invoke(cli.app, ["model", "convert", "--from", str(folder), "--to",
                                           str(tmp_path / "out.safetensors")])

@@ -7,7 +7,7 @@ from dagster import AssetSelection, DagsterInstance, materialize
 
 from assets_defs.caches import cache_checks, text_embeddings, video_latents
 from opensora_core.data.synthetic import moving_square_clip
-from opensora_core.infer.export import write_video
+from opensora_core.data.video_io import write_video
 from orchestration.resources import CacheSettings, CurationStorage
 
 

@@ -29,7 +29,7 @@ from opensora_core.curation import scene_clips as clips_step
 from opensora_core.curation import scored_clips as scores_step
 from opensora_core.curation.storage import Storage
 from opensora_core.data.synthetic import moving_shape_clip
-from opensora_core.infer.export import write_video
+from opensora_core.data.video_io import write_video
 from orchestration.local_run import apply_partition_requests
 from orchestration.resources import CurationStorage
 from orchestration.sensors import raw_videos_sensor

@@ -34,7 +34,7 @@ from mlflow.tracking import MlflowClient
 from assets_defs.curation import raw_partitions, raw_videos
 from opensora_core.curation.ingest import register_inputs
 from opensora_core.data.synthetic import moving_square_clip
-from opensora_core.infer.export import write_video
+from opensora_core.data.video_io import write_video
 from opensora_core.train.loop import TrainArgs, train_stage
 from opensora_core.train.tracking import EXPERIMENT, RECORD_FILE, TrackingUnavailable
 from orchestration.resources import CurationStorage

@@ -12,7 +12,7 @@ from dagster import AssetKey, Failure, materialize
 from assets_defs.training import plan_stage, stdit2_stage0, training_assets
 from opensora_core.config import find_config
 from opensora_core.data.synthetic import moving_square_clip
-from opensora_core.infer.export import write_image
+from opensora_core.data.video_io import write_image
 from opensora_core.models import build_stdit2
 from opensora_core.models.checkpoint_io import save_model
 from orchestration.resources import (

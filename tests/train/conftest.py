@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from opensora_core.data.synthetic import moving_square_clip
-from opensora_core.infer.export import write_image, write_video
+from opensora_core.data.video_io import write_image, write_video
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from opensora_core.models import STDiT2, build_stdit2
-from opensora_core.models.checkpoint_io import save_model
+from opensora_core.models.checkpoint_io import load_stdit2, save_model
 from opensora_core.train.loop import TrainArgs, TrainingError, train_stage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def test_stage_exports_a_loadable_model_and_metrics(tmp_path, training_table, te
     result = train_stage(TrainArgs(stage="tiny/stage1", data=str(training_table), out=str(tmp_path / "s1"),
                                    profile=str(test_profile), max_steps=3, ckpt_every=3))
     assert result.steps == 3 and len(result.loss_curve) == 3
-    model = STDiT2.from_checkpoint(result.export_path)
+    model = load_stdit2(result.export_path)
     assert model.config.hidden_size == build_stdit2("stdit2-tiny").config.hidden_size
     lines = [json.loads(line) for line in (tmp_path / "s1" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3]
@@ -118,7 +118,7 @@ def test_two_processes_with_fsdp2_over_gloo_in_bf16(tmp_path, training_table, te
     checkpoint = out / "checkpoints" / "step-00000002"
     assert (checkpoint / "rank0.pt").is_file() and (checkpoint / "rank1.pt").is_file()
     assert len(list(checkpoint.glob("*.distcp"))) == 2  # one shard file per rank
-    model = STDiT2.from_checkpoint(out / "export" / "model.safetensors")
+    model = load_stdit2(out / "export" / "model.safetensors")
     assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in model.parameters())
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
@@ -184,7 +184,7 @@ def test_cosine_schedule_warms_up_then_decays_to_min_lr():
 def _wide_table(folder: Path) -> Path:
     """One 16-frame 48x96 clip at 8 fps and one 48x96 still: ar 0.5 as height/width."""
     from opensora_core.data.synthetic import moving_square_clip
-    from opensora_core.infer.export import write_image, write_video
+    from opensora_core.data.video_io import write_image, write_video
 
     clip, still = folder / "wide.mp4", folder / "wide.png"
     write_video(clip, moving_square_clip(16, 48, 96, seed=0), fps=8)
@@ -235,7 +235,7 @@ def test_training_feeds_the_models_micro_condition_convention(
     assert seen["video"] == {"height": [48.0], "width": [96.0], "ar": [video["ar"]], "fps": [video["fps"]]}
     assert seen["image"] == {"height": [48.0], "width": [96.0], "ar": [image["ar"]], "fps": [image["fps"]]}
     # The export carries the convention, and fine-tuning it under the other one is refused.
-    assert STDiT2.from_checkpoint(result.export_path).config.micro_condition_convention == convention
+    assert load_stdit2(result.export_path).config.micro_condition_convention == convention
     other = "consistent" if convention == "opensora-1.1" else "opensora-1.1"
     monkeypatch.setattr(loop, "load_preset", lambda name: config.model_copy(update={"micro_condition_convention": other}))
     with pytest.raises(TrainingError, match=f"trained with micro_condition_convention '{convention}'"):
