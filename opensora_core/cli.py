@@ -28,7 +28,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
 runs_app = typer.Typer(no_args_is_help=True, help="Compare MLflow training runs.")
 app.add_typer(runs_app, name="runs")
-app.command("eval")(eval_command)
+app.command("eval-samples")(eval_command)  # the asset and DVC stage `eval_samples`
+app.command("eval", hidden=True, help="Old name of `eval-samples`.")(eval_command)
 
 
 

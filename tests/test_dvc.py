@@ -24,8 +24,8 @@ DVC = REPO / ".venv-dvc" / "bin" / "dvc"
 VENV = REPO / ".venv"
 NO_DVC = "dvc lives in .venv-dvc, which is absent (make setup creates it)"
 
-ORDER = ["synth", "curate", "cache_text", "cache_video", "train_stage0", "train_stage1", "train_stage2",
-         "train_stage3", "eval"]
+ORDER = ["synth", "training_dataset", "text_embeddings", "video_latents", "stdit2_stage0", "stdit2_stage1",
+         "stdit2_stage2", "stdit2_stage3", "eval_samples"]
 # Never copied into the project copy: virtualenvs, pipeline outputs, local stores.
 NOT_COPIED = {".venv", ".venv-dvc", "data", "runs", "artifacts", "outputs", "mlruns", "mlartifacts", ".dagster",
               ".git"}
@@ -49,7 +49,7 @@ def test_dvc_pipeline_dry_run_lists_every_stage_in_order():
     assert _ran(done.stdout) == ORDER, done.stdout
     assert "--init runs/stage2/export/model.safetensors" in done.stdout
     assert done.stdout.count(" --lr ") == 4, done.stdout  # each train stage, from params.yaml
-    assert "opensora eval --checkpoint runs/stage3/export/model.safetensors --out runs/eval" in done.stdout
+    assert "opensora eval-samples --checkpoint runs/stage3/export/model.safetensors --out runs/eval" in done.stdout
 
 
 @pytest.mark.parametrize("lr", [0.0, -1e-3, math.nan, math.inf])
@@ -130,7 +130,7 @@ def test_dvc_repro_runs_once_then_reruns_only_downstream_of_a_changed_lr(tmp_pat
     _set_params(project / "params.yaml", lambda p: p["train"]["stage2"].update(lr=5.0e-4))
     third = _dvc(["repro"], project)
     assert third.returncode == 0, third.stdout[-4000:] + third.stderr[-4000:]
-    assert _ran(third.stdout) == ["train_stage2", "train_stage3", "eval"], third.stdout
+    assert _ran(third.stdout) == ["stdit2_stage2", "stdit2_stage3", "eval_samples"], third.stdout
     assert "--lr 0.0005" in third.stdout
     assert _logged_lr(project / "runs" / "stage2") == 5.0e-4
     assert _logged_lr(project / "runs" / "stage1") == 1.0e-3  # not re-run

@@ -58,7 +58,7 @@ def build_caches(meta: Path, stage: str, profile: str, cache: Path) -> None:
 def run_recipe(name: str, stages: list[dict], meta: Path, cache: Path, profile: str, folder: Path, eval_every: int,
                steps: int, cfg_scale: float, seeds: int, console: Console) -> list[dict]:
     """Train the stages in order (each from the previous export), evaluating every
-    `eval_every` steps with `opensora eval`'s `run_eval` on the held-out prompts (the
+    `eval_every` steps with `opensora eval-samples`'s `run_eval` on the held-out prompts (the
     conditioned cases at the last point only); returns one row per evaluation point."""
     rows, minutes, init = [], 0.0, None
     for index, stage in enumerate(stages):
@@ -123,7 +123,7 @@ def run_prompt_following_benchmark(recipes: dict[str, dict], eval_every: int = 2
                                    workdir: Path | None = None) -> list[dict]:
     """`recipes`: name -> {"overrides": {...}, "per_stage": [...], "data": {...}}: stage
     fields for every stage, per stage, and `synth` arguments over `DEMO_DATASET`. Samples
-    with DPM-Solver++ (flow sigmas for rflow), as `opensora eval` does."""
+    with DPM-Solver++ (flow sigmas for rflow), as `opensora eval-samples` does."""
     console = console or Console()
     torch.set_num_threads(torch.get_num_threads())
     rows = []

@@ -1,9 +1,10 @@
 """`opensora data ...`: curation steps without Dagster.
 
-Each step command has the name of its pipeline step (`probe` = asset `raw_videos`,
-`scenes` = `scene_clips`, `score` = `scored_clips`, `filter` = `training_dataset`) and
-works on every registered raw file, or on `--key` partitions only. `curate` runs them
-all, reusing partitions that are up to date.
+Each step command has the name of its asset and core function (`raw-videos`,
+`scene-clips`, `scored-clips`, `training-dataset`; the old spellings `probe`, `scenes`,
+`score`, `filter` are hidden aliases for a release) and works on every registered raw
+file, or on `--key` partitions only. `curate` runs them all, reusing partitions that are
+up to date: the DVC stage `training_dataset` runs it.
 """
 
 from __future__ import annotations
@@ -107,10 +108,11 @@ def _after_earlier_step(step, *args, **kwargs):
     try:
         return step(*args, **kwargs)
     except FileNotFoundError as err:
-        fail(f"{err}: run the earlier steps first (`opensora data probe`, then `scenes`), or `opensora data curate`")
+        fail(f"{err}: run the earlier steps first (`opensora data raw-videos`, then `scene-clips`), or `opensora data curate`")
 
 
-@data_app.command("probe")
+@data_app.command("probe", hidden=True, help="Old name of `raw-videos`.")
+@data_app.command("raw-videos")
 def probe(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyOpt = None,
         storage_option: StorageOpt = None) -> None:
     """raw_videos: hash and probe every raw file (codec, fps, decodable frames, size)."""
@@ -129,7 +131,8 @@ def probe(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyO
         console.print(f"{raw.key}  {raw.path}  {status}", highlight=False)
 
 
-@data_app.command("scenes")
+@data_app.command("scenes", hidden=True, help="Old name of `scene-clips`.")
+@data_app.command("scene-clips")
 def scenes(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyOpt = None,
         storage_option: StorageOpt = None) -> None:
     """scene_clips: detect scenes and cut them into frame-accurate clips."""
@@ -142,7 +145,8 @@ def scenes(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: Key
         console.print(f"{raw.key}  {status}", highlight=False)
 
 
-@data_app.command("score")
+@data_app.command("score", hidden=True, help="Old name of `scored-clips`.")
+@data_app.command("scored-clips")
 def score(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyOpt = None,
         storage_option: StorageOpt = None) -> None:
     """scored_clips: captions and scores (flow, ocr, quality; aes and match with CLIP weights)."""
@@ -156,7 +160,8 @@ def score(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", key: KeyO
                       highlight=False)
 
 
-@data_app.command("filter")
+@data_app.command("filter", hidden=True, help="Old name of `training-dataset`.")
+@data_app.command("training-dataset")
 def filter_(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", storage_option: StorageOpt = None) -> None:
     """training_dataset: merge all partitions, filter, write meta.csv/.parquet and rejected.csv."""
     from opensora_core.curation.training_dataset import training_dataset

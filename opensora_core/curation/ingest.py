@@ -1,4 +1,4 @@
-"""Step 1, `raw_videos` / `opensora data probe`: find the raw files, hash them, give each
+"""Step 1, `raw_videos` / `opensora data raw-videos`: find the raw files, hash them, give each
 a partition key, and probe what they really contain.
 
 A raw file is any file under the input root whose extension is a configured video or

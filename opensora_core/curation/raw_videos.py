@@ -1,4 +1,4 @@
-"""Step 1, asset `raw_videos` / `opensora data probe`: probe one raw file and read its
+"""Step 1, asset `raw_videos` / `opensora data raw-videos`: probe one raw file and read its
 sidecar caption into `partitions/<key>/raw/manifest.json`."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Step 2, asset `scene_clips` / `opensora data scenes`: cut one raw video into scene
+"""Step 2, asset `scene_clips` / `opensora data scene-clips`: cut one raw video into scene
 clips (:func:`opensora_core.curation.scenes.cutter.cut_scenes`), an image into a
 one-frame sample, into `partitions/<key>/clips/` (mp4 + jpg, `clips.parquet`,
 `sample_scores.parquet`).

@@ -1,4 +1,4 @@
-"""Step 3, asset `scored_clips` / `opensora data score`: caption and score every clip of
+"""Step 3, asset `scored_clips` / `opensora data scored-clips`: caption and score every clip of
 one partition into `partitions/<key>/scores/scores.parquet`.
 
 Scores that `scene_clips` computed while cutting are taken as they are while their

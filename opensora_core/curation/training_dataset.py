@@ -1,4 +1,4 @@
-"""Steps 4-5, asset `training_dataset` / `opensora data filter`: merge the scored
+"""Steps 4-5, asset `training_dataset` / `opensora data training-dataset`: merge the scored
 partitions, filter, and write the training table under the output root: `meta.csv`,
 `meta.parquet`, `rejected.csv`, `filtered.csv` (+ `merged_scores.parquet`, a cache).
 

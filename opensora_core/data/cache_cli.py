@@ -1,4 +1,5 @@
-"""`opensora cache ...`: build the text and video caches of a training table."""
+"""`opensora cache ...`: the cache steps `text_embeddings` and `video_latents`
+(`opensora_core.data.cache_steps`), named as their assets and DVC stages."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ cache_app = typer.Typer(no_args_is_help=True, help="Build the T5 / VAE latent ca
 MetaOpt = Annotated[Path, typer.Option("--meta", help="Training table (meta.csv or .parquet).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Cache folder (created; reused across runs).")]
 ProfileOpt = Annotated[str, typer.Option("--profile", help="Profile naming the VAE / text encoder.")]
+# Spellings before the steps were named after their assets; hidden, kept for a release.
+OLD_NAMES = {"text-embeddings": "text", "video-latents": "video"}
 
 
 def _table(meta: Path, columns: tuple[str, ...]):
@@ -24,49 +27,37 @@ def _table(meta: Path, columns: tuple[str, ...]):
         fail(str(err))
 
 
-@cache_app.command("text")
-def cache_text(
+def text_embeddings_command(
     meta: MetaOpt, out: OutOpt, profile: ProfileOpt = "embedded",
     preset: Annotated[str, typer.Option(help="Model preset (caption width and length).")] = "stdit2-tiny",
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
 ) -> None:
     """Encode every caption once (token ids for a jointly trained encoder)."""
-    from opensora_core.config import load_profile
-    from opensora_core.data.caches import ShardedTensorCache, build_text_cache
-    from opensora_core.models import load_preset
-    from opensora_core.models.text_encoder import build_text_encoder_for_model
+    from opensora_core.data.cache_steps import TEXT_COLUMNS, text_embeddings
 
-    table = _table(meta, ("text",))
-    settings, config = load_profile(profile), load_preset(preset)
-    text_encoder = build_text_encoder_for_model(settings.text_encoder.kind, settings.text_encoder.path,
-                                                config.caption_channels, config.model_max_length)
-    cache = ShardedTensorCache(out)
-    report = build_text_cache(table["text"].astype(str).tolist(), text_encoder, cache, batch_size)
-    console.print(f"text cache {out}: {report.added} encoded, {report.reused} reused, "
-                  f"{len(cache)} entries, {cache.nbytes() / 2**20:.2f} MiB")
+    result = text_embeddings(_table(meta, TEXT_COLUMNS), out, profile, preset, batch_size)
+    console.print(f"text cache {out}: {result.added} encoded, {result.reused} reused, "
+                  f"{result.entries} entries, {result.nbytes / 2**20:.2f} MiB")
 
 
-@cache_app.command("video")
-def cache_video(
+def video_latents_command(
     meta: MetaOpt, out: OutOpt,
-    stage: Annotated[str, typer.Option(help="Stage config whose buckets decide the sizes.")],
+    stage: Annotated[list[str], typer.Option(help="Stage config whose buckets decide the sizes (repeatable).")],
     profile: ProfileOpt = "embedded",
     device: Annotated[str, typer.Option()] = "cpu",
 ) -> None:
-    """Encode every clip's frames at every bucket size the stage can assign it to."""
-    from opensora_core.config import load_profile, load_stage
-    from opensora_core.data.buckets import BucketAssigner
-    from opensora_core.data.caches import ShardedTensorCache, build_video_cache
-    from opensora_core.models.vae import build_vae
+    """Encode every clip's frames at every bucket size the stages can assign it to."""
+    from opensora_core.data.cache_steps import VIDEO_COLUMNS, video_latents
 
-    table = _table(meta, ("path", "num_frames", "height", "width"))
-    settings = load_profile(profile)
-    vae = build_vae(settings.vae.kind, settings.vae.path).to(device)
-    cache = ShardedTensorCache(out)
-    report = build_video_cache(table, BucketAssigner(load_stage(stage)), vae, cache, device=device)
-    console.print(f"video cache {out}: {report.added} encoded ({report.frames} frames), {report.reused} reused, "
-                  f"{len(cache)} entries, {cache.nbytes() / 2**20:.2f} MiB")
-    for what, why in report.skipped:
+    result = video_latents(_table(meta, VIDEO_COLUMNS), out, stage, profile, device)
+    console.print(f"video cache {out}: {result.added} encoded ({result.frames} frames), {result.reused} reused, "
+                  f"{result.entries} entries, {result.nbytes / 2**20:.2f} MiB")
+    for what, why in result.skipped:
         err_console.print(f"[yellow]skipped[/] {what}: {why}", highlight=False)
-    if report.skipped:
+    if result.skipped:
         raise typer.Exit(1)
+
+
+for _name, _command in (("text-embeddings", text_embeddings_command), ("video-latents", video_latents_command)):
+    cache_app.command(_name)(_command)
+    cache_app.command(OLD_NAMES[_name], hidden=True, help=f"Old name of `{_name}`.")(_command)

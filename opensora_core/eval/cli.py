@@ -1,7 +1,8 @@
-"""`opensora eval`: generate a fixed prompt set with several seeds from a checkpoint,
-write the samples, score prompt following and print/write the metrics.
+"""`opensora eval-samples` (asset and DVC stage `eval_samples`): generate a fixed prompt
+set with several seeds from a checkpoint, write the samples, score prompt following and
+print/write the metrics.
 
-Registered in `opensora_core/cli.py` as `app.command("eval")(eval_command)`.
+Registered in `opensora_core/cli.py` as `eval-samples` (and the old spelling `eval`).
 """
 
 from __future__ import annotations

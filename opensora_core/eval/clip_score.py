@@ -9,7 +9,7 @@ the frames match the prompt better.
 Nothing is downloaded: `path` is a local Hugging Face CLIP folder (what
 `CLIPModel.save_pretrained` + `CLIPProcessor.save_pretrained` write, e.g. a copy of
 `openai/clip-vit-base-patch32`). transformers is imported only when a scorer is built,
-so `opensora eval` without `--clip` never pays for it.
+so `opensora eval-samples` without `--clip` never pays for it.
 """
 
 from __future__ import annotations

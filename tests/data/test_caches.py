@@ -12,6 +12,7 @@ from opensora_core.cli import app
 from opensora_core.config import load_stage
 from opensora_core.data import caches
 from opensora_core.data.buckets import BucketAssigner
+from opensora_core.data.cache_steps import check_text_embeddings, check_video_latents, video_latents
 from opensora_core.data.caches import (
     ShardedTensorCache,
     build_text_cache,
@@ -247,14 +248,25 @@ def test_cache_commands(tmp_path, table):
     meta = tmp_path / "meta.csv"
     table.to_csv(meta, index=False)
     runner = CliRunner()
-    text = runner.invoke(app, ["cache", "text", "--meta", str(meta), "--out", str(tmp_path / "t")])
+    text = runner.invoke(app, ["cache", "text-embeddings", "--meta", str(meta), "--out", str(tmp_path / "t")])
     assert text.exit_code == 0, text.output
     assert "3 encoded" in text.output
-    video = runner.invoke(app, ["cache", "video", "--meta", str(meta), "--stage", "tiny/stage1",
-                                "--out", str(tmp_path / "v")])
+    video = runner.invoke(app, ["cache", "video-latents", "--meta", str(meta), "--stage", "tiny/stage1",
+                                "--stage", "tiny/stage2", "--out", str(tmp_path / "v")])
     assert video.exit_code == 0, video.output
+    assert check_video_latents(table, tmp_path / "v", ["tiny/stage1", "tiny/stage2"]).passed
+    assert check_text_embeddings(table, tmp_path / "t").passed
+    # the old spelling still works, and finds everything cached
     again = runner.invoke(app, ["cache", "video", "--meta", str(meta), "--stage", "tiny/stage1",
                                 "--out", str(tmp_path / "v")])
-    assert "0 encoded" in again.output
-    bad = runner.invoke(app, ["cache", "video", "--meta", str(meta), "--stage", "nope", "--out", str(tmp_path)])
+    assert again.exit_code == 0 and "0 encoded" in again.output, again.output
+    bad = runner.invoke(app, ["cache", "video-latents", "--meta", str(meta), "--stage", "nope", "--out", str(tmp_path)])
     assert bad.exit_code != 0
+
+
+def test_cache_checks_find_missing_entries(tmp_path, table):
+    video_latents(table, tmp_path / "v", ["tiny/stage1"], progress=False)
+    assert check_video_latents(table, tmp_path / "v", ["tiny/stage1"]).passed
+    wider = check_video_latents(table, tmp_path / "v", ["tiny/stage1", "tiny/stage3"])
+    assert not wider.passed and wider.missing and wider.expected > len(wider.missing)
+    assert not check_text_embeddings(table, tmp_path / "empty").passed

@@ -72,9 +72,9 @@ def test_steps_out_of_order_and_a_file_as_synth_out_are_named(tmp_path):
     assert result.exit_code == 2 and "a file, not a folder" in " ".join(result.output.split())
     assert runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "raw"), "--videos", "1", "--images", "0"]
                          ).exit_code == 0
-    for step in ("scenes", "score"):
+    for step in ("scene-clips", "scored-clips", "scenes"):  # the old spelling too
         result = runner.invoke(app, ["data", step, "--input", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),
                                      "--config", "synthetic"])
         message = " ".join(result.output.split())
         assert result.exit_code == 2 and "has not been materialized" in message, (step, message)
-        assert "opensora data probe" in message
+        assert "opensora data raw-videos" in message

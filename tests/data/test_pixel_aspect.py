@@ -124,7 +124,7 @@ def test_the_probe_command_says_how_the_video_is_shown(tmp_path):
     raw.mkdir()
     _write(raw / "anamorphic.mp4", Fraction(3, 2))
     _write(raw / "square.mp4", Fraction(1))
-    result = CliRunner().invoke(app, ["data", "probe", "--input", str(raw), "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(app, ["data", "raw-videos", "--input", str(raw), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())  # (the console wraps long lines)
     assert "anamorphic.mp4 h264 144x64 (as shown: pixels 3:2) 48 frames" in output

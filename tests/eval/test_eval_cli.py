@@ -24,7 +24,7 @@ def test_eval_command_writes_samples_and_metrics(app, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square moving right\na cat\n")
     out = tmp_path / "eval"
-    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(checkpoint), "--prompts", str(prompts),
+    result = CliRunner().invoke(app, ["eval-samples", "--checkpoint", str(checkpoint), "--prompts", str(prompts),
                                       "--seeds", "2", "--steps", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "color_accuracy" in result.output and "i2v_direction_accuracy" in result.output

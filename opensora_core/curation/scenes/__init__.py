@@ -1,4 +1,4 @@
-"""The scene cutter of step 2, `scene_clips` / `opensora data scenes`: detect scenes
+"""The scene cutter of step 2, `scene_clips` / `opensora data scene-clips`: detect scenes
 with PySceneDetect's adaptive detector and cut them into clips, in one decoding pass.
 
 Each decoded frame goes to the detector (downscaled, as PySceneDetect itself does) and,

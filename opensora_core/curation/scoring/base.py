@@ -11,7 +11,7 @@ Frames reach scorers two ways:
   cutter keeps each frame's luma at :func:`sample_size` and hands every finished clip's
   sample positions to the scorers that work on luma alone (`flow`, `ocr`, `quality`),
   so scoring costs no second decode; the scores are stored with the clips;
-- on their own (`opensora data score`, changed scorer settings, or the colour scorers
+- on their own (`opensora data scored-clips`, changed scorer settings, or the colour scorers
   `aes` and `match`), :func:`read_samples` decodes the sampled frames of a clip file.
 """
 
