@@ -41,12 +41,12 @@ from opensora_core.config import ConfigError, StageConfig, load_stage
 from opensora_core.data.buckets import Bucket, BucketAssigner
 from opensora_core.models import load_preset
 from opensora_core.models.checkpoint_io import compare_keys, load_state_dict
+from opensora_core.tracking.registry import download_champion
 from opensora_core.train.metrics import summarize_loss
 from opensora_core.utils.atomic import atomic_path, write_text_atomic
 from opensora_core.utils.folder_lock import FolderLock, FolderLocked
 from opensora_core.utils.hashing import file_sha256
 from orchestration.launch.components import train_stage_component
-from orchestration.promotion import download_champion
 from orchestration.resources import (
     CacheSettings,
     CurationStorage,

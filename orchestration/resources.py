@@ -22,6 +22,8 @@ from torchx.runner import get_runner
 from opensora_core.config import load_profile, project_root
 from opensora_core.curation.config import CurationConfig, load_curation_config
 from opensora_core.curation.storage import FileList, Storage, open_source
+from opensora_core.eval.round import RoundSettings
+from opensora_core.tracking.store import TrackingStore, TrackingUnreachable
 from orchestration.launch.components import DEFAULT_IMAGE
 
 # The folder holding opensora_core/ and orchestration/: what a local job must import.
@@ -172,41 +174,20 @@ class MlflowTracking(ConfigurableResource):
     model_name: str = Field("stdit2", description="Registered model that evaluation promotes into.")
     ui_url: str | None = Field(None, description="Base URL of the MLflow UI for links (http URIs link to themselves).")
 
-    def client(self):
-        from mlflow.tracking import MlflowClient
+    def store(self) -> TrackingStore:
+        return TrackingStore(self.tracking_uri, self.experiment, self.model_name, self.ui_url)
 
-        if self.tracking_uri.startswith(("http://", "https://")):
-            _check_reachable(self.tracking_uri)
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+    def client(self):
+        try:
+            return self.store().client()
+        except TrackingUnreachable as err:
+            raise Failure(str(err)) from None
 
     def experiment_id(self, client) -> str:
-        experiment = client.get_experiment_by_name(self.experiment)
-        if experiment is not None:
-            return experiment.experiment_id
-        location = None
-        if self.tracking_uri.startswith("sqlite:///"):  # artifacts beside the database, as training does
-            location = (Path(self.tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-        return client.create_experiment(self.experiment, artifact_location=location)
+        return self.store().experiment_id(client)
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
-        if self.tracking_uri.startswith(("http://", "https://")):
-            base = self.tracking_uri
-        else:
-            base = self.ui_url or os.environ.get("OPENSORA_MLFLOW_UI_URL", "http://127.0.0.1:5000")
-        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
-def _check_reachable(uri: str) -> None:
-    import urllib.error
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).close()
-    except urllib.error.HTTPError:
-        return
-    except OSError as err:
-        raise Failure(f"MLflow tracking server {uri} is unreachable ({err}); start it or set the profile's "
-                      "mlflow_tracking_uri") from None
+        return self.store().run_url(experiment_id, run_id)
 
 
 def mlflow_tracking_from_env() -> MlflowTracking:
@@ -230,6 +211,10 @@ class EvaluationSettings(ConfigurableResource):
                     "extend_direction_accuracy", "diversity", "clip_score"] = Field(
         "prompt_following", description="Score compared with the champion's to decide promotion.")
     clip: str | None = Field(None, description="Local CLIP folder: adds clip_score (none is downloaded).")
+
+    def round_settings(self) -> RoundSettings:
+        return RoundSettings(self.out_root, self.prompts, self.seeds, self.steps, self.cfg_scale, self.metric,
+                             self.clip)
 
 
 def evaluation_settings_from_env() -> EvaluationSettings:

@@ -16,7 +16,7 @@ CORE = Path(opensora_core.__file__).parent
 LAYERS: list[set[str]] = [
     {"utils"},
     {"config"},
-    {"models", "diffusion"},
+    {"models", "diffusion", "tracking"},
     {"data"},  # training data: buckets, datasets, latent caches, video files
     {"curation"},  # raw files -> clips -> scores -> the training table
     {"infer"},

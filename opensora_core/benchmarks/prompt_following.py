@@ -25,7 +25,7 @@ from opensora_core.config import find_config, load_profile, load_stage
 from opensora_core.data.buckets import BucketAssigner
 from opensora_core.data.caches import ShardedTensorCache, build_text_cache, build_video_cache
 from opensora_core.data.synthetic import DEMO_DATASET, synth
-from opensora_core.eval.cli import DEFAULT_PROMPT_SET, run_eval
+from opensora_core.eval.evaluate import DEFAULT_PROMPT_SET, run_eval
 from opensora_core.models import load_preset
 from opensora_core.models.text_encoder import build_text_encoder_for_model
 from opensora_core.models.vae import build_vae

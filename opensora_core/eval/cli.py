@@ -1,186 +1,23 @@
-"""`opensora eval-samples` (asset and DVC stage `eval_samples`): generate a fixed prompt
-set with several seeds from a checkpoint, write the samples, score prompt following and
-print/write the metrics.
+"""`opensora eval-samples` (asset and DVC stage `eval_samples`): sample and score a
+checkpoint (`opensora_core.eval.evaluate`), print the scores; with `--register`, the whole
+round as the Dagster asset runs it: previews, an MLflow run, the registry's champion.
 
 Registered in `opensora_core/cli.py` as `eval-samples` (and the old spelling `eval`).
 """
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
-from opensora_core.eval.conditioning import (
-    CONDITIONING_KINDS,
-    build_cases,
-    combination_of,
-    score_case,
-    summarize,
-)
-from opensora_core.utils.atomic import write_text_atomic
-
-DEFAULT_PROMPT_SET = "default"
-METRICS_FILE = "metrics.json"
-# The evaluation geometry: what the tiny stages train on.
-EVAL_FRAMES, EVAL_HEIGHT, EVAL_WIDTH, EVAL_FPS = 8, 64, 64, 8.0
+from opensora_core.eval.evaluate import DEFAULT_PROMPT_SET, METRICS_FILE, PROMOTION_METRICS, run_eval
 
 console = Console()
 err_console = Console(stderr=True)
-
-
-def default_prompts_path() -> Path:
-    """`configs/eval/prompts.yaml` of the project (else of this checkout)."""
-    from opensora_core.config import project_root
-
-    for root in (project_root(), Path(__file__).resolve().parents[2]):
-        path = root / "configs" / "eval" / "prompts.yaml"
-        if path.is_file():
-            return path
-    raise FileNotFoundError("configs/eval/prompts.yaml not found")
-
-
-def load_prompts(prompts: str | Path = DEFAULT_PROMPT_SET) -> list[str]:
-    """The prompt set: "default" (configs/eval/prompts.yaml), a YAML file with a
-    `prompts:` list, or a text file with one prompt per line."""
-    path = default_prompts_path() if str(prompts) == DEFAULT_PROMPT_SET else Path(prompts)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt set {path}: no such file")
-    if path.suffix in (".yaml", ".yml"):
-        data = yaml.safe_load(path.read_text())
-        lines = data.get("prompts") if isinstance(data, dict) else data
-        if not isinstance(lines, list) or not all(isinstance(p, str) for p in lines):
-            raise ValueError(f"{path}: expected a `prompts:` list of strings")
-    else:
-        lines = path.read_text().splitlines()
-    lines = [p.strip() for p in lines if p.strip()]
-    if not lines:
-        raise ValueError(f"{path}: no prompts")
-    return lines
-
-
-def _json_safe(value):
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def run_eval(
-    checkpoint: str | Path,
-    prompts: str | Path = DEFAULT_PROMPT_SET,
-    seeds: int = 2,
-    steps: int = 20,
-    out: str | Path = "outputs/eval",
-    profile: str = "embedded",
-    device: str = "cpu",
-    cfg_scale: float = 7.0,
-    progress: bool = False,
-    clip: str | Path | None = None,
-    conditioned: bool = True,
-) -> dict:
-    """Generate `seeds` samples of every prompt (seeds 0..seeds-1, DPM-Solver++,
-    8 frames at 64x64), write them under `out/samples/seed_N/`, and write
-    `out/metrics.json` with the metrics, settings and per-sample results.
-
-    With `clip` (a local Hugging Face CLIP folder) the metrics gain `clip_score`, the
-    mean over samples of `opensora_core.eval.clip_score`'s CLIP score, and every sample
-    its own; without it nothing about CLIP is imported and `clip_score` is absent.
-
-    With `conditioned`, every prompt that names a colour, shape and direction also gets
-    an image-to-video and an extension case (`eval/conditioning.py`) from a fresh clip
-    of that combination, written under `out/references/` and sampled with every seed into
-    `out/samples/i2v/` and `out/samples/extend/` (seed 0; `i2v_seed_N/`, `extend_seed_N/`
-    for the others). `prompt_following` is the mean of the
-    colour and direction accuracies (and the conditioned direction accuracies): the
-    score promotion compares."""
-    from opensora_core.eval.metrics import evaluate_videos
-    from opensora_core.infer.sample import (
-        SampleSettings,
-        load_generation_stack,
-        parse_prompt,
-        write_samples,
-    )
-
-    if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    texts = load_prompts(prompts)
-    scorer = None
-    if clip is not None:  # before generating: a bad folder fails fast
-        from opensora_core.eval.clip_score import ClipScorer
-
-        scorer = ClipScorer.from_pretrained(clip, device=device)
-    requests = [parse_prompt(text) for text in texts]
-    generator, provenance = load_generation_stack(checkpoint=checkpoint, profile=profile, device=device)
-    out = Path(out)
-    videos, video_prompts, files = [], [], []
-    for seed in range(seeds):
-        settings = SampleSettings(num_frames=EVAL_FRAMES, height=EVAL_HEIGHT, width=EVAL_WIDTH, fps=EVAL_FPS,
-                                  steps=steps, sampler="dpm-solver", cfg_scale=cfg_scale, seed=seed,
-                                  batch_size=len(requests))
-        generated = generator.generate(requests, settings, progress=progress)
-        written = write_samples(generated, requests, settings, out / "samples" / f"seed_{seed}", provenance)
-        videos += generated
-        video_prompts += [r.text for r in requests]
-        files += [str(p) for p in written]
-    details: list[dict] = []
-    metrics = evaluate_videos(videos, video_prompts, details)
-    for row, path in zip(details, files):
-        row["file"] = path
-    conditioned_rows = (_conditioned(generator, texts, seeds, steps, cfg_scale, out, provenance, progress)
-                        if conditioned else [])
-    metrics.update(summarize(conditioned_rows))
-    metrics["prompt_following"] = prompt_following(metrics)
-    if scorer is not None:
-        scores = scorer.score(videos, video_prompts)
-        for row, value in zip(details, scores):
-            row["clip_score"] = value
-        metrics["clip_score"] = sum(scores) / len(scores)
-    report = {
-        "metrics": {k: _json_safe(v) for k, v in metrics.items()},
-        "settings": {"prompts": texts, "seeds": seeds, "steps": steps, "sampler": "dpm-solver",
-                     "num_frames": EVAL_FRAMES, "height": EVAL_HEIGHT, "width": EVAL_WIDTH, "cfg_scale": cfg_scale,
-                     "clip": None if clip is None else str(clip)},
-        "provenance": provenance,
-        "samples": details,
-        "conditioned": conditioned_rows,
-    }
-    write_text_atomic(out / METRICS_FILE, json.dumps(report, indent=2, sort_keys=True) + "\n")
-    return report
-
-
-def prompt_following(metrics: dict) -> float:
-    """Mean of the accuracies that were measured: colour, direction, and the direction
-    of image-to-video and extension samples; NaN when none was."""
-    keys = ("color_accuracy", "direction_accuracy", "i2v_direction_accuracy", "extend_direction_accuracy")
-    values = [metrics[k] for k in keys if k in metrics and not math.isnan(metrics[k])]
-    return sum(values) / len(values) if values else float("nan")
-
-
-def _conditioned(generator, texts: list[str], seeds: int, steps: int, cfg_scale: float, out: Path, provenance: dict,
-                 progress: bool = False) -> list[dict]:
-    """Image-to-video and extension samples of the prompts' synthetic combinations, one
-    per seed as for the prompts themselves, scored."""
-    from opensora_core.infer.sample import PromptRequest, SampleSettings, write_samples
-
-    combinations = list(dict.fromkeys(c for c in map(combination_of, texts) if c is not None))
-    rows: list[dict] = []
-    for kind in CONDITIONING_KINDS if combinations else ():
-        cases = build_cases(kind, combinations, out / "references", EVAL_FRAMES, EVAL_HEIGHT, EVAL_WIDTH)
-        requests = [PromptRequest(c.prompt, [c.reference], c.mask_strategy) for c in cases]
-        for seed in range(seeds):
-            settings = SampleSettings(num_frames=EVAL_FRAMES, height=EVAL_HEIGHT, width=EVAL_WIDTH, fps=EVAL_FPS,
-                                      steps=steps, sampler="dpm-solver", cfg_scale=cfg_scale, seed=seed,
-                                      batch_size=len(requests))
-            videos = generator.generate(requests, settings, progress=progress)
-            folder = out / "samples" / (kind if seed == 0 else f"{kind}_seed_{seed}")
-            written = write_samples(videos, requests, settings, folder, provenance)
-            for video, case, path in zip(videos, cases, written):
-                rows.append({**score_case(video, case), "seed": seed, "file": str(path)})
-    return rows
 
 
 def _fmt(value) -> str:
@@ -200,11 +37,22 @@ def eval_command(
         help="Local Hugging Face CLIP folder (config.json, weights, tokenizer, preprocessor): adds the CLIP score.")] = None,
     conditioned: Annotated[bool, typer.Option(
         help="Also score image-to-video and extension from fresh clips of the prompts' synthetic combinations.")] = True,
+    register: Annotated[bool, typer.Option(
+        help="The whole round, as the eval_samples asset runs it: previews, an MLflow run in the profile's store, "
+             "a new version of --model-name, promoted to champion when --metric beats the champion's.")] = False,
+    model_name: Annotated[str, typer.Option(help="--register: the registered model.")] = "stdit2",
+    metric: Annotated[str, typer.Option(help="--register: the score compared with the champion's.")] =
+        "prompt_following",
 ) -> None:
     """Score prompt following (colour, motion direction, CLIP score with --clip) and sample diversity of a checkpoint."""
     if not checkpoint.exists():
         err_console.print(f"[bold red]error:[/] --checkpoint {checkpoint}: no such file", highlight=False)
         raise typer.Exit(2)
+    if metric not in PROMOTION_METRICS:
+        err_console.print(f"[bold red]error:[/] --metric {metric}: expected one of {', '.join(PROMOTION_METRICS)}",
+                          highlight=False)
+        raise typer.Exit(2)
+    store = _tracking_store(profile, model_name) if register else None  # unreachable: refused before sampling
     try:
         report = run_eval(checkpoint, prompts, seeds, steps, out, profile, device, cfg_scale, clip=clip,
                           conditioned=conditioned)
@@ -241,3 +89,33 @@ def eval_command(
         summary.add_row("clip_score", _fmt(m["clip_score"]), f"{m['num_samples']:.0f} samples")
     console.print(summary)
     console.print(f"wrote {Path(out) / METRICS_FILE}")
+    if store is not None:
+        _register(store, checkpoint, out, report, metric)
+
+
+def _tracking_store(profile: str, model_name: str):
+    from opensora_core.config import load_profile
+    from opensora_core.tracking.store import TrackingStore, TrackingUnreachable
+
+    store = TrackingStore(load_profile(profile).mlflow_tracking_uri, model_name=model_name)
+    try:
+        store.client()
+    except TrackingUnreachable as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        raise typer.Exit(2) from None
+    return store
+
+
+def _register(store, checkpoint: Path, out: Path, report: dict, metric: str) -> None:
+    """Previews, the MLflow run and the registry, as the asset's round does them."""
+    from opensora_core.eval.evaluate import EVAL_FPS
+    from opensora_core.eval.round import record_round, write_previews
+
+    if metric not in report["metrics"]:
+        err_console.print(f"[bold red]error:[/] --metric {metric}: not measured; measured: "
+                          f"{', '.join(sorted(report['metrics']))}", highlight=False)
+        raise typer.Exit(2)
+    export = checkpoint / "model.safetensors" if checkpoint.is_dir() else checkpoint
+    write_previews(report, Path(out), fps=EVAL_FPS)
+    summary = record_round(store, Path(out), report, export, metric, log=console.print)
+    console.print(f"registered: {summary['decision']}; MLflow run {summary['mlflow_eval_run']}", highlight=False)

@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from opensora_core.data.synthetic import moving_shape_clip
-from opensora_core.eval.cli import run_eval
 from opensora_core.eval.clip_score import ClipScorer, check_clip_folder, frame_positions
+from opensora_core.eval.evaluate import run_eval
 from opensora_core.models import build_stdit2
 from opensora_core.models.checkpoint_io import save_model
 from tests.data.learned_models import save_tiny_clip

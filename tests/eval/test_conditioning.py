@@ -6,8 +6,8 @@ import pytest
 
 from opensora_core.data.synthetic import held_out_combinations, moving_shape_clip
 from opensora_core.data.video_io import read_frames
-from opensora_core.eval.cli import prompt_following
 from opensora_core.eval.conditioning import build_cases, combination_of, score_case, summarize
+from opensora_core.eval.evaluate import prompt_following
 
 
 def test_combination_of_reads_colour_shape_and_direction():

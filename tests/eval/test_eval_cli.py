@@ -3,7 +3,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from opensora_core.eval.cli import load_prompts
+from opensora_core.eval.evaluate import load_prompts
 from opensora_core.models import build_stdit2
 from opensora_core.models.checkpoint_io import save_model
 
@@ -51,3 +51,25 @@ def test_eval_command_writes_samples_and_metrics(app, tmp_path):
 def test_eval_command_rejects_missing_checkpoint(app, tmp_path):
     result = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path / "nope.safetensors")])
     assert result.exit_code == 2
+
+
+@pytest.mark.filterwarnings("ignore:no text_encoder.safetensors")
+def test_eval_command_registers_and_promotes_as_the_asset_does(app, tmp_path, test_profile):
+    from opensora_core.config import load_profile
+    from opensora_core.tracking.registry import champion
+
+    checkpoint = save_model(build_stdit2("stdit2-tiny"), tmp_path / "ckpt" / "model.safetensors")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square moving right\n")
+    common = ["eval-samples", "--checkpoint", str(checkpoint), "--prompts", str(prompts), "--seeds", "1",
+              "--steps", "2", "--no-conditioned", "--profile", str(test_profile), "--register"]
+    bad = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "x"), "--metric", "colour"])
+    assert bad.exit_code == 2 and "--metric colour" in bad.output and not (tmp_path / "x").exists()
+    uri = load_profile(str(test_profile)).mlflow_tracking_uri
+    for round_, decision in ((1, "promoted"), (2, "kept")):  # the same score does not beat the champion
+        out = tmp_path / f"round{round_}"
+        result = CliRunner().invoke(app, [*common, "--out", str(out), "--metric", "color_accuracy"])
+        assert result.exit_code == 0, result.output
+        assert f"registered: {decision}" in " ".join(result.output.split())
+        assert (out / "preview.gif").is_file() and (out / "frame_strip.png").is_file()
+    assert int(champion(uri).version) == 1

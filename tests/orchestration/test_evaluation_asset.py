@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from dagster import Failure, materialize
 
-from assets_defs.evaluation import eval_samples, write_previews
+from assets_defs.evaluation import eval_samples
 from opensora_core.data.synthetic import moving_square_clip
 from opensora_core.data.video_io import write_video
+from opensora_core.eval.round import write_previews
 from opensora_core.models import build_stdit2
 from opensora_core.models.checkpoint_io import save_model
 from orchestration.resources import EvaluationSettings, MlflowTracking, TrainingSettings

@@ -1,7 +1,7 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestration.promotion import promote_if_better, score_tag
+from opensora_core.tracking.registry import promote_if_better, score_tag
 
 
 @pytest.fixture

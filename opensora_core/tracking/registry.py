@@ -2,9 +2,9 @@
 version of `stdit2` and move the alias `champion` to it only if its evaluation score
 beats the current champion's.
 
-Lives in `orchestration` because `opensora_core.train.tracking` is the only module of
-`opensora_core` allowed to import mlflow. Scores are stored on each version as the tag
-`eval.<metric>`; a version that is not promoted gets the alias `challenger`.
+Scores are stored on each version as the tag `eval.<metric>`; a version that is not
+promoted gets the alias `challenger`. mlflow is imported inside the functions: importing
+this module costs nothing.
 """
 
 from __future__ import annotations
