@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 failure while working, 2 bad input (config, arguments, 
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +18,7 @@ from opensora_core.config import ConfigError
 from opensora_core.curation.cli import data_app
 from opensora_core.data.cache_cli import cache_app
 from opensora_core.eval.cli import eval_command
+from opensora_core.train.args import TrainArgs, train_flags
 from opensora_core.utils.cli import console, err_console, fail
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n\n")[0])
@@ -322,34 +324,35 @@ def sample(
         console.print(f"wrote {path}")
 
 
-@app.command("train")
-def train(
-    stage: Annotated[str, typer.Option(help="Stage config: path or stem (stage1, tiny/stage1).")],
-    data: Annotated[Path, typer.Option(help="Training table: meta.csv or meta.parquet.")],
-    out: Annotated[Path, typer.Option(help="Stage folder: checkpoints/, export/, metrics.jsonl. Resumes if it has checkpoints.")],
-    profile: Annotated[str, typer.Option(help="embedded (CPU, gloo) or cluster (CUDA, NCCL), or a YAML path.")] = "embedded",
-    cache: Annotated[Path | None, typer.Option(help="Cache folder with text/ and video/.")] = None,
-    init: Annotated[Path | None, typer.Option(help="Weights to start from: the previous stage's export.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Override the stage's max_steps.")] = None,
-    ckpt_every: Annotated[int | None, typer.Option(help="Override the stage's ckpt_every.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Override the stage's seed.")] = None,
-    keep_last: Annotated[int, typer.Option(min=1, help="Checkpoints to keep.")] = 2,
-    parent_run_id: Annotated[str | None, typer.Option(help="MLflow run to nest this stage's run under.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Override the stage's lr (peak, after warm-up); > 0.")] = None,
-) -> None:
-    """Train one stage (one process, or under torchrun: FSDP2 over gloo/NCCL)."""
-    from opensora_core.train.loop import TrainArgs, TrainingError, train_stage
+def _train_signature() -> inspect.Signature:
+    """`opensora train`'s options, one per declared `TrainArgs` field (opensora_core.train.args)."""
+    params = []
+    for flag in train_flags():
+        kind = Path if flag.info.path else flag.type
+        option = typer.Option(flag.flag, help=flag.info.help, min=flag.info.min)
+        params.append(inspect.Parameter(
+            flag.name, inspect.Parameter.KEYWORD_ONLY,
+            default=inspect.Parameter.empty if flag.required else flag.default,
+            annotation=Annotated[kind | None if flag.optional else kind, option]))
+    return inspect.Signature(params)
 
-    args = TrainArgs(stage=stage, data=str(data), out=str(out), profile=profile,
-                     cache=None if cache is None else str(cache), init=None if init is None else str(init),
-                     max_steps=max_steps, ckpt_every=ckpt_every, seed=seed, keep_last=keep_last,
-                     parent_run_id=parent_run_id, lr=lr)
+
+def train(**values: object) -> None:
+    """Train one stage (one process, or under torchrun: FSDP2 over gloo/NCCL)."""
+    from opensora_core.train.loop import TrainingError, train_stage
+
+    args = TrainArgs(**{name: str(v) if isinstance(v, Path) else v for name, v in values.items()})
     try:
         result = train_stage(args)
     except (TrainingError, FileNotFoundError) as err:
         fail(str(err))
     console.print(f"stage done: {result.steps} steps, loss {result.final_loss:.4f}, "
                   f"{result.tokens_per_second:,.0f} tokens/s; export {result.export_path}")
+
+
+# typer reads the options from the signature: the declared fields, not a copy of them.
+train.__signature__ = _train_signature()  # type: ignore[attr-defined]
+app.command("train")(train)
 
 
 @runs_app.command("compare")

@@ -25,14 +25,16 @@ from opensora_core.data.caches import ShardedTensorCache, build_text_cache, buil
 from opensora_core.models import load_preset
 from opensora_core.models.text_encoder import build_text_encoder_for_model
 from opensora_core.models.vae import build_vae
+from opensora_core.train.args import TrainArgs, train_argv
 from opensora_core.utils.jsonl import read_jsonl
 
 WARMUP_STEPS = 2
 
 
 def _run(stage_file: Path, profile_file: Path, meta: Path, cache: Path, out: Path, procs: int, steps: int) -> dict:
-    train = ["-m", "opensora_core.train.loop", "--stage", str(stage_file), "--data", str(meta), "--cache", str(cache),
-             "--out", str(out), "--profile", str(profile_file), "--max-steps", str(steps), "--ckpt-every", str(steps)]
+    train = ["-m", "opensora_core.train.loop", *train_argv(TrainArgs(
+        stage=str(stage_file), data=str(meta), cache=str(cache), out=str(out), profile=str(profile_file),
+        max_steps=steps, ckpt_every=steps))]
     if procs == 1:
         command = [sys.executable, *train]
     else:

@@ -7,12 +7,12 @@ mask per sample from the stage's `mask_ratios`, the IDDPM hybrid loss, AdamW wit
 clipping and warm-up, an fp32 EMA. Checkpoints (DCP) every `ckpt_every` steps and at the
 end; an `--out` that holds checkpoints resumes from the newest, exactly. The end of a
 stage exports `export/model.safetensors` (+ config, + the jointly trained text encoder)
-that `load_stdit2`, `opensora sample` and the next stage's `--init` read.
+that `load_stdit2`, `opensora sample` and the next stage's `--init` read. The flags
+(`TrainArgs`) are declared once, in `opensora_core.train.args`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import resource
@@ -57,6 +57,7 @@ from opensora_core.models.pixart import looks_like_pixart, stdit2_state_from_pix
 from opensora_core.models.stdit2 import MicroConditionConvention
 from opensora_core.models.text_encoder import build_text_encoder_for_model
 from opensora_core.models.vae import build_vae
+from opensora_core.train.args import TrainArgs, parse_train_args
 from opensora_core.train.checkpoint import CheckpointManager
 from opensora_core.train.ema import EMA
 from opensora_core.train.fsdp import all_reduce_gradients, init_distributed, parallelize_stdit2
@@ -74,22 +75,6 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e1
 
 
 @dataclass
-class TrainArgs:
-    stage: str
-    data: str
-    out: str
-    profile: str = "embedded"
-    cache: str | None = None
-    init: str | None = None
-    max_steps: int | None = None
-    ckpt_every: int | None = None
-    seed: int | None = None
-    keep_last: int = 2
-    parent_run_id: str | None = None
-    lr: float | None = None
-
-
-@dataclass
 class TrainResult:
     steps: int
     final_loss: float
@@ -100,25 +85,6 @@ class TrainResult:
     mlflow_run_id: str | None = None
     mlflow_run_url: str | None = None
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", required=True, help="stage config: path or stem (stage1, tiny/stage1)")
-    parser.add_argument("--data", required=True, help="training table: meta.csv or meta.parquet")
-    parser.add_argument("--out", required=True, help="stage folder: checkpoints/, export/, metrics.jsonl")
-    parser.add_argument("--profile", default="embedded")
-    parser.add_argument("--cache", default=None, help="cache folder with text/ and video/")
-    parser.add_argument("--init", default=None, help="weights to start from (previous stage's export)")
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--ckpt-every", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--keep-last", type=int, default=2)
-    parser.add_argument("--parent-run-id", default=None, help="MLflow run to nest this stage's run under")
-    parser.add_argument("--lr", type=float, default=None, help="override the stage's lr (peak, after warm-up)")
-
-
-def args_from_namespace(ns: argparse.Namespace) -> TrainArgs:
-    return TrainArgs(**{f: getattr(ns, f) for f in TrainArgs.__dataclass_fields__})
 
 
 class TrainingError(ValueError):
@@ -596,9 +562,7 @@ def _code_version() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train one STDiT-2 stage.")
-    add_train_arguments(parser)
-    args = args_from_namespace(parser.parse_args(argv))
+    args = parse_train_args(argv)
     print(result_summary(train_stage(args), args.out))
 
 

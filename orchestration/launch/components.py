@@ -17,34 +17,14 @@ from typing import Dict, List, Optional
 
 from torchx import specs
 
+from opensora_core.train.args import TrainArgs, train_argv, train_flags
+
 ENTRY_MODULE = "orchestration.launch.train_entry"
 ROLE_NAME = "trainer"
 # The image built from this repository (docs/torchx.md); local_cwd ignores it and runs
 # in the working directory with the current environment.
 DEFAULT_IMAGE = "opensora-mlops:latest"
 RDZV_PORT = 29500
-
-
-def train_args(
-    stage: str,
-    profile: str,
-    data: str,
-    out: str,
-    cache: str | None = None,
-    init: str | None = None,
-    max_steps: int | None = None,
-    ckpt_every: int | None = None,
-    seed: int | None = None,
-    parent_run_id: str | None = None,
-) -> list[str]:
-    """The command-line flags of `opensora train` (and of the entry) for these values."""
-    args = ["--stage", stage, "--profile", profile, "--data", data, "--out", out]
-    optional = {"--cache": cache, "--init": init, "--max-steps": max_steps, "--ckpt-every": ckpt_every,
-                "--seed": seed, "--parent-run-id": parent_run_id}
-    for flag, value in optional.items():
-        if value is not None:
-            args += [flag, str(value)]
-    return args
 
 
 def app_name(stage: str) -> str:
@@ -54,15 +34,17 @@ def app_name(stage: str) -> str:
 
 def train_stage_component(
     stage: str,
-    profile: str,
     data: str,
     out: str,
+    profile: str,
     cache: Optional[str] = None,
     init: Optional[str] = None,
     max_steps: Optional[int] = None,
     ckpt_every: Optional[int] = None,
     seed: Optional[int] = None,
+    keep_last: int = 2,
     parent_run_id: Optional[str] = None,
+    lr: Optional[float] = None,
     nnodes: int = 1,
     nproc_per_node: int = 1,
     image: str = DEFAULT_IMAGE,
@@ -76,17 +58,11 @@ def train_stage_component(
 ) -> specs.AppDef:
     """Train one STDiT-2 stage under torchrun.
 
+    The parameters before `nnodes` are `opensora train`'s flags (`TrainArgs`, declared
+    in opensora_core/train/args.py, with their help); `profile` has no default here, so
+    a job always names the machines it runs on.
+
     Args:
-        stage: stage config, path or stem (stage1, tiny/stage1)
-        profile: profile name or path (embedded, cluster)
-        data: training table (meta.csv or meta.parquet) as the job sees it
-        out: stage folder; one holding checkpoints resumes from the newest
-        cache: cache folder with text/ and video/
-        init: weights to start from (the previous stage's model.safetensors)
-        max_steps: overrides the stage config's max_steps
-        ckpt_every: overrides the stage config's ckpt_every
-        seed: overrides the stage config's seed
-        parent_run_id: MLflow run to nest this stage's run under
         nnodes: number of hosts; more than one uses c10d rendezvous on replica 0
         nproc_per_node: processes per host (one per GPU)
         image: container image (kubernetes); ignored by local_cwd and slurm
@@ -98,11 +74,14 @@ def train_stage_component(
         mounts: TorchX mount specs, e.g. type=volume,src=opensora-data,dst=/data
         max_retries: whole-job restarts after a failure; each resumes from the newest checkpoint
     """
+    # The parameters, read before any other local exists; those before `nnodes` are
+    # exactly the declared fields (tests/orchestration/test_launch.py checks it).
+    given = dict(locals())
+    train = TrainArgs(**{flag.name: given[flag.name] for flag in train_flags()})
     if nnodes < 1 or nproc_per_node < 1:
         raise ValueError(f"nnodes ({nnodes}) and nproc_per_node ({nproc_per_node}) must be >= 1")
     launcher = [python, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc_per_node)]
-    program = ["-m", ENTRY_MODULE, *train_args(stage, profile, data, out, cache, init, max_steps, ckpt_every,
-                                                seed, parent_run_id)]
+    program = ["-m", ENTRY_MODULE, *train_argv(train)]
     if nnodes == 1:
         # --standalone: a private rendezvous on a free local port, so jobs never collide.
         entrypoint, args = python, [*launcher[1:], "--standalone", *program]
@@ -129,3 +108,16 @@ def train_stage_component(
         mounts=specs.parse_mounts([opt for mount in mounts or [] for opt in mount.split(",")]),
     )
     return specs.AppDef(name=app_name(stage), roles=[role])
+
+
+def _document_train_parameters() -> None:
+    """Put each declared field's help into the docstring's Args, where `torchx run
+    ... --help` reads it."""
+    doc = (train_stage_component.__doc__ or "").splitlines(keepends=True)
+    at = next(i for i, line in enumerate(doc) if line.strip() == "Args:")
+    indent = doc[at][: len(doc[at]) - len(doc[at].lstrip())] + "    "
+    doc[at + 1:at + 1] = [f"{indent}{flag.name}: {flag.info.help}\n" for flag in train_flags()]
+    train_stage_component.__doc__ = "".join(doc)
+
+
+_document_train_parameters()

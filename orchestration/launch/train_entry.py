@@ -11,7 +11,6 @@ variables it is a plain training run.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +19,7 @@ from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pi
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from opensora_core.train import loop
+from opensora_core.train.args import parse_train_args
 
 
 def reports_to_dagster() -> bool:
@@ -53,9 +53,7 @@ def materialization_metadata(result: loop.TrainResult) -> dict[str, Any]:
 
 @record  # a failing rank leaves its traceback where torchrun's summary (and the job log) shows it
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train one STDiT-2 stage (the process torchrun starts).")
-    loop.add_train_arguments(parser)
-    args = loop.args_from_namespace(parser.parse_args(argv))
+    args = parse_train_args(argv, description="Train one STDiT-2 stage (the process torchrun starts).")
     if not reports_to_dagster():
         result = loop.train_stage(args)
     else:

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-import argparse
+import inspect
 import io
 import json
 import sys
+import typing
 
 import pytest
 from dagster import (
@@ -16,24 +17,60 @@ from dagster import (
 )
 from dagster_pipes import PipesContext
 from torchx import specs
-from torchx.specs.file_linter import validate
+from torchx.specs.file_linter import get_fn_docstring, validate
 
 from opensora_core.train import loop
+from opensora_core.train.args import TrainArgs, parse_train_args, train_argv, train_flags
 from orchestration.launch import components, train_entry
-from orchestration.launch.components import ENTRY_MODULE, train_args, train_stage_component
+from orchestration.launch.components import ENTRY_MODULE, train_stage_component
 from orchestration.resources import TorchXLauncher, TorchXLaunchError
 
 STAGE = {"stage": "tiny/stage1", "profile": "embedded", "data": "/data/meta.parquet", "out": "/runs/stage1"}
 
 
-def test_component_flags_are_the_trainers_flags():
-    parser = argparse.ArgumentParser()
-    loop.add_train_arguments(parser)
-    args = loop.args_from_namespace(parser.parse_args(train_args(
-        **STAGE, cache="/caches", init="/runs/stage0/export/model.safetensors", max_steps=2, ckpt_every=1,
-        seed=3, parent_run_id="abc")))
-    assert args == loop.TrainArgs(**STAGE, cache="/caches", init="/runs/stage0/export/model.safetensors",
-                                  max_steps=2, ckpt_every=1, seed=3, parent_run_id="abc")
+# The component's own parameters; every other one is a declared `TrainArgs` field.
+JOB_PARAMETERS = ["nnodes", "nproc_per_node", "image", "python", "cpu", "gpu", "memMB", "env", "mounts",
+                  "max_retries"]
+
+
+def _same_type(annotation, flag) -> bool:
+    """`Optional[int]` (what TorchX reads) is the declaration's `int | None`."""
+    args = typing.get_args(annotation)
+    if flag.optional:
+        return typing.get_origin(annotation) is typing.Union and set(args) == {flag.type, type(None)}
+    return annotation is flag.type
+
+
+def test_component_parameters_are_exactly_the_declared_fields():
+    params = inspect.signature(train_stage_component).parameters
+    declared = train_flags()
+    assert list(params)[: len(declared)] == [flag.name for flag in declared]
+    assert list(params)[len(declared):] == JOB_PARAMETERS
+    _, helps = get_fn_docstring(train_stage_component)
+    for flag in declared:
+        param = params[flag.name]
+        assert _same_type(param.annotation, flag), (flag.name, param.annotation)
+        # `profile` alone is required here: a job names the machines it runs on.
+        if flag.required or flag.name == "profile":
+            assert param.default is inspect.Parameter.empty, flag.name
+        else:
+            assert param.default == flag.default, flag.name
+        assert helps[flag.name] == flag.info.help  # what `torchx run ... --help` shows
+
+
+def _program(app) -> list[str]:
+    args = app.roles[0].args
+    return args[args.index(ENTRY_MODULE) + 1:]
+
+
+def test_component_passes_every_declared_field_to_the_entry():
+    values = {**STAGE, "cache": "/caches", "init": "/runs/stage0/export/model.safetensors", "max_steps": 2,
+              "ckpt_every": 1, "seed": 3, "keep_last": 5, "parent_run_id": "abc", "lr": 2.5e-5}
+    assert set(values) == {flag.name for flag in train_flags()}  # a new field belongs in this test
+    program = _program(train_stage_component(**values))
+    assert program[program.index("--lr") + 1] == "2.5e-05" and program[program.index("--keep-last") + 1] == "5"
+    assert parse_train_args(program) == TrainArgs(**values)
+    assert parse_train_args(_program(train_stage_component(**STAGE))) == TrainArgs(**STAGE)
 
 
 def test_single_node_runs_torchrun_standalone():
@@ -127,7 +164,7 @@ def test_train_entry_reports_through_dagster_pipes(monkeypatch):
               monkeypatch.context() as env):
             for key, value in session.get_bootstrap_env_vars().items():
                 env.setenv(key, value)
-            train_entry.main(train_args(**STAGE))
+            train_entry.main(train_argv(TrainArgs(**STAGE)))
         yield from session.get_results(metadata={"custom_messages": json.dumps(session.get_custom_messages())})
 
     instance = DagsterInstance.ephemeral()
@@ -141,13 +178,13 @@ def test_train_entry_reports_through_dagster_pipes(monkeypatch):
         {"step": 1, "metrics": {"loss": 1.0, "lr": 1e-3}}, {"step": 2, "metrics": {"loss": 0.75, "lr": 1e-3}}]
     logs = [e.user_message for e in instance.all_logs(result.run_id)]
     assert any("step 2: loss=0.75" in m for m in logs)
-    assert calls[0][0] == loop.TrainArgs(**STAGE) and calls[0][1] is not None
+    assert calls[0][0] == TrainArgs(**STAGE) and calls[0][1] is not None
 
 
 def test_train_entry_without_dagster_is_a_plain_run(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(loop, "train_stage", _fake_train_stage(calls))
     monkeypatch.delenv("DAGSTER_PIPES_CONTEXT", raising=False)
-    train_entry.main(train_args(**STAGE, max_steps=2))
+    train_entry.main(train_argv(TrainArgs(**STAGE, max_steps=2)))
     assert calls[0][1] is None and calls[0][0].max_steps == 2
     assert json.loads(capsys.readouterr().out)["final_loss"] == 0.75

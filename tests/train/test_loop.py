@@ -17,14 +17,15 @@ from safetensors.torch import load_file
 
 from opensora_core.models import STDiT2, build_stdit2
 from opensora_core.models.checkpoint_io import load_stdit2, save_model
+from opensora_core.train.args import train_argv
 from opensora_core.train.loop import TrainArgs, TrainingError, train_stage
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _train_command(meta, out, profile, steps=8, every=2):
-    return [sys.executable, "-m", "opensora_core.train.loop", "--stage", "tiny/stage1", "--data", str(meta),
-            "--out", str(out), "--profile", str(profile), "--max-steps", str(steps), "--ckpt-every", str(every)]
+    return [sys.executable, "-m", "opensora_core.train.loop", *train_argv(TrainArgs(
+        stage="tiny/stage1", data=str(meta), out=str(out), profile=str(profile), max_steps=steps, ckpt_every=every))]
 
 
 def _env():
@@ -111,8 +112,9 @@ def test_two_processes_with_fsdp2_over_gloo_in_bf16(tmp_path, training_table, te
     out = tmp_path / "ddp"
     stage = _stage_with(tmp_path, "bf16", mixed_precision="bf16")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "opensora_core.train.loop", "--stage", str(stage), "--data", str(training_table),
-               "--out", str(out), "--profile", str(test_profile), "--max-steps", "2", "--ckpt-every", "2"]
+               "-m", "opensora_core.train.loop", *train_argv(TrainArgs(
+                   stage=str(stage), data=str(training_table), out=str(out), profile=str(test_profile),
+                   max_steps=2, ckpt_every=2))]
     done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     checkpoint = out / "checkpoints" / "step-00000002"
