@@ -14,7 +14,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from opensora_core.eval.evaluate import DEFAULT_PROMPT_SET, METRICS_FILE, PROMOTION_METRICS, run_eval
+from opensora_core.eval.evaluate import (
+    DEFAULT_PROMPT_SET,
+    METRICS_FILE,
+    PROMOTION_METRICS,
+    run_eval,
+)
 
 console = Console()
 err_console = Console(stderr=True)
