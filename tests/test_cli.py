@@ -21,6 +21,16 @@ def test_help_lists_every_command_group():
         assert group in result.output
 
 
+def test_help_imports_neither_torch_nor_pandas():
+    """`opensora --help` stays instant: the heavy libraries load in the commands that use them."""
+    import subprocess
+
+    code = ("import sys; import opensora_core.cli; "
+            "print(sorted(m for m in ('torch', 'pandas', 'mlflow', 'av', 'dagster') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]", loaded
+
+
 def test_model_info_reports_parameters_and_cost():
     result = runner.invoke(cli.app, ["model", "info", "--preset", "stdit2-tiny", "--num-frames", "8",
                                      "--height", "64", "--width", "64", "--dtype", "fp32"])

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from opensora_core.data.meta import TableError, read_training_table
 from opensora_core.utils.cli import console, err_console, fail
 
 cache_app = typer.Typer(no_args_is_help=True, help="Build the T5 / VAE latent caches.")
@@ -21,6 +20,8 @@ OLD_NAMES = {"text-embeddings": "text", "video-latents": "video"}
 
 
 def _table(meta: Path, columns: tuple[str, ...]):
+    from opensora_core.data.meta import TableError, read_training_table
+
     try:
         return read_training_table(meta, columns)
     except TableError as err:

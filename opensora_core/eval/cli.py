@@ -14,13 +14,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from opensora_core.eval.evaluate import (
-    DEFAULT_PROMPT_SET,
-    METRICS_FILE,
-    PROMOTION_METRICS,
-    run_eval,
-)
-
 console = Console()
 err_console = Console(stderr=True)
 
@@ -31,7 +24,7 @@ def _fmt(value) -> str:
 
 def eval_command(
     checkpoint: Annotated[Path, typer.Option(help="model.safetensors (or its folder) to evaluate.")],
-    prompts: Annotated[str, typer.Option(help="'default' (configs/eval/prompts.yaml), a YAML or a text file.")] = DEFAULT_PROMPT_SET,
+    prompts: Annotated[str, typer.Option(help="'default' (configs/eval/prompts.yaml), a YAML or a text file.")] = "default",
     seeds: Annotated[int, typer.Option(min=1, help="Samples per prompt (seeds 0..N-1).")] = 2,
     steps: Annotated[int, typer.Option(min=1, help="DPM-Solver++ steps.")] = 20,
     out: Annotated[Path, typer.Option(help="Folder for samples/ and metrics.json.")] = Path("outputs/eval"),
@@ -50,6 +43,12 @@ def eval_command(
         "prompt_following",
 ) -> None:
     """Score prompt following (colour, motion direction, CLIP score with --clip) and sample diversity of a checkpoint."""
+    from opensora_core.eval.evaluate import (  # torch: not at --help
+        METRICS_FILE,
+        PROMOTION_METRICS,
+        run_eval,
+    )
+
     if not checkpoint.exists():
         err_console.print(f"[bold red]error:[/] --checkpoint {checkpoint}: no such file", highlight=False)
         raise typer.Exit(2)
