@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
@@ -34,26 +33,21 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm.auto import tqdm
 
-from opensora_core.config import ProfileConfig, StageConfig, load_profile, load_stage
-from opensora_core.data.buckets import Bucket, BucketAssigner, BucketBatchSampler
+from opensora_core.config import ProfileConfig, StageConfig
+from opensora_core.data.buckets import Bucket, BucketBatchSampler
 from opensora_core.data.caches import ShardedTensorCache
 from opensora_core.data.dataset import VideoTextDataset, collate
-from opensora_core.data.meta import TableError, read_training_table
 from opensora_core.diffusion.iddpm import GaussianDiffusion
 from opensora_core.diffusion.masks import MaskGenerator
 from opensora_core.diffusion.rflow import RectifiedFlow
 from opensora_core.diffusion.speedit import build_timestep_sampler
-from opensora_core.models import STDiT2, STDiT2Config, load_preset
+from opensora_core.models import STDiT2, STDiT2Config
 from opensora_core.models.accounting import estimate_step_cost
 from opensora_core.models.checkpoint_io import (
     OBJECTIVE_METADATA_KEY,
     SHIFT_METADATA_KEY,
-    compare_keys,
-    load_state_dict,
-    read_config,
     save_model,
 )
-from opensora_core.models.pixart import looks_like_pixart, stdit2_state_from_pixart
 from opensora_core.models.stdit2 import MicroConditionConvention
 from opensora_core.models.text_encoder import build_text_encoder_for_model
 from opensora_core.models.vae import build_vae
@@ -61,6 +55,8 @@ from opensora_core.train.args import TrainArgs, parse_train_args
 from opensora_core.train.checkpoint import CheckpointManager
 from opensora_core.train.ema import EMA
 from opensora_core.train.fsdp import all_reduce_gradients, init_distributed, parallelize_stdit2
+from opensora_core.train.inputs import TrainingError, check_inputs, stage_inputs
+from opensora_core.train.stage_folder import StageFolder
 from opensora_core.utils.atomic import atomic_path, write_text_atomic
 from opensora_core.utils.dtypes import resolve_dtype
 from opensora_core.utils.folder_lock import FolderLock, FolderLocked
@@ -87,53 +83,7 @@ class TrainResult:
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
 
 
-class TrainingError(ValueError):
-    """Input that makes a stage impossible, reported before any work."""
-
-
-# 1. Checks and set-up
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    try:
-        table = read_training_table(path, ("path", "text", "num_frames", "height", "width"), option="--data")
-    except TableError as err:
-        raise TrainingError(str(err)) from None
-    if table.empty:
-        raise TrainingError(f"--data {path}: the training table is empty")
-    return table
-
-
-def check_init(path: str | Path, preset_config, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The `--init` weights, verified against the stage's model (names and shapes). A
-    PixArt-alpha image checkpoint is converted first (stage 0)."""
-    state = load_state_dict(path)
-    if looks_like_pixart(state):
-        try:
-            state = stdit2_state_from_pixart(state, preset_config, seed)
-        except ValueError as err:
-            raise TrainingError(f"--init {path}: {err}") from None
-    report = compare_keys(state, preset_config)
-    if not report.ok:
-        raise TrainingError(f"--init {path} does not fit the stage's model: {report.describe()}")
-    # Weights trained under one micro-condition convention drift if fine-tuned under the other.
-    try:
-        init_config = read_config(path)
-    except ValueError as err:
-        raise TrainingError(f"--init {path}: {err}") from None
-    wanted = preset_config.micro_condition_convention
-    if init_config is not None and init_config.micro_condition_convention != wanted:
-        raise TrainingError(
-            f"--init {path} was trained with micro_condition_convention {init_config.micro_condition_convention!r} "
-            f"but the stage's model preset has {wanted!r}; use a preset with the weights' convention")
-    return state
-
-
-def check_buckets(assigner: BucketAssigner, rows: list[tuple[int, int, int]], seed: int) -> None:
-    assignments = assigner.assign_all(rows, seed, 0)
-    if not any(isinstance(a, Bucket) for a in assignments):
-        reasons = sorted({a.reason for a in assignments})[:3]
-        raise TrainingError(f"no sample of the {len(rows)} fits any bucket of the stage ({'; '.join(reasons)})")
+# 1. Set-up
 
 
 class _Trainable(nn.Module):
@@ -218,24 +168,9 @@ class Stage:
 def prepare_stage(args: TrainArgs) -> Stage:
     """Check every input (before any process group or model exists), then build the
     model, text encoder, VAE, optimizer, EMA and data path."""
-    stage = load_stage(args.stage)
-    profile = load_profile(args.profile)
-    seed = stage.seed if args.seed is None else args.seed
-    max_steps = stage.max_steps if args.max_steps is None else args.max_steps
-    ckpt_every = stage.ckpt_every if args.ckpt_every is None else args.ckpt_every
-    if max_steps < 1 or ckpt_every < 1:
-        raise TrainingError(f"max_steps ({max_steps}) and ckpt_every ({ckpt_every}) must be >= 1")
-    if args.lr is not None:
-        if not (math.isfinite(args.lr) and args.lr > 0):
-            raise TrainingError(f"--lr must be a finite number > 0, got {args.lr}")
-        # The override replaces the stage's lr everywhere, the logged `stage.lr` included.
-        stage = stage.model_copy(update={"lr": float(args.lr)})
-    config = load_preset(stage.model_preset)
-    table = read_table(args.data)
-    assigner = BucketAssigner(stage)
-    rows = list(zip(table["num_frames"].astype(int), table["height"].astype(int), table["width"].astype(int)))
-    check_buckets(assigner, rows, seed)
-    init_state = check_init(args.init, config, seed) if args.init else None
+    checked = check_inputs(args)
+    stage, profile, config, seed = checked.stage, checked.profile, checked.config, checked.seed
+    table, rows, assigner, init_state = checked.table, checked.rows, checked.assigner, checked.init_state
 
     rank, world, mesh = init_distributed(profile.dist_backend, profile.device)
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if profile.device == "cuda" else "cpu")
@@ -248,6 +183,10 @@ def prepare_stage(args: TrainArgs) -> Stage:
             lock = FolderLock(out, f"training {Path(args.stage).stem}").acquire()
         except FolderLocked as err:
             raise TrainingError(str(err)) from None
+        # Checkpoints of other inputs (table, stage config, init, seed, steps) are not resumed from.
+        StageFolder(out).reuse_or_reset(stage_inputs(args, checked))
+    if dist.is_initialized():
+        dist.barrier()  # no rank lists checkpoints while rank 0 may still be clearing them
 
     torch.manual_seed(seed)
     model = STDiT2(config)
@@ -275,8 +214,8 @@ def prepare_stage(args: TrainArgs) -> Stage:
         caches = (ShardedTensorCache(Path(args.cache) / "text"), ShardedTensorCache(Path(args.cache) / "video"))
     diffusion = RectifiedFlow() if stage.scheduler == "rflow" else GaussianDiffusion()
     return Stage(
-        args=args, stage=stage, profile=profile, config=config, seed=seed, max_steps=max_steps,
-        ckpt_every=ckpt_every, rank=rank, world=world, mesh=mesh, device=device, out=out, model=model,
+        args=args, stage=stage, profile=profile, config=config, seed=seed, max_steps=checked.max_steps,
+        ckpt_every=checked.ckpt_every, rank=rank, world=world, mesh=mesh, device=device, out=out, model=model,
         text_encoder=text_encoder, trains_text=trains_text, vae=vae, trainable=trainable, optimizer=optimizer,
         ema=EMA(model, stage.ema_decay) if stage.ema_decay else None,
         dataset=VideoTextDataset(table, stage.frame_interval, text_encoder, vae.identity(), *caches, seed=seed),

@@ -83,6 +83,29 @@ def test_stage_exports_a_loadable_model_and_metrics(tmp_path, training_table, te
     assert nxt.steps == 1
 
 
+def test_an_out_folder_resumes_only_the_inputs_it_was_trained_from(tmp_path, training_table, test_profile):
+    """`inputs.json` in --out: the same inputs resume (a finished run stays finished),
+    another lr (or table, config, init, seed, steps) starts again from step 0."""
+    out = tmp_path / "s1"
+    args = TrainArgs(stage="tiny/stage1", data=str(training_table), out=str(out), profile=str(test_profile),
+                     max_steps=2, ckpt_every=1)
+    first = train_stage(args)
+    recorded = json.loads((out / "inputs.json").read_text())
+    assert recorded["max_steps"] == 2 and recorded["stage_config"]["lr"] == first_lr(args)
+    again = train_stage(args)  # nothing left to train: resumes at step 2, trains no step
+    assert again.steps == 2 and again.loss_curve == []
+    other = train_stage(TrainArgs(**{**vars(args), "lr": 5e-4}))
+    assert other.steps == 2 and [s for s, _ in other.loss_curve] == [1, 2]  # from step 0
+    assert json.loads((out / "inputs.json").read_text())["stage_config"]["lr"] == 5e-4
+    assert first.loss_curve[0][1] == other.loss_curve[0][1]  # the first step's loss precedes any update
+
+
+def first_lr(args: TrainArgs) -> float:
+    from opensora_core.config import load_stage
+
+    return load_stage(args.stage).lr
+
+
 def test_bad_input_fails_before_any_work(tmp_path, training_table, test_profile):
     def run(**overrides):
         values = {"stage": "tiny/stage1", "data": str(training_table), "out": str(tmp_path / "x"),
