@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from opensora_core.models.vae import state_dict_digest
+from opensora_core.models.autoencoder import state_dict_digest
 from opensora_core.utils.dtypes import resolve_dtype
 
 __all__ = [

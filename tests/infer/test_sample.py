@@ -13,8 +13,8 @@ from opensora_core import cli
 from opensora_core.data.synthetic import moving_square_clip
 from opensora_core.data.video_io import read_frames, write_image, write_video
 from opensora_core.infer.sample import PromptRequest, SampleSettings, VideoGenerator, parse_prompt
+from opensora_core.models.dct_autoencoder import DCTAutoencoder
 from opensora_core.models.text_encoder import WordEmbeddingTextEncoder
-from opensora_core.models.vae import DCTAutoencoder
 
 from ..models.model_fixtures import build_random_model
 
