@@ -35,9 +35,10 @@ from opensora_core.infer.sample import (
     sample_names,
 )
 from opensora_core.models import STDiT2
+from opensora_core.models.caption_cleaning import clean_caption
 from opensora_core.models.checkpoint_io import save_model
 from opensora_core.models.dct_autoencoder import DCTAutoencoder
-from opensora_core.models.text_encoder import T5TextEncoder, WordEmbeddingTextEncoder, clean_caption
+from opensora_core.models.text_encoder import T5TextEncoder, WordEmbeddingTextEncoder
 
 from ..models.model_fixtures import build_random_model
 from ..models.test_published_folder import write_published_folder
