@@ -2,7 +2,7 @@
 version of `stdit2` and move the alias `champion` to it only if its evaluation score
 beats the current champion's.
 
-Lives in `orchestration` because `opensora_core.train.tracking` is the only module of
+Lives in `orchestration` because `opensora_core.train.tracking` is the only package of
 `opensora_core` allowed to import mlflow. Scores are stored on each version as the tag
 `eval.<metric>`; a version that is not promoted gets the alias `challenger`.
 """
