@@ -289,12 +289,7 @@ class STDiT2(nn.Module):
         x = x.to(dtype)
         y = caption_4d(y, batch, c.caption_channels).to(dtype)
         cond_mask = caption_mask(mask, y)
-        if x_mask is not None:
-            if x_mask.shape != (batch, frames_in):
-                raise ValueError(f"x_mask must be [B, T] = [{batch}, {frames_in}], got {tuple(x_mask.shape)}")
-            x_mask = x_mask.to(device=x.device, dtype=torch.bool)
-            if c.patch_size[0] != 1:
-                raise ValueError("x_mask needs a temporal patch size of 1")
+        x_mask = self._frame_mask(x_mask, batch, frames_in, x.device)
 
         # 1. Micro-conditions: size, aspect ratio, frame count, fps
         scale, data_info, fl = self._embed_micro_conditions(x, num_frames, height, width, ar, fps)
@@ -303,13 +298,8 @@ class STDiT2(nn.Module):
         x, (frames, grid_h, grid_w) = self._patchify(x, scale)
 
         # 3. Timestep modulation (and timestep 0 for conditioning frames)
-        timestep = micro_condition(timestep, None, dtype, batch, x.device)
-        t = self.t_embedder(timestep)
-        t_spatial, t_temporal = self.t_block(t + data_info), self.t_block_temp(t + fl)
-        t0 = t0_spatial = t0_temporal = None
-        if x_mask is not None:
-            t0 = self.t_embedder(torch.zeros_like(t[:, 0]))
-            t0_spatial, t0_temporal = self.t_block(t0 + data_info), self.t_block_temp(t0 + fl)
+        t, t_spatial, t_temporal, t0, t0_spatial, t0_temporal = self._modulations(
+            micro_condition(timestep, None, dtype, batch, x.device), data_info, fl, x_mask is not None)
 
         # 4. Caption tokens and RoPE table
         cond = self.y_embedder(y, self.training).squeeze(1)  # [B, N, C]
@@ -328,6 +318,28 @@ class STDiT2(nn.Module):
 
         # 7. Unpatchify and crop the padding
         return self._unpatchify(x, frames, grid_h, grid_w)[:, :, :frames_in, :height_in, :width_in].float()
+
+    def _frame_mask(self, x_mask: torch.Tensor | None, batch: int, frames: int, device: torch.device):
+        """`x_mask` checked against the latents and as bool on their device."""
+        if x_mask is None:
+            return None
+        if x_mask.shape != (batch, frames):
+            raise ValueError(f"x_mask must be [B, T] = [{batch}, {frames}], got {tuple(x_mask.shape)}")
+        x_mask = x_mask.to(device=device, dtype=torch.bool)
+        if self.config.patch_size[0] != 1:
+            raise ValueError("x_mask needs a temporal patch size of 1")
+        return x_mask
+
+    def _modulations(self, timestep: torch.Tensor, data_info: torch.Tensor, fl: torch.Tensor, conditioning: bool):
+        """(t, spatial modulation, temporal modulation) of `timestep`, then the same at
+        timestep 0 for conditioning frames, or three Nones without them."""
+        t = self.t_embedder(timestep)
+        t_spatial, t_temporal = self.t_block(t + data_info), self.t_block_temp(t + fl)
+        t0 = t0_spatial = t0_temporal = None
+        if conditioning:
+            t0 = self.t_embedder(torch.zeros_like(t[:, 0]))
+            t0_spatial, t0_temporal = self.t_block(t0 + data_info), self.t_block_temp(t0 + fl)
+        return t, t_spatial, t_temporal, t0, t0_spatial, t0_temporal
 
     def _embed_micro_conditions(
         self, x: torch.Tensor, num_frames: Any, height: Any, width: Any, ar: Any, fps: Any
