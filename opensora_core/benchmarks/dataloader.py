@@ -32,8 +32,9 @@ from opensora_core.data.caches import (
 from opensora_core.data.dataset import VideoTextDataset, collate
 from opensora_core.data.synthetic import COLORS, DIRECTIONS, moving_square_clip
 from opensora_core.data.video_io import write_video
+from opensora_core.models.dct_autoencoder import DCTAutoencoder
+from opensora_core.models.sd_autoencoder import SDKLAutoencoder
 from opensora_core.models.text_encoder import WordEmbeddingTextEncoder
-from opensora_core.models.vae import DCTAutoencoder, SDKLAutoencoder
 
 T5_WIDTH, T5_TOKENS = 4096, 200
 

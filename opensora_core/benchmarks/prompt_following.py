@@ -106,8 +106,8 @@ PUBLISHED_MASK_RATIOS = {"no_mask": 0.75, "quarter_random": 0.025, "quarter_head
 # What `opensora bench prompt-following` compares: the demo's recipe; the same with the
 # published mask ratios; with a cosine decay of the lr over its last stage; without the
 # frame-index embedding and the timestep shift (STDiT-2's RoPE alone, plain logit-normal
-# t); with IDDPM (the published 1.1 objective); and with the demo's data before this
-# bench existed (48 slow 16-frame clips).
+# t); with IDDPM (the published 1.1 objective); and on fewer, slower, longer clips
+# (`slow-data`).
 RECIPES: dict[str, dict] = {
     "demo": {},
     "published-masks": {"per_stage": [{}, *[{"mask_ratios": PUBLISHED_MASK_RATIOS}] * 3]},

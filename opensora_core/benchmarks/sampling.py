@@ -14,8 +14,8 @@ from rich.table import Table
 
 from opensora_core.infer.sample import PromptRequest, SampleSettings, VideoGenerator
 from opensora_core.models import build_stdit2
+from opensora_core.models.dct_autoencoder import DCTAutoencoder
 from opensora_core.models.text_encoder import WordEmbeddingTextEncoder
-from opensora_core.models.vae import DCTAutoencoder
 from opensora_core.utils.host_memory import retain_freed_memory
 
 PLANS = (("iddpm", 100), ("dpm-solver", 20))

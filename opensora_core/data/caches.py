@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 
 from opensora_core.data.buckets import Bucket, BucketAssigner
 from opensora_core.data.video_io import frames_to_tensor, iter_frames, read_frames
-from opensora_core.models.vae import DCTAutoencoder, SDKLAutoencoder
+from opensora_core.models.dct_autoencoder import DCTAutoencoder
+from opensora_core.models.sd_autoencoder import SDKLAutoencoder
 from opensora_core.utils.atomic import atomic_path
 
 INDEX = "index.parquet"

@@ -201,7 +201,10 @@ class FrameDecoder:
     def frames(self, packets: Iterable[av.Packet]) -> Iterator[tuple[int, av.VideoFrame]]:
         """(source index, frame) for each frame that decodes. A frame right after a gap
         is the one whose index is in `gap_ends` (`gaps[-1].end` when it comes out). An error reading the packets
-        (demuxing) ends decoding like the end of the file, recorded in `stopped`."""
+        (demuxing) ends decoding like the end of the file, recorded in `stopped`.
+
+        Long on purpose: its counters change together per packet and per frame, so
+        helpers would each need all of them."""
         sent = out = 0  # packets with data given to the decoder; frames out of it
         backlog = 0  # sent - out after the last packet that decoded, before any failure since
         index = 0  # source index of the next frame

@@ -90,12 +90,7 @@ def run_eval(
     colour and direction accuracies (and the conditioned direction accuracies): the
     score promotion compares."""
     from opensora_core.eval.metrics import evaluate_videos
-    from opensora_core.infer.sample import (
-        SampleSettings,
-        load_generation_stack,
-        parse_prompt,
-        write_samples,
-    )
+    from opensora_core.infer.sample import load_generation_stack, parse_prompt
 
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
@@ -108,6 +103,44 @@ def run_eval(
     requests = [parse_prompt(text) for text in texts]
     generator, provenance = load_generation_stack(checkpoint=checkpoint, profile=profile, device=device)
     out = Path(out)
+    videos, video_prompts, files = _sample_every_seed(generator, requests, seeds, steps, cfg_scale, out, provenance,
+                                                      progress)
+    details: list[dict] = []
+    metrics = evaluate_videos(videos, video_prompts, details)
+    for row, path in zip(details, files):
+        row["file"] = path
+    conditioned_rows = (_conditioned(generator, texts, seeds, steps, cfg_scale, out, provenance, progress)
+                        if conditioned else [])
+    metrics.update(summarize(conditioned_rows))
+    metrics["prompt_following"] = prompt_following(metrics)
+    if scorer is not None:
+        _add_clip_scores(scorer, videos, video_prompts, details, metrics)
+    settings = {"prompts": texts, "seeds": seeds, "steps": steps, "sampler": "dpm-solver", "num_frames": EVAL_FRAMES,
+                "height": EVAL_HEIGHT, "width": EVAL_WIDTH, "cfg_scale": cfg_scale,
+                "clip": None if clip is None else str(clip)}
+    return _write_report(out, metrics, settings, provenance, details, conditioned_rows)
+
+
+def _write_report(out: Path, metrics: dict, settings: dict, provenance: dict, details: list[dict],
+                  conditioned_rows: list[dict]) -> dict:
+    """`out/metrics.json`: the metrics (NaN as null), settings, provenance and per-sample rows."""
+    report = {
+        "metrics": {k: _json_safe(v) for k, v in metrics.items()},
+        "settings": settings,
+        "provenance": provenance,
+        "samples": details,
+        "conditioned": conditioned_rows,
+    }
+    write_text_atomic(out / METRICS_FILE, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return report
+
+
+def _sample_every_seed(generator, requests, seeds: int, steps: int, cfg_scale: float, out: Path, provenance: dict,
+                       progress: bool) -> tuple[list, list[str], list[str]]:
+    """Every prompt sampled with each seed in one batch, written under `out/samples/seed_N/`:
+    (videos, their prompts, their files), seed by seed."""
+    from opensora_core.infer.sample import SampleSettings, write_samples
+
     videos, video_prompts, files = [], [], []
     for seed in range(seeds):
         settings = SampleSettings(num_frames=EVAL_FRAMES, height=EVAL_HEIGHT, width=EVAL_WIDTH, fps=EVAL_FPS,
@@ -118,30 +151,15 @@ def run_eval(
         videos += generated
         video_prompts += [r.text for r in requests]
         files += [str(p) for p in written]
-    details: list[dict] = []
-    metrics = evaluate_videos(videos, video_prompts, details)
-    for row, path in zip(details, files):
-        row["file"] = path
-    conditioned_rows = (_conditioned(generator, texts, seeds, steps, cfg_scale, out, provenance, progress)
-                        if conditioned else [])
-    metrics.update(summarize(conditioned_rows))
-    metrics["prompt_following"] = prompt_following(metrics)
-    if scorer is not None:
-        scores = scorer.score(videos, video_prompts)
-        for row, value in zip(details, scores):
-            row["clip_score"] = value
-        metrics["clip_score"] = sum(scores) / len(scores)
-    report = {
-        "metrics": {k: _json_safe(v) for k, v in metrics.items()},
-        "settings": {"prompts": texts, "seeds": seeds, "steps": steps, "sampler": "dpm-solver",
-                     "num_frames": EVAL_FRAMES, "height": EVAL_HEIGHT, "width": EVAL_WIDTH, "cfg_scale": cfg_scale,
-                     "clip": None if clip is None else str(clip)},
-        "provenance": provenance,
-        "samples": details,
-        "conditioned": conditioned_rows,
-    }
-    write_text_atomic(out / METRICS_FILE, json.dumps(report, indent=2, sort_keys=True) + "\n")
-    return report
+    return videos, video_prompts, files
+
+
+def _add_clip_scores(scorer, videos: list, prompts: list[str], details: list[dict], metrics: dict) -> None:
+    """Each sample's CLIP score in its row of `details`, their mean in `metrics`."""
+    scores = scorer.score(videos, prompts)
+    for row, value in zip(details, scores):
+        row["clip_score"] = value
+    metrics["clip_score"] = sum(scores) / len(scores)
 
 
 def prompt_following(metrics: dict) -> float:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from opensora_core.models.stdit2 import STDiT2, STDiT2Config, infer_config
+from opensora_core.models.checkpoint_io import infer_config
+from opensora_core.models.stdit2 import STDiT2, STDiT2Config
 
 # Open-Sora's registry names for the presets we ship.
 PRESET_ALIASES = {"STDiT2-XL/2": "stdit2-xl2"}

@@ -10,15 +10,17 @@ and the `config.json` of `save_pretrained`), read through `STDiT2Config.from_ope
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from opensora_core.models.stdit2 import STDiT2, STDiT2Config, config_to_json, infer_config
+from opensora_core.models.stdit2 import STDiT2, STDiT2Config
 from opensora_core.utils.atomic import atomic_path, write_text_atomic
 
 CONFIG_METADATA_KEY = "stdit2_config"
@@ -185,3 +187,39 @@ def convert_checkpoint(
     model.load_state_dict(state, strict=True, assign=True)
     save_model(model, target, extra_metadata={"converted_from": Path(source).name})
     return config, report, len(state)
+
+
+def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> STDiT2Config:
+    """Recover STDiT-2 hyper-parameters from a state dict's tensor shapes. `input_sq_size`
+    cannot be read off shapes; it defaults to the published 512 unless overridden. A
+    state dict without a config is Open-Sora's, so its micro-condition convention too."""
+    try:
+        patch_weight = state_dict["x_embedder.proj.weight"]
+        hidden, in_channels, *patch = patch_weight.shape
+        depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
+        qk_norm = "blocks.0.attn.q_norm.weight" in state_dict
+        head_dim = 2 * state_dict["rope.freqs"].shape[0]
+        caption_tokens, caption_channels = state_dict["y_embedder.y_embedding"].shape
+        out_channels = state_dict["final_layer.linear.weight"].shape[0] // math.prod(patch)
+        mlp_hidden = state_dict["blocks.0.mlp.fc1.weight"].shape[0]
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"not an STDiT-2 state dict: cannot read {err} from its tensors") from err
+    fields: dict[str, Any] = {
+        "in_channels": in_channels,
+        "patch_size": tuple(patch),
+        "hidden_size": hidden,
+        "depth": depth,
+        "num_heads": hidden // head_dim,
+        "mlp_ratio": mlp_hidden / hidden,
+        "pred_sigma": out_channels == 2 * in_channels,
+        "caption_channels": caption_channels,
+        "model_max_length": caption_tokens,
+        "qk_norm": qk_norm,
+        "micro_condition_convention": "opensora-1.1",
+    }
+    fields.update(overrides)
+    return STDiT2Config(**fields)
+
+
+def config_to_json(config: STDiT2Config) -> str:
+    return json.dumps(config.model_dump(mode="json"), sort_keys=True)

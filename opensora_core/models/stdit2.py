@@ -14,7 +14,6 @@ with `strict=True` (`checkpoint_io.load_stdit2`).
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Literal
 
@@ -40,6 +39,13 @@ from opensora_core.models.layers import (
     spatial_sincos_pos_embed,
 )
 from opensora_core.models.rope import RotaryEmbedding
+from opensora_core.models.stdit2_inputs import (
+    caption_4d,
+    caption_mask,
+    first_value,
+    micro_condition,
+)
+from opensora_core.models.stdit2_opensora import fields_from_opensora
 
 # Pixels per latent cell of the SD VAE; used only to default the size micro-conditions.
 VAE_DOWNSAMPLE = 8
@@ -112,73 +118,8 @@ class STDiT2Config(BaseModel):
         `config.json` that Hugging Face's `save_pretrained` writes beside published
         weights. Keys missing take Open-Sora's defaults, as its loaders do. Keys that
         would change the model in a way not reproduced here raise, naming the key."""
-        fields: dict[str, Any] = dict(_OPENSORA_DEFAULTS)
-        problems = []
-        for key, value in model_cfg.items():
-            key = _OPENSORA_RENAMED.get(key, key)
-            if key in _OPENSORA_CHECKED:
-                accepted, why = _OPENSORA_CHECKED[key]
-                if not accepted(value):
-                    problems.append(f"{key} {json.dumps(value)}: {why}")
-            elif key not in _OPENSORA_IGNORED:
-                fields[key] = value
-        if problems:
-            raise ValueError("; ".join(problems))
-        return cls(**fields)
+        return cls(**fields_from_opensora(model_cfg))
 
-
-# Open-Sora's own STDiT2Config defaults where they differ from ours (ours are the
-# published XL/2). `save_pretrained` writes every field, so they matter only for
-# hand-written files, which Open-Sora would read with these values. enable_flash_attn
-# is a field of ours too: a kernel choice, the same attention either way.
-_OPENSORA_DEFAULTS: dict[str, Any] = {
-    "input_sq_size": 32, "model_max_length": 120, "qk_norm": False, "qk_norm_legacy": False,
-    "enable_flash_attn": False,
-    # Not an Open-Sora field: its weights were trained with its own convention.
-    "micro_condition_convention": "opensora-1.1",
-}
-_OPENSORA_RENAMED = {"enable_flashattn": "enable_flash_attn"}  # the key's spelling before 1.1
-# Keys that never change what the model computes from its weights.
-_OPENSORA_IGNORED = {
-    "from_pretrained",  # Open-Sora's weight path; here the checkpoint is the path being loaded
-    "transformers_version",  # which library wrote config.json
-    "_name_or_path",  # where transformers last read the config from
-    "dtype",  # the stored tensors' dtype (older transformers: torch_dtype): the
-    "torch_dtype",  # safetensors file records it per tensor and loading keeps it
-    "enable_layernorm_kernel",  # apex's fused LayerNorm: the same LayerNorm, another kernel
-}
-
-
-def _names_stdit2(value: Any) -> bool:
-    names = value if isinstance(value, list) else [value]
-    return bool(names) and all(isinstance(n, str) and n.startswith("STDiT2") for n in names)
-
-
-# Keys accepted only with the values whose behaviour this model reproduces:
-# key -> (accepts(value), what a refused value means). Refused, never dropped.
-_OPENSORA_CHECKED: dict[str, tuple[Any, str]] = {
-    "type": (_names_stdit2, "not an STDiT2 model; this loader builds STDiT2 only"),
-    "model_type": (_names_stdit2, "not an STDiT2 model; this loader builds STDiT2 only"),
-    "architectures": (_names_stdit2, "not an STDiT2 model; this loader builds STDiT2 only"),
-    "input_size": (
-        lambda v: v is None or (isinstance(v, (list, tuple)) and all(n is None for n in v)),
-        ("a fixed input size is not supported: STDiT2 sizes positions and micro-conditions per sample "
-         "(expected [null, null, null])"),
-    ),
-    "freeze": (
-        lambda v: v is None,
-        ("freezing parameters for training (Open-Sora: 'not_temporal' trains only temporal attention, "
-         "'text' freezes cross-attention) is not implemented here; set it to null"),
-    ),
-    "enable_sequence_parallelism": (
-        lambda v: v is None or v is False,
-        ("sequence parallelism (tokens split across GPUs) is not implemented here; set it to false "
-         "(the weights are the same)"),
-    ),
-    # Open-Sora's STDiT2 keeps this STDiT 1.0 flag but adds no temporal position embedding
-    # whatever its value (RoPE gives frame positions): our temporal_pos_embed false.
-    "no_temporal_pos_emb": (lambda v: isinstance(v, bool), "expected true or false"),
-}
 
 
 # 1. The block
@@ -317,7 +258,6 @@ class STDiT2(nn.Module):
         return self.y_embedder.y_embedding[None, None].expand(batch, 1, -1, -1)
 
     # -- forward ------------------------------------------------------------
-
     def forward(
         self,
         x: torch.Tensor,
@@ -347,45 +287,19 @@ class STDiT2(nn.Module):
         batch, _, frames_in, height_in, width_in = x.shape
         dtype = self.dtype
         x = x.to(dtype)
-        y = _caption_4d(y, batch, c).to(dtype)
-        cond_mask = _caption_mask(mask, y)
-        if x_mask is not None:
-            if x_mask.shape != (batch, frames_in):
-                raise ValueError(f"x_mask must be [B, T] = [{batch}, {frames_in}], got {tuple(x_mask.shape)}")
-            x_mask = x_mask.to(device=x.device, dtype=torch.bool)
-            if c.patch_size[0] != 1:
-                raise ValueError("x_mask needs a temporal patch size of 1")
+        y = caption_4d(y, batch, c.caption_channels).to(dtype)
+        cond_mask = caption_mask(mask, y)
+        x_mask = self._frame_mask(x_mask, batch, frames_in, x.device)
 
-        # 1. Micro-conditions: size, aspect ratio, frame count, fps. Like the timestep,
-        # they enter in the model's dtype (the published bf16 model saw 854 as 856).
-        # One bucket per batch: the first sample's resolution sets the position scale.
-        scale = math.sqrt(
-            _first_value(height, height_in * VAE_DOWNSAMPLE, dtype) * _first_value(width, width_in * VAE_DOWNSAMPLE, dtype)
-        ) / c.input_sq_size
-        height = _micro_condition(height, height_in * VAE_DOWNSAMPLE, dtype, batch, x.device)
-        width = _micro_condition(width, width_in * VAE_DOWNSAMPLE, dtype, batch, x.device)
-        ar = _micro_condition(ar, height / width, dtype, batch, x.device)
-        num_frames = _micro_condition(num_frames, frames_in, dtype, batch, x.device)
-        fps = _micro_condition(fps, IMAGE_FPS if frames_in == 1 else DEFAULT_VIDEO_FPS, dtype, batch, x.device)
-        data_info = torch.cat([self.csize_embedder(torch.stack([height, width], 1)), self.ar_embedder(ar[:, None])], 1)
-        fl = self.fl_embedder(num_frames[:, None]) + self.fps_embedder(fps[:, None])
+        # 1. Micro-conditions: size, aspect ratio, frame count, fps
+        scale, data_info, fl = self._embed_micro_conditions(x, num_frames, height, width, ar, fps)
 
         # 2. Patchify and add 2-D positions (scaled by the sample's resolution)
-        frames, grid_h, grid_w = (math.ceil(n / p) for n, p in zip((frames_in, height_in, width_in), c.patch_size))
-        patches = grid_h * grid_w
-        pos = spatial_sincos_pos_embed(c.hidden_size, grid_h, grid_w, scale, round(math.sqrt(patches)), x.device, dtype)
-        x = self.x_embedder(x).view(batch, frames, patches, c.hidden_size) + pos
-        if c.temporal_pos_embed:
-            x = x + sinusoidal_embedding(torch.arange(frames, device=x.device), c.hidden_size).to(dtype)[None, :, None]
+        x, (frames, grid_h, grid_w) = self._patchify(x, scale)
 
         # 3. Timestep modulation (and timestep 0 for conditioning frames)
-        timestep = _micro_condition(timestep, None, dtype, batch, x.device)
-        t = self.t_embedder(timestep)
-        t_spatial, t_temporal = self.t_block(t + data_info), self.t_block_temp(t + fl)
-        t0 = t0_spatial = t0_temporal = None
-        if x_mask is not None:
-            t0 = self.t_embedder(torch.zeros_like(t[:, 0]))
-            t0_spatial, t0_temporal = self.t_block(t0 + data_info), self.t_block_temp(t0 + fl)
+        t, t_spatial, t_temporal, t0, t0_spatial, t0_temporal = self._modulations(
+            micro_condition(timestep, None, dtype, batch, x.device), data_info, fl, x_mask is not None)
 
         # 4. Caption tokens and RoPE table
         cond = self.y_embedder(y, self.training).squeeze(1)  # [B, N, C]
@@ -405,87 +319,67 @@ class STDiT2(nn.Module):
         # 7. Unpatchify and crop the padding
         return self._unpatchify(x, frames, grid_h, grid_w)[:, :, :frames_in, :height_in, :width_in].float()
 
+    def _frame_mask(self, x_mask: torch.Tensor | None, batch: int, frames: int, device: torch.device):
+        """`x_mask` checked against the latents and as bool on their device."""
+        if x_mask is None:
+            return None
+        if x_mask.shape != (batch, frames):
+            raise ValueError(f"x_mask must be [B, T] = [{batch}, {frames}], got {tuple(x_mask.shape)}")
+        x_mask = x_mask.to(device=device, dtype=torch.bool)
+        if self.config.patch_size[0] != 1:
+            raise ValueError("x_mask needs a temporal patch size of 1")
+        return x_mask
+
+    def _modulations(self, timestep: torch.Tensor, data_info: torch.Tensor, fl: torch.Tensor, conditioning: bool):
+        """(t, spatial modulation, temporal modulation) of `timestep`, then the same at
+        timestep 0 for conditioning frames, or three Nones without them."""
+        t = self.t_embedder(timestep)
+        t_spatial, t_temporal = self.t_block(t + data_info), self.t_block_temp(t + fl)
+        t0 = t0_spatial = t0_temporal = None
+        if conditioning:
+            t0 = self.t_embedder(torch.zeros_like(t[:, 0]))
+            t0_spatial, t0_temporal = self.t_block(t0 + data_info), self.t_block_temp(t0 + fl)
+        return t, t_spatial, t_temporal, t0, t0_spatial, t0_temporal
+
+    def _embed_micro_conditions(
+        self, x: torch.Tensor, num_frames: Any, height: Any, width: Any, ar: Any, fps: Any
+    ) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """(position scale, size + aspect-ratio embedding `[B, C]`, frame count + fps
+        embedding `[B, C]`) of the latents `x`, each condition defaulted from x's shape.
+
+        Like the timestep, the conditions enter in the model's dtype (the published bf16
+        model saw 854 as 856). One bucket per batch: the first sample's resolution sets
+        the position scale."""
+        batch, _, frames_in, height_in, width_in = x.shape
+        dtype, device = x.dtype, x.device
+        scale = math.sqrt(
+            first_value(height, height_in * VAE_DOWNSAMPLE, dtype) * first_value(width, width_in * VAE_DOWNSAMPLE, dtype)
+        ) / self.config.input_sq_size
+        height = micro_condition(height, height_in * VAE_DOWNSAMPLE, dtype, batch, device)
+        width = micro_condition(width, width_in * VAE_DOWNSAMPLE, dtype, batch, device)
+        ar = micro_condition(ar, height / width, dtype, batch, device)
+        num_frames = micro_condition(num_frames, frames_in, dtype, batch, device)
+        fps = micro_condition(fps, IMAGE_FPS if frames_in == 1 else DEFAULT_VIDEO_FPS, dtype, batch, device)
+        data_info = torch.cat([self.csize_embedder(torch.stack([height, width], 1)), self.ar_embedder(ar[:, None])], 1)
+        fl = self.fl_embedder(num_frames[:, None]) + self.fps_embedder(fps[:, None])
+        return scale, data_info, fl
+
+    def _patchify(self, x: torch.Tensor, scale: float) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Latents `[B, C, T, H, W]` -> tokens `[B, T', S, C]` with their 2-D sin-cos
+        positions (and frame index when configured), and the grid `(T', H', W')`."""
+        c = self.config
+        batch, _, frames_in, height_in, width_in = x.shape
+        frames, grid_h, grid_w = (math.ceil(n / p) for n, p in zip((frames_in, height_in, width_in), c.patch_size))
+        patches = grid_h * grid_w
+        pos = spatial_sincos_pos_embed(c.hidden_size, grid_h, grid_w, scale, round(math.sqrt(patches)), x.device, x.dtype)
+        x = self.x_embedder(x).view(batch, frames, patches, c.hidden_size) + pos
+        if c.temporal_pos_embed:
+            x = x + sinusoidal_embedding(torch.arange(frames, device=x.device), c.hidden_size).to(x.dtype)[None, :, None]
+        return x, (frames, grid_h, grid_w)
+
     def _unpatchify(self, x: torch.Tensor, frames: int, grid_h: int, grid_w: int) -> torch.Tensor:
         pt, ph, pw = self.config.patch_size
         out = self.config.out_channels
         x = x.reshape(x.shape[0], frames, grid_h, grid_w, pt, ph, pw, out)
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.reshape(x.shape[0], out, frames * pt, grid_h * ph, grid_w * pw)
-
-
-def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> STDiT2Config:
-    """Recover STDiT-2 hyper-parameters from a state dict's tensor shapes. `input_sq_size`
-    cannot be read off shapes; it defaults to the published 512 unless overridden. A
-    state dict without a config is Open-Sora's, so its micro-condition convention too."""
-    try:
-        patch_weight = state_dict["x_embedder.proj.weight"]
-        hidden, in_channels, *patch = patch_weight.shape
-        depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
-        qk_norm = "blocks.0.attn.q_norm.weight" in state_dict
-        head_dim = 2 * state_dict["rope.freqs"].shape[0]
-        caption_tokens, caption_channels = state_dict["y_embedder.y_embedding"].shape
-        out_channels = state_dict["final_layer.linear.weight"].shape[0] // math.prod(patch)
-        mlp_hidden = state_dict["blocks.0.mlp.fc1.weight"].shape[0]
-    except (KeyError, ValueError) as err:
-        raise ValueError(f"not an STDiT-2 state dict: cannot read {err} from its tensors") from err
-    fields: dict[str, Any] = {
-        "in_channels": in_channels,
-        "patch_size": tuple(patch),
-        "hidden_size": hidden,
-        "depth": depth,
-        "num_heads": hidden // head_dim,
-        "mlp_ratio": mlp_hidden / hidden,
-        "pred_sigma": out_channels == 2 * in_channels,
-        "caption_channels": caption_channels,
-        "model_max_length": caption_tokens,
-        "qk_norm": qk_norm,
-        "micro_condition_convention": "opensora-1.1",
-    }
-    fields.update(overrides)
-    return STDiT2Config(**fields)
-
-
-def _first_value(value: Any, default: float, dtype: torch.dtype) -> float:
-    """The first value of a condition, rounded to `dtype`, read without a device op
-    when it is a Python number (so the meta-device cost model works)."""
-    if isinstance(value, torch.Tensor):
-        return float(value.reshape(-1)[0].to(dtype))
-    return float(torch.tensor(float(default if value is None else value)).to(dtype))
-
-
-def _micro_condition(value: Any, default: Any, dtype: torch.dtype, batch: int, device: torch.device) -> torch.Tensor:
-    """A micro-condition (scalar, `[n]` or `[B]`) as `[B]`, rounded to the model dtype
-    and tiled when n divides B (Open-Sora doubles the batch for classifier-free
-    guidance but not the conditions)."""
-    value = default if value is None else value
-    values = torch.as_tensor(value, dtype=torch.float32, device=device).reshape(-1).to(dtype).float()
-    if batch % values.numel():
-        raise ValueError(f"a condition has {values.numel()} values for a batch of {batch}")
-    return values.repeat(batch // values.numel())
-
-
-def _caption_4d(y: torch.Tensor, batch: int, config: STDiT2Config) -> torch.Tensor:
-    if y.ndim == 3:
-        y = y.unsqueeze(1)
-    if y.ndim != 4 or y.shape[0] != batch or y.shape[1] != 1 or y.shape[3] != config.caption_channels:
-        raise ValueError(
-            f"y must be [B={batch}, 1, N, caption_channels={config.caption_channels}], got {tuple(y.shape)}"
-        )
-    return y
-
-
-def _caption_mask(mask: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor | None:
-    if mask is None:
-        return None
-    batch, tokens = y.shape[0], y.shape[2]
-    mask = mask.reshape(mask.shape[0], -1).to(device=y.device)
-    if mask.shape[1] != tokens or batch % mask.shape[0]:
-        raise ValueError(f"mask must be [B={batch}, N={tokens}], got {tuple(mask.shape)}")
-    mask = mask.bool().repeat(batch // mask.shape[0], 1)
-    if not bool(mask.any(dim=1).all()):
-        raise ValueError("every caption needs at least one real token (a mask row is all zeros)")
-    return mask
-
-
-def config_to_json(config: STDiT2Config) -> str:
-    return json.dumps(config.model_dump(mode="json"), sort_keys=True)

@@ -28,8 +28,8 @@ from opensora_core.data.caches import (
 from opensora_core.data.dataset import MissingCacheError, VideoTextDataset, collate
 from opensora_core.data.synthetic import moving_square_clip
 from opensora_core.data.video_io import write_image, write_video
+from opensora_core.models.dct_autoencoder import DCTAutoencoder
 from opensora_core.models.text_encoder import WordEmbeddingTextEncoder
-from opensora_core.models.vae import DCTAutoencoder
 
 
 def _sha(path) -> str:

@@ -47,7 +47,7 @@ def test_true_clips_through_the_embedded_codec_keep_colour_and_direction(color):
     # pixels blend with the background; the metrics must still read a decoded true clip
     # (what a perfect model of those latents would give) as right.
     from opensora_core.data.synthetic import BACKGROUNDS
-    from opensora_core.models.vae import DCTAutoencoder
+    from opensora_core.models.dct_autoencoder import DCTAutoencoder
 
     codec = DCTAutoencoder()
     for index, (shape, background) in enumerate((s, b) for s in SHAPES for b in BACKGROUNDS):

@@ -16,6 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 import opensora_core.infer.sample as sample_module
+import opensora_core.infer.sample.generator as generator_module
 from opensora_core import cli
 from opensora_core.config import (
     ConfigError,
@@ -34,9 +35,10 @@ from opensora_core.infer.sample import (
     sample_names,
 )
 from opensora_core.models import STDiT2
+from opensora_core.models.caption_cleaning import clean_caption
 from opensora_core.models.checkpoint_io import save_model
-from opensora_core.models.text_encoder import T5TextEncoder, WordEmbeddingTextEncoder, clean_caption
-from opensora_core.models.vae import DCTAutoencoder
+from opensora_core.models.dct_autoencoder import DCTAutoencoder
+from opensora_core.models.text_encoder import T5TextEncoder, WordEmbeddingTextEncoder
 
 from ..models.model_fixtures import build_random_model
 from ..models.test_published_folder import write_published_folder
@@ -278,8 +280,8 @@ def test_guidance_covers_all_channels_except_with_iddpm(generator, monkeypatch):
     assert guided_channels(build_sampler("dpm-solver", 4), 3) is None
     assert guided_channels(build_sampler("rflow", 4, objective="rflow"), 3) is None
     used = []
-    real = sample_module.classifier_free_guidance
-    monkeypatch.setattr(sample_module, "classifier_free_guidance",
+    real = generator_module.classifier_free_guidance
+    monkeypatch.setattr(generator_module, "classifier_free_guidance",
                         lambda out, scale, channels: used.append(channels) or real(out, scale, channels))
     for sampler in ("dpm-solver", "iddpm"):
         generator.generate_latents([PromptRequest("x")], _settings(sampler=sampler),

@@ -8,12 +8,13 @@ import torch
 from typer.testing import CliRunner
 
 import opensora_core.infer.sample as sample_module
+import opensora_core.infer.sample.generator as generator_module
 from opensora_core import cli
 from opensora_core.data.synthetic import moving_square_clip
 from opensora_core.data.video_io import read_frames, write_image, write_video
 from opensora_core.infer.sample import PromptRequest, SampleSettings, VideoGenerator, parse_prompt
+from opensora_core.models.dct_autoencoder import DCTAutoencoder
 from opensora_core.models.text_encoder import WordEmbeddingTextEncoder
-from opensora_core.models.vae import DCTAutoencoder
 
 from ..models.model_fixtures import build_random_model
 
@@ -83,14 +84,14 @@ def test_edit_ratio_reworks_reference_frames(generator, references):
 
 def test_long_video_loops_continue_from_the_previous_tail_without_duplicates(generator, monkeypatch):
     calls = []
-    real_denoise = sample_module.denoise
+    real_denoise = generator_module.denoise
 
     def recording_denoise(model_fn, sampler, z, frame_mask, reference, generator_, progress):
         out = real_denoise(model_fn, sampler, z, frame_mask, reference, generator_, progress)
         calls.append((frame_mask, reference, out))
         return out
 
-    monkeypatch.setattr(sample_module, "denoise", recording_denoise)
+    monkeypatch.setattr(generator_module, "denoise", recording_denoise)
     settings = _settings(loops=3, condition_frame_length=2)
     latents = generator.generate_latents([PromptRequest("a square")], settings, torch.Generator().manual_seed(0),
                                          progress=False)

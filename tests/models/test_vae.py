@@ -7,12 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from opensora_core.models.vae import (
-    DCTAutoencoder,
-    SDKLAutoencoder,
-    VideoAutoencoder,
-    build_vae,
-)
+from opensora_core.models.autoencoder import VideoAutoencoder
+from opensora_core.models.dct_autoencoder import DCTAutoencoder
+from opensora_core.models.sd_autoencoder import SDKLAutoencoder
+from opensora_core.models.vae import build_vae
 
 # Measured on Megamind.avi, first 8 frames, centre 256x256 crop: smooth decode
 # 27.83 dB, flat pseudo-inverse 26.45 dB; without the luma AC term 25.49 / 24.72 dB;
@@ -228,7 +226,7 @@ def test_sdkl_random_init_warns_and_rejects_bad_shapes() -> None:
 
 
 def test_sdkl_default_config_is_the_sd_architecture() -> None:
-    from opensora_core.models.vae import SD_VAE_CONFIG
+    from opensora_core.models.sd_autoencoder import SD_VAE_CONFIG
 
     assert SD_VAE_CONFIG["block_out_channels"] == [128, 256, 512, 512]
     assert SD_VAE_CONFIG["latent_channels"] == 4
