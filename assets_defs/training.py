@@ -1,8 +1,9 @@
 """Training assets `stdit2_stage0` .. `stdit2_stage3`: one TorchX job per stage.
 
-Each asset checks its inputs in this process (stage config, the `--init` weights'
-names and shapes, a non-empty training table with a sample that fits a bucket), so bad
-input fails before anything is launched; then it runs `opensora train`'s code under
+Each asset checks its inputs in this process with `opensora train`'s own check
+(`opensora_core.train.inputs`: stage config, the `--init` weights' names and shapes, a
+non-empty training table with a sample that fits a bucket), so bad input fails before
+anything is launched, and applies the stage folder's inputs rule (`StageFolder`); then it runs `opensora train`'s code under
 torchrun through the TorchX launcher and receives metrics and the result through
 Dagster Pipes. Stage N+1 starts from stage N's export when its config says
 `init_from: previous`.
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import torch
 from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
@@ -34,18 +34,16 @@ from dagster import (
     open_pipes_session,
 )
 from pydantic import Field
-from safetensors import safe_open
 
 from assets_defs.caches import text_embeddings, video_latents
 from opensora_core.config import ConfigError, StageConfig, load_stage
-from opensora_core.data.buckets import Bucket, BucketAssigner
-from opensora_core.models import load_preset
-from opensora_core.models.checkpoint_io import compare_keys, load_state_dict
 from opensora_core.tracking.registry import download_champion
+from opensora_core.train.args import TrainArgs
+from opensora_core.train.inputs import TrainingError, check_inputs, stage_inputs
 from opensora_core.train.metrics import summarize_loss
-from opensora_core.utils.atomic import atomic_path, write_text_atomic
+from opensora_core.train.stage_folder import TABLE, StageFolder
+from opensora_core.utils.atomic import atomic_path
 from opensora_core.utils.folder_lock import FolderLock, FolderLocked
-from opensora_core.utils.hashing import file_sha256
 from orchestration.launch.components import train_stage_component
 from orchestration.resources import (
     CacheSettings,
@@ -54,12 +52,6 @@ from orchestration.resources import (
     TorchXLauncher,
     TrainingSettings,
 )
-
-TABLE = "meta.parquet"
-INPUTS = "inputs.json"  # what the stage folder's checkpoints were trained from
-# Outputs of a training run in the stage folder; removed when the inputs change.
-_RUN_OUTPUTS = ("checkpoints", "export", "result.json", "metrics.jsonl", "mlflow_offline", "loss_curve.png")
-_REQUIRED_COLUMNS = ("path", "text", "num_frames", "height", "width")
 
 
 class WholeLineFileMessageReader(PipesFileMessageReader):
@@ -112,14 +104,27 @@ class StagePlan:
     index: int
     config_name: str
     config: StageConfig
-    out: Path
-    data: Path
-    init: Path | None
+    args: TrainArgs
+    inputs: dict  # what the result depends on (`stage_inputs`)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.args.out)
+
+    @property
+    def data(self) -> Path:
+        return Path(self.args.data)
+
+    @property
+    def init(self) -> Path | None:
+        return Path(self.args.init) if self.args.init else None
 
 
-def plan_stage(index: int, settings: TrainingSettings, data: Path, init: Path | None = None) -> StagePlan:
-    """Resolve and check stage `index`'s inputs; raise Failure naming what is wrong.
-    `init` replaces the stage config's `init_from`."""
+def plan_stage(index: int, settings: TrainingSettings, data: Path, init: Path | None = None,
+               cache: str | None = None) -> StagePlan:
+    """Resolve stage `index`'s inputs and check them as `opensora train` does
+    (`opensora_core.train.inputs`, the init weights by shapes only); raise Failure naming
+    what is wrong. `init` replaces the stage config's `init_from`."""
     name = settings.stage_config(index)
     try:
         config = load_stage(name)
@@ -129,11 +134,13 @@ def plan_stage(index: int, settings: TrainingSettings, data: Path, init: Path | 
         raise Failure(f"stdit2_stage{index}: stage config {name} is for stage {config.stage}, not {index} "
                       "(check TrainingSettings.stages / OPENSORA_TRAIN_STAGES)")
     init = init or _init_path(index, config, settings)
-    plan = StagePlan(index, name, config, settings.stage_dir(index), data, init)
-    check_table(plan)
-    if init is not None:
-        check_init(plan)
-    return plan
+    args = TrainArgs(stage=name, data=str(data), out=str(settings.stage_dir(index)), profile=settings.profile,
+                     cache=cache, init=str(init) if init else None, max_steps=settings.max_steps)
+    try:
+        inputs = stage_inputs(args, check_inputs(args, shapes_only=True))
+    except (TrainingError, ConfigError) as err:
+        raise Failure(f"stdit2_stage{index}: {err}") from None
+    return StagePlan(index, name, config, args, inputs)
 
 
 def _init_path(index: int, config: StageConfig, settings: TrainingSettings) -> Path | None:
@@ -149,46 +156,6 @@ def _init_path(index: int, config: StageConfig, settings: TrainingSettings) -> P
     if not path.exists():
         raise Failure(f"stdit2_stage{index}: init_from {path} (from {settings.stage_config(index)}) does not exist")
     return path
-
-
-def check_table(plan: StagePlan) -> None:
-    import pandas as pd
-
-    table = pd.read_parquet(plan.data)
-    where = f"stdit2_stage{plan.index}: training table {plan.data}"
-    if table.empty:
-        raise Failure(f"{where} is empty; nothing to train on")
-    missing = [c for c in _REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise Failure(f"{where} lacks columns {', '.join(missing)}")
-    rows = list(zip(table["num_frames"].astype(int), table["height"].astype(int), table["width"].astype(int)))
-    # Epoch 0's draw with the stage's seed: the assignment the trainer starts with.
-    assignments = BucketAssigner(plan.config).assign_all(rows, plan.config.seed, 0)
-    if not any(isinstance(a, Bucket) for a in assignments):
-        reasons = sorted({a.reason for a in assignments})
-        raise Failure(f"{where}: none of its {len(rows)} samples fits a bucket of {plan.config_name} "
-                      f"({'; '.join(reasons[:3])})")
-
-
-def check_init(plan: StagePlan) -> None:
-    """The init weights must have exactly the names and shapes of the stage's model."""
-    assert plan.init is not None
-    try:
-        state = _shapes(plan.init)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise Failure(f"stdit2_stage{plan.index}: cannot read --init {plan.init}: {err}") from None
-    report = compare_keys(state, load_preset(plan.config.model_preset))
-    if not report.ok:
-        raise Failure(f"stdit2_stage{plan.index}: --init {plan.init} does not fit model preset "
-                      f"{plan.config.model_preset}: {report.describe()}")
-
-
-def _shapes(path: Path) -> dict[str, torch.Tensor]:
-    """Names and shapes as meta tensors; a safetensors file is not read beyond its header."""
-    if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as handle:
-            return {k: torch.empty(handle.get_slice(k).get_shape(), device="meta") for k in handle.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    return load_state_dict(path, map_location="meta")
 
 
 def snapshot_table(storage: CurationStorage, out: Path) -> Path:
@@ -235,38 +202,6 @@ def champion_init(index: int, out: Path, mlflow_tracking: MlflowTracking) -> tup
     return path, f"{mlflow_tracking.model_name} v{version} (champion)"
 
 
-def stage_inputs(plan: StagePlan, settings: TrainingSettings) -> dict:
-    """Everything the stage's result depends on: the table's and init weights' content,
-    the stage config, the step override and the profile."""
-    return {"table_sha256": file_sha256(plan.data), "stage_config": plan.config.model_dump(mode="json"),
-            "init_sha256": file_sha256(plan.init) if plan.init is not None and plan.init.is_file() else None,
-            "max_steps": settings.max_steps, "profile": settings.profile}
-
-
-def reuse_or_reset(plan: StagePlan, inputs: dict) -> dict | None:
-    """The stage folder's finished result when it was trained from exactly `inputs`.
-
-    Otherwise None, after making the folder fit `inputs`: the same inputs keep their
-    checkpoints (the job resumes from the newest, e.g. after a failure), other inputs
-    clear the previous run's outputs so training starts from step 0.
-    """
-    marker = plan.out / INPUTS
-    previous = json.loads(marker.read_text()) if marker.is_file() else None
-    if previous == inputs:
-        result = plan.out / "result.json"
-        if result.is_file() and (plan.out / "export" / "model.safetensors").is_file():
-            return json.loads(result.read_text())
-        return None
-    for name in _RUN_OUTPUTS:
-        path = plan.out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    write_text_atomic(marker, json.dumps(inputs, indent=2, sort_keys=True) + "\n")
-    return None
-
-
 def _reused(index: int, plan: StagePlan, result: dict, init_source: str | None) -> MaterializeResult:
     metadata = {"up_to_date": MetadataValue.text(f"inputs unchanged since the run that wrote {plan.out / 'result.json'}"
                                                  "; nothing launched"),
@@ -287,10 +222,10 @@ def train_stage_asset(context: AssetExecutionContext, index: int, run_config: St
     init, init_source = None, None
     if run_config.init == "champion":
         init, init_source = champion_init(index, out, mlflow_tracking)
-    plan = plan_stage(index, training_settings, snapshot_table(curation_storage, out), init)
+    plan = plan_stage(index, training_settings, snapshot_table(curation_storage, out), init, cache_settings.root)
     try:  # a stage folder a training job still holds is neither reused nor cleared under it
         with FolderLock(out, f"Dagster asset stdit2_stage{index}, checking its inputs"):
-            previous = reuse_or_reset(plan, stage_inputs(plan, training_settings))
+            previous = StageFolder(out).reuse_or_reset(plan.inputs)
     except FolderLocked as err:
         raise Failure(f"stdit2_stage{index}: {err}") from None
     if previous is not None:
@@ -305,9 +240,7 @@ def train_stage_asset(context: AssetExecutionContext, index: int, run_config: St
     with open_pipes_session(context=context, context_injector=PipesEnvContextInjector(),
                             message_reader=WholeLineFileMessageReader(str(messages))) as session:
         app = train_stage_component(
-            stage=plan.config_name, profile=training_settings.profile, data=str(plan.data), out=str(plan.out),
-            cache=cache_settings.root, init=str(plan.init) if plan.init else None,
-            max_steps=training_settings.max_steps, nnodes=training_settings.nnodes,
+            **{k: v for k, v in vars(plan.args).items() if v is not None}, nnodes=training_settings.nnodes,
             nproc_per_node=training_settings.nproc_per_node, image=training_settings.image,
             python=torchx_launcher.python(), cpu=training_settings.cpu_per_node,
             gpu=training_settings.gpu_per_node, memMB=training_settings.mem_mb_per_node,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -74,10 +75,10 @@ def test_definitions_wire_stage0_to_stage3_after_the_caches():
 
 def test_bad_tables_fail_before_launch(tmp_path, profile, curated):
     settings = _settings(tmp_path, profile)
-    with pytest.raises(Failure, match="is empty; nothing to train on"):
+    with pytest.raises(Failure, match="stdit2_stage0: --data .* the training table is empty"):
         plan_stage(0, settings, _table(tmp_path, []))
     small = _table(tmp_path, [("a.png", "x", 1, 8, 8)])
-    with pytest.raises(Failure, match=r"none of its 1 samples fits a bucket of tiny/stage0 \(8x8 is below"):
+    with pytest.raises(Failure, match=r"no sample of the 1 fits any bucket of the stage \(8x8 is below"):
         plan_stage(0, settings, small)
     plan = plan_stage(0, settings, curated / "meta.parquet")
     assert plan.init is None and plan.out == tmp_path / "train" / "stage0"
@@ -100,7 +101,7 @@ def test_missing_or_mismatched_init_fails_before_launch(tmp_path, profile, curat
                                       "materialize stdit2_stage0 first"):
         plan_stage(1, settings, curated / "meta.parquet")
     save_model(build_stdit2("stdit2-tiny", depth=2), settings.export_path(0))
-    with pytest.raises(Failure, match="does not fit model preset stdit2-tiny: missing: blocks.2"):
+    with pytest.raises(Failure, match="does not fit the stage's model: missing: blocks.2"):
         plan_stage(1, settings, curated / "meta.parquet")
     save_model(build_stdit2("stdit2-tiny"), settings.export_path(0))
     assert plan_stage(1, settings, curated / "meta.parquet").init == settings.export_path(0)
@@ -119,7 +120,7 @@ def test_stage_asset_validates_before_launching(tmp_path, profile):
                  "cache_settings": CacheSettings(root=str(tmp_path / "caches"), stages=TINY),
                  "training_settings": _settings(tmp_path, profile),
                  "torchx_launcher": _NoLaunch(log_dir=str(tmp_path / "logs")), "mlflow_tracking": _tracking(tmp_path)}
-    with pytest.raises(Failure, match="training table .*meta.parquet is empty"):
+    with pytest.raises(Failure, match="--data .*meta.parquet: the training table is empty"):
         materialize([stdit2_stage0], resources=resources)
 
 
@@ -139,6 +140,12 @@ def test_stage0_trains_through_torchx_and_reports_through_pipes(tmp_path, profil
     assert metadata["loss_curve"].value.startswith("![loss curve](data:image/png;base64,")
     assert (tmp_path / "train" / "stage0" / "loss_curve.png").is_file()
     assert metadata["torchx_app"].value.startswith("local_cwd://")
+    # The job's own check computes the inputs the asset recorded (a job computing others
+    # would have rewritten inputs.json and cleared the folder).
+    recorded = json.loads((tmp_path / "train" / "stage0" / "inputs.json").read_text())
+    settings = _settings(tmp_path, profile)
+    assert recorded == plan_stage(0, settings, tmp_path / "train" / "stage0" / "meta.parquet",
+                                  cache=str(tmp_path / "caches")).inputs
 
 
 def test_loss_checks_read_each_stage_metrics(tmp_path):
@@ -157,23 +164,24 @@ def test_loss_checks_read_each_stage_metrics(tmp_path):
 
 
 def test_changed_inputs_restart_the_stage_and_equal_inputs_reuse_it(tmp_path, profile, curated):
-    from assets_defs.training import reuse_or_reset, stage_inputs
+    from opensora_core.train.stage_folder import StageFolder
 
     settings = _settings(tmp_path, profile)
     plan = plan_stage(0, settings, curated / "meta.parquet")
-    inputs = stage_inputs(plan, settings)
-    assert reuse_or_reset(plan, inputs) is None  # nothing trained yet
+    folder = StageFolder(plan.out)
+    assert plan.inputs["max_steps"] == 2 and plan.inputs["profile"] == settings.profile
+    assert folder.reuse_or_reset(plan.inputs) is None  # nothing trained yet
     step = plan.out / "checkpoints" / "step-00000002"
     step.mkdir(parents=True)
     (plan.out / "export").mkdir()
     (plan.out / "export" / "model.safetensors").write_bytes(b"weights")
     (plan.out / "result.json").write_text('{"steps": 2}')
-    assert reuse_or_reset(plan, inputs) == {"steps": 2}  # same inputs: the finished result
+    assert folder.reuse_or_reset(plan.inputs) == {"steps": 2}  # same inputs: the finished result
     (plan.out / "result.json").unlink()
-    assert reuse_or_reset(plan, inputs) is None and step.is_dir()  # same inputs, unfinished: resume
+    assert folder.reuse_or_reset(plan.inputs) is None and step.is_dir()  # same inputs, unfinished: resume
 
-    other = dict(inputs, stage_config=dict(inputs["stage_config"], lr=1e-5))
-    assert reuse_or_reset(plan, other) is None
+    other = dict(plan.inputs, stage_config=dict(plan.inputs["stage_config"], lr=1e-5))
+    assert folder.reuse_or_reset(other) is None
     assert not (plan.out / "checkpoints").exists() and not (plan.out / "export").exists()
 
 
