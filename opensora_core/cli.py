@@ -363,7 +363,7 @@ def runs_compare_command(
         help="MLflow tracking URI (default: the embedded profile's mlflow_tracking_uri).")] = None,
 ) -> None:
     """Print the newest stage runs side by side: tags, key params, latest metrics."""
-    from opensora_core.train.runs_cli import runs_compare
+    from opensora_core.tracking.runs_cli import runs_compare
 
     runs_compare(stage=stage, last=last, tracking_uri=tracking_uri)
 

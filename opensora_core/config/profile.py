@@ -34,7 +34,7 @@ class ProfileConfig(_Strict):
     torchx_scheduler: Literal["local_cwd", "kubernetes", "slurm"]
     mlflow_tracking_uri: str
     # true: training refuses to start when the tracking store is unreachable; false: it
-    # trains and keeps a local record to upload later (opensora_core/train/tracking.py).
+    # trains and keeps a local record to upload later (opensora_core/tracking/).
     mlflow_required: bool = False
     dagster_home: str
     data_root: str

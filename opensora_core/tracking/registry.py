@@ -14,6 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
+from opensora_core.tracking.mlflow_calls import _client
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 DEFAULT_MODEL_NAME = "stdit2"
@@ -47,14 +49,13 @@ def promote_if_better(
     `new_score`, `champion_version` and `champion_score` (the champion before this
     call; None when there was none)."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     if run_id is None:
         raise ValueError("run_id is required")
     score = float(score)
     if math.isnan(score):
         raise ValueError(f"cannot promote on a NaN {metric}")
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = _client(tracking_uri, registry=True)
     try:
         client.get_registered_model(model_name)
     except MlflowException:
@@ -97,9 +98,8 @@ def champion(tracking_uri: str, model_name: str = DEFAULT_MODEL_NAME):
     """The model version under the alias `champion`, or None when there is none (or no
     registered model of that name yet)."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = _client(tracking_uri, registry=True)
     try:
         return client.get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException:

@@ -473,7 +473,7 @@ def _export(out: Path, model, text_encoder, ema: EMA | None, rank: int, objectiv
 
 
 def _start_tracker(s: Stage):
-    from opensora_core.train.tracking import EXPERIMENT, StageTracker
+    from opensora_core.tracking import EXPERIMENT, StageTracker
 
     args = s.args
     params = {"stage": s.stage.model_dump(mode="json"), "model": s.config.model_dump(mode="json"),

@@ -35,8 +35,8 @@ from assets_defs.curation import raw_partitions, raw_videos
 from opensora_core.curation.ingest import register_inputs
 from opensora_core.data.synthetic import moving_square_clip
 from opensora_core.data.video_io import write_video
+from opensora_core.tracking import EXPERIMENT, RECORD_FILE, TrackingUnavailable
 from opensora_core.train.loop import TrainArgs, train_stage
-from opensora_core.train.tracking import EXPERIMENT, RECORD_FILE, TrackingUnavailable
 from orchestration.resources import CurationStorage
 from tests.train import conftest as train_fixtures
 

@@ -10,8 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from opensora_core.train.runs_cli import runs_compare
-from opensora_core.train.tracking import COLUMNS, EXPERIMENT, StageTracker, compare_runs
+from opensora_core.tracking import COLUMNS, EXPERIMENT, StageTracker, compare_runs
+from opensora_core.tracking.runs_cli import runs_compare
 
 RUNS = [  # stage, lr, seed, max_steps, snapshot, metrics per step
     (1, 1e-3, 11, 100, "aaaa1111", [{"loss": 0.9, "tokens_per_s": 100.0, "grad_norm": 2.0},

@@ -7,7 +7,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from opensora_core.train.tracking import (
+from opensora_core.tracking import (
     RECORD_FILE,
     StageTracker,
     TrackingUnavailable,

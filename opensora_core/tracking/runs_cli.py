@@ -8,7 +8,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from opensora_core.train.tracking import EXPERIMENT, METRICS, PARAMS, compare_runs
+from opensora_core.tracking import EXPERIMENT, METRICS, PARAMS, compare_runs
 
 
 def _cell(value) -> str:

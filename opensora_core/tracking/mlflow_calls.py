@@ -42,14 +42,16 @@ def _probe(uri: str) -> None:
         return
 
 
-def _client(uri: str):
+def _client(uri: str, registry: bool = False):
+    """A client for `uri` (and its model registry with `registry`); OSError when an HTTP
+    server does not answer."""
     from mlflow.tracking import MlflowClient
 
     if _is_http(uri):
         for name, value in _HTTP_LIMITS.items():
             os.environ.setdefault(name, value)
         _probe(uri)
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri if registry else None)
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -77,8 +79,9 @@ def _experiment_id(client, uri: str, name: str) -> str:
         return experiment.experiment_id
 
 
-def _run_url(uri: str, experiment_id: str, run_id: str) -> str:
-    base = uri.rstrip("/") if _is_http(uri) else os.environ.get(_UI_URL_ENV, _DEFAULT_UI_URL).rstrip("/")
+def _run_url(uri: str, experiment_id: str, run_id: str, ui_url: str | None = None) -> str:
+    base = uri if _is_http(uri) else ui_url or os.environ.get(_UI_URL_ENV, _DEFAULT_UI_URL)
+    base = base.rstrip("/")
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 

@@ -10,14 +10,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from opensora_core.train.tracking.mlflow_calls import (
+from opensora_core.tracking.mlflow_calls import (
     _client,
     _experiment_id,
     _log_metrics,
     _log_params_and_tags,
     _run_url,
 )
-from opensora_core.train.tracking.record import _Record
+from opensora_core.tracking.record import _Record
 
 log = logging.getLogger(__package__)
 
@@ -129,7 +129,7 @@ class StageTracker:
         self._call(seq, lambda client, run_id: client.set_terminated(run_id, status))
         if self._client is None:
             log.warning("MLflow run not (fully) tracked; the local record is in %s. Upload it with "
-                        "opensora_core.train.tracking.upload_offline_record(%r, %r)",
+                        "opensora_core.tracking.upload_offline_record(%r, %r)",
                         self.local_dir, str(self.local_dir), self._uri)
 
     def _call(self, seq: int, fn, *args) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opensora_core.train.tracking.mlflow_calls import (
+from opensora_core.tracking.mlflow_calls import (
     _client,
     _experiment_id,
     _log_metrics,
     _log_params_and_tags,
 )
-from opensora_core.train.tracking.record import RECORD_FILE, _Record
+from opensora_core.tracking.record import RECORD_FILE, _Record
 
 
 def upload_offline_record(local_dir: str | Path, tracking_uri: str) -> str:
