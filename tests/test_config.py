@@ -608,3 +608,10 @@ def test_shipped_stages_inherit_their_family_base() -> None:
         family = stem.rpartition("/")[0]
         raw = yaml.safe_load(find_config("stages", stem).read_text())
         assert raw["extends"] == (f"{family}/base" if family else "base"), stem
+
+
+def test_removed_profile_key_dagster_home_is_an_unknown_key(tmp_path: Path) -> None:
+    # Dagster reads DAGSTER_HOME before project code runs, so a profile cannot set it.
+    data = yaml.safe_load((ROOT / "configs/profiles/embedded.yaml").read_text())
+    message = _error(_write(tmp_path, {**data, "dagster_home": ".dagster"}, "p.yaml"), ProfileConfig)
+    assert "p.yaml: unknown key 'dagster_home'" in message and "attention_backend" in message

@@ -356,8 +356,9 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> ProfileConfig:
 
 
 def load_sampling_profile(name_or_path: str | os.PathLike[str]) -> SamplingProfile:
-    """The encoders and device of a profile, read without the keys only training and
-    orchestration need (a full profile's other keys are checked by name only)."""
+    """The encoders, device and attention backend of a profile, read without the keys
+    only training and orchestration need (a full profile's other keys are checked by
+    name only)."""
     path = find_config("profiles", name_or_path)
     source = _display_name(path)
     data = _read_yaml(path, source)
