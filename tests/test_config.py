@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,21 @@ from opensora_core.config import (
     StageConfig,
     expand_env,
     find_config,
+    is_stage_base,
     load_config,
     load_profile,
     load_stage,
     project_root,
+    read_stage_data,
     validate_config,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGE_FILES = sorted((ROOT / "configs" / "stages").rglob("*.yaml"))
+# Files named *base.yaml hold keys other stages extend; they are not stages.
+STAGE_FILES = sorted(p for p in (ROOT / "configs" / "stages").rglob("*.yaml") if not is_stage_base(p))
+# StageConfig.model_dump(mode="json") of every stage, captured before the stage files
+# extended shared bases: moving keys between files must change no resolved value.
+RESOLVED_STAGES = json.loads((ROOT / "tests/fixtures/stage_configs_resolved.json").read_text())
 PROFILE_FILES = sorted((ROOT / "configs" / "profiles").glob("*.yaml"))
 
 CLUSTER_ENV = {
@@ -87,12 +94,12 @@ def _pin_project_root(monkeypatch: pytest.MonkeyPatch) -> None:
 def cluster_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in CLUSTER_ENV.items():
         monkeypatch.setenv(name, value)
-    for name in ("NNODES", "DAGSTER_HOME", "DATA_ROOT", "ARTIFACTS_ROOT"):
+    for name in ("NNODES", "DATA_ROOT", "ARTIFACTS_ROOT"):
         monkeypatch.delenv(name, raising=False)
 
 
 def _stage1_data() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "configs/stages/stage1.yaml").read_text())
+    return read_stage_data("stage1")
 
 
 def _write(tmp_path: Path, data: Any, name: str = "stage.yaml") -> Path:
@@ -123,6 +130,13 @@ def test_every_stage_file_loads(path: Path) -> None:
     cfg = load_stage(path)
     assert isinstance(cfg, StageConfig)
     assert f"stage{cfg.stage}" == path.stem
+
+
+def test_resolved_stage_configs_are_unchanged() -> None:
+    stems = {str(p.relative_to(ROOT / "configs/stages").with_suffix("")) for p in STAGE_FILES}
+    assert stems == set(RESOLVED_STAGES)
+    for stem, expected in RESOLVED_STAGES.items():
+        assert load_stage(stem).model_dump(mode="json") == expected, stem
 
 
 @pytest.mark.parametrize("path", PROFILE_FILES, ids=lambda p: p.stem)
@@ -174,8 +188,8 @@ def test_published_stage_settings(stage: int) -> None:
 
 def test_tiny_stages_mirror_published_ones() -> None:
     for stage in range(4):
-        published = yaml.safe_load((ROOT / f"configs/stages/stage{stage}.yaml").read_text())
-        tiny_raw = yaml.safe_load((ROOT / f"configs/stages/tiny/stage{stage}.yaml").read_text())
+        published = read_stage_data(f"stage{stage}")
+        tiny_raw = read_stage_data(f"tiny/stage{stage}")
         assert set(tiny_raw) - {"extra_resolutions"} == set(published) - {"extra_resolutions"}
 
         big, tiny = load_stage(f"stage{stage}"), load_stage(f"tiny/stage{stage}")
@@ -327,7 +341,7 @@ def test_unquoted_numeric_resolution_names_are_accepted(tmp_path: Path) -> None:
 
 
 def test_stage0_cannot_start_from_previous(tmp_path: Path) -> None:
-    data = yaml.safe_load((ROOT / "configs/stages/stage0.yaml").read_text())
+    data = read_stage_data("stage0")
     data["init_from"] = "previous"
     assert "stage 0 has no previous stage" in _error(_write(tmp_path, data))
 
@@ -414,7 +428,6 @@ def test_embedded_profile_paths_live_in_project() -> None:
     assert profile.torchx_scheduler == "local_cwd" and profile.nproc_per_node == 1
     assert profile.vae.kind == "dct" and profile.text_encoder.kind == "word-embedding"
     assert profile.mlflow_tracking_uri == f"sqlite:///{ROOT / 'mlruns.db'}"
-    assert Path(profile.dagster_home) == ROOT / ".dagster"
     assert Path(profile.data_root).is_absolute()
 
 
@@ -474,3 +487,131 @@ def test_min_lr_above_lr_is_refused():
         StageConfig(**{**data, "lr_schedule": "cosine", "min_lr": data["lr"] * 2})
     with pytest.raises(pydantic.ValidationError, match="lr_schedule"):
         StageConfig(**{**data, "lr_schedule": "linear"})
+
+
+# ---------------------------------------------------------- stages that extend
+
+
+def _stage_files(tmp_path: Path, files: dict[str, Any]) -> Path:
+    """Write `files` (relative path -> mapping or text) and return the folder."""
+    for name, content in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+    return tmp_path
+
+
+def test_extends_merges_mappings_and_replaces_the_rest(tmp_path: Path) -> None:
+    base = {k: v for k, v in _stage1_data().items() if k not in ("stage", "description")}
+    base["extra_resolutions"] = {"16px": 256}
+    _stage_files(tmp_path, {
+        "common/base.yaml": base,
+        "child.yaml": {
+            "extends": "common/base.yaml",  # a path, relative to this file
+            "stage": 1,
+            "description": "child",
+            "extra_resolutions": {"8px": 64},                 # merged with the parent's
+            "bucket_config": {"144p": {16: [0.25, 2]}},       # merged down to num_frames
+            "mask_ratios": {"no_mask": 0.7, "quarter_head": 0.075},  # merged: still sums to 1
+            "ema_decay": None,                                # null replaces, it does not inherit
+            "lr": 1e-4,
+        },
+    })
+    cfg = load_stage(tmp_path / "child.yaml")
+    assert cfg.extra_resolutions == {"16px": 256, "8px": 64}
+    assert cfg.bucket_config["144p"][16].as_tuple() == (0.25, 2)
+    assert cfg.bucket_config["144p"][1].as_tuple() == (0.5, 48)  # inherited
+    assert set(cfg.bucket_config) == set(PUBLISHED_BUCKETS[1])
+    assert cfg.mask_ratios is not None and cfg.mask_ratios["quarter_head"] == pytest.approx(0.075)
+    assert cfg.mask_ratios["image_head_tail"] == pytest.approx(0.05)
+    assert cfg.ema_decay is None and cfg.lr == 1e-4 and cfg.seed == 42
+    # load_config with the stage schema resolves `extends` the same way.
+    assert load_config(tmp_path / "child.yaml", StageConfig) == cfg
+
+
+def test_extends_by_stem_chains_and_expands_env_after_merging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OS_TEST_INIT", "/ckpt/model.safetensors")
+    monkeypatch.delenv("OS_TEST_UNSET", raising=False)
+    stages = tmp_path / "configs" / "stages"
+    _stage_files(stages, {
+        "fam/base.yaml": {"extends": "stage1", "init_from": "${OS_TEST_UNSET}"},  # overridden below
+        "fam/mid.yaml": {"extends": "fam/base", "seed": 7},
+        "fam/stage2.yaml": {"extends": "fam/mid", "stage": 2, "init_from": "${OS_TEST_INIT}"},
+    })
+    (tmp_path / "configs" / "models").mkdir()
+    monkeypatch.setenv("OPENSORA_PROJECT_ROOT", str(tmp_path))
+    with pytest.raises(ConfigError, match="unknown stages config 'stage1'"):
+        load_stage("fam/stage2")  # stems resolve in the extending file's project
+    _stage_files(stages, {"stage1.yaml": (ROOT / "configs/stages/stage1.yaml").read_text(),
+                          "base.yaml": (ROOT / "configs/stages/base.yaml").read_text()})
+    cfg = load_stage("fam/stage2")
+    assert (cfg.stage, cfg.seed, cfg.init_from) == (2, 7, "/ckpt/model.safetensors")
+    assert cfg.bucket_tuples() == PUBLISHED_BUCKETS[1]
+    assert read_stage_data("fam/stage2")["init_from"] == "${OS_TEST_INIT}"  # unexpanded
+
+
+def test_extends_cycle_is_refused_with_its_chain(tmp_path: Path) -> None:
+    _stage_files(tmp_path, {"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: c.yaml\n",
+                            "c.yaml": "extends: a.yaml\n", "self.yaml": "extends: self.yaml\n"})
+    a, b, c = (str(tmp_path / f"{name}.yaml") for name in "abc")
+    assert _error(tmp_path / "a.yaml") == f"{c}: extends: cycle: {a} -> {b} -> {c} -> {a}"
+    me = str(tmp_path / "self.yaml")
+    assert _error(tmp_path / "self.yaml") == f"{me}: extends: cycle: {me} -> {me}"
+
+
+def test_extends_missing_or_malformed_parent_names_file_and_key(tmp_path: Path) -> None:
+    _stage_files(tmp_path, {"path.yaml": "extends: nowhere.yaml\n", "stem.yaml": "extends: tiny/nope\n",
+                            "num.yaml": "extends: 3\n"})
+    message = _error(tmp_path / "path.yaml")
+    assert message.startswith(f"{tmp_path / 'path.yaml'}: extends: file not found: nowhere.yaml")
+    message = _error(tmp_path / "stem.yaml")
+    assert "stem.yaml: extends: unknown stages config 'tiny/nope'" in message and "tiny/base" in message
+    assert "num.yaml: extends: expected a stage name" in _error(tmp_path / "num.yaml")
+
+
+def test_error_in_merged_stage_names_the_file_that_set_the_value(tmp_path: Path) -> None:
+    base = {k: v for k, v in _stage1_data().items() if k not in ("stage", "description")}
+    base["lr"] = "abc"
+    _stage_files(tmp_path, {"base.yaml": base,
+                            "child.yaml": {"extends": "base.yaml", "stage": 1, "description": "c",
+                                           "grad_clip": -1, "bucket_config": {"240p": {16: [1.3, 2]}},
+                                           "mask_ratios": {"no_mask": 0.5}}})
+    with pytest.raises(ConfigError) as info:
+        load_stage(tmp_path / "child.yaml")
+    base_name, child_name = str(tmp_path / "base.yaml"), str(tmp_path / "child.yaml")
+    problems = info.value.problems
+    assert f"{base_name}: lr: expected a number, got 'abc' (inherited by {child_name})" in problems
+    assert f"{child_name}: grad_clip: expected a value > 0.0, got -1" in problems
+    assert f"{child_name}: bucket_config.240p.16: keep_prob 1.3 not in [0, 1]" in problems
+    # A mapping both files wrote is blamed on the extending file.
+    assert any(p.startswith(f"{child_name}: mask_ratios: ratios sum to") for p in problems)
+    # A key no file sets is reported on the file being loaded.
+    _stage_files(tmp_path, {"short.yaml": {"extends": "base.yaml", "stage": 1}})
+    assert f"{tmp_path / 'short.yaml'}: description: missing required key" in _error(tmp_path / "short.yaml")
+
+
+def test_stage_bases_are_neither_listed_nor_loaded_as_stages() -> None:
+    assert {"base.yaml", "tiny/base.yaml", "demo/base.yaml"} <= {
+        str(p.relative_to(ROOT / "configs/stages")) for p in (ROOT / "configs/stages").rglob("*base.yaml")}
+    with pytest.raises(ConfigError) as info:
+        find_config("stages", "stage9")
+    assert "base" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"tiny/base.yaml: a base for other stage configs"):
+        load_stage("tiny/base")
+    assert is_stage_base("configs/stages/tiny/base.yaml") and not is_stage_base("stage1.yaml")
+
+
+def test_shipped_stages_inherit_their_family_base() -> None:
+    for stem in RESOLVED_STAGES:
+        family = stem.rpartition("/")[0]
+        raw = yaml.safe_load(find_config("stages", stem).read_text())
+        assert raw["extends"] == (f"{family}/base" if family else "base"), stem
+
+
+def test_removed_profile_key_dagster_home_is_an_unknown_key(tmp_path: Path) -> None:
+    # Dagster reads DAGSTER_HOME before project code runs, so a profile cannot set it.
+    data = yaml.safe_load((ROOT / "configs/profiles/embedded.yaml").read_text())
+    message = _error(_write(tmp_path, {**data, "dagster_home": ".dagster"}, "p.yaml"), ProfileConfig)
+    assert "p.yaml: unknown key 'dagster_home'" in message and "attention_backend" in message

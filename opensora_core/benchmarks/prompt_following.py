@@ -21,7 +21,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from opensora_core.config import find_config, load_profile, load_stage
+from opensora_core.config import find_config, load_profile, load_stage, read_stage_data
 from opensora_core.data.buckets import BucketAssigner
 from opensora_core.data.caches import ShardedTensorCache, build_text_cache, build_video_cache
 from opensora_core.data.synthetic import DEMO_DATASET, synth
@@ -90,7 +90,7 @@ def demo_stages(overrides: dict | None = None, per_stage: list[dict] | None = No
     `per_stage[i]` on stage i."""
     stages = []
     for index in range(4):
-        stage = yaml.safe_load(find_config("stages", f"demo/stage{index}").read_text())
+        stage = read_stage_data(f"demo/stage{index}")
         stage.update(overrides or {})
         if per_stage and index < len(per_stage):
             stage.update(per_stage[index])

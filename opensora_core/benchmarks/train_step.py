@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from opensora_core.benchmarks.dataloader import _corpus
-from opensora_core.config import find_config, load_profile, load_stage
+from opensora_core.config import find_config, load_profile, load_stage, read_stage_data
 from opensora_core.data.buckets import BucketAssigner
 from opensora_core.data.caches import ShardedTensorCache, build_text_cache, build_video_cache
 from opensora_core.models import load_preset
@@ -52,7 +52,7 @@ def _run(stage_file: Path, profile_file: Path, meta: Path, cache: Path, out: Pat
 
 def run_train_step_benchmark(presets: list[str], steps: int = 8, clips: int = 16, console: Console | None = None) -> list[dict]:
     console = console or Console()
-    base_stage = yaml.safe_load(find_config("stages", "tiny/stage1").read_text())
+    base_stage = read_stage_data("tiny/stage1")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

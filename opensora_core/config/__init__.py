@@ -8,7 +8,8 @@ was expected, e.g.::
 
 Modules: ``errors`` (the error, the strict schema base, message formatting), ``env``
 (``${VAR}`` expansion), ``stage`` and ``profile`` (the schemas), ``loading`` (finding,
-reading and validating files). Every public name is importable from here.
+reading and validating files; a stage file may ``extends:`` another, see
+``loading``). Every public name is importable from here.
 
 This package is pure Python (pydantic + PyYAML) so the CLI, Dagster, TorchX
 components and tests can all import it without pulling in torch or dagster.
@@ -21,11 +22,13 @@ from opensora_core.config.loading import (
     CONFIG_KINDS,
     config_dir,
     find_config,
+    is_stage_base,
     load_config,
     load_profile,
     load_sampling_profile,
     load_stage,
     project_root,
+    read_stage_data,
     validate_config,
 )
 from opensora_core.config.profile import (
@@ -56,11 +59,13 @@ __all__ = [
     "config_dir",
     "expand_env",
     "find_config",
+    "is_stage_base",
     "load_config",
     "load_profile",
     "load_sampling_profile",
     "load_stage",
     "project_root",
+    "read_stage_data",
     "validate_config",
     "validate_mask_ratios",
 ]

@@ -4,7 +4,7 @@ schema base that names the valid keys, and pydantic errors turned into one line 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -104,9 +104,17 @@ def _describe(error: Mapping[str, Any]) -> tuple[tuple[Any, ...], str]:
     return loc, f"{error['msg']} (got {got})"
 
 
-def _raise_problems(source: str, problems: list[tuple[tuple[Any, ...], str]]) -> None:
+def _raise_problems(
+    source: str,
+    problems: list[tuple[tuple[Any, ...], str]],
+    locate: Callable[[tuple[Any, ...]], str] | None = None,
+) -> None:
+    """Raise one ConfigError with a line per problem. ``locate`` maps a key path to the
+    file that set it (a stage that extends others); such lines name that file first."""
     lines = []
     for loc, message in problems:
         where = _dotted(loc)
-        lines.append(f"{source}: {where}: {message}" if where else f"{source}: {message}")
+        origin = locate(loc) if locate is not None else source
+        line = f"{origin}: {where}: {message}" if where else f"{origin}: {message}"
+        lines.append(line if origin == source else f"{line} (inherited by {source})")
     raise ConfigError("\n".join(lines), lines)

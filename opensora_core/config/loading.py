@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,11 +13,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from opensora_core.config.env import _expand_tree
-from opensora_core.config.errors import ConfigError, _describe, _raise_problems
+from opensora_core.config.errors import ConfigError, _describe, _raise_problems, _show
 from opensora_core.config.profile import ProfileConfig, SamplingProfile, _resolve_path
 from opensora_core.config.stage import StageConfig
 
 M = TypeVar("M", bound=BaseModel)
+S = TypeVar("S", bound=StageConfig)
 
 CONFIG_KINDS: tuple[str, ...] = ("models", "stages", "profiles", "data")
 
@@ -103,6 +104,17 @@ def validate_config(
     ``source`` prefixes every message (a file name, "dagster run config", ...).
     ``${VAR}`` references in string values are expanded first unless disabled.
     """
+    return _validate(data, schema, source, expand_env_vars=expand_env_vars)
+
+
+def _validate(
+    data: Any,
+    schema: type[M],
+    source: str,
+    *,
+    expand_env_vars: bool = True,
+    locate: Callable[[tuple[Any, ...]], str] | None = None,
+) -> M:
     if not isinstance(data, Mapping):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise ConfigError(f"{source}: top level must be a mapping of keys, got {kind}")
@@ -110,17 +122,22 @@ def validate_config(
         env_problems: list[tuple[tuple[Any, ...], str]] = []
         data = _expand_tree(data, (), env_problems)
         if env_problems:
-            _raise_problems(source, env_problems)
+            _raise_problems(source, env_problems, locate)
     try:
         return schema.model_validate(data)
     except ValidationError as err:
         problems = [_describe(e) for e in err.errors(include_url=False)]
-        _raise_problems(source, problems)
+        _raise_problems(source, problems, locate)
         raise AssertionError("unreachable") from err
 
 
 def load_config(path: str | os.PathLike[str], schema: type[M]) -> M:
-    """Read a YAML file and validate it against ``schema``; every failure is a ConfigError."""
+    """Read a YAML file and validate it against ``schema``; every failure is a ConfigError.
+
+    A stage config (``schema`` :class:`StageConfig`) may ``extends:`` another first.
+    """
+    if issubclass(schema, StageConfig):
+        return _load_stage_file(Path(path), schema)
     source = _display_name(path)
     return validate_config(_read_yaml(Path(path), source), schema, source)
 
@@ -150,13 +167,14 @@ def config_dir(kind: str) -> Path:
     return project_root() / "configs" / kind
 
 
-def _available_stems(directory: Path) -> list[str]:
+def _available_stems(directory: Path, *, bases: bool = True) -> list[str]:
     if not directory.is_dir():
         return []
     stems = {
         str(p.relative_to(directory).with_suffix(""))
         for pattern in ("*.yaml", "*.yml")
         for p in directory.rglob(pattern)
+        if bases or not is_stage_base(p)
     }
     return sorted(stems)
 
@@ -179,14 +197,155 @@ def find_config(kind: str, name_or_path: str | os.PathLike[str]) -> Path:
         option = directory / f"{raw}{suffix}"
         if option.is_file():
             return option.resolve()
-    stems = _available_stems(directory)
+    stems = _available_stems(directory, bases=kind != "stages")
     listing = ", ".join(stems) if stems else f"none; {directory} has no YAML files"
     raise ConfigError(f"unknown {kind} config '{raw}' (available: {listing})")
 
 
 def load_stage(name_or_path: str | os.PathLike[str]) -> StageConfig:
-    """Load a stage config by path or stem (``stage1``, ``tiny/stage1``)."""
-    return load_config(find_config("stages", name_or_path), StageConfig)
+    """Load a stage config by path or stem (``stage1``, ``tiny/stage1``), with the
+    files it extends merged under it."""
+    return _load_stage_file(find_config("stages", name_or_path), StageConfig)
+
+
+# ---------------------------------------------------------------- stage inheritance
+#
+# A stage file may start from another: `extends: tiny/base` (a stem under configs/stages,
+# as --stage takes) or `extends: base.yaml` (a path ending in .yaml/.yml, relative to the
+# extending file). The parent is read first (it may extend another in turn) and the
+# child's keys are merged over it: mappings merge key by key, recursively; anything
+# else the child sets (a scalar, a list, null) replaces the parent's value whole. So
+# `mask_ratios: null` in a child means null, not "inherit": a key cannot be deleted, only
+# set. Environment variables are expanded after the merge, in the merged values only.
+# Files named *base.yaml hold shared keys and are never stages themselves.
+
+EXTENDS_KEY = "extends"
+_BASE_SUFFIX = "base"
+
+
+def is_stage_base(path: str | os.PathLike[str]) -> bool:
+    """Whether a file under configs/stages is a base for other stages (``base.yaml``,
+    ``tiny/base.yaml``, ``*base.yaml``) rather than a stage of its own."""
+    return Path(path).stem.endswith(_BASE_SUFFIX)
+
+
+def _stages_dir_of(path: Path) -> Path:
+    # A stage inside <root>/configs/stages extends within <root>, wherever we run from.
+    for parent in path.resolve().parents:
+        if parent.name == "stages" and parent.parent.name == "configs":
+            return parent
+    return config_dir("stages")
+
+
+def _resolve_extends(ref: Any, path: Path, source: str) -> Path:
+    if not isinstance(ref, str) or not ref.strip():
+        raise ConfigError(
+            f"{source}: {EXTENDS_KEY}: expected a stage name (tiny/base) or a path ending "
+            f"in .yaml relative to this file, got {_show(ref)}"
+        )
+    if Path(ref).suffix in (".yaml", ".yml"):
+        candidate = Path(ref).expanduser()
+        candidate = candidate if candidate.is_absolute() else path.parent / candidate
+        if not candidate.is_file():
+            raise ConfigError(
+                f"{source}: {EXTENDS_KEY}: file not found: {ref} "
+                f"(looked for {_display_name(candidate.resolve())})"
+            )
+        return candidate.resolve()
+    directory = _stages_dir_of(path)
+    for suffix in (".yaml", ".yml"):
+        option = directory / f"{ref}{suffix}"
+        if option.is_file():
+            return option.resolve()
+    stems = _available_stems(directory)
+    listing = ", ".join(stems) if stems else f"none; {directory} has no YAML files"
+    raise ConfigError(
+        f"{source}: {EXTENDS_KEY}: unknown stages config '{ref}' (available: {listing}; "
+        "a path relative to this file must end in .yaml)"
+    )
+
+
+def _paths_below(value: Any, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+    found = [path]
+    if isinstance(value, Mapping):
+        for key, child in value.items():
+            found += _paths_below(child, (*path, str(key)))
+    return found
+
+
+def _merge(
+    parent: Mapping[Any, Any],
+    child: Mapping[Any, Any],
+    origin: dict[tuple[str, ...], str],
+    source: str,
+    prefix: tuple[str, ...] = (),
+) -> dict[Any, Any]:
+    """``child`` over ``parent`` (mappings merged, other values replaced); ``origin``
+    (key path -> file that set it) is updated in place."""
+    merged = dict(parent)
+    for key, value in child.items():
+        path = (*prefix, str(key))
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value, origin, source, path)
+            origin[path] = source  # a check on the whole mapping blames the last writer
+            continue
+        for stale in [p for p in origin if p[: len(path)] == path]:
+            del origin[stale]
+        merged[key] = value
+        origin.update(dict.fromkeys(_paths_below(value, path), source))
+    return merged
+
+
+def _read_stage_tree(
+    path: Path, chain: tuple[Path, ...] = ()
+) -> tuple[dict[Any, Any], dict[tuple[str, ...], str]]:
+    """The merged mapping of a stage file and the files it extends, and which file set
+    each key path."""
+    source = _display_name(path)
+    data = _read_yaml(path, source)
+    if not isinstance(data, Mapping):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{source}: top level must be a mapping of keys, got {kind}")
+    data = dict(data)
+    if EXTENDS_KEY not in data:
+        origin: dict[tuple[str, ...], str] = {}
+        return _merge({}, data, origin, source), origin
+    parent = _resolve_extends(data.pop(EXTENDS_KEY), path, source)
+    here = path.resolve()
+    if parent in (*chain, here):
+        loop = [*chain, here]
+        loop = loop[loop.index(parent):] + [parent]
+        raise ConfigError(
+            f"{source}: {EXTENDS_KEY}: cycle: {' -> '.join(_display_name(p) for p in loop)}"
+        )
+    parent_data, origin = _read_stage_tree(parent, (*chain, here))
+    return _merge(parent_data, data, origin, source), origin
+
+
+def read_stage_data(name_or_path: str | os.PathLike[str]) -> dict[Any, Any]:
+    """A stage config's mapping with its ``extends`` chain merged, as YAML gives it
+    (``${VAR}`` not expanded, nothing validated): for code that edits a stage before
+    validating it."""
+    return _read_stage_tree(find_config("stages", name_or_path))[0]
+
+
+def _load_stage_file(path: Path, schema: type[S]) -> S:
+    source = _display_name(path)
+    if is_stage_base(path):
+        raise ConfigError(
+            f"{source}: a base for other stage configs (its name ends in "
+            f"{_BASE_SUFFIX}.yaml), not a stage; load a stage that extends it"
+        )
+    data, origin = _read_stage_tree(path)
+
+    def locate(loc: tuple[Any, ...]) -> str:
+        parts = tuple(str(part) for part in loc if part != "[key]")
+        for end in range(len(parts), 0, -1):
+            if parts[:end] in origin:
+                return origin[parts[:end]]
+        return source
+
+    return _validate(data, schema, source, locate=locate)
 
 
 def load_profile(name_or_path: str | os.PathLike[str]) -> ProfileConfig:
@@ -197,8 +356,9 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> ProfileConfig:
 
 
 def load_sampling_profile(name_or_path: str | os.PathLike[str]) -> SamplingProfile:
-    """The encoders and device of a profile, read without the keys only training and
-    orchestration need (a full profile's other keys are checked by name only)."""
+    """The encoders, device and attention backend of a profile, read without the keys
+    only training and orchestration need (a full profile's other keys are checked by
+    name only)."""
     path = find_config("profiles", name_or_path)
     source = _display_name(path)
     data = _read_yaml(path, source)

@@ -36,11 +36,13 @@ class ProfileConfig(_Strict):
     # true: training refuses to start when the tracking store is unreachable; false: it
     # trains and keeps a local record to upload later (opensora_core/tracking/).
     mlflow_required: bool = False
-    dagster_home: str
     data_root: str
     artifacts_root: str
     vae: VAEConfig
     text_encoder: TextEncoderConfig
+    # The STDiT-2 attention kernel in training and sampling: auto = the model preset's
+    # choice (flash-attn where installed, on CUDA in fp16/bf16, unless enable_flash_attn
+    # is false; else PyTorch's SDPA); sdpa or flash force one (flash fails where it cannot run).
     attention_backend: Literal["auto", "sdpa", "flash"]
     compile: bool
     # When Dagster's retrain_schedule launches retrain_job (five-field cron; the schedule
@@ -84,7 +86,6 @@ class ProfileConfig(_Strict):
         return self.model_copy(
             update={
                 "mlflow_tracking_uri": uri,
-                "dagster_home": path(self.dagster_home),
                 "data_root": path(self.data_root),
                 "artifacts_root": path(self.artifacts_root),
                 "vae": self.vae.model_copy(update={"path": path(self.vae.path)}),
@@ -103,7 +104,8 @@ def _resolve_path(value: str | None, base: Path) -> str | None:
 
 
 class SamplingProfile(_Strict):
-    """The part of a profile that sampling reads: the encoders and the default device.
+    """The part of a profile that sampling reads: the encoders, the default device and
+    the attention backend.
 
     Sampling never needs a tracking server or a cluster, so a profile written only for
     sampling may leave the other keys out, and their ``${VAR}``s are not expanded.
@@ -113,3 +115,4 @@ class SamplingProfile(_Strict):
     device: Literal["cpu", "cuda"] = "cpu"
     vae: VAEConfig
     text_encoder: TextEncoderConfig
+    attention_backend: Literal["auto", "sdpa", "flash"] = "auto"

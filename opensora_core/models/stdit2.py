@@ -245,6 +245,16 @@ class STDiT2(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
+    def use_attention_backend(self, backend: AttentionBackend) -> None:
+        """The runtime profile's `attention_backend`: "auto" keeps the config's choice
+        (flash-attn where usable, unless `enable_flash_attn` is false); "sdpa" or "flash"
+        sets every attention layer to it ("flash" then fails where flash-attn cannot run)."""
+        if backend == "auto":
+            return
+        for module in self.modules():
+            if isinstance(module, (SelfAttention, CrossAttention)):
+                module.backend = backend
+
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each block's activations in backward instead of storing them."""
         self.gradient_checkpointing = enabled

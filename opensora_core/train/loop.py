@@ -190,6 +190,7 @@ def prepare_stage(args: TrainArgs) -> Stage:
 
     torch.manual_seed(seed)
     model = STDiT2(config)
+    model.use_attention_backend(profile.attention_backend)
     if init_state is not None:
         model.load_state_dict(init_state, strict=True)
     init_text = Path(args.init).parent / TEXT_ENCODER_WEIGHTS if args.init else None

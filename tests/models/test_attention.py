@@ -43,3 +43,42 @@ def test_under_cpu_autocast_attention_keeps_the_input_dtype_with_gradients_and_a
         torch.testing.assert_close(out, reference, atol=2e-2, rtol=2e-2)
         out.sum().backward()
         assert k.grad[0, :, 6:].abs().max() == 0 and k.grad[0, :, :6].abs().max() > 0  # masked keys get nothing
+
+
+def _backends(model) -> set[str]:
+    from opensora_core.models.layers import CrossAttention, SelfAttention
+
+    return {m.backend for m in model.modules() if isinstance(m, (SelfAttention, CrossAttention))}
+
+
+def test_the_profiles_attention_backend_overrides_the_presets_unless_auto():
+    from opensora_core.models import build_stdit2
+
+    model = build_stdit2("stdit2-tiny", depth=1)
+    preset = _backends(model)
+    model.use_attention_backend("auto")  # the preset's choice stays
+    assert _backends(model) == preset
+    model.use_attention_backend("sdpa")
+    assert _backends(model) == {"sdpa"}
+    off = build_stdit2("stdit2-tiny", depth=1, enable_flash_attn=False)
+    off.use_attention_backend("flash")
+    assert _backends(off) == {"flash"}
+
+
+def test_sampling_refuses_flash_attention_off_cuda(tmp_path):
+    import pytest
+    import yaml
+
+    from opensora_core.config import find_config, load_sampling_profile
+    from opensora_core.infer.sample import load_generation_stack
+
+    data = yaml.safe_load(find_config("profiles", "embedded").read_text())
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({**data, "attention_backend": "sdpa"}))
+    assert load_sampling_profile(path).attention_backend == "sdpa"
+    path.write_text(yaml.safe_dump({k: data[k] for k in ("name", "vae", "text_encoder")}))
+    assert load_sampling_profile(path).attention_backend == "auto"  # a sampling-only profile
+    path.write_text(yaml.safe_dump({k: data[k] for k in ("name", "vae", "text_encoder")}
+                                   | {"attention_backend": "flash"}))
+    with pytest.raises(ValueError, match="attention_backend flash, which needs a CUDA device"):
+        load_generation_stack(preset="stdit2-tiny", profile=str(path), device="cpu")

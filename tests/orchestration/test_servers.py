@@ -212,7 +212,7 @@ def _profile(tmp_path: Path, base: Path, **overrides) -> Path:
     """`base` (the test profile) with its data and artifacts roots in `tmp_path`."""
     data = yaml.safe_load(base.read_text())
     data.update(data_root=str(tmp_path / "data"), artifacts_root=str(tmp_path / "artifacts"),
-                dagster_home=str(tmp_path / "dagster_home"), **overrides)
+                **overrides)
     path = tmp_path / "server_profile.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -11,7 +11,7 @@ import yaml
 from dagster import AssetKey, Failure, materialize
 
 from assets_defs.training import plan_stage, stdit2_stage0, training_assets
-from opensora_core.config import find_config
+from opensora_core.config import read_stage_data
 from opensora_core.data.synthetic import moving_square_clip
 from opensora_core.data.video_io import write_image
 from opensora_core.models import build_stdit2
@@ -85,7 +85,7 @@ def test_bad_tables_fail_before_launch(tmp_path, profile, curated):
 
 
 def test_bad_stage_configs_fail_before_launch(tmp_path, profile, curated):
-    data = yaml.safe_load(find_config("stages", "tiny/stage0").read_text())
+    data = read_stage_data("tiny/stage0")
     data["lr"] = -1
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump(data))

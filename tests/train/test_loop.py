@@ -166,11 +166,11 @@ def test_loss_summary_flags_nan_and_rising_loss(tmp_path):
 def test_an_rflow_stage_exports_its_objective_and_samples_with_its_own_sampler(tmp_path, training_table, test_profile):
     import yaml
 
-    from opensora_core.config import find_config
+    from opensora_core.config import read_stage_data
     from opensora_core.infer.sample import PromptRequest, SampleSettings, load_generation_stack
     from opensora_core.models.checkpoint_io import read_objective
 
-    stage = yaml.safe_load(find_config("stages", "tiny/stage1").read_text())
+    stage = read_stage_data("tiny/stage1")
     stage_file = tmp_path / "rflow.yaml"
     stage_file.write_text(yaml.safe_dump({**stage, "scheduler": "rflow", "timestep_shift": 2.0}))
     result = train_stage(TrainArgs(stage=str(stage_file), data=str(training_table), out=str(tmp_path / "s"),
@@ -235,11 +235,11 @@ def test_training_feeds_the_models_micro_condition_convention(
 ):
     import yaml
 
-    from opensora_core.config import find_config
+    from opensora_core.config import read_stage_data
     from opensora_core.models import load_preset
     from opensora_core.train import inputs as train_inputs
 
-    stage = yaml.safe_load(find_config("stages", "tiny/stage1").read_text())
+    stage = read_stage_data("tiny/stage1")
     stage.update(frame_interval=2, bucket_config={"64px": {1: [1.0, 1], 4: [1.0, 1]}}, ema_decay=None)
     stage_file = tmp_path / "stage.yaml"
     stage_file.write_text(yaml.safe_dump(stage))
@@ -271,9 +271,9 @@ def test_training_feeds_the_models_micro_condition_convention(
 def _stage_with(tmp_path: Path, name: str, **fields) -> Path:
     import yaml
 
-    from opensora_core.config import find_config
+    from opensora_core.config import read_stage_data
 
-    data = yaml.safe_load(find_config("stages", "tiny/stage1").read_text())
+    data = read_stage_data("tiny/stage1")
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**data, **fields}))
     return path

@@ -91,8 +91,12 @@ def load_generation_stack(
     dtype = resolve_dtype(dtype, torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
     if not str(device).startswith("cuda"):
         retain_freed_memory()
+    if settings.attention_backend == "flash" and not str(device).startswith("cuda"):
+        raise ValueError(f"profile '{settings.name}' asks for attention_backend flash, which needs a CUDA "
+                         f"device, not {device}")
     model, objective, shift, checkpoint_file = _load_model(checkpoint, preset)
     model = model.to(dtype)
+    model.use_attention_backend(settings.attention_backend)
     vae, text_encoder = _load_encoders(model.config, settings, checkpoint_file, device)
     provenance = {
         "checkpoint": None if checkpoint_file is None else str(checkpoint_file),
