@@ -193,7 +193,7 @@ def test_an_rflow_stage_exports_its_objective_and_samples_with_its_own_sampler(t
 
 def test_cosine_schedule_warms_up_then_decays_to_min_lr():
     from opensora_core.config import load_stage
-    from opensora_core.train.loop import learning_rate
+    from opensora_core.train.step import learning_rate
 
     stage = load_stage("tiny/stage1").model_copy(update={"lr": 1e-3, "warmup_steps": 4, "lr_schedule": "cosine",
                                                            "min_lr": 1e-4})
@@ -237,14 +237,14 @@ def test_training_feeds_the_models_micro_condition_convention(
 
     from opensora_core.config import find_config
     from opensora_core.models import load_preset
-    from opensora_core.train import loop
+    from opensora_core.train import inputs
 
     stage = yaml.safe_load(find_config("stages", "tiny/stage1").read_text())
     stage.update(frame_interval=2, bucket_config={"64px": {1: [1.0, 1], 4: [1.0, 1]}}, ema_decay=None)
     stage_file = tmp_path / "stage.yaml"
     stage_file.write_text(yaml.safe_dump(stage))
     config = load_preset("stdit2-tiny").model_copy(update={"micro_condition_convention": convention})
-    monkeypatch.setattr(loop, "load_preset", lambda name: config)
+    monkeypatch.setattr(inputs, "load_preset", lambda name: config)
     seen = {}
     real_forward = STDiT2.forward
 
@@ -262,7 +262,7 @@ def test_training_feeds_the_models_micro_condition_convention(
     # The export carries the convention, and fine-tuning it under the other one is refused.
     assert load_stdit2(result.export_path).config.micro_condition_convention == convention
     other = "consistent" if convention == "opensora-1.1" else "opensora-1.1"
-    monkeypatch.setattr(loop, "load_preset", lambda name: config.model_copy(update={"micro_condition_convention": other}))
+    monkeypatch.setattr(inputs, "load_preset", lambda name: config.model_copy(update={"micro_condition_convention": other}))
     with pytest.raises(TrainingError, match=f"trained with micro_condition_convention '{convention}'"):
         train_stage(TrainArgs(stage=str(stage_file), data=str(_wide_table(tmp_path)), out=str(tmp_path / "x"),
                               profile=str(test_profile), init=result.export_path, max_steps=1))
