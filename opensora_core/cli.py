@@ -231,7 +231,38 @@ def bench_train(
     run_train_step_benchmark([p.strip() for p in presets.split(",") if p.strip()], steps, clips, console)
 
 
-@app.command("sample")
+def _prompt_lines(prompt: list[str] | None, prompt_path: Path | None, start_index: int,
+                  end_index: int | None) -> list[str]:
+    """`opensora sample`'s prompts: the --prompt ones, then the file's, from --start-index to --end-index."""
+    lines = list(prompt or [])
+    if prompt_path is not None:
+        if not prompt_path.is_file():
+            fail(f"--prompt-path {prompt_path}: no such file")
+        lines += [line for line in prompt_path.read_text().splitlines() if line.strip()]
+    if not lines:
+        fail("give at least one --prompt or a --prompt-path")
+    if start_index >= len(lines):
+        fail(f"--start-index {start_index}: there are only {len(lines)} prompts")
+    if end_index is not None and end_index <= start_index:
+        fail(f"--end-index {end_index} must be greater than --start-index {start_index}")
+    return lines[start_index:end_index]
+
+
+def _frame_size(resolution: str | None, aspect_ratio: str, height: int | None, width: int | None) -> tuple[int, int]:
+    """(height, width) from --resolution/--aspect-ratio or from --height and --width."""
+    from opensora_core.infer.sizes import image_size
+
+    if resolution is not None:
+        if height is not None or width is not None:
+            fail("give --resolution/--aspect-ratio or --height/--width, not both")
+        return image_size(resolution, aspect_ratio)
+    if height is None or width is None:
+        fail("give --resolution (with --aspect-ratio) or both --height and --width")
+    return height, width
+
+
+@app.command("sample", help="Generate videos: text-to-video/image, image-to-video, extension, connection, "
+                             "editing, long videos.")
 def sample(
     out: Annotated[Path, typer.Option(help="Folder for the samples (.mp4/.png) and their .json sidecars.")],
     prompt: Annotated[list[str] | None, typer.Option(
@@ -275,7 +306,8 @@ def sample(
     dtype: Annotated[str | None, typer.Option(
         help="Model dtype: bf16, fp16 or fp32 (default: bf16 on CUDA as Open-Sora, fp32 on CPU).")] = None,
 ) -> None:
-    """Generate videos: text-to-video/image, image-to-video, extension, connection, editing, long videos."""
+    """Generate videos (the help above). Long for its typer options only: the prompts are
+    `_prompt_lines`, the size `_frame_size`, the rest `infer.sample`."""
     from opensora_core.infer.sample import (
         SampleSettings,
         load_generation_stack,
@@ -283,29 +315,12 @@ def sample(
         request_problems,
         sample_to_files,
     )
-    from opensora_core.infer.sizes import image_size
 
-    lines = list(prompt or [])
-    if prompt_path is not None:
-        if not prompt_path.is_file():
-            fail(f"--prompt-path {prompt_path}: no such file")
-        lines += [line for line in prompt_path.read_text().splitlines() if line.strip()]
-    if not lines:
-        fail("give at least one --prompt or a --prompt-path")
-    if start_index >= len(lines):
-        fail(f"--start-index {start_index}: there are only {len(lines)} prompts")
-    if end_index is not None and end_index <= start_index:
-        fail(f"--end-index {end_index} must be greater than --start-index {start_index}")
-    lines = lines[start_index:end_index]
+    lines = _prompt_lines(prompt, prompt_path, start_index, end_index)
     if (checkpoint is None) == (preset is None):
         fail("give exactly one of --checkpoint or --preset")
     try:
-        if resolution is not None:
-            if height is not None or width is not None:
-                fail("give --resolution/--aspect-ratio or --height/--width, not both")
-            height, width = image_size(resolution, aspect_ratio)
-        elif height is None or width is None:
-            fail("give --resolution (with --aspect-ratio) or both --height and --width")
+        height, width = _frame_size(resolution, aspect_ratio, height, width)
         requests = [parse_prompt(line, reference, mask_strategy) for line in lines]
         settings = SampleSettings(num_frames=num_frames, height=height, width=width, fps=fps,
                                   frame_interval=frame_interval, steps=steps, sampler=sampler, cfg_scale=cfg_scale,

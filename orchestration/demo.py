@@ -34,8 +34,7 @@ from opensora_core.data.video_io import (
 )
 from opensora_core.infer.sample import PromptRequest, SampleSettings, VideoGenerator, write_samples
 from opensora_core.models import build_stdit2
-from opensora_core.models.text_encoder import build_text_encoder
-from opensora_core.models.vae import build_vae
+from opensora_core.models.encoders import load_text_encoder, load_vae
 from orchestration.local_run import metadata_of
 
 SHARED_VIDEO = "Megamind.avi"
@@ -85,12 +84,8 @@ def run_demo(out_dir: Path, num_frames: int = 16, size: int = 128, profile: str 
     torch.manual_seed(0)
     model = timed("build model", build_stdit2, "stdit2-tiny").eval()
     config = model.config
-    vae = build_vae(settings.vae.kind, settings.vae.path)
-    text_encoder = build_text_encoder(
-        settings.text_encoder.kind, settings.text_encoder.path,
-        **({"output_dim": config.caption_channels, "model_max_length": config.model_max_length}
-           if settings.text_encoder.kind == "word-embedding" else {}),
-    )
+    vae = load_vae(settings)
+    text_encoder = load_text_encoder(settings, config)
 
     video, source = timed("decode clip", _load_clip, num_frames, size, console)
     with torch.no_grad():

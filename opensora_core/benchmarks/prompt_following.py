@@ -21,14 +21,12 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from opensora_core.config import find_config, load_profile, load_stage, read_stage_data
+from opensora_core.config import find_config, load_stage, read_stage_data
 from opensora_core.data.buckets import BucketAssigner
 from opensora_core.data.caches import ShardedTensorCache, build_text_cache, build_video_cache
 from opensora_core.data.synthetic import DEMO_DATASET, synth
 from opensora_core.eval.evaluate import DEFAULT_PROMPT_SET, run_eval
-from opensora_core.models import load_preset
-from opensora_core.models.text_encoder import build_text_encoder_for_model
-from opensora_core.models.vae import build_vae
+from opensora_core.models.encoders import load_encoders
 from opensora_core.train.loop import TrainArgs, train_stage
 
 
@@ -45,14 +43,11 @@ def synthetic_table(folder: Path, seed: int = 0, **data) -> Path:
 
 
 def build_caches(meta: Path, stage: str, profile: str, cache: Path) -> None:
-    settings = load_profile(profile)
-    config = load_preset(load_stage(stage).model_preset)
+    encoder, vae = load_encoders(profile, load_stage(stage).model_preset)
     table = pd.read_csv(meta)
-    encoder = build_text_encoder_for_model(settings.text_encoder.kind, settings.text_encoder.path,
-                                           config.caption_channels, config.model_max_length)
     build_text_cache(table["text"], encoder, ShardedTensorCache(cache / "text"), progress=False)
-    build_video_cache(table, BucketAssigner(load_stage(stage)), build_vae(settings.vae.kind, settings.vae.path),
-                      ShardedTensorCache(cache / "video"), progress=False)
+    build_video_cache(table, BucketAssigner(load_stage(stage)), vae, ShardedTensorCache(cache / "video"),
+                      progress=False)
 
 
 def run_recipe(name: str, stages: list[dict], meta: Path, cache: Path, profile: str, folder: Path, eval_every: int,

@@ -22,9 +22,7 @@ from opensora_core.benchmarks.dataloader import _corpus
 from opensora_core.config import find_config, load_profile, load_stage, read_stage_data
 from opensora_core.data.buckets import BucketAssigner
 from opensora_core.data.caches import ShardedTensorCache, build_text_cache, build_video_cache
-from opensora_core.models import load_preset
-from opensora_core.models.text_encoder import build_text_encoder_for_model
-from opensora_core.models.vae import build_vae
+from opensora_core.models.encoders import load_text_encoder, load_vae
 from opensora_core.train.args import TrainArgs, train_argv
 from opensora_core.utils.jsonl import read_jsonl
 
@@ -64,13 +62,11 @@ def run_train_step_benchmark(presets: list[str], steps: int = 8, clips: int = 16
         profile_file = folder / "profile.yaml"
         profile_file.write_text(yaml.safe_dump(profile))
         settings = load_profile(profile_file)
-        vae = build_vae(settings.vae.kind, settings.vae.path)
+        vae = load_vae(settings)
         build_video_cache(table, BucketAssigner(load_stage("tiny/stage1")), vae,
                           ShardedTensorCache(folder / "cache" / "video"), progress=False)
         for preset in presets:
-            config = load_preset(preset)
-            encoder = build_text_encoder_for_model(settings.text_encoder.kind, None, config.caption_channels,
-                                                   config.model_max_length)
+            encoder = load_text_encoder(settings, preset)
             build_text_cache(table["text"], encoder, ShardedTensorCache(folder / "cache" / "text"), progress=False)
             for procs in (1, 2):
                 for checkpointing in (False, True):

@@ -223,12 +223,9 @@ def buckets(
 ) -> None:
     """Show what a stage's bucket_config does to a training table: samples, batches and
     tokens per (resolution, frames) bucket, and which samples are dropped and why."""
-    import pandas as pd
-
     from opensora_core.config import load_stage
-    from opensora_core.data.buckets import Bucket, BucketAssigner, bucket_batches, summarize
+    from opensora_core.data.buckets import BucketAssigner, bucket_batches, summarize
     from opensora_core.data.meta import TableError, read_training_table
-    from opensora_core.utils.atomic import atomic_path
 
     try:
         table = read_training_table(meta, ("num_frames", "height", "width"))
@@ -241,18 +238,8 @@ def buckets(
     batches = bucket_batches(assignments, seed, epoch)
     summary = summarize(assignments, batches)
 
-    view = Table(title=f"{stage}: {len(rows)} samples, seed {seed}, epoch {epoch}, "
-                       f"frame_interval {stage_config.frame_interval}")
-    for column in ("resolution", "frames", "keep_prob", "batch size", "samples", "full batches", "tokens"):
-        view.add_column(column, justify="right")
-    for resolution, frames, samples, batch_count, tokens in summary.rows:
-        keep_prob, batch_size = assigner.config[resolution][frames]
-        view.add_row(resolution, str(frames), f"{keep_prob:g}", str(batch_size), f"{samples:,}",
-                     f"{batch_count:,}", f"{tokens:,}")
-    kept = sum(r[2] for r in summary.rows)
-    view.add_row("all", "", "", "", f"{kept:,}", f"{len(batches):,}", f"{sum(r[4] for r in summary.rows):,}",
-                 style="bold")
-    console.print(view)
+    console.print(_bucket_table(f"{stage}: {len(rows)} samples, seed {seed}, epoch {epoch}, "
+                                f"frame_interval {stage_config.frame_interval}", assigner, summary, len(batches)))
     if summary.dropped:
         dropped = Table(title=f"dropped: {sum(summary.dropped.values()):,} samples")
         dropped.add_column("reason")
@@ -261,18 +248,43 @@ def buckets(
             dropped.add_row(reason, f"{count:,}")
         console.print(dropped)
     if out is not None:
-        paths = table["path"] if "path" in table.columns else pd.Series([""] * len(table))
-        records = []
-        for index, (bucket, path) in enumerate(zip(assignments, paths)):
-            placed = isinstance(bucket, Bucket)
-            records.append({
-                "index": index, "path": path,
-                "resolution": bucket.resolution if placed else "",
-                "num_frames": bucket.num_frames if placed else "",
-                "height": bucket.height if placed else "",
-                "width": bucket.width if placed else "",
-                "dropped_reason": "" if placed else bucket.reason,
-            })
-        with atomic_path(out) as tmp:
-            pd.DataFrame.from_records(records).to_csv(tmp, index=False)
+        _write_assignments(table, assignments, out)
         console.print(f"wrote {out}")
+
+
+def _bucket_table(title: str, assigner, summary, batch_count: int) -> Table:
+    """`opensora data buckets`' table: one row per bucket, then the totals."""
+    view = Table(title=title)
+    for column in ("resolution", "frames", "keep_prob", "batch size", "samples", "full batches", "tokens"):
+        view.add_column(column, justify="right")
+    for resolution, frames, samples, batches, tokens in summary.rows:
+        keep_prob, batch_size = assigner.config[resolution][frames]
+        view.add_row(resolution, str(frames), f"{keep_prob:g}", str(batch_size), f"{samples:,}",
+                     f"{batches:,}", f"{tokens:,}")
+    kept = sum(r[2] for r in summary.rows)
+    view.add_row("all", "", "", "", f"{kept:,}", f"{batch_count:,}", f"{sum(r[4] for r in summary.rows):,}",
+                 style="bold")
+    return view
+
+
+def _write_assignments(table, assignments: list, out: Path) -> None:
+    """One CSV row per sample: its bucket, or why it was dropped."""
+    import pandas as pd
+
+    from opensora_core.data.buckets import Bucket
+    from opensora_core.utils.atomic import atomic_path
+
+    paths = table["path"] if "path" in table.columns else pd.Series([""] * len(table))
+    records = []
+    for index, (bucket, path) in enumerate(zip(assignments, paths)):
+        placed = isinstance(bucket, Bucket)
+        records.append({
+            "index": index, "path": path,
+            "resolution": bucket.resolution if placed else "",
+            "num_frames": bucket.num_frames if placed else "",
+            "height": bucket.height if placed else "",
+            "width": bucket.width if placed else "",
+            "dropped_reason": "" if placed else bucket.reason,
+        })
+    with atomic_path(out) as tmp:
+        pd.DataFrame.from_records(records).to_csv(tmp, index=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from opensora_core.config import load_profile, load_stage
+from opensora_core.config import load_stage
 from opensora_core.data.buckets import BucketAssigner
 from opensora_core.data.caches import (
     ShardedTensorCache,
@@ -44,27 +44,12 @@ class CacheStepResult:
     stages: tuple[str, ...] = ()
 
 
-def text_encoder_for(profile: str, preset: str):
-    """The profile's text encoder, shaped for the preset's caption width and length."""
-    from opensora_core.models import load_preset
-    from opensora_core.models.text_encoder import build_text_encoder_for_model
-
-    settings, config = load_profile(profile), load_preset(preset)
-    return build_text_encoder_for_model(settings.text_encoder.kind, settings.text_encoder.path,
-                                        config.caption_channels, config.model_max_length)
-
-
-def vae_for(profile: str, device: str = "cpu"):
-    from opensora_core.models.vae import build_vae
-
-    settings = load_profile(profile)
-    return build_vae(settings.vae.kind, settings.vae.path).to(device)
-
-
 def text_embeddings(table: pd.DataFrame, out: str | Path, profile: str = "embedded", preset: str = "stdit2-tiny",
                     batch_size: int = 64, progress: bool = True) -> CacheStepResult:
     """Encode every caption of the training table once (token ids for a jointly trained encoder)."""
-    encoder = text_encoder_for(profile, preset)
+    from opensora_core.models.encoders import load_text_encoder
+
+    encoder = load_text_encoder(profile, preset)
     cache = ShardedTensorCache(out)
     report = build_text_cache(table["text"].astype(str).tolist(), encoder, cache, batch_size, progress=progress)
     return CacheStepResult(str(out), encoder.identity(), report.added, report.reused, len(cache), cache.nbytes())
@@ -73,8 +58,10 @@ def text_embeddings(table: pd.DataFrame, out: str | Path, profile: str = "embedd
 def video_latents(table: pd.DataFrame, out: str | Path, stages: Sequence[str], profile: str = "embedded",
                   device: str = "cpu", progress: bool = True) -> CacheStepResult:
     """Encode every clip's frames at every bucket size any of `stages` can assign it to."""
+    from opensora_core.models.encoders import load_vae
+
     assigners = [BucketAssigner(load_stage(stage)) for stage in stages]  # bad stage names fail before any work
-    vae = vae_for(profile, device)
+    vae = load_vae(profile, device)
     cache = ShardedTensorCache(out)
     result = CacheStepResult(str(out), vae.identity(), 0, 0, 0, 0, stages=tuple(stages))
     for assigner in assigners:
@@ -101,7 +88,9 @@ class CacheCheck:
 def check_text_embeddings(table: pd.DataFrame, out: str | Path, profile: str = "embedded",
                           preset: str = "stdit2-tiny") -> CacheCheck:
     """Every caption of the table is cached, all finite."""
-    encoder = text_encoder_for(profile, preset)
+    from opensora_core.models.encoders import load_text_encoder
+
+    encoder = load_text_encoder(profile, preset)
     keys = sorted({text_key(str(text), encoder) for text in table["text"]})
     return CacheCheck(len(keys), *check_cache(ShardedTensorCache(out), keys))
 
@@ -109,7 +98,9 @@ def check_text_embeddings(table: pd.DataFrame, out: str | Path, profile: str = "
 def check_video_latents(table: pd.DataFrame, out: str | Path, stages: Sequence[str],
                         profile: str = "embedded") -> CacheCheck:
     """Every row has latents for every bucket any of `stages` can give it; all finite."""
-    identity = vae_for(profile).identity()
+    from opensora_core.models.encoders import load_vae
+
+    identity = load_vae(profile).identity()
     keys: set[str] = set()
     for stage in stages:
         assigner = BucketAssigner(load_stage(stage))

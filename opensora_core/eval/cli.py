@@ -63,17 +63,29 @@ def eval_command(
     except (ValueError, FileNotFoundError) as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False)
         raise typer.Exit(2) from None
-    with_clip = clip is not None
+    console.print(_samples_table(report["samples"], with_clip=clip is not None))
+    console.print(_summary_table(report))
+    console.print(f"wrote {Path(out) / METRICS_FILE}")
+    if store is not None:
+        _register(store, checkpoint, out, report, metric)
+
+
+def _samples_table(rows: list[dict], with_clip: bool) -> Table:
+    """One row per sample: its prompt, the predicted colour and direction, the flow (and CLIP score)."""
     samples = Table(title="samples")
     for column in ("prompt", "colour", "direction", "flow dx, dy") + (("clip",) if with_clip else ()):
         samples.add_column(column)
-    for row in report["samples"]:
+    for row in rows:
         mark = {True: "[green]ok[/]", False: "[red]x[/]", None: "-"}
         cells = [row["prompt"], f"{row['predicted_color']} {mark[row['color_correct']]}",
                  f"{row['predicted_direction']} {mark[row['direction_correct']]}",
                  f"{row['flow_dx']:+.2f}, {row['flow_dy']:+.2f}"]
         samples.add_row(*cells, *([_fmt(row["clip_score"])] if with_clip else []))
-    console.print(samples)
+    return samples
+
+
+def _summary_table(report: dict) -> Table:
+    """The metrics of `run_eval`'s report, with how many samples each counted."""
     m = report["metrics"]
     summary = Table(title="evaluation")
     summary.add_column("metric")
@@ -91,10 +103,7 @@ def eval_command(
     summary.add_row("prompt_following", _fmt(m["prompt_following"]), "mean of the accuracies")
     if "clip_score" in m:
         summary.add_row("clip_score", _fmt(m["clip_score"]), f"{m['num_samples']:.0f} samples")
-    console.print(summary)
-    console.print(f"wrote {Path(out) / METRICS_FILE}")
-    if store is not None:
-        _register(store, checkpoint, out, report, metric)
+    return summary
 
 
 def _tracking_store(profile: str, model_name: str):

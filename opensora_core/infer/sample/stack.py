@@ -10,9 +10,9 @@ import torch
 
 from opensora_core.infer.sample.generator import VideoGenerator
 from opensora_core.models.checkpoint_io import load_stdit2
+from opensora_core.models.encoders import TEXT_ENCODER_WEIGHTS
 from opensora_core.utils.hashing import file_sha256
 
-TEXT_ENCODER_WEIGHTS = "text_encoder.safetensors"
 # T5 v1.1 XXL's width: Open-Sora's published STDiT2-XL/2 reads its captions, and was
 # trained on latents of the SD VAE.
 T5_XXL_CHANNELS = 4096
@@ -134,20 +134,16 @@ def _load_encoders(c, settings, checkpoint_file: Path | None, device):
     what `checkpoint_file` was trained with before either loads."""
     from safetensors.torch import load_file
 
-    from opensora_core.models.text_encoder import build_text_encoder_for_model
-    from opensora_core.models.vae import build_vae
+    from opensora_core.models.encoders import load_text_encoder, load_vae
 
     weights_path = None if checkpoint_file is None else checkpoint_file.with_name(TEXT_ENCODER_WEIGHTS)
     weights = load_file(str(weights_path)) if weights_path is not None and weights_path.is_file() else None
     word_weights = weights if settings.text_encoder.kind == "word-embedding" else None
     if checkpoint_file is not None:
         check_encoders(c, settings, checkpoint_file, word_weights)
-    vae = build_vae(settings.vae.kind, settings.vae.path)
+    vae = load_vae(settings)
     if vae.latent_channels != c.in_channels:
         raise ValueError(f"the model reads {c.in_channels} latent channels (in_channels), profile "
                          f"'{settings.name}''s VAE {settings.vae.kind} gives {vae.latent_channels}")
-    text_encoder = build_text_encoder_for_model(
-        settings.text_encoder.kind, settings.text_encoder.path, c.caption_channels, c.model_max_length,
-        word_weights, device,
-    )
+    text_encoder = load_text_encoder(settings, c, device, word_weights)
     return vae, text_encoder
