@@ -193,7 +193,7 @@ def test_an_rflow_stage_exports_its_objective_and_samples_with_its_own_sampler(t
 
 def test_cosine_schedule_warms_up_then_decays_to_min_lr():
     from opensora_core.config import load_stage
-    from opensora_core.train.loop import learning_rate
+    from opensora_core.train.step import learning_rate
 
     stage = load_stage("tiny/stage1").model_copy(update={"lr": 1e-3, "warmup_steps": 4, "lr_schedule": "cosine",
                                                            "min_lr": 1e-4})
