@@ -24,6 +24,7 @@ from assets_defs.curation import (
     scored_clips,
 )
 from opensora_core.curation.ingest import INDEX_FILE, register_inputs
+from opensora_core.curation.partitions import plan_partitions
 from orchestration.resources import CurationStorage
 from orchestration.schedules import retrain_job
 
@@ -69,26 +70,15 @@ def raw_videos_sensor(context: SensorEvaluationContext, curation_storage: Curati
     scorers = config.fingerprint("scorers")  # weights and tables by content (digests cached by stat)
     if not files:
         return SkipReason(f"raw folder {curation_storage.raw_root} has no video or image files")
-    known = set(context.instance.get_dynamic_partitions(raw_partitions.name))
-    current = {f.key for f in files}
-    new = [f.key for f in files if f.key not in known]
-    # Files deleted, or replaced (a new hash is a new key): their partitions go, so the
-    # UI and the merge show the folder as it is. Their runs' history stays in the event log.
-    gone = sorted(known - current)
-    unreadable = [f.path for f in files if f.transient]  # not a name or a permission: those last
-    if gone and unreadable:  # a store's hiccup gives a file a path-only key: not a reason to drop its partition
-        context.log.warning(f"not removing {len(gone)} partitions while {len(unreadable)} raw files could not be "
-                            f"read: {', '.join(unreadable[:5])}")
-        gone = []
-    # A sidecar caption added, edited or removed: the partition runs again (same key, new caption).
-    recaptioned = [f for f in files if f.key in known and f.key in before and before[f.key] != f.sidecar]
-    # The scorers changed since the last tick (none before: the first tick only notes them).
-    rescored = [f for f in files if f.key in known and f not in recaptioned] \
-        if context.cursor is not None and context.cursor != scorers else []
-    if not new and not gone and not recaptioned and not rescored:
+    plan = plan_partitions(files, set(context.instance.get_dynamic_partitions(raw_partitions.name)), before,
+                           scorers, context.cursor)
+    if plan.kept_back:
+        context.log.warning(plan.kept_back)
+    if plan.empty:
         if context.cursor != scorers:
             return SensorResult(cursor=scorers, skip_reason=f"no new raw files among {len(files)}")
         return SkipReason(f"no new raw files among {len(files)}")
+    new, gone, recaptioned, rescored = plan.new, plan.gone, plan.recaptioned, plan.rescored
     requests = [raw_partitions.build_add_request(new)] if new else []
     if gone:
         context.log.info(f"removing {len(gone)} partitions of raw files no longer there: {', '.join(gone[:5])}")

@@ -29,11 +29,10 @@ SCORES_TABLE = "scores.parquet"
 # Versions of the code behind the steps' outputs, in their fingerprints: bumped when the
 # same file and settings would give different outputs (not for speed), so outputs made
 # before are made again.
-PROBE_VERSION = 4  # 2: displayed (rotated) sizes; frames counted past damaged packets. 3: AVI stops at damage.
-# 4: mirrored display matrices, non-square pixels in the displayed size
-CUTTER_VERSION = 4  # 2: rotated videos cut upright; scenes kept past damage. 3: AVI stops at damage, one gap
-# per damaged packet among B-frames. 4: mirrors applied as players do, non-square pixels made square
-IMAGE_VERSION = 1  # images only (videos keep theirs): 1: EXIF orientation, 16-bit, transparency, animation
+# What each version changed is in docs/architecture.md ("Versions of curation outputs").
+PROBE_VERSION = 4
+CUTTER_VERSION = 4
+IMAGE_VERSION = 1  # images only (videos keep theirs)
 
 
 def _image_version(kind: str) -> str:
@@ -116,3 +115,40 @@ def plan_steps(out: Storage, raw: RawFile, fingerprints: dict[str, str], ready: 
     score = cut or caption or not _scores_up_to_date(read_manifest(out, raw.key, "scores"), raw,
                                                      fingerprints["scores"], ready)
     return StepPlan(probe, caption, cut, score)
+
+
+@dataclass
+class PartitionPlan:
+    """What a look at the raw folder asks of the partitions (`plan_partitions`)."""
+
+    new: list[str]  # keys to add and curate
+    gone: list[str]  # keys to remove: the file was deleted, or changed (a new hash is a new key)
+    recaptioned: list[RawFile]  # known files whose sidecar caption changed: curate again, same key
+    rescored: list[RawFile]  # known files to score again because the scorers changed
+    kept_back: str | None = None  # why partitions that look gone are kept this time
+
+    @property
+    def empty(self) -> bool:
+        return not (self.new or self.gone or self.recaptioned or self.rescored)
+
+
+def plan_partitions(files: list[RawFile], known: set[str], sidecars_before: dict[str, str],
+                    scorers: str, scorers_before: str | None) -> PartitionPlan:
+    """Compare the raw folder (`files`) with the partitions there are (`known`), the
+    sidecar stamps and the scorers' fingerprint the last look saw (none the first time:
+    the first look only notes them). A file that could not be read for a transient
+    reason keeps every partition that looks gone: a store's hiccup is not a deletion."""
+    current = {f.key for f in files}
+    new = [f.key for f in files if f.key not in known]
+    gone = sorted(known - current)
+    kept_back = None
+    unreadable = [f.path for f in files if f.transient]
+    if gone and unreadable:
+        kept_back = (f"not removing {len(gone)} partitions while {len(unreadable)} raw files could not be read: "
+                     f"{', '.join(unreadable[:5])}")
+        gone = []
+    recaptioned = [f for f in files if f.key in known and f.key in sidecars_before
+                   and sidecars_before[f.key] != f.sidecar]
+    rescored = [f for f in files if f.key in known and f not in recaptioned] \
+        if scorers_before is not None and scorers_before != scorers else []
+    return PartitionPlan(new, gone, recaptioned, rescored, kept_back)
