@@ -11,11 +11,8 @@ Dagster Pipes. Stage N+1 starts from stage N's export when its config says
 
 import base64
 import io
-import json
 import shutil
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,11 +24,8 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
-    PipesEnvContextInjector,
-    PipesFileMessageReader,
     asset,
     asset_check,
-    open_pipes_session,
 )
 from pydantic import Field
 
@@ -52,41 +46,6 @@ from orchestration.resources import (
     TorchXLauncher,
     TrainingSettings,
 )
-
-
-class WholeLineFileMessageReader(PipesFileMessageReader):
-    """`PipesFileMessageReader` that hands on only whole lines. Dagster's tails the file
-    with `readline()`, which returns a line the job is still writing as it stands; one
-    such half-written message killed its reader thread, and the stage failed as having
-    reported nothing."""
-
-    def _reader_thread(self, handler, is_resource_complete) -> None:
-        try:
-            for line in whole_lines(self._path, is_resource_complete.is_set):
-                handler.handle_message(json.loads(line))
-        except Exception:
-            handler.report_pipes_framework_exception(f"{type(self).__name__} reader thread", sys.exc_info())
-            raise
-
-
-def whole_lines(path: str | Path, should_stop: Callable[[], bool], poll_seconds: float = 0.01) -> Iterator[str]:
-    """The lines appended to `path` until `should_stop()`, each only once its newline is
-    written (after the stop, a last line without one is still given)."""
-    pending = ""
-    with open(path, encoding="utf-8") as stream:
-        while True:
-            chunk = stream.readline()
-            if chunk:
-                pending += chunk
-                if pending.endswith("\n"):
-                    yield pending
-                    pending = ""
-            elif should_stop():
-                rest = pending + stream.read()
-                yield from (line for line in rest.splitlines(keepends=True) if line.strip())
-                return
-            else:
-                time.sleep(poll_seconds)
 
 
 class StageRunConfig(Config):
@@ -236,18 +195,12 @@ def train_stage_asset(context: AssetExecutionContext, index: int, run_config: St
     # Messages go through a file in the stage folder, which the job and this process share
     # on every scheduler we support (docs/torchx.md), rather than through /tmp here.
     messages = out / "pipes" / f"{context.run.run_id}.jsonl"
-    messages.parent.mkdir(parents=True, exist_ok=True)
-    with open_pipes_session(context=context, context_injector=PipesEnvContextInjector(),
-                            message_reader=WholeLineFileMessageReader(str(messages))) as session:
-        app = train_stage_component(
-            **{k: v for k, v in vars(plan.args).items() if v is not None}, nnodes=training_settings.nnodes,
-            nproc_per_node=training_settings.nproc_per_node, image=training_settings.image,
-            python=torchx_launcher.python(), cpu=training_settings.cpu_per_node,
-            gpu=training_settings.gpu_per_node, memMB=training_settings.mem_mb_per_node,
-            env=dict(session.get_bootstrap_env_vars()), mounts=training_settings.mounts,
-            max_retries=training_settings.max_retries,
-        )
-        handle = torchx_launcher.launch(app)
+    handle, session = torchx_launcher.run_pipes(context, lambda env: train_stage_component(
+        **{k: v for k, v in vars(plan.args).items() if v is not None}, nnodes=training_settings.nnodes,
+        nproc_per_node=training_settings.nproc_per_node, image=training_settings.image,
+        python=torchx_launcher.python(), cpu=training_settings.cpu_per_node, gpu=training_settings.gpu_per_node,
+        memMB=training_settings.mem_mb_per_node, env=env, mounts=training_settings.mounts,
+        max_retries=training_settings.max_retries), messages)
     points = [(m["step"], m["metrics"]["loss"]) for m in session.get_custom_messages()
               if isinstance(m, dict) and "loss" in m.get("metrics", {})]
     extra = {"stage_config": plan.config_name, "init": MetadataValue.path(str(plan.init)) if plan.init else "random",

@@ -25,6 +25,7 @@ from opensora_core.curation.storage import FileList, Storage, open_source
 from opensora_core.eval.round import RoundSettings
 from opensora_core.tracking.store import TrackingStore, TrackingUnreachable
 from orchestration.launch.components import DEFAULT_IMAGE
+from orchestration.launch.pipes import run_with_pipes
 
 # The folder holding opensora_core/ and orchestration/: what a local job must import.
 _CHECKOUT = str(Path(__file__).resolve().parents[1])
@@ -290,6 +291,11 @@ class TorchXLauncher(ConfigurableResource):
             if status is None or status.state != specs.AppState.SUCCEEDED:
                 raise self._failure(runner, handle, app, status)
             return handle
+
+    def run_pipes(self, context, build_app, messages: Path) -> tuple[str, Any]:
+        """Launch `build_app(env)` inside a Dagster Pipes session reading `messages`
+        (`orchestration.launch.pipes`): (the job's handle, the session with its results)."""
+        return run_with_pipes(self.launch, context, build_app, Path(messages))
 
     def _prepared(self, app: specs.AppDef) -> specs.AppDef:
         if self.scheduler != "local_cwd":

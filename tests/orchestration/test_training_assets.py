@@ -203,7 +203,7 @@ def test_pipes_messages_are_read_only_as_whole_lines(tmp_path):
     import threading
     import time
 
-    from assets_defs.training import whole_lines
+    from orchestration.launch.pipes import whole_lines
 
     path = tmp_path / "messages.jsonl"
     path.write_text("")
