@@ -37,6 +37,16 @@ def env_or(name: str, default: str) -> str | EnvVar:
     return EnvVar(name) if name in os.environ else default
 
 
+
+def active_profile_name() -> str:
+    """The profile this Dagster code location runs with: `OPENSORA_PROFILE`, else embedded."""
+    return os.environ.get("OPENSORA_PROFILE", "embedded")
+
+
+def active_profile():
+    """`active_profile_name()`'s profile, loaded now (its `${VAR}`s read now)."""
+    return load_profile(active_profile_name())
+
 class CurationStorage(ConfigurableResource):
     """Where raw files arrive and where curated partitions and the training table go.
 
@@ -64,7 +74,7 @@ def curation_storage_from_env() -> CurationStorage:
     """Roots from `OPENSORA_RAW_ROOT` / `OPENSORA_CURATED_ROOT`, else `raw/` and
     `curated/` under the data root of the profile named by `OPENSORA_PROFILE`
     (default `embedded`)."""
-    data_root = load_profile(os.environ.get("OPENSORA_PROFILE", "embedded")).data_root.rstrip("/")
+    data_root = active_profile().data_root.rstrip("/")
     return CurationStorage(
         raw_root=env_or("OPENSORA_RAW_ROOT", f"{data_root}/raw"),
         curated_root=env_or("OPENSORA_CURATED_ROOT", f"{data_root}/curated"),
@@ -94,7 +104,7 @@ class CacheSettings(ConfigurableResource):
 def cache_settings_from_env() -> CacheSettings:
     """`OPENSORA_CACHE_ROOT` (default `caches/` under the profile's artifacts root),
     `OPENSORA_PRESET` and `OPENSORA_STAGES` (comma-separated; default the tiny stages)."""
-    profile = os.environ.get("OPENSORA_PROFILE", "embedded")
+    profile = active_profile_name()
     artifacts = load_profile(profile).artifacts_root.rstrip("/")
     stages = os.environ.get("OPENSORA_STAGES", "tiny/stage0,tiny/stage1,tiny/stage2,tiny/stage3")
     return CacheSettings(
@@ -145,7 +155,7 @@ def training_settings_from_env() -> TrainingSettings:
     stages on a CPU profile, the published ones otherwise); `OPENSORA_TRAIN_ROOT`
     (default `train/` under the artifacts root); `OPENSORA_MAX_STEPS`;
     `OPENSORA_NPROC_PER_NODE` (default the profile's)."""
-    name = os.environ.get("OPENSORA_PROFILE", "embedded")
+    name = active_profile_name()
     profile = load_profile(name)
     prefix = "tiny/" if profile.device == "cpu" else ""
     stages = os.environ.get("OPENSORA_TRAIN_STAGES", ",".join(f"{prefix}stage{i}" for i in range(4)))
@@ -194,7 +204,7 @@ class MlflowTracking(ConfigurableResource):
 def mlflow_tracking_from_env() -> MlflowTracking:
     """The tracking URI of the profile named by `OPENSORA_PROFILE`; `OPENSORA_MODEL_NAME`
     (default `stdit2`); `OPENSORA_MLFLOW_UI_URL` for links to a SQLite store's UI."""
-    profile = load_profile(os.environ.get("OPENSORA_PROFILE", "embedded"))
+    profile = active_profile()
     return MlflowTracking(tracking_uri=profile.mlflow_tracking_uri,
                           model_name=env_or("OPENSORA_MODEL_NAME", "stdit2"),
                           ui_url=os.environ.get("OPENSORA_MLFLOW_UI_URL"))
@@ -221,7 +231,7 @@ class EvaluationSettings(ConfigurableResource):
 def evaluation_settings_from_env() -> EvaluationSettings:
     """`OPENSORA_EVAL_ROOT` (default `eval/` under the artifacts root), `OPENSORA_EVAL_PROMPTS`,
     `OPENSORA_EVAL_SEEDS`, `OPENSORA_EVAL_STEPS`, `OPENSORA_EVAL_METRIC`, `OPENSORA_EVAL_CLIP`."""
-    profile = load_profile(os.environ.get("OPENSORA_PROFILE", "embedded"))
+    profile = active_profile()
     return EvaluationSettings(
         out_root=env_or("OPENSORA_EVAL_ROOT", f"{profile.artifacts_root.rstrip('/')}/eval"),
         prompts=env_or("OPENSORA_EVAL_PROMPTS", "default"),
@@ -354,7 +364,7 @@ def torchx_launcher_from_env() -> TorchXLauncher:
     """Scheduler from the profile (`OPENSORA_PROFILE`); run options as JSON in
     `OPENSORA_TORCHX_CFG`; local logs under `<artifacts>/torchx`; `.torchxconfig` from
     the project folder."""
-    profile = load_profile(os.environ.get("OPENSORA_PROFILE", "embedded"))
+    profile = active_profile()
     return TorchXLauncher(
         scheduler=profile.torchx_scheduler,
         scheduler_cfg=json.loads(os.environ.get("OPENSORA_TORCHX_CFG", "{}")),

@@ -25,7 +25,8 @@ from assets_defs.caches import text_embeddings, video_latents
 from assets_defs.curation import training_dataset
 from assets_defs.evaluation import eval_samples
 from assets_defs.training import stdit2_stage3
-from opensora_core.config import ProfileConfig, load_profile
+from opensora_core.config import ProfileConfig
+from orchestration.resources import active_profile
 
 RETRAIN_CRON_ENV = "OPENSORA_RETRAIN_CRON"
 RETRAIN_TIMEZONE_ENV = "OPENSORA_RETRAIN_TIMEZONE"
@@ -44,7 +45,7 @@ retrain_job = define_asset_job(
 def retrain_schedule_from_env() -> ScheduleDefinition:
     """The retraining schedule with the cron of the profile named by `OPENSORA_PROFILE`,
     or of `OPENSORA_RETRAIN_CRON` when that is set (read now)."""
-    profile = load_profile(os.environ.get("OPENSORA_PROFILE", "embedded"))
+    profile = active_profile()
     cron = os.environ.get(RETRAIN_CRON_ENV, "").strip() or profile.retrain_cron
     return ScheduleDefinition(
         name="retrain_schedule",
