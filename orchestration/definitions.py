@@ -19,7 +19,9 @@ from assets_defs.caches import cache_assets, cache_checks
 from assets_defs.curation import curation_assets, curation_checks
 from assets_defs.evaluation import evaluation_assets
 from assets_defs.training import training_assets, training_checks
+from opensora_core.config import ProfileConfig
 from orchestration.resources import (
+    active_profile,
     cache_settings_from_env,
     curation_storage_from_env,
     evaluation_settings_from_env,
@@ -48,28 +50,31 @@ def executor_from_env():
     raise ValueError(f"OPENSORA_DAGSTER_EXECUTOR={kind!r}: expected 'multiprocess' or 'k8s'")
 
 
-def resources_from_env() -> dict:
-    """Every resource, configured from the profile and environment variables read now."""
+def resources_from_env(profile: ProfileConfig | None = None) -> dict:
+    """Every resource, configured from the profile (loaded once) and environment
+    variables read now."""
+    profile = profile or active_profile()
     return {
-        "curation_storage": curation_storage_from_env(),
-        "cache_settings": cache_settings_from_env(),
-        "training_settings": training_settings_from_env(),
-        "torchx_launcher": torchx_launcher_from_env(),
-        "mlflow_tracking": mlflow_tracking_from_env(),
-        "evaluation_settings": evaluation_settings_from_env(),
+        "curation_storage": curation_storage_from_env(profile),
+        "cache_settings": cache_settings_from_env(profile),
+        "training_settings": training_settings_from_env(profile),
+        "torchx_launcher": torchx_launcher_from_env(profile),
+        "mlflow_tracking": mlflow_tracking_from_env(profile),
+        "evaluation_settings": evaluation_settings_from_env(profile),
     }
 
 
 def build_definitions() -> Definitions:
     """The code location, configured from the environment as it is now (the demo and
     tests set variables first; `dagster dev` reads them at load)."""
+    profile = active_profile()  # read once for every resource and the schedule
     return Definitions(
         assets=[*curation_assets, *cache_assets, *training_assets, *evaluation_assets],
         asset_checks=[*curation_checks, *cache_checks, *training_checks],
         jobs=[curate_partition_job, retrain_job],
-        schedules=[retrain_schedule_from_env()],
+        schedules=[retrain_schedule_from_env(profile)],
         sensors=[raw_videos_sensor, retrain_on_new_data_sensor],
-        resources=resources_from_env(),
+        resources=resources_from_env(profile),
         executor=executor_from_env(),
     )
 

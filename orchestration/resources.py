@@ -19,7 +19,7 @@ from pydantic import Field
 from torchx import specs
 from torchx.runner import get_runner
 
-from opensora_core.config import load_profile, project_root
+from opensora_core.config import ProfileConfig, load_profile, project_root
 from opensora_core.curation.config import CurationConfig, load_curation_config
 from opensora_core.curation.storage import FileList, Storage, open_source
 from opensora_core.eval.round import RoundSettings
@@ -43,7 +43,7 @@ def active_profile_name() -> str:
     return os.environ.get("OPENSORA_PROFILE", "embedded")
 
 
-def active_profile():
+def active_profile() -> ProfileConfig:
     """`active_profile_name()`'s profile, loaded now (its `${VAR}`s read now)."""
     return load_profile(active_profile_name())
 
@@ -70,11 +70,11 @@ class CurationStorage(ConfigurableResource):
         return load_curation_config(self.data_config)
 
 
-def curation_storage_from_env() -> CurationStorage:
+def curation_storage_from_env(profile: ProfileConfig | None = None) -> CurationStorage:
     """Roots from `OPENSORA_RAW_ROOT` / `OPENSORA_CURATED_ROOT`, else `raw/` and
     `curated/` under the data root of the profile named by `OPENSORA_PROFILE`
     (default `embedded`)."""
-    data_root = active_profile().data_root.rstrip("/")
+    data_root = (profile or active_profile()).data_root.rstrip("/")
     return CurationStorage(
         raw_root=env_or("OPENSORA_RAW_ROOT", f"{data_root}/raw"),
         curated_root=env_or("OPENSORA_CURATED_ROOT", f"{data_root}/curated"),
@@ -101,15 +101,14 @@ class CacheSettings(ConfigurableResource):
         return f"{self.root.rstrip('/')}/video"
 
 
-def cache_settings_from_env() -> CacheSettings:
+def cache_settings_from_env(profile: ProfileConfig | None = None) -> CacheSettings:
     """`OPENSORA_CACHE_ROOT` (default `caches/` under the profile's artifacts root),
     `OPENSORA_PRESET` and `OPENSORA_STAGES` (comma-separated; default the tiny stages)."""
-    profile = active_profile_name()
-    artifacts = load_profile(profile).artifacts_root.rstrip("/")
+    artifacts = (profile or active_profile()).artifacts_root.rstrip("/")
     stages = os.environ.get("OPENSORA_STAGES", "tiny/stage0,tiny/stage1,tiny/stage2,tiny/stage3")
     return CacheSettings(
         root=env_or("OPENSORA_CACHE_ROOT", f"{artifacts}/caches"),
-        profile=profile,
+        profile=active_profile_name(),
         preset=env_or("OPENSORA_PRESET", "stdit2-tiny"),
         stages=[s.strip() for s in stages.split(",") if s.strip()],
     )
@@ -150,13 +149,13 @@ class TrainingSettings(ConfigurableResource):
         return self.stage_dir(index) / "export" / "model.safetensors"
 
 
-def training_settings_from_env() -> TrainingSettings:
+def training_settings_from_env(profile: ProfileConfig | None = None) -> TrainingSettings:
     """`OPENSORA_PROFILE`; `OPENSORA_TRAIN_STAGES` (comma-separated; default the tiny
     stages on a CPU profile, the published ones otherwise); `OPENSORA_TRAIN_ROOT`
     (default `train/` under the artifacts root); `OPENSORA_MAX_STEPS`;
     `OPENSORA_NPROC_PER_NODE` (default the profile's)."""
     name = active_profile_name()
-    profile = load_profile(name)
+    profile = profile or active_profile()
     prefix = "tiny/" if profile.device == "cpu" else ""
     stages = os.environ.get("OPENSORA_TRAIN_STAGES", ",".join(f"{prefix}stage{i}" for i in range(4)))
     nproc = int(os.environ.get("OPENSORA_NPROC_PER_NODE", profile.nproc_per_node))
@@ -201,10 +200,10 @@ class MlflowTracking(ConfigurableResource):
         return self.store().run_url(experiment_id, run_id)
 
 
-def mlflow_tracking_from_env() -> MlflowTracking:
+def mlflow_tracking_from_env(profile: ProfileConfig | None = None) -> MlflowTracking:
     """The tracking URI of the profile named by `OPENSORA_PROFILE`; `OPENSORA_MODEL_NAME`
     (default `stdit2`); `OPENSORA_MLFLOW_UI_URL` for links to a SQLite store's UI."""
-    profile = active_profile()
+    profile = profile or active_profile()
     return MlflowTracking(tracking_uri=profile.mlflow_tracking_uri,
                           model_name=env_or("OPENSORA_MODEL_NAME", "stdit2"),
                           ui_url=os.environ.get("OPENSORA_MLFLOW_UI_URL"))
@@ -228,10 +227,10 @@ class EvaluationSettings(ConfigurableResource):
                              self.clip)
 
 
-def evaluation_settings_from_env() -> EvaluationSettings:
+def evaluation_settings_from_env(profile: ProfileConfig | None = None) -> EvaluationSettings:
     """`OPENSORA_EVAL_ROOT` (default `eval/` under the artifacts root), `OPENSORA_EVAL_PROMPTS`,
     `OPENSORA_EVAL_SEEDS`, `OPENSORA_EVAL_STEPS`, `OPENSORA_EVAL_METRIC`, `OPENSORA_EVAL_CLIP`."""
-    profile = active_profile()
+    profile = profile or active_profile()
     return EvaluationSettings(
         out_root=env_or("OPENSORA_EVAL_ROOT", f"{profile.artifacts_root.rstrip('/')}/eval"),
         prompts=env_or("OPENSORA_EVAL_PROMPTS", "default"),
@@ -360,11 +359,11 @@ def _follow(runner, handle: str, role_name: str, stream: TextIO) -> None:
         stream.write(f"(not following {handle}'s log: {type(err).__name__}: {err})\n")
 
 
-def torchx_launcher_from_env() -> TorchXLauncher:
+def torchx_launcher_from_env(profile: ProfileConfig | None = None) -> TorchXLauncher:
     """Scheduler from the profile (`OPENSORA_PROFILE`); run options as JSON in
     `OPENSORA_TORCHX_CFG`; local logs under `<artifacts>/torchx`; `.torchxconfig` from
     the project folder."""
-    profile = active_profile()
+    profile = profile or active_profile()
     return TorchXLauncher(
         scheduler=profile.torchx_scheduler,
         scheduler_cfg=json.loads(os.environ.get("OPENSORA_TORCHX_CFG", "{}")),

@@ -42,10 +42,10 @@ retrain_job = define_asset_job(
 )
 
 
-def retrain_schedule_from_env() -> ScheduleDefinition:
+def retrain_schedule_from_env(profile: ProfileConfig | None = None) -> ScheduleDefinition:
     """The retraining schedule with the cron of the profile named by `OPENSORA_PROFILE`,
     or of `OPENSORA_RETRAIN_CRON` when that is set (read now)."""
-    profile = active_profile()
+    profile = profile or active_profile()
     cron = os.environ.get(RETRAIN_CRON_ENV, "").strip() or profile.retrain_cron
     return ScheduleDefinition(
         name="retrain_schedule",

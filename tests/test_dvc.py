@@ -97,6 +97,13 @@ def _set_params(path: Path, update) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def _versions(store: str) -> list[int]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    return sorted(int(v.version) for v in client.search_model_versions("name='stdit2'"))
+
+
 def _tiny(params: dict) -> None:
     params["synth"] = {"videos": 8, "images": 8}
     params["train"]["max_steps"] = 2
@@ -121,6 +128,11 @@ def test_dvc_repro_runs_once_then_reruns_only_downstream_of_a_changed_lr(tmp_pat
     assert metrics_file.is_file()
     shown = _dvc(["metrics", "show"], project, timeout=120)
     assert shown.returncode == 0 and "metrics.color_accuracy" in shown.stdout, shown.stdout + shown.stderr
+    # eval_samples registers and promotes as the Dagster asset does, into the project's store.
+    from opensora_core.tracking.registry import champion
+
+    store = f"sqlite:///{project / 'mlruns.db'}"
+    assert int(champion(store).version) == 1 and (project / "runs" / "eval" / "preview.gif").is_file()
 
     second = _dvc(["repro"], project)
     assert second.returncode == 0, second.stderr
@@ -134,6 +146,7 @@ def test_dvc_repro_runs_once_then_reruns_only_downstream_of_a_changed_lr(tmp_pat
     assert "--lr 0.0005" in third.stdout
     assert _logged_lr(project / "runs" / "stage2") == 5.0e-4
     assert _logged_lr(project / "runs" / "stage1") == 1.0e-3  # not re-run
+    assert _versions(store) == [1, 2]  # the retrained model registered too, promoted or kept
     status = _dvc(["status"], project, timeout=120)
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
     shutil.rmtree(project)  # ~0.5 GB of checkpoints and their DVC cache; kept when a check fails
