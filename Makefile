@@ -45,6 +45,8 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The training-step benchmark, tiny and reference setups (bench/model_step.py, the same as
+# `opensora bench model`); every benchmark: README's Benchmark section.
 bench: setup
 	$(BIN)/python bench/model_step.py
 

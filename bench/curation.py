@@ -43,7 +43,8 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if __name__ == "__main__":  # `python bench/curation.py`: this checkout's opensora_core
+    sys.path.insert(0, str(ROOT))
 
 from opensora_core.curation.config import load_curation_config
 from opensora_core.curation.ingest import register_inputs

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from typer.core import TyperGroup
 
 from opensora_core.config import ConfigError
 from opensora_core.curation.cli import data_app
@@ -23,7 +24,34 @@ from opensora_core.utils.cli import console, err_console, fail
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n\n")[0])
 model_app = typer.Typer(no_args_is_help=True, help="Inspect and convert STDiT-2 models.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print tables (they assert nothing).")
+
+
+class _BenchGroup(TyperGroup):
+    """`opensora bench ...`: the commands of `bench.cli.bench_app` (the benchmarks' one
+    home, bench/), loaded when a bench command or `opensora bench --help` runs, so that
+    `opensora --help` imports nothing of bench/ (nor torch)."""
+
+    def _load(self) -> None:
+        if self.commands:
+            return
+        try:
+            from bench.cli import bench_app
+        except ImportError as err:
+            fail(f"the benchmarks (bench/) are not importable: {err}; run from the repository root with "
+                 f"the project installed (`pip install -e .`)")
+        self.commands.update(typer.main.get_command(bench_app).commands)
+
+    def list_commands(self, ctx):
+        self._load()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, cmd_name):
+        self._load()
+        return super().get_command(ctx, cmd_name)
+
+
+bench_app = typer.Typer(cls=_BenchGroup, no_args_is_help=True,
+                        help="Benchmarks that print tables (they assert nothing); the code lives in bench/.")
 app.add_typer(model_app, name="model")
 app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
@@ -123,112 +151,6 @@ def model_convert(
     console.print(f"verified {count} tensors ({report.describe()}); wrote {target}")
     console.print(f"config: hidden {config.hidden_size}, depth {config.depth}, heads {config.num_heads}, "
                   f"caption {config.caption_channels}x{config.model_max_length}")
-
-
-@bench_app.command("model")
-def bench_model(
-    setup: Annotated[str, typer.Option(
-        help="Comma-separated: tiny, reference (Open-Sora 1.1's comparison: hidden 384, depth 4, batch 2, latent "
-             "32x32; fp32 and bf16, glibc's default host memory and retained, eager and compiled), or custom "
-             "(the options below).")
-    ] = "tiny,reference",
-    hidden_size: Annotated[int, typer.Option(help="custom: width of both models.")] = 192,
-    depth: Annotated[int, typer.Option(help="custom: blocks of both models.")] = 4,
-    num_heads: Annotated[int, typer.Option(help="custom.")] = 4,
-    frames: Annotated[str, typer.Option(help="Comma-separated latent frame counts.")] = "16,64",
-    size: Annotated[int, typer.Option(help="custom: latent height = width.")] = 16,
-    repeats: Annotated[int, typer.Option(min=1)] = 3,
-    precision: Annotated[str, typer.Option(help="custom: fp32, bf16 (autocast over fp32 weights) or both.")] = "fp32",
-    host_memory: Annotated[str, typer.Option(help="custom: default, retained or both.")] = "retained",
-    batch: Annotated[int, typer.Option(min=1, help="custom.")] = 1,
-    caption_channels: Annotated[int | None, typer.Option(help="custom: caption width (default: the hidden size).")] = None,
-    baseline: Annotated[bool, typer.Option(help="custom: also measure the full-attention DiT.")] = True,
-    checkpointing: Annotated[str, typer.Option(help="custom: off, on or both.")] = "both",
-    compile: Annotated[str, typer.Option(help="custom: torch.compile each block: off, on or both.")] = "off",
-) -> None:
-    """Forward+backward time, tokens/s, GFLOP/s against the measured matmul peak and peak memory: STDiT-2 (vs a full-attention DiT)."""
-    from opensora_core.benchmarks.model_step import SETUPS, run_model_step_benchmark
-
-    try:
-        frame_counts = [int(f) for f in frames.split(",")]
-    except ValueError:
-        fail(f"--frames {frames!r}: expected comma-separated integers like 16,64")
-    both = {"fp32": ("fp32",), "bf16": ("bf16",), "both": ("fp32", "bf16"), "off": (False,), "on": (True,),
-            "default": ("default",), "retained": ("retained",)}
-    for name, value, allowed in (("--precision", precision, ("fp32", "bf16", "both")),
-                                 ("--host-memory", host_memory, ("default", "retained", "both")),
-                                 ("--checkpointing", checkpointing, ("off", "on", "both")),
-                                 ("--compile", compile, ("off", "on", "both"))):
-        if value not in allowed:
-            fail(f"{name} {value!r}: expected one of {', '.join(allowed)}")
-    custom = {"hidden_size": hidden_size, "depth": depth, "num_heads": num_heads, "size": size, "batch": batch,
-              "caption_channels": caption_channels, "baseline": baseline,
-              "checkpointing": (False, True) if checkpointing == "both" else both[checkpointing],
-              "compile": (False, True) if compile == "both" else both[compile],
-              "precisions": both[precision],
-              "host_memory": ("default", "retained") if host_memory == "both" else both[host_memory]}
-    names = [n.strip() for n in setup.split(",") if n.strip()]
-    unknown = [n for n in names if n != "custom" and n not in SETUPS]
-    if unknown or not names:
-        fail(f"--setup {setup!r}: expected some of {', '.join([*SETUPS, 'custom'])}")
-    for name in names:
-        console.print(f"[bold]setup {name}[/]")
-        run_model_step_benchmark(frame_counts=frame_counts, repeats=repeats, console=console,
-                                 **(custom if name == "custom" else SETUPS[name]))
-
-
-@bench_app.command("sampling")
-def bench_sampling(
-    presets: Annotated[str, typer.Option(help="Comma-separated presets.")] = "stdit2-tiny,stdit2-small",
-    num_frames: Annotated[int, typer.Option()] = 16,
-    size: Annotated[int, typer.Option(help="Square side in pixels (multiple of 16).")] = 64,
-) -> None:
-    """Seconds per denoising step and per video: IDDPM 100 steps vs DPM-Solver++ 20."""
-    from opensora_core.benchmarks.sampling import run_sampling_benchmark
-
-    run_sampling_benchmark([p.strip() for p in presets.split(",") if p.strip()], num_frames, size, console)
-
-
-@bench_app.command("dataloader")
-def bench_dataloader(
-    clips: Annotated[int, typer.Option(min=2)] = 24,
-    frames: Annotated[int, typer.Option(min=1)] = 24,
-    size: Annotated[int, typer.Option(help="Square side in pixels (multiple of 16).")] = 64,
-    max_batches: Annotated[int, typer.Option(min=1)] = 12,
-) -> None:
-    """Samples/s from caches vs on-the-fly decode+encode, and bytes per cached caption."""
-    from opensora_core.benchmarks.dataloader import run_dataloader_benchmark
-
-    run_dataloader_benchmark(clips, frames, size, max_batches, console)
-
-
-@bench_app.command("prompt-following")
-def bench_prompt_following(
-    recipes: Annotated[str, typer.Option(help="Comma-separated names of benchmarks.prompt_following.RECIPES.")] = "demo,demo-rope-only,demo-iddpm",
-    eval_every: Annotated[int, typer.Option(min=1, help="Steps between evaluations.")] = 200,
-    steps: Annotated[int, typer.Option(min=1, help="Sampler steps.")] = 20,
-    seeds: Annotated[int, typer.Option(min=1)] = 1,
-) -> None:
-    """Held-out colour, direction, image-to-video and extension accuracy against training minutes, per recipe."""
-    from opensora_core.benchmarks.prompt_following import RECIPES, run_prompt_following_benchmark
-
-    names = [n.strip() for n in recipes.split(",") if n.strip()]
-    unknown = [n for n in names if n not in RECIPES]
-    if unknown or not names:
-        fail(f"--recipes: unknown {unknown or names}; choose from {', '.join(RECIPES)}")
-    run_prompt_following_benchmark({n: RECIPES[n] for n in names}, eval_every, steps, seeds=seeds, console=console)
-
-
-@bench_app.command("train")
-def bench_train(
-    presets: Annotated[str, typer.Option(help="Comma-separated presets.")] = "stdit2-tiny,stdit2-small",
-    steps: Annotated[int, typer.Option(min=3)] = 8,
-    clips: Annotated[int, typer.Option(min=4)] = 16,
-) -> None:
-    """Training samples/s, tokens/s and peak memory: 1 vs 2 processes, with and without activation checkpointing."""
-    from opensora_core.benchmarks.train_step import run_train_step_benchmark
-
-    run_train_step_benchmark([p.strip() for p in presets.split(",") if p.strip()], steps, clips, console)
 
 
 def _prompt_lines(prompt: list[str] | None, prompt_path: Path | None, start_index: int,

@@ -4,8 +4,8 @@ refuses names it does not know before any work."""
 import pytest
 from typer.testing import CliRunner
 
+from bench.prompt_following import RECIPES, demo_stages
 from opensora_core import cli
-from opensora_core.benchmarks.prompt_following import RECIPES, demo_stages
 from opensora_core.config import StageConfig
 from opensora_core.models import load_preset
 

@@ -22,11 +22,12 @@ def test_help_lists_every_command_group():
 
 
 def test_help_imports_neither_torch_nor_pandas():
-    """`opensora --help` stays instant: the heavy libraries load in the commands that use them."""
+    """`opensora --help` stays instant: the heavy libraries (and bench/, the benchmarks) load
+    in the commands that use them."""
     import subprocess
 
     code = ("import sys; import opensora_core.cli; "
-            "print(sorted(m for m in ('torch', 'pandas', 'mlflow', 'av', 'dagster') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'pandas', 'mlflow', 'av', 'dagster', 'bench') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]", loaded
 

@@ -2,7 +2,7 @@
 
 from rich.console import Console
 
-from opensora_core.benchmarks.sampling import run_sampling_benchmark
+from bench.sampling import run_sampling_benchmark
 
 
 def test_sampling_bench_times_fp32_and_bf16_for_each_sampler():

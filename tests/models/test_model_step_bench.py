@@ -6,12 +6,12 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from opensora_core import cli
-from opensora_core.benchmarks.model_step import (
+from bench.model_step import (
     matmul_peak_flops,
     run_model_step_benchmark,
     train_step_flops,
 )
+from opensora_core import cli
 from opensora_core.models import STDiT2, STDiT2Config
 
 
