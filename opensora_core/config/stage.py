@@ -137,6 +137,9 @@ class StageConfig(_Strict):
     ema_decay: float | None = Field(gt=0, lt=1)
     mixed_precision: Literal["bf16", "fp16", "fp32"]
     grad_checkpoint: bool
+    # torch.compile each STDiT-2 block; None: the profile's `compile`. A stage that trains
+    # long enough at fixed shapes pays back the compilation.
+    compile: bool | None = None
     max_steps: int = Field(gt=0)
     warmup_steps: int = Field(ge=0)
     # After warm-up: constant, or a cosine from lr down to min_lr at the stage's last step

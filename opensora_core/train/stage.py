@@ -122,7 +122,8 @@ def _build_models(args: TrainArgs, checked: CheckedInputs, device: torch.device,
     model.to(device)
     if trains_text:
         text_encoder.to(device)
-    model = parallelize_stdit2(model, mesh, stage.mixed_precision, stage.grad_checkpoint, profile.compile)
+    compile_blocks = profile.compile if stage.compile is None else stage.compile
+    model = parallelize_stdit2(model, mesh, stage.mixed_precision, stage.grad_checkpoint, compile_blocks)
     return _Models(model, text_encoder, trains_text, vae)
 
 

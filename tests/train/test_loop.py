@@ -318,6 +318,18 @@ def test_compiled_blocks_train_as_eager_ones_and_export_the_same_names(tmp_path,
     assert (curves[True] - curves[False]).abs().max() < 0.05 * curves[False].abs().max(), curves
 
 
+def test_a_stage_compile_setting_overrides_the_profiles(tmp_path, training_table, test_profile):
+    import yaml
+    from torch._dynamo.utils import counters
+
+    profile = tmp_path / "compiling.yaml"
+    profile.write_text(yaml.safe_dump({**yaml.safe_load(test_profile.read_text()), "compile": True}))
+    counters.clear()
+    train_stage(TrainArgs(stage=str(_stage_with(tmp_path, "eager", compile=False)), data=str(training_table),
+                          out=str(tmp_path / "eager"), profile=str(profile), max_steps=1, ckpt_every=1))
+    assert counters["stats"]["unique_graphs"] == 0
+
+
 def test_a_second_run_on_a_busy_stage_folder_is_refused_naming_the_holder(tmp_path, training_table, test_profile):
     from opensora_core.utils.folder_lock import FolderLock
 
