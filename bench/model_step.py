@@ -264,6 +264,8 @@ def run_model_step_benchmark(
     process-wide, and switching it inside a process lets the heap grow without bound at
     long clips, so with several modes each is measured in a process of its own."""
     console = console or Console()
+    if not console.is_terminal:  # a log or a pipe: all 18 columns readable, not squeezed to 80
+        console.width = max(console.width, 260)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown or not precisions:
