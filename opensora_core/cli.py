@@ -301,8 +301,12 @@ def runs_compare_command(
 ) -> None:
     """Print the newest stage runs side by side: tags, key params, latest metrics."""
     from opensora_core.tracking.runs_cli import runs_compare
+    from opensora_core.tracking.store import TrackingUnreachable
 
-    runs_compare(stage=stage, last=last, tracking_uri=tracking_uri)
+    try:
+        runs_compare(stage=stage, last=last, tracking_uri=tracking_uri)
+    except TrackingUnreachable as err:
+        fail(str(err))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from opensora_core.tracking import EXPERIMENT, METRICS, PARAMS, compare_runs
+from opensora_core.tracking.store import check_store_to_read
 
 
 def _cell(value) -> str:
@@ -38,6 +39,7 @@ def runs_compare(stage: int | None = None, last: int = 5, tracking_uri: str | No
         from opensora_core.config import load_profile
 
         tracking_uri = load_profile("embedded").mlflow_tracking_uri
+    check_store_to_read(tracking_uri)  # TrackingUnreachable: a store that is not there, named
     frame = compare_runs(tracking_uri, stage=stage, last=last)
     console = Console(width=max(Console().width, 200))
     if frame.empty:

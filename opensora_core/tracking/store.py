@@ -5,13 +5,31 @@ sqlite database's artifacts, as training does) and links into the MLflow UI."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from opensora_core.tracking.comparison import EXPERIMENT
 from opensora_core.tracking.mlflow_calls import _client, _experiment_id, _run_url
 
 
 class TrackingUnreachable(ConnectionError):
-    """The tracking server does not answer."""
+    """The tracking server does not answer, or a store to read is not there."""
+
+
+def check_store_to_read(uri: str) -> None:
+    """Refuse, before any call, a store that reading would not find: an http(s) server
+    that does not answer (a short probe instead of MLflow's long retries) or a sqlite
+    database file that does not exist (MLflow would create an empty one, and a mistyped
+    path would look like a store without runs)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix):
+        path = Path(uri[len(prefix):])
+        if not path.is_file():
+            raise TrackingUnreachable(f"no MLflow database at {path} (from {uri}); check the path")
+    elif uri.startswith(("http://", "https://")):
+        try:
+            _client(uri)
+        except OSError as err:
+            raise TrackingUnreachable(f"MLflow tracking server {uri} is unreachable ({err})") from None
 
 
 @dataclass(frozen=True)

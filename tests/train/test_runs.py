@@ -101,7 +101,20 @@ def test_runs_compare_command_prints_the_table(store):
 
 
 def test_runs_compare_command_with_no_runs(tmp_path):
+    from mlflow.tracking import MlflowClient
+
     uri = f"sqlite:///{tmp_path / 'empty.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()  # an existing store with no runs
     result = CliRunner().invoke(_app(), ["compare", "--stage", "1", "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
     assert "no stage 1 runs" in result.output
+
+
+def test_runs_compare_refuses_a_store_that_is_not_there(tmp_path):
+    from opensora_core import cli
+
+    missing = tmp_path / "typo.db"
+    result = CliRunner().invoke(cli.app, ["runs", "compare", "--tracking-uri", f"sqlite:///{missing}"])
+    assert result.exit_code == 2 and "no MLflow database at" in result.output and not missing.exists()
+    result = CliRunner().invoke(cli.app, ["runs", "compare", "--tracking-uri", "http://127.0.0.1:9/"])
+    assert result.exit_code == 2 and "http://127.0.0.1:9/ is unreachable" in " ".join(result.output.split())
