@@ -103,6 +103,16 @@ def filesystem(url: str, **storage_options):
         raise ValueError(f"{url}: {err}{extra}") from None
 
 
+def _shown(setting: str) -> str:
+    """A malformed setting as it may be printed: cut at its first `=` or `:` (where a
+    value would start) when it names a credential, so a secret is never echoed."""
+    lowered = setting.lower()
+    if any(word in lowered for word in CREDENTIAL_OPTIONS):
+        cut = min((i for i in (setting.find("="), setting.find(":")) if i >= 0), default=len(setting))
+        return setting[:cut] + ("=<hidden>" if cut < len(setting) else "")
+    return setting
+
+
 def set_protocol_options(settings: list[str]) -> dict[str, dict]:
     """Apply `PROTOCOL.KEY=VALUE` settings (`s3.endpoint_url=http://127.0.0.1:9000`) to
     every filesystem of that protocol this process opens, as fsspec's `FSSPEC_<PROTOCOL>`
@@ -117,7 +127,7 @@ def set_protocol_options(settings: list[str]) -> dict[str, dict]:
         name, sep, value = setting.partition("=")
         protocol, dot, key = name.strip().partition(".")
         if not sep or not dot or not protocol or not key:
-            raise ValueError(f"storage option {setting!r}: expected PROTOCOL.KEY=VALUE, e.g. "
+            raise ValueError(f"storage option {_shown(setting)!r}: expected PROTOCOL.KEY=VALUE, e.g. "
                              "s3.endpoint_url=http://127.0.0.1:9000")
         parsed: object = value
         structured = value.lstrip().startswith(("{", "["))  # e.g. a service account's JSON as gs.token
@@ -126,7 +136,9 @@ def set_protocol_options(settings: list[str]) -> dict[str, dict]:
                 parsed = json.loads(value)
             except json.JSONDecodeError as err:
                 if structured:
-                    raise ValueError(f"storage option {name}: {value!r} is not valid JSON ({err})") from None
+                    shown = "the value" if key in CREDENTIAL_OPTIONS else repr(value)
+                    raise ValueError(f"storage option {name}: {shown} is not valid JSON ({err.msg} at "
+                                     f"character {err.pos})") from None
         applied.setdefault(protocol, {})[key] = parsed
     for protocol, options in applied.items():
         fsspec.config.conf.setdefault(protocol, {}).update(options)
