@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import ValidationError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from opensora_core.models.stdit2 import STDiT2, STDiT2Config
@@ -54,12 +56,20 @@ def load_state_dict(path: str | Path, map_location: str | torch.device = "cpu") 
         path = found
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        state = load_file(str(path), device=str(map_location))
-    elif path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    else:
+    if path.suffix not in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
         raise ValueError(f"{path}: unsupported checkpoint format {path.suffix!r} (expected .safetensors, .pt, .pth)")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path), device=str(map_location))
+        else:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only loading refuses a pickle that would build other objects (or run code).
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: refused: not a plain tensor checkpoint ({reason[:200]})") from None
+    except (SafetensorError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: not a readable {path.suffix} checkpoint ({type(err).__name__}: "
+                         f"{str(err)[:200]})") from None
     return _unwrap(state, path)
 
 

@@ -85,3 +85,37 @@ def test_unreadable_inputs_are_clear_errors(tmp_path):
     torch.save({"optimizer": {"lr": 1.0}}, tmp_path / "opt.pt")
     with pytest.raises(ValueError, match="no tensors found"):
         load_state_dict(tmp_path / "opt.pt")
+
+
+class _Payload:
+    """A pickle that would run code when loaded without weights_only."""
+
+    def __reduce__(self):
+        return (print, ("payload ran",))
+
+
+def test_random_bytes_and_pickled_objects_are_refused_as_value_errors(tmp_path, capsys):
+    (tmp_path / "random.safetensors").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 8)
+    torch.save({"weight": torch.zeros(2), "obj": _Payload()}, tmp_path / "payload.pt")
+    with pytest.raises(ValueError, match=r"random.safetensors: not a readable .safetensors checkpoint"):
+        load_state_dict(tmp_path / "random.safetensors")
+    with pytest.raises(ValueError, match=r"random.pt: (not a readable .pt checkpoint|refused)"):
+        load_state_dict(tmp_path / "random.pt")
+    with pytest.raises(ValueError, match=r"payload.pt: refused: not a plain tensor checkpoint"):
+        load_state_dict(tmp_path / "payload.pt")
+    assert "payload ran" not in capsys.readouterr().out
+
+
+def test_cli_commands_refuse_unreadable_checkpoints_with_exit_code_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from opensora_core import cli
+
+    bad = tmp_path / "random.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    convert = CliRunner().invoke(cli.app, ["model", "convert", "--from", str(bad), "--to", str(tmp_path / "o.safetensors")])
+    assert convert.exit_code == 2 and "not a readable .safetensors checkpoint" in " ".join(convert.output.split())
+    sample = CliRunner().invoke(cli.app, ["sample", "--checkpoint", str(bad), "--prompt", "a red square",
+                                          "--height", "64", "--width", "64", "--out", str(tmp_path / "s")])
+    assert sample.exit_code == 2 and "not a readable .safetensors checkpoint" in " ".join(sample.output.split())
