@@ -48,13 +48,46 @@ class CheckedInputs:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
+    """The training table, with every row's file checked: a relative `path` is read
+    from the table's folder (else, as before, from the working directory), and rows whose
+    file is in neither are refused up front, named, rather than failing a step later."""
     try:
         table = read_training_table(path, TABLE_COLUMNS, option="--data")
     except TableError as err:
         raise TrainingError(str(err)) from None
     if table.empty:
         raise TrainingError(f"--data {path}: the training table is empty")
+    table["path"] = resolve_clip_paths(table["path"], Path(path).parent, f"--data {path}")
     return table
+
+
+def _clip_file(text: str, table_folder: Path) -> str | None:
+    """The file `text` names, as the dataset should open it; the text unchanged where it
+    already names that file (cache keys of path-keyed rows stay the same)."""
+    as_given = Path(text)
+    if as_given.is_absolute():
+        return text if as_given.is_file() else None
+    in_table = table_folder / text
+    if in_table.is_file():
+        same = as_given.is_file() and as_given.resolve() == in_table.resolve()
+        return text if same else str(in_table.resolve())
+    return text if as_given.is_file() else None
+
+
+def resolve_clip_paths(paths: pd.Series, table_folder: Path, where: str) -> pd.Series:
+    """Absolute paths of the table's files; TrainingError naming the rows whose file is
+    missing (at most five shown, and how many in all)."""
+    resolved, missing = [], []
+    for row, value in enumerate(paths):
+        text = "" if pd.isna(value) else str(value)
+        found = _clip_file(text, table_folder) if text else None
+        if found is None:
+            missing.append(f"row {row + 1}: {text!r}" if text else f"row {row + 1}: empty")
+        resolved.append(found or text)
+    if missing:
+        raise TrainingError(f"{where}: {len(missing)} of {len(paths)} rows name no file (relative paths are read "
+                            f"from the table's folder {table_folder}): {'; '.join(missing[:5])}")
+    return pd.Series(resolved, index=paths.index, dtype=object)
 
 
 def _state(path: str | Path, shapes_only: bool) -> dict[str, torch.Tensor]:

@@ -97,8 +97,10 @@ def _claim_out(args: TrainArgs, checked: CheckedInputs, rank: int) -> FolderLock
             lock = FolderLock(Path(args.out), f"training {Path(args.stage).stem}").acquire()
         except FolderLocked as err:
             raise TrainingError(str(err)) from None
+        folder = StageFolder(Path(args.out))
+        folder.sweep_leftovers()  # a killed run's unfinished checkpoint and temporary files
         # Checkpoints of other inputs (table, stage config, init, seed, steps) are not resumed from.
-        StageFolder(Path(args.out)).reuse_or_reset(stage_inputs(args, checked))
+        folder.reuse_or_reset(stage_inputs(args, checked))
     if dist.is_initialized():
         dist.barrier()  # no rank lists checkpoints while rank 0 may still be clearing them
     return lock

@@ -25,6 +25,18 @@ class StageFolder:
     def export_path(self) -> Path:
         return self.out / "export" / "model.safetensors"
 
+    def sweep_leftovers(self) -> list[Path]:
+        """Remove what killed runs left: checkpoints never completed (`step-N.partial`)
+        and atomic writes' temporary files. Only under the folder's lock: then no live
+        writer owns them. Returns what was removed."""
+        leftovers = [*self.out.glob("checkpoints/step-*.partial"), *self.out.rglob(".*.tmp")]
+        for path in leftovers:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return leftovers
+
     def finished_result(self) -> dict | None:
         """result.json of a run that finished and exported, else None."""
         result = self.out / RESULT

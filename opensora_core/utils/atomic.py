@@ -1,5 +1,6 @@
-"""Atomic file writes: write beside the target under a temporary name, then rename, so
-a crash never leaves a half-written file under a final name.
+"""Atomic file writes: write beside the target under a temporary name, flush it to the
+disk, then rename, so a crash (even of the machine) never leaves a half-written file
+under a final name.
 
 `tempfile` creates files 0600 and folders 0700, and a rename keeps the mode: published
 outputs get the mode a plain `open`/`mkdir` would give them under the process umask
@@ -44,9 +45,26 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp
         if tmp.exists():
             publish_mode(tmp)
+            _fsync(tmp)  # the bytes reach the disk before the name does
         os.replace(tmp, target)
+        _fsync(target.parent)  # and the rename itself
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') writes to the disk; a file system that
+    cannot (some network mounts refuse a folder) is left as it is."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(target: str | Path, text: str) -> None:

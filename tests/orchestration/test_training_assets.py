@@ -56,6 +56,8 @@ def _tracking(tmp_path):
 
 
 def _table(tmp_path, rows):
+    for row in rows:
+        (tmp_path / row[0]).touch()  # the files the rows name exist, beside the table
     path = tmp_path / "table.parquet"
     pd.DataFrame(rows, columns=["path", "text", "num_frames", "height", "width"]).to_parquet(path)
     return path

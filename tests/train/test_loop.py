@@ -119,6 +119,9 @@ def test_bad_input_fails_before_any_work(tmp_path, training_table, test_profile)
         run(data=str(empty))
     tiny = tmp_path / "tiny.csv"
     pd.DataFrame([{"path": "a.mp4", "text": "x", "num_frames": 16, "height": 8, "width": 8}]).to_csv(tiny, index=False)
+    with pytest.raises(TrainingError, match=r"1 of 1 rows name no file .*row 1: 'a.mp4'"):
+        run(data=str(tiny))
+    (tmp_path / "a.mp4").write_bytes(b"")  # found beside the table, whatever the working directory
     with pytest.raises(TrainingError, match="fits any bucket"):
         run(data=str(tiny))
     wrong = build_stdit2("stdit2-tiny", depth=2)
@@ -341,3 +344,19 @@ def test_a_second_run_on_a_busy_stage_folder_is_refused_naming_the_holder(tmp_pa
             train_stage(args)
         assert not (out / "checkpoints").exists()
     assert train_stage(args).steps == 1  # free again once the holder lets go
+
+
+def test_a_run_sweeps_what_a_killed_run_left_in_its_folder(tmp_path, training_table, test_profile):
+    out = tmp_path / "s1"
+    args = TrainArgs(stage="tiny/stage1", data=str(training_table), out=str(out), profile=str(test_profile),
+                     max_steps=1, ckpt_every=1)
+    train_stage(args)
+    # The same inputs again: the folder's checkpoints are kept; a killed writer's leftovers are not.
+    partial = out / "checkpoints" / "step-00000002.partial"
+    partial.mkdir(parents=True)
+    (partial / "rank0.pt").write_bytes(b"half")
+    temporary = out / "export" / ".model.safetensors.abc123.tmp"
+    temporary.write_bytes(b"half")
+    result = train_stage(args)
+    assert result.steps == 1 and (out / "checkpoints" / "step-00000001").is_dir()  # resumed, not reset
+    assert not partial.exists() and not temporary.exists()
