@@ -35,6 +35,7 @@ from opensora_core.curation import scored_clips as scores_step
 from opensora_core.curation import training_dataset as dataset_step
 from opensora_core.curation.ingest import INDEX_FILE, RawFile, register_inputs
 from opensora_core.curation.scoring import SCORE_RANGES
+from opensora_core.utils.folder_lock import FolderLocked
 from orchestration.resources import CurationStorage
 
 raw_partitions = DynamicPartitionsDefinition(name="raw_videos")
@@ -210,7 +211,11 @@ def training_dataset(context: AssetExecutionContext, curation_storage: CurationS
     replaced, so their clips leave the table at the next merge."""
     out = curation_storage.out()
     keys = context.instance.get_dynamic_partitions(raw_partitions.name)
-    summary = dataset_step.training_dataset(out, keys, curation_storage.curation_config(), curation_storage.source())
+    try:
+        summary = dataset_step.training_dataset(out, keys, curation_storage.curation_config(),
+                                                curation_storage.source())
+    except FolderLocked as err:  # another merge is writing the tables
+        raise Failure(f"training_dataset: {err}") from None
     for warning in summary.warnings:
         context.log.warning(warning)
     with out.local_copy("meta.parquet") as local:

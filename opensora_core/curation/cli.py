@@ -103,6 +103,17 @@ def _print_summary(summary, out) -> None:
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
+@contextlib.contextmanager
+def _refused_while_locked():
+    """Another run writing the same output folder's tables: exit 2, naming it."""
+    from opensora_core.utils.folder_lock import FolderLocked
+
+    try:
+        yield
+    except FolderLocked as err:
+        fail(str(err))
+
+
 def _after_earlier_step(step, *args, **kwargs):
     """`step(*args, **kwargs)`; the partition's earlier step not run yet is exit 2, named."""
     try:
@@ -167,8 +178,10 @@ def filter_(input: InputOpt, out: OutOpt, config: ConfigOpt = "default", storage
     from opensora_core.curation.training_dataset import training_dataset
 
     settings, source, storage = _setup(input, out, config, storage_option)
-    _print_summary(training_dataset(storage, [f.key for f in _files(source, storage, settings, None)], settings,
-                                    source), storage)
+    with _refused_while_locked():
+        summary = training_dataset(storage, [f.key for f in _files(source, storage, settings, None)], settings,
+                                   source)
+    _print_summary(summary, storage)
 
 
 @data_app.command("curate")
@@ -179,7 +192,9 @@ def curate(input: InputOpt, out: OutOpt, config: ConfigOpt = "default",
     from opensora_core.curation.runner import curate as run
 
     settings, source, storage = _setup(input, out, config, storage_option)
-    _print_summary(run(source, storage, settings, progress=progress), storage)
+    with _refused_while_locked():
+        summary = run(source, storage, settings, progress=progress)
+    _print_summary(summary, storage)
 
 
 @data_app.command("synth")

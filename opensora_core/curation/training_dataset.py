@@ -9,6 +9,7 @@ the merge lists it in `rejected.csv`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ from opensora_core.curation.partitions import (
     step_dir,
 )
 from opensora_core.curation.storage import FileList, Storage
+from opensora_core.utils.folder_lock import FolderLock
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +268,17 @@ def training_dataset(out: Storage, keys: list[str], config: CurationConfig,
     if summary.missing:
         summary.warnings.append(f"{len(summary.missing)} partitions not scored yet: {', '.join(summary.missing[:5])}")
     _reject_all_filtered(kept, filtered, rejected)
-    _write_tables(out, kept, filtered, rejected, summary)
+    with _publish_lock(out):
+        _write_tables(out, kept, filtered, rejected, summary)
     return summary
+
+
+def _publish_lock(out: Storage):
+    """The output folder's lock while the tables are written (a local folder: two merges
+    never interleave their meta.csv / meta.parquet); an object store has no such lock."""
+    if not out.is_local:
+        return contextlib.nullcontext()
+    return FolderLock(out.root, "curation: writing the training table")
 
 
 def _scored_partitions(out: Storage, keys: list[str], source: Storage | FileList | None,

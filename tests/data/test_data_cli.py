@@ -78,3 +78,20 @@ def test_steps_out_of_order_and_a_file_as_synth_out_are_named(tmp_path):
         message = " ".join(result.output.split())
         assert result.exit_code == 2 and "has not been materialized" in message, (step, message)
         assert "opensora data raw-videos" in message
+
+
+def test_a_second_run_cannot_publish_into_a_folder_another_run_is_writing(tmp_path):
+    from opensora_core.utils.folder_lock import FolderLock
+
+    assert runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "raw"), "--videos", "1", "--images", "0"]
+                         ).exit_code == 0
+    out = tmp_path / "out"
+    with FolderLock(out, "curation: writing the training table"):
+        result = runner.invoke(app, ["data", "curate", "--input", str(tmp_path / "raw"), "--out", str(out),
+                                     "--config", "synthetic", "--no-progress"])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "is in use by another run" in message and "curation" in message, message
+    assert not (out / "meta.csv").exists()
+    again = runner.invoke(app, ["data", "curate", "--input", str(tmp_path / "raw"), "--out", str(out),
+                                "--config", "synthetic", "--no-progress"])
+    assert again.exit_code == 0 and (out / "meta.csv").is_file(), again.output
