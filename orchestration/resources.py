@@ -221,15 +221,18 @@ class EvaluationSettings(ConfigurableResource):
                     "extend_direction_accuracy", "diversity", "clip_score"] = Field(
         "prompt_following", description="Score compared with the champion's to decide promotion.")
     clip: str | None = Field(None, description="Local CLIP folder: adds clip_score (none is downloaded).")
+    promotion_floor: Literal["chance", "none"] = Field(
+        "chance", description="'chance': a score at or below chance on the prompt set is never promoted.")
 
     def round_settings(self) -> RoundSettings:
         return RoundSettings(self.out_root, self.prompts, self.seeds, self.steps, self.cfg_scale, self.metric,
-                             self.clip)
+                             self.clip, self.promotion_floor)
 
 
 def evaluation_settings_from_env(profile: ProfileConfig | None = None) -> EvaluationSettings:
     """`OPENSORA_EVAL_ROOT` (default `eval/` under the artifacts root), `OPENSORA_EVAL_PROMPTS`,
-    `OPENSORA_EVAL_SEEDS`, `OPENSORA_EVAL_STEPS`, `OPENSORA_EVAL_METRIC`, `OPENSORA_EVAL_CLIP`."""
+    `OPENSORA_EVAL_SEEDS`, `OPENSORA_EVAL_STEPS`, `OPENSORA_EVAL_METRIC`, `OPENSORA_EVAL_CLIP`,
+    `OPENSORA_EVAL_PROMOTION_FLOOR` (chance, or none)."""
     profile = profile or active_profile()
     return EvaluationSettings(
         out_root=env_or("OPENSORA_EVAL_ROOT", f"{profile.artifacts_root.rstrip('/')}/eval"),
@@ -238,6 +241,7 @@ def evaluation_settings_from_env(profile: ProfileConfig | None = None) -> Evalua
         steps=int(os.environ.get("OPENSORA_EVAL_STEPS", "20")),
         metric=os.environ.get("OPENSORA_EVAL_METRIC", "prompt_following"),
         clip=os.environ.get("OPENSORA_EVAL_CLIP") or None,
+        promotion_floor=os.environ.get("OPENSORA_EVAL_PROMOTION_FLOOR", "chance"),
     )
 
 

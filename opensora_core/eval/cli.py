@@ -41,10 +41,14 @@ def eval_command(
     model_name: Annotated[str, typer.Option(help="--register: the registered model.")] = "stdit2",
     metric: Annotated[str, typer.Option(help="--register: the score compared with the champion's.")] =
         "prompt_following",
+    promotion_floor: Annotated[str, typer.Option(
+        help="--register: 'chance' never promotes a score at or below chance on the prompt set; 'none'.")] =
+        "chance",
 ) -> None:
     """Score prompt following (colour, motion direction, CLIP score with --clip) and sample diversity of a checkpoint."""
     from opensora_core.eval.evaluate import (  # torch: not at --help
         METRICS_FILE,
+        PROMOTION_FLOORS,
         PROMOTION_METRICS,
         run_eval,
     )
@@ -55,6 +59,10 @@ def eval_command(
     if metric not in PROMOTION_METRICS:
         err_console.print(f"[bold red]error:[/] --metric {metric}: expected one of {', '.join(PROMOTION_METRICS)}",
                           highlight=False)
+        raise typer.Exit(2)
+    if promotion_floor not in PROMOTION_FLOORS:
+        err_console.print(f"[bold red]error:[/] --promotion-floor {promotion_floor}: expected one of "
+                          f"{', '.join(PROMOTION_FLOORS)}", highlight=False)
         raise typer.Exit(2)
     store = _tracking_store(profile, model_name) if register else None  # unreachable: refused before sampling
     try:
@@ -67,7 +75,7 @@ def eval_command(
     console.print(_summary_table(report))
     console.print(f"wrote {Path(out) / METRICS_FILE}")
     if store is not None:
-        _register(store, checkpoint, out, report, metric)
+        _register(store, checkpoint, out, report, metric, promotion_floor)
 
 
 def _samples_table(rows: list[dict], with_clip: bool) -> Table:
@@ -119,7 +127,7 @@ def _tracking_store(profile: str, model_name: str):
     return store
 
 
-def _register(store, checkpoint: Path, out: Path, report: dict, metric: str) -> None:
+def _register(store, checkpoint: Path, out: Path, report: dict, metric: str, promotion_floor: str) -> None:
     """Previews, the MLflow run and the registry, as the asset's round does them."""
     from opensora_core.eval.evaluate import EVAL_FPS
     from opensora_core.eval.round import record_round, write_previews
@@ -130,5 +138,6 @@ def _register(store, checkpoint: Path, out: Path, report: dict, metric: str) -> 
         raise typer.Exit(2)
     export = checkpoint / "model.safetensors" if checkpoint.is_dir() else checkpoint
     write_previews(report, Path(out), fps=EVAL_FPS)
-    summary = record_round(store, Path(out), report, export, metric, log=console.print)
+    summary = record_round(store, Path(out), report, export, metric, log=console.print,
+                           promotion_floor=promotion_floor)
     console.print(f"registered: {summary['decision']}; MLflow run {summary['mlflow_eval_run']}", highlight=False)

@@ -20,6 +20,8 @@ from opensora_core.eval.conditioning import (
 from opensora_core.utils.atomic import write_text_atomic
 
 DEFAULT_PROMPT_SET = "default"
+# What a round's score must beat, besides the champion's, to be promoted.
+PROMOTION_FLOORS = ("chance", "none")
 # The scores a round can promote on (`clip_score` only with a CLIP folder).
 PROMOTION_METRICS = ("prompt_following", "color_accuracy", "direction_accuracy", "i2v_direction_accuracy",
                      "extend_direction_accuracy", "diversity", "clip_score")
@@ -160,6 +162,20 @@ def _add_clip_scores(scorer, videos: list, prompts: list[str], details: list[dic
     for row, value in zip(details, scores):
         row["clip_score"] = value
     metrics["clip_score"] = sum(scores) / len(scores)
+
+
+def chance_level(metric: str, metrics: dict) -> float | None:
+    """What guessing scores on `metric`: one colour of `COLORS`, one direction of
+    `DIRECTIONS`, and for `prompt_following` the mean over the accuracies it averages;
+    None for scores with no chance level (diversity, CLIP score)."""
+    from opensora_core.data.synthetic import COLORS, DIRECTIONS
+
+    chance = {"color_accuracy": 1 / len(COLORS), "direction_accuracy": 1 / len(DIRECTIONS),
+              "i2v_direction_accuracy": 1 / len(DIRECTIONS), "extend_direction_accuracy": 1 / len(DIRECTIONS)}
+    if metric == "prompt_following":
+        measured = [chance[k] for k in chance if k in metrics and not math.isnan(metrics[k])]
+        return sum(measured) / len(measured) if measured else None
+    return chance.get(metric)
 
 
 def prompt_following(metrics: dict) -> float:

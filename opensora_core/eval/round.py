@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from opensora_core.data.video_io import read_frames
-from opensora_core.eval.evaluate import EVAL_FPS, METRICS_FILE, load_prompts, run_eval
+from opensora_core.eval.evaluate import EVAL_FPS, METRICS_FILE, chance_level, load_prompts, run_eval
 from opensora_core.tracking.registry import promote_if_better
 from opensora_core.tracking.store import TrackingStore
 from opensora_core.utils.atomic import atomic_path, write_text_atomic
@@ -49,6 +49,7 @@ class RoundSettings:
     cfg_scale: float = 7.0
     metric: str = "prompt_following"  # the score compared with the champion's
     clip: str | None = None
+    promotion_floor: str = "chance"  # "chance": never promote at or below chance; "none"
 
 
 @dataclass
@@ -122,7 +123,8 @@ def round_inputs(export: Path, settings: RoundSettings, profile: str) -> dict:
     return {"export_sha256": file_sha256(export),
             "text_encoder_sha256": file_sha256(text_encoder) if text_encoder.is_file() else None,
             "prompts": load_prompts(settings.prompts), "seeds": settings.seeds, "steps": settings.steps,
-            "cfg_scale": settings.cfg_scale, "metric": settings.metric, "profile": profile, "clip": settings.clip}
+            "cfg_scale": settings.cfg_scale, "metric": settings.metric, "profile": profile, "clip": settings.clip,
+            "promotion_floor": settings.promotion_floor}
 
 
 def evaluate_into(export: Path, folder: Path, settings: RoundSettings, profile: str) -> dict:
@@ -191,9 +193,10 @@ def _number(value) -> float:
 
 def record_round(store: TrackingStore, folder: Path, report: dict, export: Path, metric: str,
                  training_run: str | None = None, evaluated: str = "",
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print, promotion_floor: str = "chance") -> dict:
     """Log the round to MLflow, register the export as a new model version and promote
-    it when its `metric` beats the champion's; the round's summary."""
+    it when its `metric` beats the champion's (and, with `promotion_floor` "chance",
+    chance on the prompt set); the round's summary."""
     metrics = report["metrics"]
     eval_run, eval_url, source_run = log_evaluation(store, folder, report, export, training_run, evaluated)
     summary = {**{name: _number(metrics[name]) for name in (*SCORES, *(k for k in OPTIONAL_SCORES if k in metrics))},
@@ -203,13 +206,17 @@ def record_round(store: TrackingStore, folder: Path, report: dict, export: Path,
     if score is None or math.isnan(float(score)):
         log(f"{metric} is undefined for this round: nothing registered or promoted")
         return {**summary, "decision": f"not registered: {metric} undefined"}
-    outcome = promote_if_better(store.tracking_uri, store.model_name, source_run, "export", score, metric)
+    floor = None if promotion_floor == "none" else \
+        chance_level(metric, {k: float("nan") if v is None else v for k, v in metrics.items()})
+    outcome = promote_if_better(store.tracking_uri, store.model_name, source_run, "export", score, metric, floor)
     client = store.client()
     client.set_tag(eval_run, "promotion.decision", outcome["decision"])
     client.set_tag(eval_run, "model_version", str(outcome["new_version"]))
     before = ("no champion before" if outcome["champion_version"] is None else
               f"champion before: v{outcome['champion_version']}, score {outcome['champion_score']}")
-    log(f"{store.model_name} v{outcome['new_version']} ({metric} {score:.3f}): {outcome['decision']} ({before})")
+    floor_text = "" if floor is None else f", chance {floor:.3f}"
+    log(f"{store.model_name} v{outcome['new_version']} ({metric} {score:.3f}{floor_text}): {outcome['decision']} "
+        f"({before})")
     none = "none"
     return {**summary, "decision": outcome["decision"], "model_version": outcome["new_version"],
             "score": float(score),
@@ -243,7 +250,8 @@ def eval_samples(export: Path, settings: RoundSettings, profile: str, store: Tra
     folder = root / round_id
     report = evaluate_into(export, folder, settings, profile)
     log(f"evaluation of {export}: " + ", ".join(f"{k}={v}" for k, v in report["metrics"].items()))
-    summary = record_round(store, folder, report, export, settings.metric, training_run, evaluated, log)
+    summary = record_round(store, folder, report, export, settings.metric, training_run, evaluated, log,
+                           settings.promotion_floor)
     write_text_atomic(latest, json.dumps({"inputs": inputs, "folder": str(folder), "metadata": summary},
                                          indent=2, sort_keys=True) + "\n")
     return RoundOutcome(folder, summary)

@@ -41,13 +41,15 @@ def promote_if_better(
     artifact_path_or_model_uri: str = "export",
     score: float = float("nan"),
     metric: str = "color_accuracy",
+    floor: float | None = None,
 ) -> dict:
     """Register a new version from `run_id`'s artifact (by default the stage's `export/`
     folder: weights, config and a trained text encoder), tag it with `score`, and move
     `champion` to it when there is no champion yet or `score` is strictly higher than
     the champion's. Returns `decision` ("promoted" or "kept"), `new_version`,
     `new_score`, `champion_version` and `champion_score` (the champion before this
-    call; None when there was none)."""
+    call; None when there was none). With `floor` (e.g. chance on the prompt set), a
+    score not above it is never promoted, even with no champion: decision "below floor"."""
     from mlflow.exceptions import MlflowException
 
     if run_id is None:
@@ -75,13 +77,14 @@ def promote_if_better(
     version = client.create_model_version(model_name, source, run_id=run_id,
                                           tags={score_tag(metric): repr(score), "eval.metric": metric})
     new_version = int(version.version)
-    better = champion is None or champion_score is None or score > champion_score
+    above_floor = floor is None or score > floor
+    better = above_floor and (champion is None or champion_score is None or score > champion_score)
     if better:
         client.set_registered_model_alias(model_name, CHAMPION, str(new_version))
         decision = "promoted"
     else:
         client.set_registered_model_alias(model_name, CHALLENGER, str(new_version))
-        decision = "kept"
+        decision = "kept" if above_floor else "below floor"
     client.set_model_version_tag(model_name, str(new_version), "promotion.decision", decision)
     return {
         "decision": decision,
@@ -91,6 +94,7 @@ def promote_if_better(
         "champion_score": champion_score,
         "metric": metric,
         "source": source,
+        "floor": floor,
     }
 
 

@@ -49,3 +49,22 @@ def test_equal_score_does_not_promote_and_nan_is_refused(tracking):
     assert promote_if_better(uri, "stdit2", new_run(), "export/model.safetensors", 0.5)["decision"] == "kept"
     with pytest.raises(ValueError):
         promote_if_better(uri, "stdit2", new_run(), "export/model.safetensors", float("nan"))
+
+
+def test_a_score_at_chance_is_never_promoted_even_without_a_champion(tracking):
+    from opensora_core.eval.evaluate import chance_level
+
+    uri, client, new_run = tracking
+    floor = chance_level("color_accuracy", {"color_accuracy": 0.1})
+    assert floor == pytest.approx(1 / 7)
+    first = promote_if_better(uri, "stdit2", new_run(), "export/model.safetensors", 0.1, floor=floor)
+    assert first["decision"] == "below floor" and first["champion_version"] is None
+    assert int(client.get_model_version_by_alias("stdit2", "challenger").version) == 1
+    with pytest.raises(Exception, match="champion"):
+        client.get_model_version_by_alias("stdit2", "champion")
+    second = promote_if_better(uri, "stdit2", new_run(), "export/model.safetensors", 0.5, floor=floor)
+    assert second["decision"] == "promoted"
+    # prompt_following's chance is the mean over the accuracies it averages
+    measured = {"color_accuracy": 0.9, "direction_accuracy": 0.9, "i2v_direction_accuracy": float("nan")}
+    assert chance_level("prompt_following", measured) == pytest.approx((1 / 7 + 1 / 4) / 2)
+    assert chance_level("diversity", measured) is None
