@@ -34,6 +34,23 @@ def _source(client, run_id: str, artifact_path_or_model_uri: str) -> str:
     return f"{base}/{artifact_path_or_model_uri.lstrip('/')}"
 
 
+def _current_champion(client, model_name: str, metric: str) -> tuple[object | None, int | None, float | None]:
+    """(the champion version, its number, its `metric` score) of `model_name`, created
+    empty when it is not registered yet; Nones where there is no champion or score."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException:
+        client.create_registered_model(model_name, description="STDiT-2 text-to-video exports")
+    try:
+        champion = client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None, None, None
+    raw = (champion.tags or {}).get(score_tag(metric))
+    return champion, int(champion.version), float(raw) if raw is not None else None
+
+
 def promote_if_better(
     tracking_uri: str,
     model_name: str = DEFAULT_MODEL_NAME,
@@ -50,7 +67,6 @@ def promote_if_better(
     `new_score`, `champion_version` and `champion_score` (the champion before this
     call; None when there was none). With `floor` (e.g. chance on the prompt set), a
     score not above it is never promoted, even with no champion: decision "below floor"."""
-    from mlflow.exceptions import MlflowException
 
     if run_id is None:
         raise ValueError("run_id is required")
@@ -58,20 +74,7 @@ def promote_if_better(
     if math.isnan(score):
         raise ValueError(f"cannot promote on a NaN {metric}")
     client = _client(tracking_uri, registry=True)
-    try:
-        client.get_registered_model(model_name)
-    except MlflowException:
-        client.create_registered_model(model_name, description="STDiT-2 text-to-video exports")
-
-    champion_version = champion_score = None
-    try:
-        champion = client.get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
-        champion = None
-    if champion is not None:
-        champion_version = int(champion.version)
-        raw = (champion.tags or {}).get(score_tag(metric))
-        champion_score = float(raw) if raw is not None else None
+    champion, champion_version, champion_score = _current_champion(client, model_name, metric)
 
     source = _source(client, run_id, artifact_path_or_model_uri)
     version = client.create_model_version(model_name, source, run_id=run_id,
