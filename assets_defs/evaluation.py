@@ -12,6 +12,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataV
 
 from assets_defs.training import stdit2_stage3
 from opensora_core.eval import round as eval_round
+from opensora_core.tracking.store import TrackingUnreachable
 from orchestration.resources import EvaluationSettings, MlflowTracking, TrainingSettings
 
 EVALUATED_STAGE = 3  # the newest stage: eval_samples follows stdit2_stage3
@@ -50,12 +51,11 @@ def eval_samples(context: AssetExecutionContext, training_settings: TrainingSett
     if not export.is_file():
         raise Failure(f"eval_samples: no export of stage {EVALUATED_STAGE} at {export}; "
                       f"materialize stdit2_stage{EVALUATED_STAGE} first")
-    mlflow_tracking.client()  # an unreachable tracking server fails as a Dagster Failure, before any sampling
-    try:
+    try:  # an unreachable tracking server fails here, before any sampling
         outcome = eval_round.eval_samples(
             export, evaluation_settings.round_settings(), training_settings.profile, mlflow_tracking.store(),
             context.run.run_id, _training_run_id(training_settings), str(EVALUATED_STAGE), context.log.info)
-    except eval_round.EvaluationError as err:
+    except (eval_round.EvaluationError, TrackingUnreachable) as err:
         raise Failure(f"eval_samples: {err}") from None
     return MaterializeResult(metadata=_dagster_metadata(outcome.summary, outcome.folder))
 

@@ -22,6 +22,7 @@ from torchx.runner import get_runner
 from opensora_core.config import ProfileConfig, load_profile, project_root
 from opensora_core.curation.config import CurationConfig, load_curation_config
 from opensora_core.curation.storage import FileList, Storage, open_source
+from opensora_core.eval.evaluate import PROMOTION_FLOORS, PROMOTION_METRICS
 from opensora_core.eval.round import RoundSettings
 from opensora_core.tracking.store import TrackingStore, TrackingUnreachable
 from orchestration.launch.components import DEFAULT_IMAGE
@@ -217,11 +218,10 @@ class EvaluationSettings(ConfigurableResource):
     seeds: int = Field(2, ge=1, description="Samples per prompt (seeds 0..N-1).")
     steps: int = Field(20, ge=1, description="DPM-Solver++ steps per sample.")
     cfg_scale: float = Field(7.0, description="Classifier-free guidance scale.")
-    metric: Literal["prompt_following", "color_accuracy", "direction_accuracy", "i2v_direction_accuracy",
-                    "extend_direction_accuracy", "diversity", "clip_score"] = Field(
+    metric: Literal[PROMOTION_METRICS] = Field(
         "prompt_following", description="Score compared with the champion's to decide promotion.")
     clip: str | None = Field(None, description="Local CLIP folder: adds clip_score (none is downloaded).")
-    promotion_floor: Literal["chance", "none"] = Field(
+    promotion_floor: Literal[PROMOTION_FLOORS] = Field(
         "chance", description="'chance': a score at or below chance on the prompt set is never promoted.")
 
     def round_settings(self) -> RoundSettings:

@@ -91,6 +91,13 @@ def test_only_the_cli_reaches_the_benchmarks_above_the_core():
     assert not found, "\n".join(found)
 
 
+def test_only_the_tracking_package_imports_mlflow():
+    found = [f"{path.relative_to(CORE.parent)}:{line}: {module}" for path in sorted(CORE.rglob("*.py"))
+             if path.relative_to(CORE).parts[0] != "tracking"
+             for line, module in _imports(path) if module.split(".")[0] == "mlflow"]
+    assert not found, "\n".join(found)
+
+
 def _module_graph() -> dict[str, set[str]]:
     """Module -> the core modules it imports (`from package import module` resolved)."""
     modules = {".".join(p.relative_to(CORE.parent).with_suffix("").parts).removesuffix(".__init__"): p

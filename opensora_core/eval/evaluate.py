@@ -167,13 +167,14 @@ def _add_clip_scores(scorer, videos: list, prompts: list[str], details: list[dic
 def chance_level(metric: str, metrics: dict) -> float | None:
     """What guessing scores on `metric`: one colour of `COLORS`, one direction of
     `DIRECTIONS`, and for `prompt_following` the mean over the accuracies it averages;
-    None for scores with no chance level (diversity, CLIP score)."""
+    None for scores with no chance level (diversity, CLIP score). An accuracy that is
+    None or NaN in `metrics` was not measured."""
     from opensora_core.data.synthetic import COLORS, DIRECTIONS
 
     chance = {"color_accuracy": 1 / len(COLORS), "direction_accuracy": 1 / len(DIRECTIONS),
               "i2v_direction_accuracy": 1 / len(DIRECTIONS), "extend_direction_accuracy": 1 / len(DIRECTIONS)}
     if metric == "prompt_following":
-        measured = [chance[k] for k in chance if k in metrics and not math.isnan(metrics[k])]
+        measured = [chance[k] for k in chance if metrics.get(k) is not None and not math.isnan(metrics[k])]
         return sum(measured) / len(measured) if measured else None
     return chance.get(metric)
 

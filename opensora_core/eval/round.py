@@ -149,11 +149,10 @@ def evaluate_into(export: Path, folder: Path, settings: RoundSettings, profile: 
 # 3. MLflow: the evaluation run, and the registry
 
 
-def log_evaluation(store: TrackingStore, folder: Path, report: dict, export: Path,
+def log_evaluation(store: TrackingStore, client, folder: Path, report: dict, export: Path,
                    training_run: str | None, evaluated: str = "") -> tuple[str, str, str]:
-    """Log the round as an MLflow run; return (eval run id, its URL, the run whose
-    `export/` artifact the model version is registered from)."""
-    client = store.client()
+    """Log the round as an MLflow run through `client` (of `store`); return (eval run id,
+    its URL, the run whose `export/` artifact the model version is registered from)."""
     experiment = store.experiment_id(client)
     tags = {"stage": "eval", "evaluated_stage": evaluated, "mlflow.runName": "eval"}
     source_run = None
@@ -198,7 +197,8 @@ def record_round(store: TrackingStore, folder: Path, report: dict, export: Path,
     it when its `metric` beats the champion's (and, with `promotion_floor` "chance",
     chance on the prompt set); the round's summary."""
     metrics = report["metrics"]
-    eval_run, eval_url, source_run = log_evaluation(store, folder, report, export, training_run, evaluated)
+    client = store.client()
+    eval_run, eval_url, source_run = log_evaluation(store, client, folder, report, export, training_run, evaluated)
     summary = {**{name: _number(metrics[name]) for name in (*SCORES, *(k for k in OPTIONAL_SCORES if k in metrics))},
                "samples": len(report["samples"]), "checkpoint": str(export), "metric": metric,
                "mlflow_eval_run": eval_url}
@@ -206,10 +206,8 @@ def record_round(store: TrackingStore, folder: Path, report: dict, export: Path,
     if score is None or math.isnan(float(score)):
         log(f"{metric} is undefined for this round: nothing registered or promoted")
         return {**summary, "decision": f"not registered: {metric} undefined"}
-    floor = None if promotion_floor == "none" else \
-        chance_level(metric, {k: float("nan") if v is None else v for k, v in metrics.items()})
+    floor = None if promotion_floor == "none" else chance_level(metric, metrics)
     outcome = promote_if_better(store.tracking_uri, store.model_name, source_run, "export", score, metric, floor)
-    client = store.client()
     client.set_tag(eval_run, "promotion.decision", outcome["decision"])
     client.set_tag(eval_run, "model_version", str(outcome["new_version"]))
     before = ("no champion before" if outcome["champion_version"] is None else

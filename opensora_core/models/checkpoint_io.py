@@ -47,6 +47,8 @@ def load_stdit2(
 
 
 def load_state_dict(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors; with `map_location="meta"`, names and shapes only (a
+    safetensors file is not read beyond its header)."""
     path = Path(path)
     if path.is_dir():
         candidates = [path / "model.safetensors", path / "ema.pt", path / "model.pt"]
@@ -59,7 +61,10 @@ def load_state_dict(path: str | Path, map_location: str | torch.device = "cpu") 
     if path.suffix not in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
         raise ValueError(f"{path}: unsupported checkpoint format {path.suffix!r} (expected .safetensors, .pt, .pth)")
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix == ".safetensors" and str(map_location) == "meta":
+            with safe_open(str(path), framework="pt") as handle:
+                state = {k: torch.empty(handle.get_slice(k).get_shape(), device="meta") for k in handle.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        elif path.suffix == ".safetensors":
             state = load_file(str(path), device=str(map_location))
         else:
             state = torch.load(path, map_location=map_location, weights_only=True)

@@ -58,7 +58,7 @@ class SDKLAutoencoder(VideoAutoencoder):
         self.source = source
         cfg = model.config
         self.latent_channels = int(cfg.latent_channels)
-        # Each level but the last halves the resolution: 8x for the 4-level SD VAE.
+        # Each level but the last halves the resolution.
         self.spatial_downsample = 2 ** (len(cfg.block_out_channels) - 1)
         self._digest: str | None = None
         self.eval()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from opensora_core.tracking.comparison import EXPERIMENT
-from opensora_core.tracking.mlflow_calls import _client, _experiment_id, _run_url
+from opensora_core.tracking.mlflow_calls import _client, _experiment_id, _probe, _run_url
 
 
 class TrackingUnreachable(ConnectionError):
@@ -27,7 +27,7 @@ def check_store_to_read(uri: str) -> None:
             raise TrackingUnreachable(f"no MLflow database at {path} (from {uri}); check the path")
     elif uri.startswith(("http://", "https://")):
         try:
-            _client(uri)
+            _probe(uri)
         except OSError as err:
             raise TrackingUnreachable(f"MLflow tracking server {uri} is unreachable ({err})") from None
 

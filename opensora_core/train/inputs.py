@@ -90,24 +90,12 @@ def resolve_clip_paths(paths: pd.Series, table_folder: Path, where: str) -> pd.S
     return pd.Series(resolved, index=paths.index, dtype=object)
 
 
-def _state(path: str | Path, shapes_only: bool) -> dict[str, torch.Tensor]:
-    """The weights; with `shapes_only`, names and shapes as meta tensors (a safetensors
-    file is not read beyond its header)."""
-    path = Path(path)
-    if shapes_only and path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            return {k: torch.empty(handle.get_slice(k).get_shape(), device="meta") for k in handle.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    return load_state_dict(path, map_location="meta" if shapes_only else "cpu")
-
-
 def check_init(path: str | Path, preset_config: STDiT2Config, seed: int = 0,
                shapes_only: bool = False) -> dict[str, torch.Tensor]:
     """The `--init` weights, verified against the stage's model (names and shapes). A
     PixArt-alpha image checkpoint is converted first (stage 0)."""
     try:
-        state = _state(path, shapes_only)
+        state = load_state_dict(path, map_location="meta" if shapes_only else "cpu")
     except (OSError, ValueError, RuntimeError) as err:
         raise TrainingError(f"--init {path}: cannot read it: {err}") from None
     if looks_like_pixart(state):
