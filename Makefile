@@ -21,7 +21,7 @@ demo ui: export OPENSORA_DATA_CONFIG := $(OPENSORA_DATA_CONFIG)
 demo ui: export OPENSORA_TRAIN_STAGES := $(OPENSORA_TRAIN_STAGES)
 demo ui: export OPENSORA_STAGES := $(OPENSORA_STAGES)
 
-.PHONY: setup demo test bench ui clean
+.PHONY: setup demo test test-floors bench ui clean
 
 setup: $(VENV)/.installed $(VENV_DVC)/.installed
 
@@ -45,6 +45,20 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The declared lower bounds, installed and tested (not part of `make test`): uv resolves
+# each direct dependency to the lowest version pyproject.toml allows, .ci/check_floors.py
+# fails if one came out above its floor, then the fast tests run in that environment.
+VENV_FLOORS := .venv-floors
+FLOORS_EXTRAS := dev,k8s,ocr,s3
+test-floors:
+	test -x $(VENV_FLOORS)/bin/python || $(PYTHON) -m venv $(VENV_FLOORS)
+	$(VENV_FLOORS)/bin/pip install --quiet --upgrade pip uv
+	$(VENV_FLOORS)/bin/pip install --quiet torch==2.13.0
+	$(VENV_FLOORS)/bin/uv pip install --quiet --python $(VENV_FLOORS)/bin/python --resolution lowest-direct \
+		-e ".[$(FLOORS_EXTRAS)]"
+	$(VENV_FLOORS)/bin/python .ci/check_floors.py $(FLOORS_EXTRAS)
+	$(VENV_FLOORS)/bin/python -m pytest -q -m "not slow"
+
 # The training-step benchmark, tiny and reference setups (bench/model_step.py, the same as
 # `opensora bench model`); every benchmark: README's Benchmark section.
 bench: setup
@@ -61,4 +75,4 @@ ui: setup
 	DAGSTER_HOME=$(CURDIR)/.dagster $(BIN)/dagster dev -m orchestration.definitions -h $(HOST) -p $(DAGSTER_PORT)
 
 clean:
-	rm -rf $(VENV) $(VENV_DVC) outputs .pytest_cache data artifacts runs .dagster mlruns.db mlartifacts
+	rm -rf $(VENV) $(VENV_DVC) $(VENV_FLOORS) outputs .pytest_cache data artifacts runs .dagster mlruns.db mlartifacts
