@@ -32,7 +32,16 @@ from typing import Any
 from torchx.schedulers import slurm_scheduler as torchx_slurm
 from torchx.schedulers.api import DescribeAppResponse, Stream, filter_regex, split_lines_iterator
 from torchx.schedulers.local_scheduler import LogIterator
-from torchx.specs import AppDef, AppDryRunInfo, AppState, ReplicaStatus, Role, RoleStatus, macros, runopts
+from torchx.specs import (
+    AppDef,
+    AppDryRunInfo,
+    AppState,
+    ReplicaStatus,
+    Role,
+    RoleStatus,
+    macros,
+    runopts,
+)
 
 # Every state `squeue --format=%T` and `sacct` print (Slurm 22.05's job_state_string).
 SLURM_STATES: dict[str, AppState] = {
@@ -139,7 +148,7 @@ class SlurmScheduler(torchx_slurm.SlurmScheduler):
 
     def describe(self, app_id: str) -> DescribeAppResponse | None:
         queued = subprocess.run(["squeue", "--noheader", "--states=all", f"--jobs={app_id}", "--format=%i|%j|%T"],
-                                capture_output=True, text=True)
+                                capture_output=True, text=True, check=False)
         if queued.returncode == 0:
             rows = [dict(zip(("JobID", "JobName", "State"), line.split("|", 2), strict=True))
                     for line in queued.stdout.splitlines() if line.count("|") >= 2]
@@ -150,7 +159,7 @@ class SlurmScheduler(torchx_slurm.SlurmScheduler):
             raise RuntimeError(f"squeue failed (exit {queued.returncode}): {queued.stderr.strip()}")
         # The controller has forgotten the job (MinJobAge): only accounting still knows it.
         past = subprocess.run(["sacct", "--parsable2", "--format=JobID,JobName,State", "-j", app_id],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if past.returncode != 0:
             if ACCOUNTING_DISABLED in past.stderr.lower():
                 return None

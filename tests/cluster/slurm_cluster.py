@@ -138,13 +138,13 @@ class SlurmCluster:
         self._wait(self._node_idle, timeout, f"node {self.node} idle in sinfo")
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        out = open(self.root / "log" / f"{name}.stdout", "wb")  # noqa: SIM115 - kept by the process
-        self.processes[name] = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(self.root / "log" / f"{name}.stdout", "wb") as out:  # the daemon keeps its own copy
+            self.processes[name] = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                                    stdin=subprocess.DEVNULL, start_new_session=True)
 
     def _node_idle(self) -> bool:
         p = subprocess.run([_program("sinfo"), "--noheader", "--format=%t", "--nodes", self.node],
-                           env=dict(os.environ, **self.env()), capture_output=True, text=True)
+                           env=dict(os.environ, **self.env()), capture_output=True, text=True, check=False)
         return p.returncode == 0 and p.stdout.strip() == "idle"
 
     def _wait(self, ready, timeout: float, what: str) -> None:
@@ -169,7 +169,7 @@ class SlurmCluster:
         """Stop the daemons (by the PIDs started here), jobs first."""
         if "slurmctld" in self.processes and self.processes["slurmctld"].poll() is None:
             subprocess.run([_program("scancel"), "--full", "--quiet", "--user", "root"],
-                           env=dict(os.environ, **self.env()), capture_output=True)
+                           env=dict(os.environ, **self.env()), capture_output=True, check=False)
         for name in reversed(list(self.processes)):
             p = self.processes[name]
             if p.poll() is None:

@@ -24,7 +24,13 @@ from opensora_core.config import find_config, load_profile
 from opensora_core.data.synthetic import moving_square_clip
 from opensora_core.data.video_io import write_image
 from orchestration.launch.slurm import SlurmScheduler
-from orchestration.resources import CacheSettings, CurationStorage, MlflowTracking, TorchXLauncher, TrainingSettings
+from orchestration.resources import (
+    CacheSettings,
+    CurationStorage,
+    MlflowTracking,
+    TorchXLauncher,
+    TrainingSettings,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -137,10 +143,20 @@ def test_stage_runs_as_a_slurm_job_and_resumes_after_scancel(slurm_cluster, tmp_
     assert cancelled, "the job ended before its first checkpoint was seen"
     assert not interrupted.success
     assert f"slurm://torchx/{cancelled[0]} ended CANCELLED" in str(interrupted.all_events)
+    assert _squeue("--states=all", f"--jobs={cancelled[0]}", "--format=%T") == ["CANCELLED"]
     assert not (killed / "train" / "stage0" / "export").exists()
+    first = killed / "train" / "stage0" / "checkpoints" / "step-00000002"
+    kept = first.stat().st_ino
 
     resumed = materialize([stdit2_stage0], resources=resources)
-    assert resumed.asset_materializations_for_node("stdit2_stage0")[0].metadata["steps"].value == STEPS
+    metadata = resumed.asset_materializations_for_node("stdit2_stage0")[0].metadata
+    assert metadata["steps"].value == STEPS
+    # Resumed, not retrained: the cancelled job's checkpoint is the same directory, and
+    # the new job's progress starts at step 2.
+    assert first.stat().st_ino == kept
+    job = metadata["torchx_app"].value.rsplit("/", 1)[1]
+    log = (killed / "logs" / "slurm" / f"slurm-{job}-trainer-0.err").read_text(errors="replace")
+    assert f"| 2/{STEPS} [" in log and f"| 1/{STEPS} [" not in log
     a = load_file(str(stage / "export" / "model.safetensors"))
     b = load_file(str(killed / "train" / "stage0" / "export" / "model.safetensors"))
     assert a.keys() == b.keys()
