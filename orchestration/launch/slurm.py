@@ -16,6 +16,8 @@ fail its assertion. Here:
   folder rather than in the submitting process's working directory.
 - an environment value with a comma is refused before submission: `srun --export`
   separates variables with commas and would cut it.
+- following a log asks for the job's state once a second, not TorchX's ten times
+  (each is an RPC to the controller).
 
 `orchestration/resources.py:torchx_runner` hands this class to TorchX for `slurm`.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
+import time
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -175,8 +178,21 @@ class SlurmScheduler(torchx_slurm.SlurmScheduler):
             raise ValueError("slurm keeps stdout and stderr apart: ask for one of them")
         extension = "out" if streams == Stream.STDOUT else "err"
         path = os.path.join(self._log_dirs[app_id], f"slurm-{app_id}-{role_name}-{k}.{extension}")
-        lines = split_lines_iterator(LogIterator(app_id, path, self, should_tail=should_tail))
+        lines = split_lines_iterator(_ThrottledLogIterator(app_id, path, self, should_tail=should_tail))
         return filter_regex(regex, lines) if regex else lines
+
+
+class _ThrottledLogIterator(LogIterator):
+    """TorchX's log iterator, asking whether the job has ended at most every `poll_s`."""
+
+    poll_s = 1.0
+    _next_check = 0.0
+
+    def _check_finished(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + self.poll_s
+            super()._check_finished()
 
 
 def create_scheduler(session_name: str, **kwargs: Any) -> SlurmScheduler:
