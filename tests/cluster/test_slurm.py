@@ -28,8 +28,8 @@ from orchestration.resources import (
     CacheSettings,
     CurationStorage,
     MlflowTracking,
-    TorchXLauncher,
     TrainingSettings,
+    torchx_launcher_from_env,
 )
 
 pytestmark = pytest.mark.slurm
@@ -77,7 +77,8 @@ def _resources(folder: Path, curated: Path, stage_config: str, profile: Path, np
             "training_settings": TrainingSettings(profile=str(profile), stages=[stage_config],
                                                   out_root=str(folder / "train"), nproc_per_node=nproc,
                                                   cpu_per_node=2, mem_mb_per_node=2048),
-            "torchx_launcher": TorchXLauncher(scheduler="slurm", log_dir=str(folder / "logs"), wait_interval_s=0.5),
+            # As Dagster's definitions build it: the scheduler is the profile's.
+            "torchx_launcher": torchx_launcher_from_env(load_profile(str(profile))),
             "mlflow_tracking": MlflowTracking(tracking_uri=load_profile(str(profile)).mlflow_tracking_uri)}
 
 
@@ -130,7 +131,8 @@ def test_stage_runs_as_a_slurm_job_and_resumes_after_scancel(slurm_cluster, tmp_
         "__0_0.distcp", "__1_0.distcp"]
     assert Path(metadata["checkpoint"].value) == stage / "export" / "model.safetensors"
     # The replica's log is where the launcher put it, not in the working directory.
-    assert list((straight / "logs" / "slurm").glob(f"slurm-{job}-trainer-0.err"))
+    assert (straight / "artifacts" / "torchx" / "slurm" / f"slurm-{job}-trainer-0.err").is_file()
+    assert not list(Path.cwd().glob(f"slurm-{job}*"))
 
     killed = tmp_path / "killed"
     killed.mkdir()
@@ -155,7 +157,7 @@ def test_stage_runs_as_a_slurm_job_and_resumes_after_scancel(slurm_cluster, tmp_
     # the new job's progress starts at step 2.
     assert first.stat().st_ino == kept
     job = metadata["torchx_app"].value.rsplit("/", 1)[1]
-    log = (killed / "logs" / "slurm" / f"slurm-{job}-trainer-0.err").read_text(errors="replace")
+    log = (killed / "artifacts" / "torchx" / "slurm" / f"slurm-{job}-trainer-0.err").read_text(errors="replace")
     assert f"| 2/{STEPS} [" in log and f"| 1/{STEPS} [" not in log
     a = load_file(str(stage / "export" / "model.safetensors"))
     b = load_file(str(killed / "train" / "stage0" / "export" / "model.safetensors"))
