@@ -17,7 +17,8 @@ import torchx.runner.config as torchx_config
 from dagster import ConfigurableResource, EnvVar, Failure, MetadataValue
 from pydantic import Field
 from torchx import specs
-from torchx.runner import get_runner
+from torchx.runner import Runner
+from torchx.schedulers import get_scheduler_factories
 
 from opensora_core.config import ProfileConfig, load_profile, project_root
 from opensora_core.curation.config import CurationConfig, load_curation_config
@@ -27,6 +28,7 @@ from opensora_core.eval.round import RoundSettings
 from opensora_core.tracking.store import TrackingStore, TrackingUnreachable
 from orchestration.launch.components import DEFAULT_IMAGE
 from orchestration.launch.pipes import run_with_pipes
+from orchestration.launch.slurm import create_scheduler as create_slurm_scheduler
 
 # The folder holding opensora_core/ and orchestration/: what a local job must import.
 _CHECKOUT = str(Path(__file__).resolve().parents[1])
@@ -260,26 +262,30 @@ class TorchXLauncher(ConfigurableResource):
 
     scheduler: Literal["local_cwd", "kubernetes", "slurm"] = Field("local_cwd", description="TorchX scheduler.")
     scheduler_cfg: dict[str, Any] = Field(default_factory=dict, description="Scheduler run options (torchx runopts).")
-    log_dir: str = Field(description="local_cwd: replica logs go to <log_dir>/torchx/<app_id>/<role>/<replica>/.")
+    log_dir: str = Field(description="Replica logs: local_cwd <log_dir>/torchx/<app_id>/<role>/<replica>/, "
+                                     "slurm <log_dir>/slurm/slurm-<jobid>-<role>-<replica>.out/.err.")
     config_dir: str | None = Field(None, description="Folder whose .torchxconfig supplies options not set here.")
     wait_interval_s: float = Field(1.0, gt=0, description="Seconds between status polls.")
     log_tail_lines: int = Field(60, ge=1, description="Log lines per failing replica in the error.")
 
     def python(self) -> str:
-        """The interpreter jobs run: this one on local_cwd, the image's or host's `python` elsewhere."""
-        return sys.executable if self.scheduler == "local_cwd" else "python"
+        """The interpreter jobs run: this one on local_cwd and slurm (whose nodes share the
+        project folder and its virtualenv, docs/torchx.md), the image's `python` on kubernetes."""
+        return "python" if self.scheduler == "kubernetes" else sys.executable
 
     def run_config(self) -> dict[str, Any]:
         cfg = dict(self.scheduler_cfg)
         if self.scheduler == "local_cwd":
             cfg.setdefault("log_dir", self.log_dir)
+        elif self.scheduler == "slurm":
+            cfg.setdefault("log_dir", str(Path(self.log_dir) / "slurm"))
         if self.config_dir:
             torchx_config.apply(self.scheduler, cfg, dirs=[self.config_dir])
         return cfg
 
     def dryrun(self, app: specs.AppDef) -> Any:
         """What `launch` would submit (the scheduler's request), without submitting it."""
-        with _own_signal_handlers(), get_runner() as runner:
+        with _own_signal_handlers(), torchx_runner() as runner:
             return runner.dryrun(self._prepared(app), self.scheduler, cfg=self.run_config())
 
     def launch(self, app: specs.AppDef, follow: bool = True, stream: TextIO | None = None) -> str:
@@ -287,7 +293,7 @@ class TorchXLauncher(ConfigurableResource):
 
         With `follow`, replica 0's log is copied to `stream` (default: stdout) as it grows.
         """
-        with _own_signal_handlers(), get_runner() as runner:
+        with _own_signal_handlers(), torchx_runner() as runner:
             handle = runner.run(self._prepared(app), self.scheduler, cfg=self.run_config())
             follower = None
             if follow:
@@ -311,9 +317,10 @@ class TorchXLauncher(ConfigurableResource):
         return run_with_pipes(self.launch, context, build_app, Path(messages))
 
     def _prepared(self, app: specs.AppDef) -> specs.AppDef:
-        if self.scheduler != "local_cwd":
+        if self.scheduler == "kubernetes":
             return app
-        # The job imports this checkout's code, whatever the working directory.
+        # The job imports this checkout's code, whatever the working directory (on slurm:
+        # the checkout on the shared filesystem).
         app = copy.deepcopy(app)
         for role in app.roles:
             role.env["PYTHONPATH"] = os.pathsep.join(p for p in (_CHECKOUT, os.environ.get("PYTHONPATH")) if p)
@@ -337,6 +344,12 @@ class TorchXLauncher(ConfigurableResource):
             description=f"TorchX job {handle} ended {state}{': ' + message if message else ''}\n" + "".join(tails),
             metadata={"app_handle": handle, "state": state, "log_tail": MetadataValue.text("".join(tails))},
         )
+
+
+def torchx_runner() -> Runner:
+    """TorchX's runner with its schedulers, `slurm` replaced by ours, which works without
+    job accounting (orchestration/launch/slurm.py)."""
+    return Runner("torchx", {**get_scheduler_factories(), "slurm": create_slurm_scheduler})
 
 
 @contextlib.contextmanager

@@ -94,7 +94,7 @@ def _pin_project_root(monkeypatch: pytest.MonkeyPatch) -> None:
 def cluster_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in CLUSTER_ENV.items():
         monkeypatch.setenv(name, value)
-    for name in ("NNODES", "DATA_ROOT", "ARTIFACTS_ROOT"):
+    for name in ("NNODES", "DATA_ROOT", "ARTIFACTS_ROOT", "TORCHX_SCHEDULER"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -410,6 +410,16 @@ def test_cluster_profile_expands_env(cluster_env: None) -> None:
     assert profile.text_encoder.kind == "t5" and profile.text_encoder.path == CLUSTER_ENV["T5_PATH"]
     assert profile.nnodes == 1  # ${NNODES:-1}, coerced to int
     assert profile.data_root == "/data/opensora"
+
+
+def test_cluster_profile_switches_to_slurm_by_environment(
+    cluster_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCHX_SCHEDULER", "slurm")
+    assert load_profile("cluster").torchx_scheduler == "slurm"
+    monkeypatch.setenv("TORCHX_SCHEDULER", "slrum")
+    with pytest.raises(ConfigError, match="torchx_scheduler"):
+        load_profile("cluster")
 
 
 def test_cluster_profile_with_unset_var_errors(
