@@ -48,7 +48,7 @@ COMPUTE_KEYS = {"name": "cluster-on-cpu", "device": "cpu", "dist_backend": "gloo
 # stages add launches, not stores); evaluation reads its export.
 STAGES = ["tiny/stage0", "tiny/stage1", "tiny/stage2", "short_stage3.yaml"]
 SELECTED = {"training_dataset", "text_embeddings", "video_latents", "stdit2_stage3", "eval_samples"}
-PROMPTS = ["a red square moving left", "a blue circle moving up"]
+PROMPTS = ["a red square moving left"]
 
 
 @pytest.fixture(scope="module")
