@@ -1,5 +1,5 @@
 # Quick start: `make demo`, then `make test`. Both create the virtualenvs when missing.
-#   .venv      the project with its dev, k8s, ocr and s3 extras (torch is installed first: a
+#   .venv      the project with its dev, k8s, ocr, postgres and s3 extras (torch is installed first: a
 #              CPU wheel of exactly 2.13.0; k8s lets the tests validate the Kubernetes
 #              executor, s3 and moto (dev) test an s3-compatible store)
 #   .venv-dvc  dvc alone: its antlr4 pin breaks Dagster's asset selection syntax
@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,k8s,ocr,s3]"
+	$(BIN)/pip install --quiet -e ".[dev,k8s,ocr,postgres,s3]"
 	touch $@
 
 $(VENV_DVC)/.installed:

@@ -28,6 +28,7 @@ from dagster import (
     asset_check,
 )
 from pydantic import Field
+from torchx.specs import AppDef
 
 from assets_defs.caches import text_embeddings, video_latents
 from opensora_core.config import ConfigError, StageConfig, load_stage
@@ -173,6 +174,16 @@ def _reused(index: int, plan: StagePlan, result: dict, init_source: str | None) 
     return MaterializeResult(metadata=metadata)
 
 
+def stage_app(plan: StagePlan, settings: TrainingSettings, launcher: TorchXLauncher,
+              pipes_env: dict[str, str]) -> AppDef:
+    """The TorchX app a stage asset submits (docs/cluster.md shows its Kubernetes pod)."""
+    return train_stage_component(
+        **{k: v for k, v in vars(plan.args).items() if v is not None}, nnodes=settings.nnodes,
+        nproc_per_node=settings.nproc_per_node, image=settings.image, python=launcher.python(),
+        cpu=settings.cpu_per_node, gpu=settings.gpu_per_node, memMB=settings.mem_mb_per_node,
+        env=settings.job_env(pipes_env), mounts=settings.mounts, max_retries=settings.max_retries)
+
+
 def train_stage_asset(context: AssetExecutionContext, index: int, run_config: StageRunConfig,
                       curation_storage: CurationStorage, cache_settings: CacheSettings,
                       training_settings: TrainingSettings, torchx_launcher: TorchXLauncher,
@@ -195,12 +206,8 @@ def train_stage_asset(context: AssetExecutionContext, index: int, run_config: St
     # Messages go through a file in the stage folder, which the job and this process share
     # on every scheduler we support (docs/torchx.md), rather than through /tmp here.
     messages = out / "pipes" / f"{context.run.run_id}.jsonl"
-    handle, session = torchx_launcher.run_pipes(context, lambda env: train_stage_component(
-        **{k: v for k, v in vars(plan.args).items() if v is not None}, nnodes=training_settings.nnodes,
-        nproc_per_node=training_settings.nproc_per_node, image=training_settings.image,
-        python=torchx_launcher.python(), cpu=training_settings.cpu_per_node, gpu=training_settings.gpu_per_node,
-        memMB=training_settings.mem_mb_per_node, env=env, mounts=training_settings.mounts,
-        max_retries=training_settings.max_retries), messages)
+    handle, session = torchx_launcher.run_pipes(
+        context, lambda env: stage_app(plan, training_settings, torchx_launcher, env), messages)
     points = [(m["step"], m["metrics"]["loss"]) for m in session.get_custom_messages()
               if isinstance(m, dict) and "loss" in m.get("metrics", {})]
     extra = {"stage_config": plan.config_name, "init": MetadataValue.path(str(plan.init)) if plan.init else "random",

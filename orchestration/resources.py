@@ -14,13 +14,20 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 import torchx.runner.config as torchx_config
+import yaml
 from dagster import ConfigurableResource, EnvVar, Failure, MetadataValue
 from pydantic import Field
 from torchx import specs
 from torchx.runner import Runner
 from torchx.schedulers import get_scheduler_factories
 
-from opensora_core.config import ProfileConfig, load_profile, project_root
+from opensora_core.config import (
+    ProfileConfig,
+    find_config,
+    load_profile,
+    project_root,
+    referenced_env_vars,
+)
 from opensora_core.curation.config import CurationConfig, load_curation_config
 from opensora_core.curation.storage import FileList, Storage, open_source
 from opensora_core.eval.evaluate import PROMOTION_FLOORS, PROMOTION_METRICS
@@ -137,6 +144,12 @@ class TrainingSettings(ConfigurableResource):
     image: str = Field(DEFAULT_IMAGE, description="Container image of the job (kubernetes).")
     mounts: list[str] = Field(default_factory=list, description="TorchX mounts, e.g. type=volume,src=pvc,dst=/data.")
     max_retries: int = Field(0, ge=0, description="Job restarts after a failure; each resumes from a checkpoint.")
+    forward_env: list[str] = Field(default_factory=list, description=(
+        "Variables copied, where set here, into the job's environment: a pod inherits nothing from Dagster's."))
+
+    def job_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The job's environment: `forward_env` as set in this process, then `extra` (Pipes)."""
+        return {**{k: os.environ[k] for k in self.forward_env if k in os.environ}, **(extra or {})}
 
     def stage_config(self, index: int) -> str:
         if not 0 <= index < len(self.stages):
@@ -152,11 +165,27 @@ class TrainingSettings(ConfigurableResource):
         return self.stage_dir(index) / "export" / "model.safetensors"
 
 
+# Read by the job itself, not through the profile: MLflow's artifact root and s3 endpoint.
+JOB_STORE_ENV = ("OPENSORA_MLFLOW_ARTIFACT_ROOT", "MLFLOW_S3_ENDPOINT_URL")
+
+
+def profile_env_names(name: str) -> list[str]:
+    """The `${VAR}`s the profile file `name` reads: the job loads the same file, so it needs them too."""
+    try:
+        return referenced_env_vars(yaml.safe_load(find_config("profiles", name).read_text()))
+    except (OSError, ValueError, yaml.YAMLError):  # a profile that does not load fails elsewhere, with its own message
+        return []
+
+
 def training_settings_from_env(profile: ProfileConfig | None = None) -> TrainingSettings:
     """`OPENSORA_PROFILE`; `OPENSORA_TRAIN_STAGES` (comma-separated; default the tiny
     stages on a CPU profile, the published ones otherwise); `OPENSORA_TRAIN_ROOT`
     (default `train/` under the artifacts root); `OPENSORA_MAX_STEPS`;
-    `OPENSORA_NPROC_PER_NODE` (default the profile's)."""
+    `OPENSORA_NPROC_PER_NODE` (default the profile's); on clusters, `OPENSORA_TRAIN_CPU` and
+    `OPENSORA_TRAIN_MEM_MB` (per host), `OPENSORA_TRAIN_IMAGE`,
+    `OPENSORA_TRAIN_MOUNTS` (TorchX mounts separated by `;`) and `OPENSORA_TRAIN_ENV`
+    (more variable names to forward, comma-separated; the profile's `${VAR}`s and
+    JOB_STORE_ENV always are)."""
     name = active_profile_name()
     profile = profile or active_profile()
     prefix = "tiny/" if profile.device == "cpu" else ""
@@ -171,6 +200,13 @@ def training_settings_from_env(profile: ProfileConfig | None = None) -> Training
         nnodes=profile.nnodes,
         nproc_per_node=nproc,
         gpu_per_node=nproc if profile.device == "cuda" else 0,
+        cpu_per_node=int(os.environ.get("OPENSORA_TRAIN_CPU", "2")),
+        mem_mb_per_node=int(os.environ.get("OPENSORA_TRAIN_MEM_MB", "8192")),
+        image=os.environ.get("OPENSORA_TRAIN_IMAGE") or DEFAULT_IMAGE,
+        mounts=[m.strip() for m in os.environ.get("OPENSORA_TRAIN_MOUNTS", "").split(";") if m.strip()],
+        forward_env=list(dict.fromkeys([
+            *profile_env_names(name), *JOB_STORE_ENV,
+            *(v.strip() for v in os.environ.get("OPENSORA_TRAIN_ENV", "").split(",") if v.strip())])),
     )
 
 

@@ -15,7 +15,7 @@ This package is pure Python (pydantic + PyYAML) so the CLI, Dagster, TorchX
 components and tests can all import it without pulling in torch or dagster.
 """
 
-from opensora_core.config.env import expand_env
+from opensora_core.config.env import expand_env, referenced_env_vars
 from opensora_core.config.errors import ConfigError
 from opensora_core.config.errors import _Strict as _Strict  # the base of curation's schemas
 from opensora_core.config.loading import (
@@ -66,6 +66,7 @@ __all__ = [
     "load_stage",
     "project_root",
     "read_stage_data",
+    "referenced_env_vars",
     "validate_config",
     "validate_mask_ratios",
 ]

@@ -50,6 +50,15 @@ def expand_env(value: str) -> str:
         ) from None
 
 
+def referenced_env_vars(data: Any) -> list[str]:
+    """The names of the ``${VAR}``s in the string values of `data` (a loaded config), in
+    order, once each; a ``$${`` escape names none."""
+    if isinstance(data, str):
+        return list(dict.fromkeys(m.group(1) for m in _ENV_PATTERN.finditer(data) if m.group(1)))
+    values = data.values() if isinstance(data, Mapping) else data if isinstance(data, list) else []
+    return list(dict.fromkeys(name for value in values for name in referenced_env_vars(value)))
+
+
 def _expand_tree(
     data: Any, path: tuple[Any, ...], problems: list[tuple[tuple[Any, ...], str]]
 ) -> Any:

@@ -18,6 +18,8 @@ _HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIM
 # Where `make ui` serves MLflow's UI over the embedded SQLite store.
 _UI_URL_ENV = "OPENSORA_MLFLOW_UI_URL"
 _DEFAULT_UI_URL = "http://127.0.0.1:5000"
+# Where experiments created by the project keep their artifacts (see _artifact_location).
+_ARTIFACT_ROOT_ENV = "OPENSORA_MLFLOW_ARTIFACT_ROOT"
 _BATCH = 100  # MLflow's limit on params or tags per log_batch call
 
 
@@ -55,8 +57,14 @@ def _client(uri: str, registry: bool = False):
 
 
 def _artifact_location(uri: str) -> str | None:
-    """Artifacts of a SQLite store go beside its database file. MLflow's default is
-    relative to the working directory, which differs between training processes."""
+    """Where a new experiment keeps its artifacts: `OPENSORA_MLFLOW_ARTIFACT_ROOT` when set
+    (an object store such as `s3://bucket/mlflow`, which a database store such as
+    PostgreSQL needs: it holds no files itself); else, for a SQLite store, beside its
+    database file. MLflow's default is relative to the working directory, which differs
+    between training processes; an HTTP server chooses its own."""
+    root = os.environ.get(_ARTIFACT_ROOT_ENV, "").strip()
+    if root:
+        return root.rstrip("/")
     prefix = "sqlite:///"
     if uri.startswith(prefix):
         return (Path(uri[len(prefix) :]).parent / "mlartifacts").resolve().as_uri()
