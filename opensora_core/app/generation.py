@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from opensora_core.infer.sample import PromptRequest, SampleSettings, parse_prompt, request_problems, sample_to_files
-from opensora_core.infer.sizes import image_size
+from opensora_core.infer.sizes import image_size, size_problems
 from opensora_core.utils.atomic import write_text_atomic
 
 # The mask strategies Open-Sora's app offers by name; "raw" takes the text as given.
@@ -144,7 +144,7 @@ def plan(form: GenerateForm) -> Plan:
         steps=_positive_int("steps", form.steps), sampler=form.sampler, cfg_scale=float(form.cfg_scale),
         seed=seed, loops=loops, condition_frame_length=condition if loops > 1 else 4)
     request = parse_prompt(form.prompt, references, strategy or None)
-    problems += settings.problems() + request_problems([request], settings)
+    problems += size_problems(height, width) + settings.problems() + request_problems([request], settings)
     if problems:
         raise ValueError("cannot generate:\n  " + "\n  ".join(problems))
     return Plan(settings, request, total)

@@ -147,7 +147,7 @@ def build(state: AppState) -> gr.Blocks:
                                             placeholder="a red square moving left on a blue background")
                         with gr.Row():
                             model = gr.Dropdown(choices=choices, value=default_model, label="Model (MLflow registry)",
-                                                elem_id="model")
+                                                elem_id="model", allow_custom_value=True)
                             local_model = gr.Textbox(label="or a local export/checkpoint folder",
                                                      value=local_default or "", elem_id="local-model")
                             profile = gr.Dropdown(choices=state.profiles, value="embedded", label="Profile")
@@ -194,9 +194,9 @@ def build(state: AppState) -> gr.Blocks:
                                       elem_id="previews", height="auto")
                 gr.Markdown("### Two versions, one prompt and seed\nThe other settings are the Generate tab's.")
                 with gr.Row():
-                    version_a = gr.Dropdown(choices=choices, value=default_model, label="Version A")
+                    version_a = gr.Dropdown(choices=choices, value=default_model, label="Version A", allow_custom_value=True)
                     version_b = gr.Dropdown(choices=choices, value=choices[-1][1] if choices else None,
-                                            label="Version B")
+                                            label="Version B", allow_custom_value=True)
                 with gr.Row():
                     compare_prompt = gr.Textbox(label="Prompt", scale=3)
                     compare_seed = gr.Number(0, label="Seed", precision=0)
@@ -208,7 +208,7 @@ def build(state: AppState) -> gr.Blocks:
                 history_table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="history",
                                              label="What this app generated (newest first)")
                 with gr.Row():
-                    history_choice = gr.Dropdown(label="Run", choices=[], elem_id="history-choice")
+                    history_choice = gr.Dropdown(label="Run", choices=[], elem_id="history-choice", allow_custom_value=True)
                     rerun = gr.Button("Re-run", variant="primary", elem_id="rerun-button")
                 rerun_video = gr.Video(label="Re-run", interactive=False)
                 rerun_info = gr.Markdown()
@@ -228,7 +228,7 @@ def build(state: AppState) -> gr.Blocks:
 
         def on_history():
             rows, names = _history_rows(state)
-            return gr.update(value=rows), gr.update(choices=names, value=names[0] if names else None)
+            return rows, gr.update(choices=names, value=names[0] if names else None)
 
         def on_rerun(name, request: gr.Request = None, progress=gr.Progress()):
             entry = next((e for e in history(state.out_root) if e.folder.name == name), None)
@@ -253,6 +253,11 @@ def build(state: AppState) -> gr.Blocks:
             rows, gallery, note = _versions_view(state)
             return rows, gallery, note
 
+        def on_choices():
+            # Versions registered (or deleted) since the page was built.
+            pairs, champion_value = state.models.choices()
+            return (gr.update(choices=pairs), gr.update(choices=pairs), gr.update(choices=pairs))
+
         generation = generate.click(on_generate, form_inputs, [video, files, info], api_name="generate",
                                     concurrency_id="generation", concurrency_limit=1)
         generation.then(on_history, None, [history_table, history_choice], api_visibility="private")
@@ -265,6 +270,8 @@ def build(state: AppState) -> gr.Blocks:
         refresh.click(on_versions, None, [versions_table, previews, versions_note], api_name="versions")
         demo.load(on_versions, None, [versions_table, previews, versions_note], api_visibility="private")
         demo.load(on_history, None, [history_table, history_choice], api_name="history")
+        demo.load(on_choices, None, [model, version_a, version_b], api_visibility="private")
+        refresh.click(on_choices, None, [model, version_a, version_b], api_visibility="private")
         del tabs
     return demo
 

@@ -27,10 +27,23 @@ def _export(folder: Path, seed: int) -> Path:
     import torch
 
     from opensora_core.models import build_stdit2
+    from safetensors.torch import save_file
+
     from opensora_core.models.checkpoint_io import save_model
+    from opensora_core.models.encoders import TEXT_ENCODER_WEIGHTS
+    from opensora_core.models.text_encoder import WordEmbeddingTextEncoder
 
     torch.manual_seed(seed)
-    return save_model(build_stdit2("stdit2-tiny"), folder / "model.safetensors")
+    model = build_stdit2("stdit2-tiny")
+    with torch.no_grad():  # DiT's init zeroes the output layer: every fresh model would draw the same
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    path = save_model(model, folder / "model.safetensors")
+    # A trained export carries its word-embedding text encoder; without it each load draws a new one.
+    encoder = WordEmbeddingTextEncoder(output_dim=model.config.caption_channels,
+                                       model_max_length=model.config.model_max_length)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(folder / TEXT_ENCODER_WEIGHTS))
+    return path
 
 
 def _round(folder: Path, export: Path, score: float) -> Path:

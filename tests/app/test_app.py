@@ -52,3 +52,61 @@ def test_generate_gives_the_video_opensora_sample_gives(client, tmp_path):
         result = CliRunner().invoke(app, ["sample", *args])
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(_frames(tmp_path / "cli" / "sample_000.mp4"), _frames(video))
+
+
+def _error(client, *args, api_name: str) -> str:
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as caught:
+        client.predict(*args, api_name=api_name)
+    return str(caught.value)
+
+
+def test_bad_input_shows_a_message_and_the_server_keeps_serving(client, tmp_path):
+    from gradio_client import handle_file
+
+    assert "prompt is empty" in _error(client, *form(prompt="  "), api_name="/generate")
+    assert "height 4 must be at least 8" in _error(client, *form(height=4), api_name="/generate")
+    unreadable = tmp_path / "not_an_image.png"
+    unreadable.write_bytes(b"plain text, not a PNG")
+    message = _error(client, *form(references=[handle_file(str(unreadable))], mask="image-to-video"),
+                     api_name="/generate")
+    assert "not_an_image.png is not an image or video that can be read" in message
+    assert "no version 99" in _error(client, *form(model="registry:99"), api_name="/generate")
+    assert "no model at /nowhere" in _error(client, *form(local_model="/nowhere"), api_name="/generate")
+    assert "needs a reference" in _error(client, *form(mask="extend"), api_name="/generate")
+    video, _, _ = client.predict(*form(seed=5), api_name="/generate")  # still serving
+    assert _video_path(video).is_file()
+
+
+def test_compare_lists_the_versions_with_their_scores_and_the_champion_marked(client):
+    table, gallery, note = client.predict(api_name="/versions")
+    rows = {row[0]: dict(zip(table["headers"], row)) for row in table["data"]}
+    assert set(rows) == {"v1", "v2"} and note == ""
+    assert rows["v1"]["champion"] == "★" and rows["v2"]["champion"] == ""
+    assert rows["v1"]["color_accuracy"] == 0.5 and rows["v2"]["color_accuracy"] == 0.25
+    assert rows["v2"]["aliases"] == "challenger" and rows["v2"]["decision"] == "kept"
+    captions = [item["caption"] for item in gallery]
+    assert captions[1].startswith("★ champion v1: ") and captions[0].startswith("v2: ")
+    assert all(Path(item["image"]["path"] if isinstance(item["image"], dict) else item["image"]).is_file()
+               for item in gallery)
+
+
+def test_two_versions_on_one_prompt_and_seed(client, running_app):
+    _, state = running_app
+    a, b = client.predict("registry:1", "registry:2", "a blue circle", 11, *form(), api_name="/compare_two")
+    a, b = _frames(_video_path(a)), _frames(_video_path(b))
+    assert a.shape == b.shape == (FRAMES, 32, 32, 3)
+    assert not np.array_equal(a, b)  # two different weights, same noise
+    assert len(state.models.loaded_labels()) == 1  # memory bound: one model kept
+
+
+def test_history_lists_generations_and_reruns_one_identically(client):
+    video, _, _ = client.predict(*form(prompt="a green triangle", seed=9), api_name="/generate")
+    table, choice = client.predict(api_name="/history")
+    choice = choice["value"]  # the run dropdown's update: the newest run chosen
+    newest = dict(zip(table["headers"], table["data"][0]))
+    assert newest["prompt"] == "a green triangle" and newest["seed"] == 9 and newest["run"] == choice
+    again, info = client.predict(choice, api_name="/rerun")
+    np.testing.assert_array_equal(_frames(_video_path(again)), _frames(_video_path(video)))
+    assert "--seed 9" in info
