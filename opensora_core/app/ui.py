@@ -195,7 +195,8 @@ def build(state: AppState) -> gr.Blocks:
                 gr.Markdown("### Two versions, one prompt and seed\nThe other settings are the Generate tab's.")
                 with gr.Row():
                     version_a = gr.Dropdown(choices=choices, value=default_model, label="Version A", allow_custom_value=True)
-                    version_b = gr.Dropdown(choices=choices, value=choices[-1][1] if choices else None,
+                    version_b = gr.Dropdown(choices=choices, value=next(
+                        (value for _, value in choices if value != default_model), default_model),
                                             label="Version B", allow_custom_value=True)
                 with gr.Row():
                     compare_prompt = gr.Textbox(label="Prompt", scale=3)
@@ -217,10 +218,11 @@ def build(state: AppState) -> gr.Blocks:
                        length, length_unit, window, condition, fps, frame_interval, sampler, steps, cfg_scale, seed,
                        random_seed, references, mask, mask_strategy]
 
-        def on_generate(*values, request: gr.Request = None, progress=gr.Progress()):
+        # gradio hands the request and progress only to parameters before *values.
+        def on_generate(request: gr.Request, progress=gr.Progress(), *values):
             return _result_outputs(_generate(state, _form(*values), _session(request), progress))
 
-        def on_cancel(request: gr.Request = None):
+        def on_cancel(request: gr.Request):
             event = state.cancels.get(_session(request))
             if event is not None:
                 event.set()
@@ -230,15 +232,15 @@ def build(state: AppState) -> gr.Blocks:
             rows, names = _history_rows(state)
             return rows, gr.update(choices=names, value=names[0] if names else None)
 
-        def on_rerun(name, request: gr.Request = None, progress=gr.Progress()):
+        def on_rerun(name, request: gr.Request, progress=gr.Progress()):
             entry = next((e for e in history(state.out_root) if e.folder.name == name), None)
             if entry is None:
                 raise gr.Error(f"no run {name!r} in the history", title="Cannot re-run")
             result = _generate(state, GenerateForm.from_dict(entry.form), _session(request), progress)
             return str(result.video), _result_outputs(result)[2]
 
-        def on_compare(version_a, version_b, compare_prompt, compare_seed, *values, request: gr.Request = None,
-                       progress=gr.Progress()):
+        def on_compare(version_a, version_b, compare_prompt, compare_seed, request: gr.Request,
+                       progress=gr.Progress(), *values):
             base = _form(*values)
             videos = []
             for version in (version_a, version_b):

@@ -53,8 +53,9 @@ def _round(folder: Path, export: Path, score: float) -> Path:
     from opensora_core.data.video_io import write_video
 
     folder.mkdir(parents=True)
-    frames = np.zeros((4, 32, 32, 3), np.uint8)
-    frames[..., 0] = int(255 * score)
+    frames = np.full((8, 32, 32, 3), 40, np.uint8)
+    for t, frame in enumerate(frames):  # a red square moving left, brighter for a better score
+        frame[12:20, 24 - 2 * t:32 - 2 * t, 0] = int(255 * score + 120)
     sample = write_video(folder / "samples" / "seed_0" / "a_red_square.mp4", frames, fps=8)
     images = [Image.fromarray(f) for f in frames]
     images[0].save(folder / "preview.gif", save_all=True, append_images=images[1:], loop=0)

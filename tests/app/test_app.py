@@ -110,3 +110,27 @@ def test_history_lists_generations_and_reruns_one_identically(client):
     again, info = client.predict(choice, api_name="/rerun")
     np.testing.assert_array_equal(_frames(_video_path(again)), _frames(_video_path(video)))
     assert "--seed 9" in info
+
+
+def test_cancel_stops_a_running_generation(client, running_app):
+    import time
+
+    _, state = running_app
+    before = len(list(state.out_root.iterdir()))
+    started = time.monotonic()
+    job = client.submit(*form(steps=200, seed=13, height=64, width=64, length=16, window=16), api_name="/generate")
+    deadline = time.monotonic() + 60
+    while not state.cancels and time.monotonic() < deadline:  # the run has started
+        time.sleep(0.05)
+    assert state.cancels, "the generation never started"
+    client.predict(api_name="/cancel")
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="generation cancelled"):  # the page's message
+        job.result(timeout=60)
+    deadline = time.monotonic() + 30
+    while state.cancels and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not state.cancels  # the worker stopped (it would run 200 steps otherwise)
+    assert time.monotonic() - started < 30
+    assert len(list(state.out_root.iterdir())) == before  # nothing written, no partial folder left
