@@ -1,7 +1,7 @@
 # Quick start: `make demo`, then `make test`. Both create the virtualenvs when missing.
-#   .venv      the project with its dev, k8s, ocr and s3 extras (torch is installed first: a
-#              CPU wheel of exactly 2.13.0; k8s lets the tests validate the Kubernetes
-#              executor, s3 and moto (dev) test an s3-compatible store)
+#   .venv      the project with its dev, k8s, ocr, s3 and app extras (torch is installed first:
+#              a CPU wheel of exactly 2.13.0; k8s lets the tests validate the Kubernetes
+#              executor, s3 and moto (dev) test an s3-compatible store, app is the web app)
 #   .venv-dvc  dvc alone: its antlr4 pin breaks Dagster's asset selection syntax
 
 PYTHON ?= python3.11
@@ -11,6 +11,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 DAGSTER_PORT ?= 3000
+APP_PORT ?= 7860
 # What `make demo` curates: the synthetic dataset (use `default` for real footage) ...
 OPENSORA_DATA_CONFIG ?= synthetic
 # ... and trains with (configs/stages/demo); `make ui` shows the same stage configs.
@@ -21,7 +22,7 @@ demo ui: export OPENSORA_DATA_CONFIG := $(OPENSORA_DATA_CONFIG)
 demo ui: export OPENSORA_TRAIN_STAGES := $(OPENSORA_TRAIN_STAGES)
 demo ui: export OPENSORA_STAGES := $(OPENSORA_STAGES)
 
-.PHONY: setup demo test bench ui clean
+.PHONY: setup demo test bench ui app clean
 
 setup: $(VENV)/.installed $(VENV_DVC)/.installed
 
@@ -29,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,k8s,ocr,s3]"
+	$(BIN)/pip install --quiet -e ".[dev,k8s,ocr,s3,app]"
 	touch $@
 
 $(VENV_DVC)/.installed:
@@ -59,6 +60,11 @@ ui: setup
 	@$(BIN)/mlflow ui --host $(HOST) --port $(MLFLOW_PORT) --backend-store-uri sqlite:///$(CURDIR)/mlruns.db & \
 	mlflow_pid=$$!; trap 'kill $$mlflow_pid 2>/dev/null' EXIT; \
 	DAGSTER_HOME=$(CURDIR)/.dagster $(BIN)/dagster dev -m orchestration.definitions -h $(HOST) -p $(DAGSTER_PORT)
+
+# The web app (Generate, Compare, History) on $(HOST) only, over the registry of the
+# MLflow store `make ui` shows; Ctrl-C stops it.
+app: setup
+	$(BIN)/opensora app --host $(HOST) --port $(APP_PORT)
 
 clean:
 	rm -rf $(VENV) $(VENV_DVC) outputs .pytest_cache data artifacts runs .dagster mlruns.db mlartifacts

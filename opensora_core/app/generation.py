@@ -18,7 +18,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from opensora_core.infer.sample import PromptRequest, SampleSettings, parse_prompt, request_problems, sample_to_files
+from opensora_core.infer.sample import (
+    PromptRequest,
+    SampleSettings,
+    parse_prompt,
+    request_problems,
+    sample_to_files,
+)
 from opensora_core.infer.sizes import image_size, size_problems
 from opensora_core.utils.atomic import write_text_atomic
 

@@ -13,13 +13,13 @@ import os
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("GRADIO_SSR_MODE", "False")
 
-import threading  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-import gradio as gr  # noqa: E402
+import gradio as gr
 
-from opensora_core.app.generation import (  # noqa: E402
+from opensora_core.app.generation import (
     MASK_PRESETS,
     Cancelled,
     GenerateForm,
@@ -28,9 +28,9 @@ from opensora_core.app.generation import (  # noqa: E402
     plan,
     run_plan,
 )
-from opensora_core.app.models import ModelStore  # noqa: E402
-from opensora_core.config import RESOLUTION_AREAS  # noqa: E402
-from opensora_core.tracking.versions import VERSION_SCORES, download_preview  # noqa: E402
+from opensora_core.app.models import ModelStore
+from opensora_core.config import RESOLUTION_AREAS
+from opensora_core.tracking.versions import VERSION_SCORES, download_preview
 
 ASPECT_RATIOS = ["9:16", "16:9", "1:1", "3:4", "4:3", "2:3", "3:2", "1:2", "2:1"]  # height:width, as the CLI
 SAMPLERS = ["auto", "iddpm", "dpm-solver", "rflow"]
@@ -139,52 +139,51 @@ def build(state: AppState) -> gr.Blocks:
     with gr.Blocks(title="Open-Sora MLOps: generate and compare") as demo:
         gr.Markdown("# Open-Sora MLOps\nGenerate videos from any trained STDiT-2 version, compare the "
                     "registered versions, re-run what you made.")
-        with gr.Tabs() as tabs:
-            with gr.Tab("Generate", id="generate"):
-                with gr.Row():
-                    with gr.Column(scale=3):
-                        prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
-                                            placeholder="a red square moving left on a blue background")
-                        with gr.Row():
-                            model = gr.Dropdown(choices=choices, value=default_model, label="Model (MLflow registry)",
-                                                elem_id="model", allow_custom_value=True)
-                            local_model = gr.Textbox(label="or a local export/checkpoint folder",
-                                                     value=local_default or "", elem_id="local-model")
-                            profile = gr.Dropdown(choices=state.profiles, value="embedded", label="Profile")
-                        with gr.Row():
-                            size_mode = gr.Radio(["resolution", "pixels"], value="pixels", label="Size by")
-                            resolution = gr.Dropdown(list(RESOLUTION_AREAS), value="240p", label="Resolution")
-                            aspect_ratio = gr.Dropdown(ASPECT_RATIOS, value="9:16", allow_custom_value=True,
-                                                       label="Aspect ratio (height:width)")
-                            height = gr.Number(64, label="Height", precision=0)
-                            width = gr.Number(64, label="Width", precision=0)
-                        with gr.Row():
-                            length = gr.Number(16, label="Length", elem_id="length")
-                            length_unit = gr.Radio(["frames", "seconds"], value="frames", label="in")
-                            window = gr.Number(16, label="Frames per loop", precision=0)
-                            condition = gr.Number(4, label="Frames each loop continues from", precision=0)
-                            fps = gr.Number(24, label="fps")
-                            frame_interval = gr.Number(3, label="Frame interval", precision=0)
-                        with gr.Row():
-                            sampler = gr.Dropdown(SAMPLERS, value="auto", label="Sampler")
-                            steps = gr.Slider(1, 200, value=state.default_steps, step=1, label="Steps", elem_id="steps")
-                            cfg_scale = gr.Slider(0, 20, value=7.0, step=0.5, label="Guidance (CFG scale)")
-                            seed = gr.Number(42, label="Seed", precision=0)
-                            random_seed = gr.Checkbox(False, label="Random seed")
-                        with gr.Row():
-                            references = gr.File(label="Reference image or video (two for connect)",
-                                                 file_count="multiple", type="filepath")
-                            mask = gr.Dropdown(list(MASK_PRESETS), value="none", label="Mask strategy")
-                            mask_strategy = gr.Textbox(label="Raw mask strategy (with raw)",
-                                                       placeholder="loop,ref_id,ref_start,target_start,length,"
-                                                                   "edit_ratio;...")
-                        with gr.Row():
-                            generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
-                            cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-button")
-                    with gr.Column(scale=2):
-                        video = gr.Video(label="Video", interactive=False, elem_id="result-video")
-                        files = gr.File(label="Download (video and JSON sidecar)", interactive=False)
-                        info = gr.Markdown(elem_id="result-info")
+        with gr.Tabs():
+            with gr.Tab("Generate", id="generate"), gr.Row():
+                with gr.Column(scale=3):
+                    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
+                                        placeholder="a red square moving left on a blue background")
+                    with gr.Row():
+                        model = gr.Dropdown(choices=choices, value=default_model, label="Model (MLflow registry)",
+                                            elem_id="model", allow_custom_value=True)
+                        local_model = gr.Textbox(label="or a local export/checkpoint folder",
+                                                 value=local_default or "", elem_id="local-model")
+                        profile = gr.Dropdown(choices=state.profiles, value="embedded", label="Profile")
+                    with gr.Row():
+                        size_mode = gr.Radio(["resolution", "pixels"], value="pixels", label="Size by")
+                        resolution = gr.Dropdown(list(RESOLUTION_AREAS), value="240p", label="Resolution")
+                        aspect_ratio = gr.Dropdown(ASPECT_RATIOS, value="9:16", allow_custom_value=True,
+                                                   label="Aspect ratio (height:width)")
+                        height = gr.Number(64, label="Height", precision=0)
+                        width = gr.Number(64, label="Width", precision=0)
+                    with gr.Row():
+                        length = gr.Number(16, label="Length", elem_id="length")
+                        length_unit = gr.Radio(["frames", "seconds"], value="frames", label="in")
+                        window = gr.Number(16, label="Frames per loop", precision=0)
+                        condition = gr.Number(4, label="Frames each loop continues from", precision=0)
+                        fps = gr.Number(24, label="fps")
+                        frame_interval = gr.Number(3, label="Frame interval", precision=0)
+                    with gr.Row():
+                        sampler = gr.Dropdown(SAMPLERS, value="auto", label="Sampler")
+                        steps = gr.Slider(1, 200, value=state.default_steps, step=1, label="Steps", elem_id="steps")
+                        cfg_scale = gr.Slider(0, 20, value=7.0, step=0.5, label="Guidance (CFG scale)")
+                        seed = gr.Number(42, label="Seed", precision=0)
+                        random_seed = gr.Checkbox(False, label="Random seed")
+                    with gr.Row():
+                        references = gr.File(label="Reference image or video (two for connect)",
+                                             file_count="multiple", type="filepath")
+                        mask = gr.Dropdown(list(MASK_PRESETS), value="none", label="Mask strategy")
+                        mask_strategy = gr.Textbox(label="Raw mask strategy (with raw)",
+                                                   placeholder="loop,ref_id,ref_start,target_start,length,"
+                                                               "edit_ratio;...")
+                    with gr.Row():
+                        generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                        cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-button")
+                with gr.Column(scale=2):
+                    video = gr.Video(label="Video", interactive=False, elem_id="result-video", height=360)
+                    files = gr.File(label="Download (video and JSON sidecar)", interactive=False)
+                    info = gr.Markdown(elem_id="result-info")
             with gr.Tab("Compare", id="compare"):
                 refresh = gr.Button("Refresh from the registry")
                 versions_note = gr.Markdown()
@@ -203,15 +202,16 @@ def build(state: AppState) -> gr.Blocks:
                     compare_seed = gr.Number(0, label="Seed", precision=0)
                     compare_button = gr.Button("Generate both", variant="primary")
                 with gr.Row():
-                    video_a = gr.Video(label="A", interactive=False)
-                    video_b = gr.Video(label="B", interactive=False)
+                    video_a = gr.Video(label="A", interactive=False, height=320)
+                    video_b = gr.Video(label="B", interactive=False, height=320)
             with gr.Tab("History", id="history"):
                 history_table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="history",
-                                             label="What this app generated (newest first)")
+                                             label="What this app generated (newest first): click a row to "
+                                                   "re-run it")
                 with gr.Row():
                     history_choice = gr.Dropdown(label="Run", choices=[], elem_id="history-choice", allow_custom_value=True)
                     rerun = gr.Button("Re-run", variant="primary", elem_id="rerun-button")
-                rerun_video = gr.Video(label="Re-run", interactive=False)
+                rerun_video = gr.Video(label="Re-run", interactive=False, elem_id="rerun-video", height=360)
                 rerun_info = gr.Markdown()
 
         form_inputs = [prompt, model, local_model, profile, size_mode, resolution, aspect_ratio, height, width,
@@ -219,7 +219,7 @@ def build(state: AppState) -> gr.Blocks:
                        random_seed, references, mask, mask_strategy]
 
         # gradio hands the request and progress only to parameters before *values.
-        def on_generate(request: gr.Request, progress=gr.Progress(), *values):
+        def on_generate(request: gr.Request, progress=gr.Progress(), *values):  # noqa: B008 - gradio's idiom
             return _result_outputs(_generate(state, _form(*values), _session(request), progress))
 
         def on_cancel(request: gr.Request):
@@ -232,7 +232,7 @@ def build(state: AppState) -> gr.Blocks:
             rows, names = _history_rows(state)
             return rows, gr.update(choices=names, value=names[0] if names else None)
 
-        def on_rerun(name, request: gr.Request, progress=gr.Progress()):
+        def on_rerun(name, request: gr.Request, progress=gr.Progress()):  # noqa: B008
             entry = next((e for e in history(state.out_root) if e.folder.name == name), None)
             if entry is None:
                 raise gr.Error(f"no run {name!r} in the history", title="Cannot re-run")
@@ -240,7 +240,7 @@ def build(state: AppState) -> gr.Blocks:
             return str(result.video), _result_outputs(result)[2]
 
         def on_compare(version_a, version_b, compare_prompt, compare_seed, request: gr.Request,
-                       progress=gr.Progress(), *values):
+                       progress=gr.Progress(), *values):  # noqa: B008
             base = _form(*values)
             videos = []
             for version in (version_a, version_b):
@@ -257,7 +257,7 @@ def build(state: AppState) -> gr.Blocks:
 
         def on_choices():
             # Versions registered (or deleted) since the page was built.
-            pairs, champion_value = state.models.choices()
+            pairs, _ = state.models.choices()
             return (gr.update(choices=pairs), gr.update(choices=pairs), gr.update(choices=pairs))
 
         generation = generate.click(on_generate, form_inputs, [video, files, info], api_name="generate",
@@ -265,7 +265,15 @@ def build(state: AppState) -> gr.Blocks:
         generation.then(on_history, None, [history_table, history_choice], api_visibility="private")
         cancel.click(on_cancel, None, None, cancels=[generation], queue=False, api_name="cancel")
         rerun.click(on_rerun, [history_choice], [rerun_video, rerun_info], api_name="rerun",
-                    concurrency_id="generation", concurrency_limit=1)
+                    concurrency_id="generation", concurrency_limit=1).then(
+            on_history, None, [history_table, history_choice], api_visibility="private")
+
+        def on_pick(event: gr.SelectData):
+            return event.row_value[0]  # the run column
+
+        history_table.select(on_pick, None, history_choice, api_visibility="private").then(
+            on_rerun, [history_choice], [rerun_video, rerun_info], api_visibility="private",
+            concurrency_id="generation", concurrency_limit=1)
         compare_button.click(on_compare, [version_a, version_b, compare_prompt, compare_seed, *form_inputs],
                              [video_a, video_b], api_name="compare_two", concurrency_id="generation",
                              concurrency_limit=1)
@@ -274,7 +282,6 @@ def build(state: AppState) -> gr.Blocks:
         demo.load(on_history, None, [history_table, history_choice], api_name="history")
         demo.load(on_choices, None, [model, version_a, version_b], api_visibility="private")
         refresh.click(on_choices, None, [model, version_a, version_b], api_visibility="private")
-        del tabs
     return demo
 
 

@@ -25,10 +25,9 @@ def free_port() -> int:
 
 def _export(folder: Path, seed: int) -> Path:
     import torch
-
-    from opensora_core.models import build_stdit2
     from safetensors.torch import save_file
 
+    from opensora_core.models import build_stdit2
     from opensora_core.models.checkpoint_io import save_model
     from opensora_core.models.encoders import TEXT_ENCODER_WEIGHTS
     from opensora_core.models.text_encoder import WordEmbeddingTextEncoder

@@ -59,7 +59,7 @@ def _tab(driver, title: str) -> None:
 
 
 PLAYABLE = """
-const video = document.querySelector('#result-video video');
+const video = document.querySelector(arguments[0] + ' video');
 return video !== null && !!video.currentSrc && !video.error && video.readyState >= 1 && video.duration > 0;
 """
 FOREIGN = """
@@ -73,13 +73,13 @@ def test_generate_then_compare_in_a_real_browser(browser, running_app, tmp_path)
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, state = running_app
+    url, _ = running_app
     wait = WebDriverWait(browser, TIMEOUT_S)
     browser.get(url)
     prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
     prompt.send_keys("a red square moving left")
     browser.find_element(By.ID, "generate-button").click()
-    wait.until(lambda d: d.execute_script(PLAYABLE))
+    wait.until(lambda d: d.execute_script(PLAYABLE, "#result-video"))
     assert browser.execute_script("return document.querySelector('#result-video video').duration") > 0
     assert "--prompt 'a red square moving left'" in browser.find_element(By.ID, "result-info").text
     _shot(browser, tmp_path, "generate")
@@ -94,6 +94,10 @@ def test_generate_then_compare_in_a_real_browser(browser, running_app, tmp_path)
 
     _tab(browser, "History")
     wait.until(lambda d: "a red square moving left" in d.find_element(By.ID, "history").text)
+    cell = next(c for c in browser.find_elements(By.CSS_SELECTOR, "#history [role=gridcell]")
+                if c.text.strip() == "a red square moving left")
+    cell.click()  # one click re-runs it
+    wait.until(lambda d: d.execute_script(PLAYABLE, "#rerun-video"))
     _shot(browser, tmp_path, "history")
     # Everything the page loaded came from the app itself: nothing from a CDN or the internet.
     assert browser.execute_script(FOREIGN, url.rstrip("/")) == []
