@@ -335,7 +335,7 @@ def app_command(
     out = out.resolve()
     state = AppState(ModelStore(tracking_uri, out / "models", max_loaded=max_models), out / "samples", _profiles(),
                      None if model is None else str(model.resolve()))
-    console.print(f"serving on http://{host}:{port} (MLflow store {tracking_uri}); Ctrl-C stops it")
+    console.print(f"model registry: {tracking_uri}; Ctrl-C stops the app", highlight=False)
     try:
         launch(state, host, port, share)
     except OSError as err:

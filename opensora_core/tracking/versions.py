@@ -111,3 +111,14 @@ def download_preview(tracking_uri: str, eval_run_id: str, destination: Path) -> 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return destination
+
+
+def version_exists(tracking_uri: str, version: int, model_name: str = DEFAULT_MODEL_NAME) -> bool:
+    """Whether the registry still holds `version` (a local copy outlives a deleted one)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _client(tracking_uri, registry=True).get_model_version(model_name, str(version))
+    except MlflowException:
+        return False
+    return True

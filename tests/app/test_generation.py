@@ -115,3 +115,19 @@ def test_app_command_refuses_bad_options_with_exit_2(tmp_path):
     assert runner.invoke(app, ["app", "--max-models", "0"]).exit_code == 2
     help_text = runner.invoke(app, ["app", "--help"]).output
     assert "--share" in help_text and "127.0.0.1" in help_text
+
+
+def test_a_version_deleted_from_the_registry_is_refused_even_when_cached(registry, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri, _ = registry
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    v1 = client.get_model_version("stdit2", "1")
+    extra = client.create_model_version("stdit2", v1.source, run_id=v1.run_id)  # no alias: others unaffected
+    store = ModelStore(uri, tmp_path / "models")
+    source = store.resolve(f"registry:{extra.version}", "embedded")
+    assert source.checkpoint.is_file()  # downloaded once
+    client.delete_model_version("stdit2", extra.version)
+    with pytest.raises(LookupError, match=f"version {extra.version} is no longer in the registry"):
+        store.resolve(f"registry:{extra.version}", "embedded")
+    assert f"registry:{extra.version}" not in [value for _, value in store.choices()[0]]
