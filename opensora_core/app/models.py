@@ -26,6 +26,11 @@ class Source:
     profile: str
     label: str
 
+    @property
+    def for_command(self) -> str:
+        """What `opensora sample --checkpoint` takes to load the same weights and encoders."""
+        return str(self.checkpoint)
+
 
 class ModelStore:
     """The registry and local folders behind the model choice, and the loaded models."""

@@ -70,7 +70,7 @@ def _generate(state: AppState, form: GenerateForm, session: str, progress) -> Re
         cancel = state.cancels[session] = threading.Event()
         with state.run_lock:  # one run at a time, whatever the queue lets through
             generator, provenance = state.models.load(source)
-            return run_plan(generator, provenance, planned, state.out_root, form, str(source.checkpoint.parent),
+            return run_plan(generator, provenance, planned, state.out_root, form, source.for_command,
                             on_step=lambda done, total: progress((done, total), desc="denoising", unit="steps"),
                             cancel=cancel)
     except Cancelled:
