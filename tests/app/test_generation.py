@@ -131,3 +131,16 @@ def test_a_version_deleted_from_the_registry_is_refused_even_when_cached(registr
     with pytest.raises(LookupError, match=f"version {extra.version} is no longer in the registry"):
         store.resolve(f"registry:{extra.version}", "embedded")
     assert f"registry:{extra.version}" not in [value for _, value in store.choices()[0]]
+
+
+def test_download_version_and_champion_share_one_download(registry, tmp_path):
+    from opensora_core.tracking.registry import download_champion, download_version
+
+    uri, _ = registry
+    path, number = download_champion(uri, tmp_path / "champion")
+    assert number == 1 and path == tmp_path / "champion" / "model.safetensors" and path.is_file()
+    second = download_version(uri, 2, tmp_path / "v2")
+    assert second.is_file() and second.read_bytes() != path.read_bytes()
+    assert not list(tmp_path.glob(".*partial"))  # staging folders cleaned up
+    with pytest.raises(LookupError, match="no version 42"):
+        download_version(uri, 42, tmp_path / "v42")
