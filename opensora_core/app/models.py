@@ -12,7 +12,7 @@ from pathlib import Path
 
 from opensora_core.infer.sample import load_generation_stack
 from opensora_core.tracking.registry import DEFAULT_MODEL_NAME, download_version
-from opensora_core.tracking.versions import VersionInfo, list_versions, version_exists
+from opensora_core.tracking.versions import VersionInfo, list_versions, version_run_id
 
 REGISTRY_PREFIX = "registry:"
 
@@ -82,11 +82,13 @@ class ModelStore:
                 raise ValueError(f"model {model!r}: expected {REGISTRY_PREFIX}<version number>")
             if self.tracking_uri is None:
                 raise LookupError("no MLflow store is configured: give a local model folder")
-            folder = self.cache_dir / f"{self.model_name}-v{number}"
+            run_id = version_run_id(self.tracking_uri, int(number), self.model_name)
+            if run_id is None:
+                raise LookupError(f"{self.model_name} has no version {number} in the registry at "
+                                  f"{self.tracking_uri} (deleted?); refresh the page for the current versions")
+            # Named after its run too: a recreated store numbers its versions from 1 again.
+            folder = self.cache_dir / f"{self.model_name}-v{number}-{run_id[:12]}"
             weights = folder / "model.safetensors"
-            if weights.is_file() and not version_exists(self.tracking_uri, int(number), self.model_name):
-                raise LookupError(f"{self.model_name} version {number} is no longer in the registry at "
-                                  f"{self.tracking_uri}; refresh the page for the current versions")
             if not weights.is_file():
                 weights = download_version(self.tracking_uri, int(number), folder, self.model_name)
             return Source(weights, profile, f"{self.model_name} v{number}")

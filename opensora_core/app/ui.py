@@ -122,7 +122,7 @@ def _versions_view(state: AppState):
         if v.eval_run_id is None:
             continue
         preview = download_preview(state.models.tracking_uri, v.eval_run_id,
-                                   state.models.cache_dir / "previews" / f"v{v.version}.gif")
+                                   state.models.cache_dir / "previews" / f"{v.eval_run_id}.gif")
         if preview is not None:
             scores = ", ".join(f"{k} {s:.2f}" for k, s in v.scores.items())
             gallery.append((str(preview), f"{'★ champion ' if v.is_champion else ''}v{v.version}: {scores}"))

@@ -113,12 +113,13 @@ def download_preview(tracking_uri: str, eval_run_id: str, destination: Path) -> 
     return destination
 
 
-def version_exists(tracking_uri: str, version: int, model_name: str = DEFAULT_MODEL_NAME) -> bool:
-    """Whether the registry still holds `version` (a local copy outlives a deleted one)."""
+def version_run_id(tracking_uri: str, version: int, model_name: str = DEFAULT_MODEL_NAME) -> str | None:
+    """The run `version` was registered from ("" when none); None when the registry no
+    longer holds it (a local copy outlives a deleted version)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        _client(tracking_uri, registry=True).get_model_version(model_name, str(version))
+        found = _client(tracking_uri, registry=True).get_model_version(model_name, str(version))
     except MlflowException:
-        return False
-    return True
+        return None
+    return found.run_id or ""
