@@ -136,7 +136,7 @@ def build(state: AppState) -> gr.Blocks:
     choices, champion = state.models.choices()
     default_model = champion
     local_default = state.default_model if champion is None else None
-    with gr.Blocks(title="Open-Sora MLOps: generate and compare") as demo:
+    with gr.Blocks(title="Open-Sora MLOps: generate and compare", analytics_enabled=False) as demo:
         gr.Markdown("# Open-Sora MLOps\nGenerate videos from any trained STDiT-2 version, compare the "
                     "registered versions, re-run what you made.")
         with gr.Tabs():

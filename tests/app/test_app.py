@@ -144,3 +144,15 @@ def test_one_generation_at_a_time_others_queue_and_cancel_stops_one(client, runn
     video, _, _ = waiting.result(timeout=120)  # the queued one ran once the first stopped
     assert _video_path(video).is_file()
     assert len(list(state.out_root.iterdir())) == before + 1  # the cancelled run left nothing
+
+
+def test_the_page_is_served_on_loopback_without_analytics(running_app):
+    import json
+    import urllib.request
+
+    url, _ = running_app
+    assert url.startswith("http://127.0.0.1:")
+    with urllib.request.urlopen(f"{url}config", timeout=30) as response:
+        config = json.load(response)
+    assert config["analytics_enabled"] is False
+    assert not config.get("share_url")
