@@ -1,16 +1,19 @@
 # Quick start: `make demo`, then `make test`. Both create the virtualenvs when missing.
-#   .venv      the project with its dev, k8s, ocr, postgres and s3 extras (torch is installed first: a
-#              CPU wheel of exactly 2.13.0; k8s lets the tests validate the Kubernetes
-#              executor, s3 and moto (dev) test an s3-compatible store)
+#   .venv      the project with its dev, k8s, ocr, postgres, s3 and app extras (torch is
+#              installed first: a CPU wheel of exactly 2.13.0; k8s lets the tests validate the
+#              Kubernetes executor, s3 and moto (dev) test an s3-compatible store, postgres
+#              the cluster's stores, app is the web app)
 #   .venv-dvc  dvc alone: its antlr4 pin breaks Dagster's asset selection syntax
 
 PYTHON ?= python3.11
 VENV := .venv
 VENV_DVC := .venv-dvc
 BIN := $(VENV)/bin
+EXTRAS := dev,k8s,ocr,postgres,s3,app
 HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 DAGSTER_PORT ?= 3000
+APP_PORT ?= 7860
 # What `make demo` curates: the synthetic dataset (use `default` for real footage) ...
 OPENSORA_DATA_CONFIG ?= synthetic
 # ... and trains with (configs/stages/demo); `make ui` shows the same stage configs.
@@ -21,7 +24,7 @@ demo ui: export OPENSORA_DATA_CONFIG := $(OPENSORA_DATA_CONFIG)
 demo ui: export OPENSORA_TRAIN_STAGES := $(OPENSORA_TRAIN_STAGES)
 demo ui: export OPENSORA_STAGES := $(OPENSORA_STAGES)
 
-.PHONY: setup demo test test-floors bench ui clean
+.PHONY: setup demo test test-floors bench ui app clean
 
 setup: $(VENV)/.installed $(VENV_DVC)/.installed
 
@@ -29,7 +32,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,k8s,ocr,postgres,s3]"
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
 $(VENV_DVC)/.installed:
@@ -49,14 +52,13 @@ test: setup
 # each direct dependency to the lowest version pyproject.toml allows, .ci/check_floors.py
 # fails if one came out above its floor, then the fast tests run in that environment.
 VENV_FLOORS := .venv-floors
-FLOORS_EXTRAS := dev,k8s,ocr,s3
 test-floors:
 	test -x $(VENV_FLOORS)/bin/python || $(PYTHON) -m venv $(VENV_FLOORS)
 	$(VENV_FLOORS)/bin/pip install --quiet --upgrade pip uv
 	$(VENV_FLOORS)/bin/pip install --quiet torch==2.13.0
 	$(VENV_FLOORS)/bin/uv pip install --quiet --python $(VENV_FLOORS)/bin/python --resolution lowest-direct \
-		-e ".[$(FLOORS_EXTRAS)]"
-	$(VENV_FLOORS)/bin/python .ci/check_floors.py $(FLOORS_EXTRAS)
+		-e ".[$(EXTRAS)]"
+	$(VENV_FLOORS)/bin/python .ci/check_floors.py $(EXTRAS)
 	$(VENV_FLOORS)/bin/python -m pytest -q -m "not slow"
 
 # The training-step benchmark, tiny and reference setups (bench/model_step.py, the same as
@@ -73,6 +75,11 @@ ui: setup
 	@$(BIN)/mlflow ui --host $(HOST) --port $(MLFLOW_PORT) --backend-store-uri sqlite:///$(CURDIR)/mlruns.db & \
 	mlflow_pid=$$!; trap 'kill $$mlflow_pid 2>/dev/null' EXIT; \
 	DAGSTER_HOME=$(CURDIR)/.dagster $(BIN)/dagster dev -m orchestration.definitions -h $(HOST) -p $(DAGSTER_PORT)
+
+# The web app (Generate, Compare, History) on $(HOST) only, over the registry of the
+# MLflow store `make ui` shows; Ctrl-C stops it.
+app: setup
+	$(BIN)/opensora app --host $(HOST) --port $(APP_PORT)
 
 clean:
 	rm -rf $(VENV) $(VENV_DVC) $(VENV_FLOORS) outputs .pytest_cache data artifacts runs .dagster mlruns.db mlartifacts

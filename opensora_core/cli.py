@@ -309,6 +309,39 @@ def runs_compare_command(
         fail(str(err))
 
 
+@app.command("app")
+def app_command(
+    host: Annotated[str, typer.Option(help="Address to serve on (loopback by default: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on.")] = 7860,
+    share: Annotated[bool, typer.Option(help="Also open a public gradio.live link (off: nothing leaves the machine).")] = False,
+    out: Annotated[Path, typer.Option(help="Folder for the generated videos (the History tab) and downloaded "
+                                      "model versions.")] = Path("outputs/app"),
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow store with the stdit2 registry (default: the embedded profile's, as `make ui`).")] = None,
+    model: Annotated[Path | None, typer.Option(
+        help="A local export/checkpoint folder preselected when the registry holds no version.")] = None,
+    max_models: Annotated[int, typer.Option(min=1, help="Models kept loaded at once (memory).")] = 1,
+) -> None:
+    """Serve the web app: generate from any registered version or local model, compare versions, history."""
+    from opensora_core.config import load_profile
+
+    if model is not None and not model.exists():
+        fail(f"--model {model}: no such file or folder")
+    if tracking_uri is None:
+        tracking_uri = load_profile("embedded").mlflow_tracking_uri
+    from opensora_core.app.models import ModelStore
+    from opensora_core.app.ui import AppState, _profiles, launch
+
+    out = out.resolve()
+    state = AppState(ModelStore(tracking_uri, out / "models", max_loaded=max_models), out / "samples", _profiles(),
+                     None if model is None else str(model.resolve()))
+    console.print(f"model registry: {tracking_uri}; Ctrl-C stops the app", highlight=False)
+    try:
+        launch(state, host, port, share)
+    except OSError as err:
+        fail(f"cannot serve on {host}:{port}: {err}")
+
+
 def main() -> None:
     try:
         app()

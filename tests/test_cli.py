@@ -17,7 +17,7 @@ runner = CliRunner()
 def test_help_lists_every_command_group():
     result = runner.invoke(cli.app, ["--help"])
     assert result.exit_code == 0
-    for group in ("data", "cache", "train", "sample", "bench", "model"):
+    for group in ("data", "cache", "train", "sample", "bench", "model", "app"):
         assert group in result.output
 
 
@@ -27,7 +27,8 @@ def test_help_imports_neither_torch_nor_pandas():
     import subprocess
 
     code = ("import sys; import opensora_core.cli; "
-            "print(sorted(m for m in ('torch', 'pandas', 'mlflow', 'av', 'dagster', 'bench') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'pandas', 'mlflow', 'av', 'dagster', 'bench', 'gradio') "
+            "if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]", loaded
 

@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"infer"},
     {"eval"},
     {"train"},
+    {"app"},  # the web app: only `opensora app` (cli) reaches it
     {"cli"},  # also the door to bench/ (above the core): `opensora bench`
 ]
 FORBIDDEN_ROOTS = ("dagster", "dagster_mlflow", "assets_defs", "orchestration")

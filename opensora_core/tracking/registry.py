@@ -120,13 +120,30 @@ def download_champion(tracking_uri: str, destination: Path, model_name: str = DE
     Raises LookupError when there is no champion, FileNotFoundError when its files hold
     no `model.safetensors`.
     """
-    import mlflow.artifacts
-
     version = champion(tracking_uri, model_name)
     if version is None:
         raise LookupError(f"model {model_name!r} has no {CHAMPION!r} alias in the MLflow registry at {tracking_uri}; "
                           "run eval_samples once (it registers and promotes the first version)")
-    destination = Path(destination)
+    return _download(tracking_uri, version, Path(destination), model_name), int(version.version)
+
+
+def download_version(tracking_uri: str, version: int, destination: Path, model_name: str = DEFAULT_MODEL_NAME) -> Path:
+    """Download version `version`'s files into `destination` (replaced whole, atomically);
+    the path of its `model.safetensors`. LookupError when there is no such version."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri, registry=True)
+    try:
+        found = client.get_model_version(model_name, str(version))
+    except MlflowException:
+        raise LookupError(f"model {model_name!r} has no version {version} in the MLflow registry at "
+                          f"{tracking_uri}") from None
+    return _download(tracking_uri, found, Path(destination), model_name)
+
+
+def _download(tracking_uri: str, version, destination: Path, model_name: str) -> Path:
+    import mlflow.artifacts
+
     staging = destination.with_name(f".{destination.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -139,4 +156,4 @@ def download_champion(tracking_uri: str, destination: Path, model_name: str = DE
     shutil.rmtree(destination, ignore_errors=True)
     os.replace(folder, destination)
     shutil.rmtree(staging, ignore_errors=True)
-    return destination / "model.safetensors", int(version.version)
+    return destination / "model.safetensors"
