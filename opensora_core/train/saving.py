@@ -30,7 +30,6 @@ from opensora_core.train.ema import EMA
 from opensora_core.train.stage import Stage
 from opensora_core.utils.atomic import atomic_path
 
-
 _KERNEL_OPTIONS = ("fused", "foreach", "capturable", "differentiable")
 
 
