@@ -38,7 +38,7 @@ from opensora_core.train.loop import TrainArgs, train_stage
 from opensora_core.train.step import StepDraws
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = 4
+STEPS = 3
 GLOBAL_BATCH = 2  # one process with batch 2, or two with batch 1
 
 
@@ -210,8 +210,8 @@ def test_world_size_does_not_change_batches_or_draws():
 @pytest.mark.slow
 def test_two_processes_train_as_one_and_survive_a_kill_inside_a_checkpoint_save(setup, reference):
     """2 processes x batch 1 from the start; rank 0 SIGKILLs itself inside the save of
-    step 3 (its shards written, not yet renamed); one process with batch 2 resumes from
-    step 2 (DCP resharding 2 -> 1) and ends where the reference does."""
+    the last step, 3 (its shards written, not yet renamed); one process with batch 2
+    resumes from step 2 (DCP resharding 2 -> 1) and ends where the reference does."""
     out = setup["folder"] / "killed-in-save"
     killed = subprocess.run(_torchrun(setup, out), env=_env(**{KILL_IN_SAVE_ENV: "3"}), capture_output=True,
                             text=True, timeout=300, check=False)
@@ -227,9 +227,9 @@ def test_two_processes_train_as_one_and_survive_a_kill_inside_a_checkpoint_save(
         [_logged_losses(reference)[s] for s in (1, 2)], rel=1e-5)
 
     resumed = train_stage(_args(setup, 1, out))
-    assert [s for s, _ in resumed.loss_curve] == [3, 4]  # from step 2, not from 0
+    assert [s for s, _ in resumed.loss_curve] == [3]  # from step 2, not from 0
     assert not partial.exists()
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000003", "step-00000004"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000002", "step-00000003"]
     _assert_same_training(out, reference)
     _assert_exports_the_ema(out)
     _assert_exports_the_ema(reference)
@@ -241,25 +241,25 @@ class _Crash(Exception):
 
 @pytest.mark.slow
 def test_a_killed_torchrun_resumes_and_one_process_checkpoints_resume_on_two(setup, reference):
-    """One process (batch 2) stops after step 2's checkpoint; two processes (batch 1)
+    """One process (batch 2) stops after step 1's checkpoint; two processes (batch 1)
     resume it (DCP resharding 1 -> 2) and are SIGKILLed, torchrun and workers at once,
-    once they have saved step 3; the same torchrun command resumes and finishes where
+    once they have saved step 2; the same torchrun command resumes and finishes where
     the reference does."""
     out = setup["folder"] / "resharded"
 
-    def crash_at_step_3(step: int, metrics: dict) -> None:
-        if step == 3:  # reported before step 3's checkpoint: step 2 is the newest
+    def crash_at_step_2(step: int, metrics: dict) -> None:
+        if step == 2:  # reported before step 2's checkpoint: step 1 is the newest
             raise _Crash
 
     with pytest.raises(_Crash):
-        train_stage(_args(setup, 1, out), on_metrics=crash_at_step_3)
-    assert (out / "checkpoints" / "step-00000002" / "rank0.pt").is_file()
+        train_stage(_args(setup, 1, out), on_metrics=crash_at_step_2)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000001"]
 
     log = setup["folder"] / "killed-torchrun.log"
     with log.open("w") as sink:
         process = subprocess.Popen(_torchrun(setup, out), env=_env(), stdout=sink, stderr=subprocess.STDOUT)
-        _kill_tree_when(process, out / "checkpoints" / "step-00000003", log)
-    assert (out / "checkpoints" / "step-00000003" / "rank1.pt").is_file()  # written by two processes
+        _kill_tree_when(process, out / "checkpoints" / "step-00000002", log)
+    assert (out / "checkpoints" / "step-00000002" / "rank1.pt").is_file()  # written by two processes
     assert not (out / "export").exists()
 
     done = subprocess.run(_torchrun(setup, out), env=_env(), capture_output=True, text=True, timeout=300,
