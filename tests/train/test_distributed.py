@@ -269,3 +269,17 @@ def test_a_killed_torchrun_resumes_and_one_process_checkpoints_resume_on_two(set
     assert steps.count(1) == 1 and steps[-1] == STEPS, steps  # every run resumed, none restarted at 0
     _assert_same_training(out, reference)
     _assert_exports_the_ema(out)
+
+
+def test_a_folder_records_the_global_batch_so_either_world_size_resumes_it(setup):
+    """`inputs.json` holds global batch sizes: 2 processes x 1 and 1 process x 2 record
+    the same inputs (so each resumes the other's checkpoints, as the tests above do);
+    2 x 2 is another global batch, which starts again."""
+    from opensora_core.train.inputs import check_inputs, stage_inputs
+
+    out = setup["folder"] / "unused"
+    one, two = _args(setup, 1, out), _args(setup, 2, out)
+    record = stage_inputs(one, check_inputs(one), 1)
+    assert record["stage_config"]["bucket_config"]["32px"]["4"]["batch_size"] == GLOBAL_BATCH
+    assert stage_inputs(two, check_inputs(two), 2) == record
+    assert stage_inputs(one, check_inputs(one), 2) != record
