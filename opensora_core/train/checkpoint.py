@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
-RANK_FILE = re.compile(r"^rank(\d+)\.pt$")
+WRITERS_KEY = "writers"  # in each rank file: how many ranks wrote the checkpoint
 # Test-only: rank 0 SIGKILLs itself in the save of this step, after its DCP shards are
 # written and before the rename (tests/train/test_distributed.py).
 KILL_IN_SAVE_ENV = "OPENSORA_TEST_KILL_IN_CHECKPOINT_SAVE"
@@ -34,13 +34,12 @@ def _barrier() -> None:
 
 
 class CheckpointManager:
-    def __init__(self, folder: str | Path, keep_last: int = 2, rank: int = 0, world: int = 1):
+    def __init__(self, folder: str | Path, keep_last: int = 2, rank: int = 0):
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
         self.folder = Path(folder)
         self.keep_last = keep_last
         self.rank = rank
-        self.world = world
 
     def complete(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
@@ -54,15 +53,20 @@ class CheckpointManager:
         return done[-1] if done else None
 
     def _is_complete(self, path: Path) -> bool:
-        """DCP's `.metadata` and rank files 0..n-1 for the n ranks that wrote it."""
-        if not (path / ".metadata").is_file():
+        """DCP's `.metadata` and the rank file of every rank that wrote it (rank 0's
+        file records how many did)."""
+        if not (path / ".metadata").is_file() or not (path / "rank0.pt").is_file():
             return False
-        ranks = {int(m.group(1)) for f in path.iterdir() if (m := RANK_FILE.match(f.name))}
-        return bool(ranks) and ranks == set(range(max(ranks) + 1))
+        try:
+            # Checkpoints from before the count was recorded: rank 0's file alone.
+            writers = int(torch.load(path / "rank0.pt", weights_only=True).get(WRITERS_KEY, 1))
+        except (OSError, RuntimeError, AttributeError, ValueError, TypeError, EOFError):
+            return False
+        return all((path / f"rank{r}.pt").is_file() for r in range(writers))
 
     def save(self, step: int, shared: dict, per_rank: dict) -> Path:
         """`shared`: DCP state (tensors, sharded or not, and Stateful objects);
-        `per_rank`: this rank's own small state (tensors and numbers)."""
+        `per_rank`: the trainer's small state (tensors and numbers), written by each rank."""
         final = self.folder / f"step-{step:08d}"
         partial = self.folder / f"step-{step:08d}.partial"
         if self.rank == 0:
@@ -70,7 +74,8 @@ class CheckpointManager:
             partial.mkdir(parents=True)
         _barrier()
         dcp.save(shared, checkpoint_id=str(partial))
-        torch.save(per_rank, partial / f"rank{self.rank}.pt")
+        writers = dist.get_world_size() if dist.is_initialized() else 1
+        torch.save({**per_rank, WRITERS_KEY: writers}, partial / f"rank{self.rank}.pt")
         if self.rank == 0 and os.environ.get(KILL_IN_SAVE_ENV) == str(step):
             os.kill(os.getpid(), signal.SIGKILL)
         _barrier()

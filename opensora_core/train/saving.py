@@ -61,7 +61,7 @@ def resume(s: Stage) -> int:
 
 
 def save_checkpoint(s: Stage, step: int) -> None:
-    own = {"step": step, "sampler": s.sampler.state_dict(), "world": s.world}
+    own = {"step": step, "sampler": s.sampler.state_dict()}
     s.checkpoints.save(step, _shared_state(s), own)
 
 

@@ -162,5 +162,5 @@ def prepare_stage(args: TrainArgs) -> Stage:
         sampler=BucketBatchSampler(checked.assigner, checked.rows, seed=seed, rank=rank, world_size=world),
         diffusion=diffusion, timesteps=build_timestep_sampler(stage.scheduler, diffusion, stage.timestep_shift),
         masks=MaskGenerator(stage.mask_ratios) if stage.mask_ratios else None,
-        checkpoints=CheckpointManager(out / "checkpoints", args.keep_last, rank, world), lock=lock,
+        checkpoints=CheckpointManager(out / "checkpoints", args.keep_last, rank), lock=lock,
     )

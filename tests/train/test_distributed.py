@@ -283,3 +283,26 @@ def test_a_folder_records_the_global_batch_so_either_world_size_resumes_it(setup
     assert record["stage_config"]["bucket_config"]["32px"]["4"]["batch_size"] == GLOBAL_BATCH
     assert stage_inputs(two, check_inputs(two), 2) == record
     assert stage_inputs(one, check_inputs(one), 2) != record
+
+
+def test_a_checkpoint_is_complete_only_with_every_writers_rank_file(tmp_path):
+    """Rank 0's file records how many ranks wrote the checkpoint; one missing rank file
+    (a folder copied in part) makes it incomplete, whatever world reads it."""
+    import shutil
+
+    from opensora_core.train.checkpoint import WRITERS_KEY, CheckpointManager
+
+    manager = CheckpointManager(tmp_path / "checkpoints")
+    first = manager.save(1, {"x": torch.ones(3)}, {"step": 1})
+    assert manager.latest() == first
+    state = {"x": torch.zeros(3)}
+    assert manager.load(first, state) == {"step": 1, WRITERS_KEY: 1} and torch.equal(state["x"], torch.ones(3))
+
+    two = tmp_path / "checkpoints" / "step-00000002"
+    shutil.copytree(first, two)
+    torch.save({"step": 2, WRITERS_KEY: 2}, two / "rank0.pt")
+    assert manager.latest() == first  # rank1.pt missing
+    torch.save({"step": 2, WRITERS_KEY: 2}, two / "rank1.pt")
+    assert manager.latest() == two
+    (two / ".metadata").unlink()
+    assert manager.latest() == first
