@@ -96,6 +96,7 @@ def micro_conditions(batch: dict, convention: MicroConditionConvention) -> dict[
 
 
 def _seeded(*key: int) -> torch.Generator:
+    """A generator for `key`; SeedSequence mixes the key so nearby keys give unrelated streams."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
 
 
