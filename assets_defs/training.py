@@ -97,7 +97,8 @@ def plan_stage(index: int, settings: TrainingSettings, data: Path, init: Path | 
     args = TrainArgs(stage=name, data=str(data), out=str(settings.stage_dir(index)), profile=settings.profile,
                      cache=cache, init=str(init) if init else None, max_steps=settings.max_steps)
     try:
-        inputs = stage_inputs(args, check_inputs(args, shapes_only=True))
+        world = settings.nnodes * settings.nproc_per_node  # the job's processes share the global batch
+        inputs = stage_inputs(args, check_inputs(args, shapes_only=True), world)
     except (TrainingError, ConfigError) as err:
         raise Failure(f"stdit2_stage{index}: {err}") from None
     return StagePlan(index, name, config, args, inputs)

@@ -145,17 +145,20 @@ class BucketAssigner:
         return [self.assign(t, h, w, np.random.default_rng([seed, epoch, i])) for i, (t, h, w) in enumerate(rows)]
 
 
-def bucket_batches(assignments: Sequence[Bucket | Dropped], seed: int, epoch: int) -> list[list[int]]:
-    """All full batches of one epoch: indices grouped by bucket, shuffled within each
-    bucket, cut to the bucket's batch size (an incomplete tail batch waits for the
-    next epoch's draw), then the batches shuffled together."""
+def bucket_batches(assignments: Sequence[Bucket | Dropped], seed: int, epoch: int,
+                   world_size: int = 1) -> list[list[int]]:
+    """All full global batches of one epoch: indices grouped by bucket, shuffled within
+    each bucket, cut to the bucket's batch size times `world_size` (the batch size is per
+    process, as in Open-Sora's configs; an incomplete tail batch waits for the next
+    epoch's draw), then the batches shuffled together. The result depends on the global
+    batch sizes only, not on how many processes share them."""
     rng = np.random.default_rng([seed, epoch, 1 << 20])
     groups: dict[tuple, list[int]] = defaultdict(list)
     sizes: dict[tuple, int] = {}
     for index, bucket in enumerate(assignments):
         if isinstance(bucket, Bucket):
             groups[bucket.key].append(index)
-            sizes[bucket.key] = bucket.batch_size
+            sizes[bucket.key] = bucket.batch_size * world_size
     batches = []
     for key in sorted(groups, key=str):
         members = [groups[key][i] for i in rng.permutation(len(groups[key]))]
@@ -167,10 +170,13 @@ def bucket_batches(assignments: Sequence[Bucket | Dropped], seed: int, epoch: in
 class BucketBatchSampler:
     """Distributed batch sampler over buckets with exact resume.
 
-    Each epoch re-assigns every row (seed, epoch), forms bucket batches, and gives rank
-    r the batches r, r + world, ... (all ranks get the same count; extra batches wait
-    for the next epoch). `state_dict()` records (seed, epoch, batches already yielded),
-    so a resumed sampler continues at the exact next batch.
+    Each epoch re-assigns every row (seed, epoch) and forms global batches of the
+    bucket's batch size times the world size (`bucket_batches`); each step every rank
+    takes its slice of the same global batch: rank r the samples [r * B, (r + 1) * B).
+    So W processes with batch B see exactly the samples, in the same order, that one
+    process with batch W * B sees, and `state_dict()` (seed, epoch, global batches
+    already yielded) is the same on every rank: a checkpoint resumes at the exact next
+    batch on any number of processes with the same global batch.
     """
 
     def __init__(
@@ -195,9 +201,11 @@ class BucketBatchSampler:
     def _epoch_plan(self) -> tuple[list[Bucket | Dropped], list[list[int]]]:
         if self._cache is None or self._cache[0] != self.epoch:
             assignments = self.assigner.assign_all(self.rows, self.seed, self.epoch)
-            batches = bucket_batches(assignments, self.seed, self.epoch)
-            per_rank = len(batches) // self.world_size
-            mine = batches[self.rank :: self.world_size][:per_rank]
+            batches = bucket_batches(assignments, self.seed, self.epoch, self.world_size)
+            mine = []
+            for batch in batches:
+                size = len(batch) // self.world_size
+                mine.append(batch[self.rank * size : (self.rank + 1) * size])
             self._cache = (self.epoch, assignments, mine)
         return self._cache[1], self._cache[2]
 

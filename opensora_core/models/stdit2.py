@@ -280,6 +280,7 @@ class STDiT2(nn.Module):
         width: torch.Tensor | float | None = None,
         ar: torch.Tensor | float | None = None,
         fps: torch.Tensor | float | None = None,
+        drop_caption: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict noise (and variance) for latents.
 
@@ -288,7 +289,9 @@ class STDiT2(nn.Module):
         fewer rows than y, as Open-Sora passes for classifier-free guidance, is
         repeated); x_mask `[B, T]` bool, True for frames being generated; micro-
         conditions `[B]` or scalars (defaults: pixel size from the latent size,
-        aspect ratio height/width, T frames, 24 fps or 120 for images).
+        aspect ratio height/width, T frames, 24 fps or 120 for images). drop_caption
+        `[B]` bool: which captions to replace by the null caption; None draws them in
+        training with `class_dropout_prob` (training passes its own, drawn per sample).
         Returns `[B, out_channels, T, H, W]` in fp32.
         """
         c = self.config
@@ -312,7 +315,7 @@ class STDiT2(nn.Module):
             micro_condition(timestep, None, dtype, batch, x.device), data_info, fl, x_mask is not None)
 
         # 4. Caption tokens and RoPE table
-        cond = self.y_embedder(y, self.training).squeeze(1)  # [B, N, C]
+        cond = self.y_embedder(y, self.training, drop_caption).squeeze(1)  # [B, N, C]
         rope = self.rope.angles(frames, x.device)
 
         # 5. Blocks

@@ -152,10 +152,19 @@ def check_inputs(args: TrainArgs, shapes_only: bool = False) -> CheckedInputs:
     return CheckedInputs(stage, profile, config, seed, max_steps, ckpt_every, table, rows, assigner, init_state)
 
 
-def stage_inputs(args: TrainArgs, checked: CheckedInputs) -> dict:
+def stage_inputs(args: TrainArgs, checked: CheckedInputs, world: int = 1) -> dict:
     """What the stage's result depends on: the table's and init weights' content, the
-    stage config (overrides applied), seed, steps and the profile."""
+    stage config (overrides applied), seed, steps and the profile. The config's batch
+    sizes are per process; the record holds the global ones (times `world`, the number
+    of training processes), since W processes with batch B train exactly as one with
+    batch W * B (`BucketBatchSampler`): such a folder resumes on either, another global
+    batch starts again."""
     init = Path(args.init) if args.init else None
-    return {"table_sha256": file_sha256(args.data), "stage_config": checked.stage.model_dump(mode="json"),
+    config = checked.stage.model_dump(mode="json")
+    for entries in config["bucket_config"].values():
+        for entry in entries.values():
+            if entry["batch_size"] is not None:
+                entry["batch_size"] *= world
+    return {"table_sha256": file_sha256(args.data), "stage_config": config,
             "init_sha256": file_sha256(init) if init is not None and init.is_file() else None,
             "seed": checked.seed, "max_steps": checked.max_steps, "profile": args.profile}

@@ -1,5 +1,8 @@
 """What a stage keeps: DCP checkpoints of the shared state (model, optimizer, EMA) with
-each rank's own (step, sampler, RNGs), resuming from the newest, and the end-of-stage
+the trainer's position (step, sampler), resuming from the newest on any number of
+processes with the same global batch (DCP reshards; the sampler's position counts global
+batches and the random draws are keyed by step and sample, `train.step.StepDraws`, so
+there is no per-rank state to carry over), and the end-of-stage
 export (`export/model.safetensors`, + the jointly trained text encoder) that
 `load_stdit2`, `opensora sample` and the next stage's `--init` read."""
 
@@ -27,6 +30,8 @@ from opensora_core.train.ema import EMA
 from opensora_core.train.stage import Stage
 from opensora_core.utils.atomic import atomic_path
 
+_KERNEL_OPTIONS = ("fused", "foreach", "capturable", "differentiable")
+
 
 def _shared_state(s: Stage) -> dict:
     model_state, optim_state = get_state_dict(s.trainable, s.optimizer)
@@ -43,22 +48,20 @@ def resume(s: Stage) -> int:
         return 0
     state = _shared_state(s)
     own = s.checkpoints.load(latest, state)
+    # The optimizer's kernel choice belongs to this process, not to the checkpoint's
+    # writer: a 1-process checkpoint records fused=True, which DTensor weights refuse.
+    kernels = [{k: group[k] for k in _KERNEL_OPTIONS if k in group} for group in s.optimizer.param_groups]
     set_state_dict(s.trainable, s.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    for group, own_kernels in zip(s.optimizer.param_groups, kernels, strict=True):
+        group.update(own_kernels)
     if s.ema is not None:
         s.ema.load_state_dict(state["ema"])
     s.sampler.load_state_dict(own["sampler"])
-    torch.set_rng_state(own["torch_rng"])
-    s.generator.set_state(own["generator"])
-    if s.device.type == "cuda":
-        torch.cuda.set_rng_state(own["cuda_rng"], s.device)
     return int(own["step"])
 
 
 def save_checkpoint(s: Stage, step: int) -> None:
-    own = {"step": step, "sampler": s.sampler.state_dict(), "torch_rng": torch.get_rng_state(),
-           "generator": s.generator.get_state()}
-    if s.device.type == "cuda":
-        own["cuda_rng"] = torch.cuda.get_rng_state(s.device)
+    own = {"step": step, "sampler": s.sampler.state_dict()}
     s.checkpoints.save(step, _shared_state(s), own)
 
 

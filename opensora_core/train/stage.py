@@ -72,7 +72,6 @@ class Stage:
     diffusion: GaussianDiffusion | RectifiedFlow
     timesteps: object
     masks: MaskGenerator | None
-    generator: torch.Generator
     checkpoints: CheckpointManager
     lock: FolderLock | None = None  # rank 0's hold on `out` while the stage runs
 
@@ -89,7 +88,7 @@ class _Models:
     vae: nn.Module
 
 
-def _claim_out(args: TrainArgs, checked: CheckedInputs, rank: int) -> FolderLock | None:
+def _claim_out(args: TrainArgs, checked: CheckedInputs, rank: int, world: int) -> FolderLock | None:
     """Rank 0 locks `--out` and clears checkpoints of other inputs; every rank waits for it."""
     lock = None
     if rank == 0:
@@ -100,7 +99,7 @@ def _claim_out(args: TrainArgs, checked: CheckedInputs, rank: int) -> FolderLock
         folder = StageFolder(Path(args.out))
         folder.sweep_leftovers()  # a killed run's unfinished checkpoint and temporary files
         # Checkpoints of other inputs (table, stage config, init, seed, steps) are not resumed from.
-        folder.reuse_or_reset(stage_inputs(args, checked))
+        folder.reuse_or_reset(stage_inputs(args, checked, world))
     if dist.is_initialized():
         dist.barrier()  # no rank lists checkpoints while rank 0 may still be clearing them
     return lock
@@ -140,7 +139,7 @@ def prepare_stage(args: TrainArgs) -> Stage:
     if device.type == "cpu":
         retain_freed_memory()  # activations reuse mapped pages step after step (utils/host_memory.py)
     out = Path(args.out)
-    lock = _claim_out(args, checked, rank)
+    lock = _claim_out(args, checked, rank, world)
     built = _build_models(args, checked, device, mesh)
     model, text_encoder = built.model, built.text_encoder
     trainable = _Trainable(model, text_encoder if built.trains_text else None)
@@ -163,6 +162,5 @@ def prepare_stage(args: TrainArgs) -> Stage:
         sampler=BucketBatchSampler(checked.assigner, checked.rows, seed=seed, rank=rank, world_size=world),
         diffusion=diffusion, timesteps=build_timestep_sampler(stage.scheduler, diffusion, stage.timestep_shift),
         masks=MaskGenerator(stage.mask_ratios) if stage.mask_ratios else None,
-        generator=torch.Generator().manual_seed(seed * 1000 + rank),
-        checkpoints=CheckpointManager(out / "checkpoints", args.keep_last, rank, world), lock=lock,
+        checkpoints=CheckpointManager(out / "checkpoints", args.keep_last, rank), lock=lock,
     )

@@ -8,7 +8,9 @@ import math
 import resource
 import time
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from opensora_core.config import StageConfig
@@ -54,10 +56,13 @@ def train_step(s: Stage, items: list[tuple[int, Bucket]], step: int) -> tuple[fl
     """One optimizer step on one bucket batch: (loss, grad norm, lr)."""
     batch = collate([s.dataset[item] for item in items])
     autocast = s.mesh is None and s.compute_dtype != torch.float32
+    # The sampler gives every rank its slice of one global batch: rank r holds global
+    # samples [r * B, (r + 1) * B), whose random draws are the same at any world size.
+    draws = StepDraws(s.seed, step, len(items) * s.world, s.rank * len(items), len(items))
     with torch.autocast(s.device.type, dtype=s.compute_dtype, enabled=autocast):
         conditions = micro_conditions(batch, s.config.micro_condition_convention)
         loss = _loss(s.model, s.text_encoder, s.vae, s.diffusion, s.timesteps, s.masks, batch, conditions, s.device,
-                     s.generator)
+                     draws, s.config.class_dropout_prob)
     s.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     groups = [[p for p in s.model.parameters() if p.requires_grad]]
@@ -71,7 +76,10 @@ def train_step(s: Stage, items: list[tuple[int, Bucket]], step: int) -> tuple[fl
     s.optimizer.step()
     if s.ema is not None:
         s.ema.update(s.model)
-    return float(loss.detach()), grad_norm, lr
+    reported = loss.detach().float()
+    if s.world > 1:  # the global batch's loss, as one process with the whole batch reports it
+        dist.all_reduce(reported, op=dist.ReduceOp.AVG)
+    return float(reported), grad_norm, lr
 
 
 def micro_conditions(batch: dict, convention: MicroConditionConvention) -> dict[str, torch.Tensor]:
@@ -87,7 +95,36 @@ def micro_conditions(batch: dict, convention: MicroConditionConvention) -> dict[
     return conditions
 
 
-def _loss(model, text_encoder, vae, diffusion, timesteps, masks, batch, conditions, device, generator) -> torch.Tensor:
+def _seeded(*key: int) -> torch.Generator:
+    """A generator for `key`; SeedSequence mixes the key so nearby keys give unrelated streams."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
+
+
+class StepDraws:
+    """A step's random draws, keyed by (seed, step) and the sample's place in the global
+    batch rather than by rank, so W processes with batch B draw what one process with
+    batch W * B draws (and a resumed run what an uninterrupted one draws, with no RNG
+    state to restore). The per-batch draws (timesteps, whose SpeeDiT pairs span the
+    batch; frame masks; caption drops) are cheap and drawn for the whole global batch on
+    every rank; the noise, the large draw, only for this rank's samples, one generator
+    each."""
+
+    def __init__(self, seed: int, step: int, global_size: int, offset: int, size: int):
+        self.seed, self.step, self.global_size, self.offset, self.size = seed, step, global_size, offset, size
+        self.batch_generator = _seeded(seed, step, 0)
+
+    def mine(self, drawn: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a draw for the global batch."""
+        return drawn[self.offset : self.offset + self.size]
+
+    def noise(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """`[size, *shape]` noise, sample i from its own generator (seed, step, global index)."""
+        return torch.stack([torch.randn(shape, generator=_seeded(self.seed, self.step, 1, self.offset + i))
+                            for i in range(self.size)])
+
+
+def _loss(model, text_encoder, vae, diffusion, timesteps, masks, batch, conditions, device, draws: StepDraws,
+          caption_dropout: float) -> torch.Tensor:
     if "latents" in batch:
         x0 = batch["latents"].to(device)
     else:
@@ -100,15 +137,20 @@ def _loss(model, text_encoder, vae, diffusion, timesteps, masks, batch, conditio
     else:
         encoded = text_encoder.encode(batch["text"])
         y, y_mask = encoded["y"].to(device), encoded["mask"].to(device)
-    size = x0.shape[0]
-    t = timesteps.sample(size, generator).to(device)
+    if x0.shape[0] != draws.size:
+        raise ValueError(f"batch of {x0.shape[0]} samples, expected {draws.size}")
+    total, gen = draws.global_size, draws.batch_generator
+    t = draws.mine(timesteps.sample(total, gen)).to(device)
     weights = timesteps.weights(t)
-    frame_mask = masks.get_masks(size, x0.shape[2], generator).to(device) if masks and x0.shape[2] > 1 else None
-    noise = torch.randn(x0.shape, generator=generator).to(device)
+    frame_mask = None
+    if masks and x0.shape[2] > 1:
+        frame_mask = draws.mine(masks.get_masks(total, x0.shape[2], gen)).to(device)
+    drop_caption = draws.mine(torch.rand(total, generator=gen) < caption_dropout).to(device)
+    noise = draws.noise(tuple(x0.shape[1:])).to(device)
     conditions = {k: v.to(device) for k, v in conditions.items()}
 
     def model_fn(x_t, t_in, x_mask):
-        return model(x_t, t_in, y, mask=y_mask, x_mask=x_mask, **conditions)
+        return model(x_t, t_in, y, mask=y_mask, x_mask=x_mask, drop_caption=drop_caption, **conditions)
 
     return diffusion.training_losses(model_fn, x0, t, frame_mask, noise, weights).loss.mean()
 
