@@ -23,7 +23,9 @@ from opensora_core.models.checkpoint_io import (
     save_model,
 )
 from opensora_core.models.encoders import TEXT_ENCODER_WEIGHTS
+from opensora_core.train.checkpoint import UnverifiedCheckpoint
 from opensora_core.train.ema import EMA
+from opensora_core.train.inputs import TrainingError
 from opensora_core.train.stage import Stage
 from opensora_core.utils.atomic import atomic_path
 
@@ -42,7 +44,10 @@ def resume(s: Stage) -> int:
     if latest is None:
         return 0
     state = _shared_state(s)
-    own = s.checkpoints.load(latest, state)
+    try:
+        own = s.checkpoints.load(latest, state)
+    except UnverifiedCheckpoint as err:
+        raise TrainingError(str(err)) from None
     set_state_dict(s.trainable, s.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     if s.ema is not None:
         s.ema.load_state_dict(state["ema"])

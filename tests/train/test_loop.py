@@ -4,6 +4,7 @@ import itertools
 import json
 import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -146,6 +147,8 @@ def test_two_processes_with_fsdp2_over_gloo_in_bf16(tmp_path, training_table, te
     checkpoint = out / "checkpoints" / "step-00000002"
     assert (checkpoint / "rank0.pt").is_file() and (checkpoint / "rank1.pt").is_file()
     assert len(list(checkpoint.glob("*.distcp"))) == 2  # one shard file per rank
+    recorded = json.loads((checkpoint / "manifest.json").read_text())["files"]  # both ranks' files, hashed
+    assert sorted(recorded) == sorted(p.name for p in checkpoint.iterdir() if p.name != "manifest.json")
     model = load_stdit2(out / "export" / "model.safetensors")
     assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in model.parameters())
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -360,3 +363,19 @@ def test_a_run_sweeps_what_a_killed_run_left_in_its_folder(tmp_path, training_ta
     result = train_stage(args)
     assert result.steps == 1 and (out / "checkpoints" / "step-00000001").is_dir()  # resumed, not reset
     assert not partial.exists() and not temporary.exists()
+
+    # A checkpoint whose pickled `.metadata` changed after the save is never unpickled.
+    metadata = out / "checkpoints" / "step-00000001" / ".metadata"
+    marker = tmp_path / "payload-ran"
+    metadata.write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(TrainingError, match=rf"{metadata} does not match the sha256 in its manifest.json"):
+        train_stage(args)
+    assert not marker.exists()
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):  # unpickling it creates the marker file
+        return (open, (self.marker, "w"))
