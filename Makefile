@@ -1,7 +1,8 @@
 # Quick start: `make demo`, then `make test`. Both create the virtualenvs when missing.
-#   .venv      the project with its dev, k8s, ocr and s3 extras (torch is installed first: a
-#              CPU wheel of exactly 2.13.0; k8s lets the tests validate the Kubernetes
-#              executor, s3 and moto (dev) test an s3-compatible store)
+#   .venv      the project with every extra but gpu (torch is installed first: a CPU wheel
+#              of exactly 2.13.0; k8s lets the tests validate the Kubernetes executor, s3
+#              and moto (dev) test an s3-compatible store). A training image needs only
+#              `.[train]` (pyproject.toml lists what each extra is for)
 #   .venv-dvc  dvc alone: its antlr4 pin breaks Dagster's asset selection syntax
 
 PYTHON ?= python3.11
@@ -29,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,k8s,ocr,s3]"
+	$(BIN)/pip install --quiet -e ".[dev,k8s,ocr,s3,train,curation,eval,tracking,orchestration,ui]"
 	touch $@
 
 $(VENV_DVC)/.installed:
