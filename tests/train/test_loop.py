@@ -39,16 +39,30 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, training_table, test_pr
                    capture_output=True, timeout=300)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_train_command(training_table, killed, test_profile), env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = killed / "checkpoints" / "step-00000002"
-    deadline = time.monotonic() + 240
-    while not first.is_dir() and process.poll() is None and time.monotonic() < deadline:
+    # The run stops in its third step (after the checkpoint of step 2) and says so through
+    # a file: the kill always lands mid-run, however fast or slow the machine.
+    reached = tmp_path / "in-step-3"
+    hold = ("import sys, time\nfrom pathlib import Path\nfrom opensora_core.train import loop\n"
+            "step_once = loop.train_step\n"
+            "def train_step(s, items, step):\n"
+            "    if step == 2:\n"
+            f"        Path({str(reached)!r}).touch()\n"
+            "        time.sleep(3600)\n"
+            "    return step_once(s, items, step)\n"
+            "loop.train_step = train_step\n"
+            "loop.main(sys.argv[1:])\n")
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as err:
+        process = subprocess.Popen([sys.executable, "-c", hold,
+                                    *_train_command(training_table, killed, test_profile)[3:]],
+                                   env=_env(), stdout=subprocess.DEVNULL, stderr=err)
+    while not reached.exists() and process.poll() is None:
         time.sleep(0.02)
+    assert process.poll() is None, log.read_text()[-2000:]  # still running: held in step 3
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (killed / "export").exists()
+    assert process.returncode == -signal.SIGKILL
+    assert (killed / "checkpoints" / "step-00000002").is_dir() and not (killed / "export").exists()
 
     resumed = subprocess.run(_train_command(training_table, killed, test_profile), env=_env(),
                              capture_output=True, text=True, timeout=300, check=False)
