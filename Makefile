@@ -1,15 +1,16 @@
 # Quick start: `make demo`, then `make test`. Both create the virtualenvs when missing.
-#   .venv      the project with its dev, k8s, ocr, postgres, s3 and app extras (torch is
-#              installed first: a CPU wheel of exactly 2.13.0; k8s lets the tests validate the
-#              Kubernetes executor, s3 and moto (dev) test an s3-compatible store, postgres
-#              the cluster's stores, app is the web app)
+#   .venv      the project with every extra but gpu (torch is installed first: a CPU wheel
+#              of exactly 2.13.0; k8s lets the tests validate the Kubernetes executor, s3
+#              and moto (dev) test an s3-compatible store). A training image needs only
+#              `.[train]` (pyproject.toml lists what each extra is for)
 #   .venv-dvc  dvc alone: its antlr4 pin breaks Dagster's asset selection syntax
 
 PYTHON ?= python3.11
 VENV := .venv
 VENV_DVC := .venv-dvc
 BIN := $(VENV)/bin
-EXTRAS := dev,k8s,ocr,postgres,s3,app
+# Every extra but gpu (tests/test_dependencies.py holds it to pyproject.toml).
+EXTRAS := train,curation,eval,tracking,orchestration,ui,dev,k8s,ocr,postgres,s3,app
 HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 DAGSTER_PORT ?= 3000

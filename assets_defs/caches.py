@@ -55,7 +55,9 @@ def video_latents(context: AssetExecutionContext, curation_storage: CurationStor
     })
 
 
-@asset_check(asset=text_embeddings, description="Every caption of the training table is cached, all finite.")
+# Blocking, as the stage loss checks: no stage trains on a cache with gaps or NaNs.
+@asset_check(asset=text_embeddings, blocking=True,
+             description="Every caption of the training table is cached, all finite.")
 def text_embeddings_complete(curation_storage: CurationStorage, cache_settings: CacheSettings) -> AssetCheckResult:
     check = cache_steps.check_text_embeddings(_meta(curation_storage), cache_settings.text_root(),
                                               cache_settings.profile, cache_settings.preset)
@@ -63,7 +65,8 @@ def text_embeddings_complete(curation_storage: CurationStorage, cache_settings: 
         "captions": check.expected, "missing": len(check.missing), "non_finite": len(check.non_finite)})
 
 
-@asset_check(asset=video_latents, description="Every row has latents for every bucket it can get; all finite.")
+@asset_check(asset=video_latents, blocking=True,
+             description="Every row has latents for every bucket it can get; all finite.")
 def video_latents_complete(curation_storage: CurationStorage, cache_settings: CacheSettings) -> AssetCheckResult:
     check = cache_steps.check_video_latents(_meta(curation_storage), cache_settings.video_root(),
                                             cache_settings.stages, cache_settings.profile)

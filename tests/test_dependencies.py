@@ -5,8 +5,11 @@ import tomllib
 from pathlib import Path
 
 PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+# The base set and every extra's (an extra naming the project itself adds nothing new).
 DEPENDENCIES = {re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0].lower(): spec
-                for spec in PYPROJECT["project"]["dependencies"]}
+                for specs in [PYPROJECT["project"]["dependencies"],
+                              *PYPROJECT["project"]["optional-dependencies"].values()]
+                for spec in specs if not spec.startswith(PYPROJECT["project"]["name"])}
 
 
 def _floor(name: str) -> tuple[int, ...]:
@@ -22,3 +25,10 @@ def test_pillow_is_declared():
 def test_dagster_floors_allow_asset_pools():
     for name in ("dagster", "dagster-webserver", "dagster-pipes"):
         assert _floor(name) >= (1, 9, 12), DEPENDENCIES[name]
+
+
+def test_make_setup_installs_every_extra_but_gpu():
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert 'pip install --quiet -e ".[$(EXTRAS)]"' in makefile
+    installed = set(re.search(r"^EXTRAS := (.+)$", makefile, flags=re.MULTILINE).group(1).split(","))
+    assert installed == set(PYPROJECT["project"]["optional-dependencies"]) - {"gpu"}

@@ -18,6 +18,8 @@ from opensora_core.curation.config import CurationConfig
 from opensora_core.curation.ingest import RawFile
 from opensora_core.curation.row_tables import read_rows
 from opensora_core.curation.storage import MANIFEST, Storage
+from opensora_core.utils.atomic import sweep_leftovers
+from opensora_core.utils.folder_lock import FolderLock, FolderLocked
 
 PARTITIONS = "partitions"
 STEPS = ("raw", "clips", "scores")
@@ -49,6 +51,23 @@ def clips_fingerprint(config: CurationConfig, kind: str = "video") -> str:
 
 def step_dir(key: str, step: str) -> tuple[str, str, str]:
     return PARTITIONS, key, step
+
+
+def sweep_partitions(out: Storage) -> list[Path]:
+    """What killed runs left in the partition folders (staging folders, `.new`/`.old`
+    of an interrupted publish), removed under each folder's lock; a folder a live run
+    holds is skipped (its next write sweeps it). Returns what was removed."""
+    root = out.local_path(PARTITIONS) if out.is_local else None
+    if root is None or not root.is_dir():
+        return []
+    removed: list[Path] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            with FolderLock(folder, "curation: sweeping what killed runs left"):
+                removed += sweep_leftovers(folder)
+        except FolderLocked:
+            continue
+    return removed
 
 
 def read_manifest(out: Storage, key: str, step: str) -> dict | None:

@@ -10,7 +10,12 @@ from pathlib import Path
 
 from opensora_core.curation.config import CurationConfig
 from opensora_core.curation.ingest import register_inputs
-from opensora_core.curation.partitions import clips_fingerprint, plan_steps, raw_fingerprint
+from opensora_core.curation.partitions import (
+    clips_fingerprint,
+    plan_steps,
+    raw_fingerprint,
+    sweep_partitions,
+)
 from opensora_core.curation.raw_videos import raw_videos, refresh_caption
 from opensora_core.curation.scene_clips import scene_clips
 from opensora_core.curation.scored_clips import Captioning, scored_clips
@@ -58,6 +63,7 @@ def curate(input: str | Storage | FileList, output: str | Storage, config: Curat
     config.check_local_files()  # a missing model, weights or caption table fails here, before any file is read
     source = input if isinstance(input, Storage | FileList) else open_source(input)
     out = output if isinstance(output, Storage) else Storage(output)
+    sweep_partitions(out)  # a killed run's staging folders and half-published steps
     files = register_inputs(source, config, index=out)
     scorers_fingerprint = config.fingerprint("scorers")
     fingerprints = {kind: {"raw": raw_fingerprint(config, kind), "clips": clips_fingerprint(config, kind),

@@ -39,7 +39,8 @@ from urllib.parse import urlsplit
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from opensora_core.utils.atomic import atomic_path, publish_mode
+from opensora_core.utils.atomic import atomic_path, publish_mode, sweep_leftovers
+from opensora_core.utils.folder_lock import FolderLock
 
 # Written last into every published step folder; its presence means the folder is complete.
 MANIFEST = "manifest.json"
@@ -222,19 +223,29 @@ class Storage:
     @contextlib.contextmanager
     def staging_dir(self, *parts: str) -> Iterator[Path]:
         """A fresh local folder to write a step's outputs into; published over `parts` on
-        success, discarded on error."""
-        if self.is_local:
-            final = self.local_path(*parts)
-            final.parent.mkdir(parents=True, exist_ok=True)
+        success, discarded on error.
+
+        On a local root the step holds the lock of the folder above `parts` (a
+        partition's folder) throughout, so two runs of one partition never publish over
+        each other, and it first sweeps what killed runs left there."""
+        if not self.is_local:
+            tmp = Path(tempfile.mkdtemp(prefix="opensora-out-"))
+            try:
+                yield tmp
+                self.publish_dir(tmp, *parts)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return
+        final = self.local_path(*parts)
+        with FolderLock(final.parent, f"curation: writing {'/'.join(parts)}"):
+            sweep_leftovers(final.parent)
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
             publish_mode(tmp)  # mkdtemp's 0700 would survive the publishing rename
-        else:
-            tmp = Path(tempfile.mkdtemp(prefix="opensora-out-"))
-        try:
-            yield tmp
-            self.publish_dir(tmp, *parts)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                yield tmp
+                self.publish_dir(tmp, *parts)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def publish_dir(self, local: Path, *parts: str) -> None:
         """Replace the folder `parts` with the content of `local`."""

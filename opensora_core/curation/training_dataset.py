@@ -15,6 +15,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -25,8 +26,10 @@ from opensora_core.curation.partitions import (
     clips_folder,
     read_manifest,
     step_dir,
+    sweep_partitions,
 )
 from opensora_core.curation.storage import FileList, Storage
+from opensora_core.utils.atomic import sweep_leftovers
 from opensora_core.utils.folder_lock import FolderLock
 
 log = logging.getLogger(__name__)
@@ -253,6 +256,7 @@ def training_dataset(out: Storage, keys: list[str], config: CurationConfig,
     place there; otherwise where it was when probed.
     """
     summary = DatasetSummary()
+    sweep_partitions(out)
     scored, rejected, scorers_run, sources = _scored_partitions(out, keys, source, summary)
     table = _read_all_scores(out, scored) if scored else pd.DataFrame(columns=list(REQUIRED_COLUMNS))
     _relocate(out, table, sources)
@@ -273,12 +277,21 @@ def training_dataset(out: Storage, keys: list[str], config: CurationConfig,
     return summary
 
 
+# What `_write_tables` writes, under the output folder's lock (and nothing else writes).
+TABLE_FILES = ("meta.csv", "meta.parquet", "filtered.csv", "rejected.csv", "summary.json")
+
+
+@contextlib.contextmanager
 def _publish_lock(out: Storage):
     """The output folder's lock while the tables are written (a local folder: two merges
-    never interleave their meta.csv / meta.parquet); an object store has no such lock."""
+    never interleave their meta.csv / meta.parquet), after sweeping the temporary files a
+    killed merge left; an object store has no such lock."""
     if not out.is_local:
-        return contextlib.nullcontext()
-    return FolderLock(out.root, "curation: writing the training table")
+        yield
+        return
+    with FolderLock(out.root, "curation: writing the training table"):
+        sweep_leftovers(Path(out.root), TABLE_FILES)
+        yield
 
 
 def _scored_partitions(out: Storage, keys: list[str], source: Storage | FileList | None,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +29,19 @@ def _table(meta: Path, columns: tuple[str, ...]):
         fail(str(err))
 
 
+@contextlib.contextmanager
+def _one_writer():
+    """Another process writing the same cache folder, or a stage config that does not
+    load: exit 2, naming it."""
+    from opensora_core.config import ConfigError
+    from opensora_core.utils.folder_lock import FolderLocked
+
+    try:
+        yield
+    except (FolderLocked, ConfigError) as err:
+        fail(str(err))
+
+
 def text_embeddings_command(
     meta: MetaOpt, out: OutOpt, profile: ProfileOpt = "embedded",
     preset: Annotated[str, typer.Option(help="Model preset (caption width and length).")] = "stdit2-tiny",
@@ -36,7 +50,8 @@ def text_embeddings_command(
     """Encode every caption once (token ids for a jointly trained encoder)."""
     from opensora_core.data.cache_steps import TEXT_COLUMNS, text_embeddings
 
-    result = text_embeddings(_table(meta, TEXT_COLUMNS), out, profile, preset, batch_size)
+    with _one_writer():
+        result = text_embeddings(_table(meta, TEXT_COLUMNS), out, profile, preset, batch_size)
     console.print(f"text cache {out}: {result.added} encoded, {result.reused} reused, "
                   f"{result.entries} entries, {result.nbytes / 2**20:.2f} MiB")
 
@@ -50,7 +65,8 @@ def video_latents_command(
     """Encode every clip's frames at every bucket size the stages can assign it to."""
     from opensora_core.data.cache_steps import VIDEO_COLUMNS, video_latents
 
-    result = video_latents(_table(meta, VIDEO_COLUMNS), out, stage, profile, device)
+    with _one_writer():
+        result = video_latents(_table(meta, VIDEO_COLUMNS), out, stage, profile, device)
     console.print(f"video cache {out}: {result.added} encoded ({result.frames} frames), {result.reused} reused, "
                   f"{result.entries} entries, {result.nbytes / 2**20:.2f} MiB")
     for what, why in result.skipped:

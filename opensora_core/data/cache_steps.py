@@ -49,10 +49,10 @@ def text_embeddings(table: pd.DataFrame, out: str | Path, profile: str = "embedd
     """Encode every caption of the training table once (token ids for a jointly trained encoder)."""
     from opensora_core.models.encoders import load_text_encoder
 
-    encoder = load_text_encoder(profile, preset)
-    cache = ShardedTensorCache(out)
-    report = build_text_cache(table["text"].astype(str).tolist(), encoder, cache, batch_size, progress=progress)
-    return CacheStepResult(str(out), encoder.identity(), report.added, report.reused, len(cache), cache.nbytes())
+    with ShardedTensorCache(out, writer="text_embeddings") as cache:  # a second writer stops before any work
+        encoder = load_text_encoder(profile, preset)
+        report = build_text_cache(table["text"].astype(str).tolist(), encoder, cache, batch_size, progress=progress)
+        return CacheStepResult(str(out), encoder.identity(), report.added, report.reused, len(cache), cache.nbytes())
 
 
 def video_latents(table: pd.DataFrame, out: str | Path, stages: Sequence[str], profile: str = "embedded",
@@ -61,16 +61,16 @@ def video_latents(table: pd.DataFrame, out: str | Path, stages: Sequence[str], p
     from opensora_core.models.encoders import load_vae
 
     assigners = [BucketAssigner(load_stage(stage)) for stage in stages]  # bad stage names fail before any work
-    vae = load_vae(profile, device)
-    cache = ShardedTensorCache(out)
-    result = CacheStepResult(str(out), vae.identity(), 0, 0, 0, 0, stages=tuple(stages))
-    for assigner in assigners:
-        report = build_video_cache(table, assigner, vae, cache, progress=progress, device=device)
-        result.added += report.added
-        result.reused += report.reused
-        result.frames += report.frames
-        result.skipped += report.skipped
-    result.entries, result.nbytes = len(cache), cache.nbytes()
+    with ShardedTensorCache(out, writer="video_latents") as cache:  # a second writer stops before any work
+        vae = load_vae(profile, device)
+        result = CacheStepResult(str(out), vae.identity(), 0, 0, 0, 0, stages=tuple(stages))
+        for assigner in assigners:
+            report = build_video_cache(table, assigner, vae, cache, progress=progress, device=device)
+            result.added += report.added
+            result.reused += report.reused
+            result.frames += report.frames
+            result.skipped += report.skipped
+        result.entries, result.nbytes = len(cache), cache.nbytes()
     return result
 
 

@@ -12,8 +12,10 @@ Layout of a cache folder::
 Keys are sha256 digests of everything that determines the tensor (content hash or
 caption text, encoder identity, settings), so a re-run after adding one video encodes
 only that video, and a changed encoder identity misses exactly its own entries (old
-entries stay until `prune`). Shards and the index are written atomically; one writer
-per cache folder at a time.
+entries stay until `prune`). Shards and the index are written atomically. One process
+writes a cache folder at a time: the first write (or opening with `writer=`) takes the
+folder's lock (`utils/folder_lock.py`), so a second process's write stops naming the
+holder, and sweeps what a killed writer left; readers (training) need no lock.
 
 What is stored:
 - text, T5: the encoder output for the real tokens only (no padding), bf16;
@@ -31,6 +33,7 @@ What is stored:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
@@ -38,6 +41,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import pandas as pd
@@ -50,7 +54,8 @@ from opensora_core.data.buckets import Bucket, BucketAssigner
 from opensora_core.data.video_io import frames_to_tensor, iter_frames, read_frames
 from opensora_core.models.dct_autoencoder import DCTAutoencoder
 from opensora_core.models.sd_autoencoder import SDKLAutoencoder
-from opensora_core.utils.atomic import atomic_path
+from opensora_core.utils.atomic import atomic_path, sweep_leftovers
+from opensora_core.utils.folder_lock import FolderLock
 
 INDEX = "index.parquet"
 SHARDS = "shards"
@@ -66,16 +71,69 @@ def digest(*parts: object) -> str:
     return hasher.hexdigest()
 
 
-class ShardedTensorCache:
-    """Tensors by key in sharded safetensors files with a parquet index."""
+# This process's hold on each cache folder it writes: (lock, instances sharing it).
+# Instances in one process share it, as a second flock on the file would refuse them.
+_WRITERS: dict[Path, list] = {}
 
-    def __init__(self, root: str | Path):
+
+class ShardedTensorCache:
+    """Tensors by key in sharded safetensors files with a parquet index.
+
+    `writer` (what writes, named to a second writer) claims the folder now, before any
+    work; otherwise the first `put_many` / `prune` does. `close()` (or the `with` block)
+    lets it go."""
+
+    def __init__(self, root: str | Path, writer: str | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / SHARDS).mkdir(exist_ok=True)
+        self._claimed = False
+        self._load_index()
+        if writer is not None:
+            self._claim(writer)
+
+    def _load_index(self) -> None:
         index = self.root / INDEX
+        self._index_stamp = _stamp(index)
         self.index = pd.read_parquet(index) if index.is_file() else pd.DataFrame(columns=list(INDEX_COLUMNS))
         self._rows = {key: i for i, key in enumerate(self.index["key"])}
+
+    def _claim(self, purpose: str = "writing a tensor cache") -> None:
+        """Hold the folder's lock; on taking it, sweep a killed writer's temporary files
+        and read the index again (another instance or process may have written since)."""
+        if not self._claimed:
+            key = self.root.resolve()
+            if key not in _WRITERS:
+                lock = FolderLock(self.root, purpose).acquire()  # FolderLocked names the other writer
+                sweep_leftovers(self.root, [INDEX])
+                sweep_leftovers(self.root / SHARDS)
+                _WRITERS[key] = [lock, 0]
+            _WRITERS[key][1] += 1
+            self._claimed = True
+        if _stamp(self.root / INDEX) != self._index_stamp:
+            self._load_index()
+
+    def close(self) -> None:
+        if not self._claimed:
+            return
+        self._claimed = False
+        key = self.root.resolve()
+        held = _WRITERS.get(key)
+        if held is not None:
+            held[1] -= 1
+            if held[1] <= 0:
+                held[0].release()
+                del _WRITERS[key]
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit the kernel drops the lock anyway
+            self.close()
 
     def __contains__(self, key: str) -> bool:
         return key in self._rows
@@ -102,6 +160,7 @@ class ShardedTensorCache:
 
     def put_many(self, items: dict[str, tuple[torch.Tensor, dict]]) -> None:
         """Write one new shard holding `items`, then publish the updated index."""
+        self._claim()
         items = {k: v for k, v in items.items() if k not in self._rows}
         if not items:
             return
@@ -119,6 +178,7 @@ class ShardedTensorCache:
 
     def prune(self, keep: Iterable[str]) -> int:
         """Drop entries not in `keep` and delete shards nobody references; returns entries dropped."""
+        self._claim()
         keep = set(keep)
         before = len(self.index)
         self.index = self.index[self.index["key"].isin(keep)].reset_index(drop=True)
@@ -136,6 +196,16 @@ class ShardedTensorCache:
     def _write_index(self) -> None:
         with atomic_path(self.root / INDEX) as tmp:
             self.index.to_parquet(tmp, index=False)
+        self._index_stamp = _stamp(self.root / INDEX)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """Identifies one version of a file: a rename-published index gets a new inode."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
 
 
 @dataclass

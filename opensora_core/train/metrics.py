@@ -8,6 +8,10 @@ from pathlib import Path
 
 from opensora_core.utils.jsonl import read_jsonl
 
+# Fewer logged losses than this say nothing about a trend: a diffusion loss swings with
+# the timesteps drawn, so a two-step run's "rise" is noise, not divergence.
+TREND_POINTS = 8
+
 
 @dataclass(frozen=True)
 class LossSummary:
@@ -19,6 +23,16 @@ class LossSummary:
     @property
     def decreased(self) -> bool:
         return self.finite and self.last < self.first
+
+    @property
+    def trend_judged(self) -> bool:
+        return self.points >= TREND_POINTS
+
+    @property
+    def healthy(self) -> bool:
+        """What a model needs before it is evaluated or promoted: every loss finite, and
+        decreasing where enough steps were logged to tell."""
+        return self.finite and (self.decreased or not self.trend_judged)
 
 
 def summarize_loss(metrics_file: str | Path) -> LossSummary:

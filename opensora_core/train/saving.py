@@ -26,7 +26,9 @@ from opensora_core.models.checkpoint_io import (
     save_model,
 )
 from opensora_core.models.encoders import TEXT_ENCODER_WEIGHTS
+from opensora_core.train.checkpoint import UnverifiedCheckpoint
 from opensora_core.train.ema import EMA
+from opensora_core.train.inputs import TrainingError
 from opensora_core.train.stage import Stage
 from opensora_core.utils.atomic import atomic_path
 
@@ -47,7 +49,10 @@ def resume(s: Stage) -> int:
     if latest is None:
         return 0
     state = _shared_state(s)
-    own = s.checkpoints.load(latest, state)
+    try:
+        own = s.checkpoints.load(latest, state)
+    except UnverifiedCheckpoint as err:
+        raise TrainingError(str(err)) from None
     # The optimizer's kernel choice belongs to this process, not to the checkpoint's
     # writer: a 1-process checkpoint records fused=True, which DTensor weights refuse.
     kernels = [{k: group[k] for k in _KERNEL_OPTIONS if k in group} for group in s.optimizer.param_groups]

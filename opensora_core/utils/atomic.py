@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -70,3 +71,23 @@ def _fsync(path: Path) -> None:
 def write_text_atomic(target: str | Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+
+
+LEFTOVER_SUFFIXES = (".tmp", ".new", ".old")
+
+
+def sweep_leftovers(folder: Path, names: Iterable[str] | None = None) -> list[Path]:
+    """Remove what killed writers left directly in `folder`: atomic writes' and staging
+    folders' `.<name>.*.tmp`, `publish_dir`'s `.<name>.*.new` / `.old` (only those of
+    `names` when given). Call it holding the folder's lock, so no live writer owns them;
+    returns what was removed."""
+    prefixes = tuple(f".{name}." for name in names) if names is not None else (".",)
+    if not folder.is_dir():
+        return []
+    removed = [p for p in folder.iterdir() if p.name.startswith(prefixes) and p.name.endswith(LEFTOVER_SUFFIXES)]
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed

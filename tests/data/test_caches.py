@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pandas as pd
 import pytest
@@ -261,7 +262,12 @@ def test_cache_commands(tmp_path, table):
                                 "--out", str(tmp_path / "v")])
     assert again.exit_code == 0 and "0 encoded" in again.output, again.output
     bad = runner.invoke(app, ["cache", "video-latents", "--meta", str(meta), "--stage", "nope", "--out", str(tmp_path)])
-    assert bad.exit_code != 0
+    assert bad.exit_code == 2 and "unknown stages config 'nope'" in " ".join(bad.output.split()), bad.output
+    from opensora_core.utils.folder_lock import FolderLock
+
+    with FolderLock(tmp_path / "t", "text_embeddings"):  # another writer holds the folder
+        busy = runner.invoke(app, ["cache", "text-embeddings", "--meta", str(meta), "--out", str(tmp_path / "t")])
+    assert busy.exit_code == 2 and "in use by another run (text_embeddings, pid" in " ".join(busy.output.split())
 
 
 def test_cache_checks_find_missing_entries(tmp_path, table):
@@ -270,3 +276,32 @@ def test_cache_checks_find_missing_entries(tmp_path, table):
     wider = check_video_latents(table, tmp_path / "v", ["tiny/stage1", "tiny/stage3"])
     assert not wider.passed and wider.missing and wider.expected > len(wider.missing)
     assert not check_text_embeddings(table, tmp_path / "empty").passed
+
+
+def test_one_process_writes_a_cache_folder_at_a_time(tmp_path):
+    """A write while another process holds the folder stops naming the holder; one
+    process's instances share its hold and see each other's entries; a killed writer's
+    temporary files go."""
+    from opensora_core.utils.folder_lock import FolderLock, FolderLocked
+
+    root = tmp_path / "cache"
+    leftover = root / "shards" / ".abc.safetensors.x1y2.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a shard")
+    with ShardedTensorCache(root, writer="video_latents") as first:
+        assert not leftover.exists()
+        other = ShardedTensorCache(root)  # the same process: shares the hold
+        first.put_many({"a": (torch.ones(2), {})})
+        other.put_many({"b": (torch.zeros(2), {})})  # reads the index again first: "a" is kept
+        other.close()
+        assert set(ShardedTensorCache(root).index["key"]) == {"a", "b"}
+    # Another process's hold (its own open of the lock file, as here) refuses every write.
+    with FolderLock(root, "video_latents"):
+        with pytest.raises(FolderLocked, match=rf"in use by another run \(video_latents, pid {os.getpid()} "):
+            ShardedTensorCache(root, writer="text_embeddings")
+        with pytest.raises(FolderLocked):
+            ShardedTensorCache(root).put_many({"c": (torch.ones(1), {})})
+        assert len(ShardedTensorCache(root)) == 2  # reading needs no lock
+    with ShardedTensorCache(root) as cache:
+        cache.put_many({"c": (torch.ones(1), {})})  # free once the holder let go
+    assert len(ShardedTensorCache(root)) == 3

@@ -95,3 +95,26 @@ def test_a_second_run_cannot_publish_into_a_folder_another_run_is_writing(tmp_pa
     again = runner.invoke(app, ["data", "curate", "--input", str(tmp_path / "raw"), "--out", str(out),
                                 "--config", "synthetic", "--no-progress"])
     assert again.exit_code == 0 and (out / "meta.csv").is_file(), again.output
+
+    # What killed runs left is swept by the next run, under each folder's lock.
+    from opensora_core.utils.folder_lock import FolderLock
+
+    (partition,) = [p for p in (out / "partitions").iterdir() if p.is_dir()]
+    staged = partition / ".clips.k1ll3d.tmp"
+    staged.mkdir()
+    (staged / "clip.mp4").write_bytes(b"half")
+    half_published = [partition / ".scores.ab12cd34.old", partition / ".raw.ab12cd34.new"]
+    for folder in half_published:
+        folder.mkdir()
+    table_tmp, foreign = out / ".meta.csv.x7y8.tmp", out / ".notes.txt.tmp"
+    table_tmp.write_text("path,te")
+    foreign.write_text("not curation's")
+    busy = out / "partitions" / "busy"  # a partition a live run holds keeps its files
+    with FolderLock(busy, "curation: writing partitions/busy/clips"):
+        (busy / ".clips.live.tmp").mkdir()
+        third = runner.invoke(app, ["data", "curate", "--input", str(tmp_path / "raw"), "--out", str(out),
+                                    "--config", "synthetic", "--no-progress"])
+        assert third.exit_code == 0, third.output
+        assert (busy / ".clips.live.tmp").is_dir()
+    assert not staged.exists() and not any(p.exists() for p in half_published) and not table_tmp.exists()
+    assert foreign.exists()  # only the files the table's writer owns are swept at the top

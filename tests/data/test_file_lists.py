@@ -139,7 +139,7 @@ def test_cli_curates_a_list_and_names_a_bad_one(tmp_path):
     result = runner.invoke(app, ["data", "curate", "--input", str(tmp_path / "nope.txt"), "--out",
                                  str(tmp_path / "out")])
     message = " ".join(result.output.split())
-    assert result.exit_code != 0 and f"--input: {tmp_path / 'nope.txt'}: no such list of raw files" in message
+    assert result.exit_code == 2 and f"--input: {tmp_path / 'nope.txt'}: no such list of raw files" in message
 
 
 def test_modification_times_of_every_store():

@@ -1,7 +1,12 @@
 """The whole asset graph on a tiny dataset, in-process, in a persistent local instance:
 raw files -> partitions -> training table -> caches -> four TorchX training stages ->
 evaluation and promotion; then a second run that reuses everything, and retraining
-after new raw files arrive."""
+after new raw files arrive.
+
+The module fixture runs the first two materializations and records what the tests read
+of the stores (registry, stage results) right after them, so each test stands alone, in
+any order: the retraining test, the only one that changes the stores, cannot change what
+the others see."""
 
 from __future__ import annotations
 
@@ -52,8 +57,23 @@ def pipeline(tmp_path_factory):
         keys = register_new_partitions(instance, defs)
         curated = curate_partitions(instance, defs, keys, workers=2)  # worker processes, as the demo
         first = materialize_downstream(instance, defs)
+        uri = profile["mlflow_tracking_uri"]
+        after_first = _stores(folders, uri) if first.success else {}
+        # The second run, with nothing new: everything up to date.
+        new_partitions, unprocessed = register_new_partitions(instance, defs), unprocessed_partitions(instance)
+        again = materialize_downstream(instance, defs)
         yield {"root": root, "folders": folders, "defs": defs, "instance": instance, "keys": keys,
-               "curated": curated, "first": first, "env": env, "uri": profile["mlflow_tracking_uri"]}
+               "curated": curated, "first": first, "after_first": after_first, "again": again,
+               "again_new_partitions": new_partitions, "again_unprocessed": unprocessed, "env": env, "uri": uri}
+
+
+def _stores(folders: PipelineFolders, uri: str) -> dict:
+    """What the registry and stage 3's folder say right after the first run."""
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    champion = client.get_model_version_by_alias("stdit2", "champion")
+    return {"champion_version": int(champion.version), "champion_run_id": champion.run_id,
+            "champion_tags": dict(champion.tags),
+            "stage3_run_id": json.loads((folders.train / "stage3" / "result.json").read_text())["mlflow_run_id"]}
 
 
 class _Setter(dict):
@@ -97,11 +117,12 @@ def test_whole_graph_materializes_with_lineage_and_promotes(pipeline):
     assert not list(folder.parent.glob(".*.partial"))
 
     client = MlflowClient(tracking_uri=pipeline["uri"], registry_uri=pipeline["uri"])
-    champion = client.get_model_version_by_alias("stdit2", "champion")
-    assert int(champion.version) == 1 and float(champion.tags["eval.prompt_following"]) == md["prompt_following"]
+    stores = pipeline["after_first"]
+    assert stores["champion_version"] == 1
+    assert float(stores["champion_tags"]["eval.prompt_following"]) == md["prompt_following"]
     # The version points at the stage 3 run's export/ folder: weights and the trained text encoder.
-    stage3_run = json.loads((pipeline["folders"].train / "stage3" / "result.json").read_text())["mlflow_run_id"]
-    assert champion.run_id == stage3_run
+    stage3_run = stores["stage3_run_id"]
+    assert stores["champion_run_id"] == stage3_run
     files = {a.path for a in client.list_artifacts(stage3_run, "export")}
     assert {"export/model.safetensors", "export/text_encoder.safetensors"} <= files
     eval_run = client.get_run(md["mlflow_eval_run"].rsplit("/", 1)[-1])
@@ -116,9 +137,8 @@ def test_whole_graph_materializes_with_lineage_and_promotes(pipeline):
 
 
 def test_second_run_reuses_every_up_to_date_result(pipeline):
-    instance, defs = pipeline["instance"], pipeline["defs"]
-    assert register_new_partitions(instance, defs) == [] and unprocessed_partitions(instance) == []
-    again = materialize_downstream(instance, defs)
+    assert pipeline["again_new_partitions"] == [] and pipeline["again_unprocessed"] == []
+    again = pipeline["again"]
     assert again.success
     for name in [*STAGES, "eval_samples"]:
         assert "up_to_date" in metadata_of(again, name), name

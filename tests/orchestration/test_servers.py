@@ -92,6 +92,46 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _listens_on(proc: subprocess.Popen, port: int) -> bool:
+    """Whether `proc` or a process it started listens on `port` (not just anyone)."""
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.Error:
+        return False
+    for member in tree:
+        with contextlib.suppress(psutil.Error):
+            listing = getattr(member, "net_connections", None) or member.connections  # psutil < 6
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in listing("inet")):
+                return True
+    return False
+
+
+PORT_TAKEN = re.compile(r"address already in use|errno 98|port \d+ is in use", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def _server_on_a_free_port(make_argv: Callable[[int], list[str]], env: dict[str, str],
+                           log: Path) -> Iterator[tuple[subprocess.Popen, int]]:
+    """`_server` on a port the OS just gave out. Another process may take that port
+    before the server binds it: a server that then exits saying so is started again on
+    another port, so the race costs a retry, never the test."""
+    for _ in range(3):
+        port = _free_port()
+        with _server(make_argv(port), env, log) as proc:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while proc.poll() is None and not _listens_on(proc, port) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            if proc.poll() is not None and PORT_TAKEN.search(_tail(log)):
+                continue
+            if proc.poll() is not None:
+                pytest.fail(f"{proc.args[:2]} exited ({proc.returncode}) before listening; log:\n{_tail(log)}")
+            if not _listens_on(proc, port):
+                pytest.fail(f"{proc.args[:2]} not listening on {port} within {START_TIMEOUT_S} s; log:\n{_tail(log)}")
+            yield proc, port
+            return
+    pytest.fail(f"three ports in a row were taken before {make_argv(0)[:2]} could bind them")
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
@@ -256,11 +296,14 @@ def test_dagster_dev_serves_the_asset_graph_and_latest_materialization(tmp_path,
     expected = result.asset_materializations_for_node("raw_videos")[0].metadata
     assert expected["sha256"].value == raw_file.sha256 and expected["rejected"].value == "no"
 
-    port, log = _free_port(), tmp_path / "dagster_dev.log"
-    argv = [str(BIN / "dagster"), "dev", "-m", "orchestration.definitions", "--host", "127.0.0.1",
-            "--port", str(port)]
+    log = tmp_path / "dagster_dev.log"
+
+    def argv(port: int) -> list[str]:
+        return [str(BIN / "dagster"), "dev", "-m", "orchestration.definitions", "--host", "127.0.0.1",
+                "--port", str(port)]
+
     started = time.monotonic()
-    with _server(argv, env, log) as proc:
+    with _server_on_a_free_port(argv, env, log) as (proc, port):
         url = f"http://127.0.0.1:{port}/graphql"
 
         def asset_graph():
@@ -318,15 +361,18 @@ def test_training_stage_logs_to_a_real_mlflow_server(tmp_path, test_profile, tra
     # The limits the tracker sets for HTTP stores, set here so they are undone after the test.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-    port, log = _free_port(), tmp_path / "mlflow_server.log"
-    uri, artifacts = f"http://127.0.0.1:{port}", tmp_path / "mlflow_artifacts"
-    argv = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--artifacts-destination", str(artifacts)]
-    profile = _profile(tmp_path, test_profile, mlflow_tracking_uri=uri, mlflow_required=True)
+    log, artifacts = tmp_path / "mlflow_server.log", tmp_path / "mlflow_artifacts"
+
+    def argv(port: int) -> list[str]:
+        return [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                "--artifacts-destination", str(artifacts)]
+
     out = tmp_path / "stage1"
     started = time.monotonic()
-    with _server(argv, _env(), log) as proc:
+    with _server_on_a_free_port(argv, _env(), log) as (proc, port):
+        uri = f"http://127.0.0.1:{port}"
+        profile = _profile(tmp_path, test_profile, mlflow_tracking_uri=uri, mlflow_required=True)
         _wait_for("an answer on /health", lambda: _health(uri), proc, log)
         up_s = time.monotonic() - started
         trained = time.monotonic()
@@ -367,14 +413,23 @@ def test_training_stage_logs_to_a_real_mlflow_server(tmp_path, test_profile, tra
 
 
 def test_required_tracking_without_a_server_fails_before_training(tmp_path, test_profile,
-                                                                  training_table):
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
-    profile = _profile(tmp_path, test_profile, mlflow_tracking_uri=uri, mlflow_required=True)
+                                                                  training_table, monkeypatch):
+    opened, urlopen = [], urllib.request.urlopen
+
+    def spy(url, *args, **kwargs):
+        opened.append(url)
+        return urlopen(url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", spy)
     out = tmp_path / "stage1"
-    started = time.monotonic()
-    with pytest.raises(TrackingUnavailable, match=re.escape(uri)):
-        train_stage(TrainArgs(stage="tiny/stage1", data=str(training_table), out=str(out),
-                              profile=str(profile), max_steps=2, ckpt_every=1))
-    assert time.monotonic() - started < 60
+    # Bound, not listening: refused, and no other process can take the port meanwhile.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        profile = _profile(tmp_path, test_profile, mlflow_tracking_uri=uri, mlflow_required=True)
+        with pytest.raises(TrackingUnavailable, match=re.escape(uri)):
+            train_stage(TrainArgs(stage="tiny/stage1", data=str(training_table), out=str(out),
+                                  profile=str(profile), max_steps=2, ckpt_every=1))
+    assert opened == [f"{uri}/health"]  # one probe, no retries to wait through
     assert not (out / "metrics.jsonl").exists() and not (out / "export").exists()
     assert not any((out / "checkpoints").glob("step-*"))

@@ -241,3 +241,59 @@ def test_a_stage_folder_held_by_a_running_job_is_not_reset(tmp_path, profile, cu
     with FolderLock(settings.stage_dir(0), "training stage0"), pytest.raises(Failure, match=busy):
         materialize([stdit2_stage0], resources=resources)
     assert keep.is_dir()  # the running job's checkpoints are untouched
+
+
+def _finished_stage(settings: TrainingSettings, index: int, curated: Path, losses: list[float]) -> None:
+    """A stage folder as a finished job leaves it, for the stage asset to reuse."""
+    from opensora_core.train.stage_folder import TABLE
+
+    out = settings.stage_dir(index)
+    out.mkdir(parents=True)
+    (out / TABLE).write_bytes((curated / "meta.parquet").read_bytes())
+    plan = plan_stage(index, settings, out / TABLE)
+    (out / "inputs.json").write_text(json.dumps(plan.inputs))
+    export = out / "export" / "model.safetensors"
+    save_model(build_stdit2(plan.config.model_preset), export)
+    (out / "result.json").write_text(json.dumps({"steps": len(losses), "final_loss": losses[-1],
+                                                 "wall_seconds": 1.0, "export_path": str(export)}))
+    (out / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "loss": v}) + "\n"
+                                               for i, v in enumerate(losses)))
+
+
+@pytest.mark.parametrize("losses, problem", [
+    ([1.0, 0.9, math.nan, 0.8, 0.7, 0.6, 0.5, 0.4], "a NaN"),
+    ([0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1], "rising"),
+    ([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], None),
+])
+def test_a_diverged_stage_blocks_the_next_stage(tmp_path, profile, curated, losses, problem):
+    """The loss check is blocking: stage 1 (here reused, so nothing trains) materializes
+    only after stage 0's loss check passed."""
+    from assets_defs.training import stdit2_stage1, training_checks
+
+    settings = _settings(tmp_path, profile)
+    _finished_stage(settings, 0, curated, losses)
+    _finished_stage(settings, 1, curated, [1.0, 0.5])  # two points: too few to judge, finite
+    resources = {"curation_storage": CurationStorage(raw_root=str(tmp_path), curated_root=str(curated)),
+                 "cache_settings": CacheSettings(root=str(tmp_path / "caches"), stages=TINY),
+                 "training_settings": settings,
+                 "torchx_launcher": _NoLaunch(log_dir=str(tmp_path / "logs")), "mlflow_tracking": _tracking(tmp_path)}
+    result = materialize([stdit2_stage0, stdit2_stage1, *training_checks[:2]], resources=resources,
+                         raise_on_error=False)
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "stdit2_stage0" in materialized  # reused: the folder holds a finished run
+    if problem is None:
+        assert result.success and checks["stdit2_stage0_loss"].passed and checks["stdit2_stage1_loss"].passed
+        assert "stdit2_stage1" in materialized
+        assert checks["stdit2_stage1_loss"].metadata["trend"].value.startswith("not judged")
+    else:
+        assert not checks["stdit2_stage0_loss"].passed, problem
+        assert "stdit2_stage1" not in materialized and not result.success, problem
+
+
+def test_stage_and_cache_checks_block_what_is_downstream():
+    from assets_defs.caches import cache_checks
+    from assets_defs.training import training_checks
+
+    for check in [*training_checks, *cache_checks]:
+        assert all(spec.blocking for spec in check.check_specs), check

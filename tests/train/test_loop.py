@@ -4,6 +4,7 @@ import itertools
 import json
 import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -38,16 +39,30 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, training_table, test_pr
                    capture_output=True, timeout=300)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_train_command(training_table, killed, test_profile), env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = killed / "checkpoints" / "step-00000002"
-    deadline = time.monotonic() + 240
-    while not first.is_dir() and process.poll() is None and time.monotonic() < deadline:
+    # The run stops in its third step (after the checkpoint of step 2) and says so through
+    # a file: the kill always lands mid-run, however fast or slow the machine.
+    reached = tmp_path / "in-step-3"
+    hold = ("import sys, time\nfrom pathlib import Path\nfrom opensora_core.train import loop\n"
+            "step_once = loop.train_step\n"
+            "def train_step(s, items, step):\n"
+            "    if step == 2:\n"
+            f"        Path({str(reached)!r}).touch()\n"
+            "        time.sleep(3600)\n"
+            "    return step_once(s, items, step)\n"
+            "loop.train_step = train_step\n"
+            "loop.main(sys.argv[1:])\n")
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as err:
+        process = subprocess.Popen([sys.executable, "-c", hold,
+                                    *_train_command(training_table, killed, test_profile)[3:]],
+                                   env=_env(), stdout=subprocess.DEVNULL, stderr=err)
+    while not reached.exists() and process.poll() is None:
         time.sleep(0.02)
+    assert process.poll() is None, log.read_text()[-2000:]  # still running: held in step 3
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (killed / "export").exists()
+    assert process.returncode == -signal.SIGKILL
+    assert (killed / "checkpoints" / "step-00000002").is_dir() and not (killed / "export").exists()
 
     resumed = subprocess.run(_train_command(training_table, killed, test_profile), env=_env(),
                              capture_output=True, text=True, timeout=300, check=False)
@@ -146,6 +161,8 @@ def test_two_processes_with_fsdp2_over_gloo_in_bf16(tmp_path, training_table, te
     checkpoint = out / "checkpoints" / "step-00000002"
     assert (checkpoint / "rank0.pt").is_file() and (checkpoint / "rank1.pt").is_file()
     assert len(list(checkpoint.glob("*.distcp"))) == 2  # one shard file per rank
+    recorded = json.loads((checkpoint / "manifest.json").read_text())["files"]  # both ranks' files, hashed
+    assert sorted(recorded) == sorted(p.name for p in checkpoint.iterdir() if p.name != "manifest.json")
     model = load_stdit2(out / "export" / "model.safetensors")
     assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in model.parameters())
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -164,6 +181,9 @@ def test_loss_summary_flags_nan_and_rising_loss(tmp_path):
     assert good.finite and good.decreased and good.points == 8 and good.first == pytest.approx(0.95)
     assert not write([1.0, 0.9, float("nan"), 0.5]).decreased
     assert not write([0.5, 0.6, 0.7, 0.9]).decreased
+    # What the blocking stage check asks: finite, and decreasing once 8 steps were logged.
+    assert good.healthy and write([0.5, 0.6]).healthy and not write([0.5, float("inf")]).healthy
+    assert not write([0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2]).healthy
 
 
 def test_an_rflow_stage_exports_its_objective_and_samples_with_its_own_sampler(tmp_path, training_table, test_profile):
@@ -360,3 +380,19 @@ def test_a_run_sweeps_what_a_killed_run_left_in_its_folder(tmp_path, training_ta
     result = train_stage(args)
     assert result.steps == 1 and (out / "checkpoints" / "step-00000001").is_dir()  # resumed, not reset
     assert not partial.exists() and not temporary.exists()
+
+    # A checkpoint whose pickled `.metadata` changed after the save is never unpickled.
+    metadata = out / "checkpoints" / "step-00000001" / ".metadata"
+    marker = tmp_path / "payload-ran"
+    metadata.write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(TrainingError, match=rf"{metadata} does not match the sha256 in its manifest.json"):
+        train_stage(args)
+    assert not marker.exists()
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):  # unpickling it creates the marker file
+        return (open, (self.marker, "w"))

@@ -33,4 +33,4 @@ def test_atomic_files_and_staged_folders_follow_the_umask(tmp_path, umask_027):
         (folder / "clip.txt").write_text("x")
     published = tmp_path / "store" / "clips" / "part-1"
     assert _mode(published) == 0o750 and (published / "clip.txt").read_text() == "x"
-    assert not list(published.parent.glob(".*"))  # no staging leftovers
+    assert [p.name for p in published.parent.glob(".*")] == [".lock"]  # the folder's lock, no staging leftovers
