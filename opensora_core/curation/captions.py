@@ -77,7 +77,9 @@ def caption_table_problem(path: str) -> str | None:
         columns = pd.read_csv(path, nrows=0).columns
     except FileNotFoundError:
         return f"{path}: no such file; expected a CSV with {_EXPECTED}"
-    except (OSError, ValueError, UnicodeDecodeError) as err:  # a folder, no header, not text
+    except UnicodeDecodeError as err:  # some pandas versions decode the header line already
+        return f"{path}: not UTF-8 text ({err})"
+    except (OSError, ValueError) as err:  # a folder, no header, not text
         return f"{path}: not readable as CSV ({type(err).__name__}: {err})"
     try:
         _layout(path, columns)
