@@ -342,11 +342,30 @@ def app_command(
         fail(f"cannot serve on {host}:{port}: {err}")
 
 
+# Packages that only an extra installs (pyproject.toml): a command that needs one names it.
+EXTRA_OF_PACKAGE = {
+    "cv2": "curation", "scenedetect": "curation", "pytesseract": "curation", "aiohttp": "curation",
+    "dagster": "orchestration", "torchx": "orchestration", "matplotlib": "orchestration",
+    "tabulate": "orchestration", "dagster_webserver": "ui", "dagster_pipes": "train", "gradio": "app",
+    "s3fs": "s3", "tesserocr": "ocr", "dagster_k8s": "k8s", "dagster_postgres": "postgres",
+    "psycopg2": "postgres",
+}
+
+
 def main() -> None:
     try:
         app()
     except ConfigError as err:
         err_console.print(f"[bold red]config error:[/] {err}", highlight=False)
+        sys.exit(2)
+    except ModuleNotFoundError as err:
+        extra = EXTRA_OF_PACKAGE.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]error:[/] this command needs {err.name}, which the '{extra}' extra "
+                          + escape(f"installs: pip install 'opensora-mlops[{extra}]'"), highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,3 +80,21 @@ def test_model_convert_against_wrong_preset_fails_cleanly(tmp_path):
     assert result.exit_code == 2
     assert "shape mismatch" in result.output
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_command_whose_extra_is_missing_names_the_extra(tmp_path):
+    """Without the curation extra (OpenCV, scenedetect), curating exits 2 naming the
+    extra to install, not with an ImportError traceback."""
+    code = ("import sys; sys.modules['cv2'] = None; sys.modules['scenedetect'] = None\n"
+            "from opensora_core.cli import main; main()")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "clip.mp4").write_bytes(b"")
+    result = subprocess.run(
+        [sys.executable, "-c", code, "data", "curate", "--input", str(raw), "--out", str(tmp_path / "out"),
+         "--config", "synthetic", "--no-progress"],
+        check=False, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "pip install 'opensora-mlops[curation]'" in result.stderr
+    assert "Traceback" not in result.stderr
