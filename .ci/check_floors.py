@@ -27,6 +27,8 @@ def declared_floors(extras: list[str]) -> dict[str, str]:
     for spec in list(project["dependencies"]) + [s for e in extras for s in optional[e]]:
         spec = spec.split(";")[0].strip()
         name = re.split(r"[<>=!~\[ ]", spec, maxsplit=1)[0].lower()
+        if name == project["name"]:  # an extra that includes others: theirs are listed too
+            continue
         floor = re.search(r"(?:>=|==)\s*([0-9][0-9.]*)", spec)
         if floor is None:
             raise SystemExit(f"{spec!r} in pyproject.toml has no floor")
