@@ -4,14 +4,12 @@ single-node Slurm of tests/cluster/conftest.py."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import subprocess
 import threading
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 import yaml
@@ -21,8 +19,6 @@ from torchx.schedulers.slurm_scheduler import SlurmScheduler as TorchXSlurmSched
 
 from assets_defs.training import stdit2_stage0
 from opensora_core.config import find_config, load_profile
-from opensora_core.data.synthetic import moving_square_clip
-from opensora_core.data.video_io import write_image
 from orchestration.launch.slurm import SlurmScheduler
 from orchestration.resources import (
     CacheSettings,
@@ -31,6 +27,7 @@ from orchestration.resources import (
     TrainingSettings,
     torchx_launcher_from_env,
 )
+from tests.stills import write_stills
 
 pytestmark = pytest.mark.slurm
 
@@ -40,15 +37,8 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
     folder = tmp_path_factory.mktemp("curated")
-    rows = []
     # Eight: one full batch of the 64px bucket (4 per rank) on each of the two ranks.
-    for i, color in enumerate(["red", "green", "blue", "yellow"] * 2):
-        path = folder / f"still{i}.png"
-        write_image(path, moving_square_clip(1, 64, 64, color=color, seed=i)[0])
-        rows.append({"path": str(path), "text": f"a {color} square", "num_frames": 1, "height": 64, "width": 64,
-                     "fps": 0.0, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-    pd.DataFrame(rows).to_parquet(folder / "meta.parquet")
-    return folder
+    return write_stills(folder, ["red", "green", "blue", "yellow"] * 2)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from opensora_core.curation import ingest
 from opensora_core.curation.runner import curate
 from opensora_core.curation.storage import FileList, Storage, set_protocol_options
 from tests.data.corpus import corpus_config, make_corpus
+from tests.s3_server import running_s3_server
 
 KEEP = ("red left.mp4", "two_scenes.mp4", "empty.mp4")
 
@@ -21,13 +22,8 @@ KEEP = ("red left.mp4", "two_scenes.mp4", "empty.mp4")
 @pytest.fixture(scope="module")
 def s3_endpoint():
     pytest.importorskip("s3fs", reason="the s3 extra (s3fs) is not installed")
-    server_module = pytest.importorskip("moto.moto_server.threaded_moto_server",
-                                        reason="moto[server] (a dev dependency) is not installed")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with running_s3_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from orchestration.local_run import (
 )
 from tests.orchestration.test_pipeline import _Setter
 from tests.pg_server import MISSING, running_postgres, server_binaries
+from tests.s3_server import running_s3_server
 
 pytestmark = pytest.mark.postgres
 
@@ -64,13 +65,8 @@ def postgres():
 @pytest.fixture(scope="module")
 def s3_endpoint():
     pytest.importorskip("boto3", reason="boto3 (MLflow's s3 artifact client) is not installed")
-    server_module = pytest.importorskip("moto.moto_server.threaded_moto_server",
-                                        reason="moto[server] (a dev dependency) is not installed")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with running_s3_server() as endpoint:
+        yield endpoint
 
 
 def cluster_profile_on_cpu(path: Path) -> dict:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -12,8 +11,6 @@ from dagster import AssetKey, Failure, materialize
 
 from assets_defs.training import plan_stage, stdit2_stage0, training_assets
 from opensora_core.config import read_stage_data
-from opensora_core.data.synthetic import moving_square_clip
-from opensora_core.data.video_io import write_image
 from opensora_core.models import build_stdit2
 from opensora_core.models.checkpoint_io import save_model
 from orchestration.resources import (
@@ -23,6 +20,7 @@ from orchestration.resources import (
     TorchXLauncher,
     TrainingSettings,
 )
+from tests.stills import write_stills
 
 TINY = [f"tiny/stage{i}" for i in range(4)]
 
@@ -31,15 +29,7 @@ TINY = [f"tiny/stage{i}" for i in range(4)]
 def curated(tmp_path):
     """A curated folder whose training table holds four 64x64 stills (stage 0 trains on images)."""
     folder = tmp_path / "curated"
-    folder.mkdir()
-    rows = []
-    for i, color in enumerate(["red", "green", "blue", "yellow"]):
-        path = folder / f"still{i}.png"
-        write_image(path, moving_square_clip(1, 64, 64, color=color, seed=i)[0])
-        rows.append({"path": str(path), "text": f"a {color} square", "num_frames": 1, "height": 64, "width": 64,
-                     "fps": 0.0, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-    pd.DataFrame(rows).to_parquet(folder / "meta.parquet")
-    return folder
+    return write_stills(folder, ["red", "green", "blue", "yellow"])
 
 
 @pytest.fixture
