@@ -10,9 +10,9 @@ import pytest
 
 @contextmanager
 def running_s3_server() -> Iterator[str]:
-    """Yield the endpoint URL of a moto S3 server (skips without moto[server])."""
+    """Yield the endpoint URL of a moto S3 server (skips without moto and Flask, the dev extra)."""
     server_module = pytest.importorskip("moto.moto_server.threaded_moto_server",
-                                        reason="moto[server] (a dev dependency) is not installed")
+                                        reason="moto and Flask (the dev extra) are not installed")
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
