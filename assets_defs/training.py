@@ -35,7 +35,7 @@ from opensora_core.config import ConfigError, StageConfig, load_stage
 from opensora_core.tracking.registry import download_champion
 from opensora_core.train.args import TrainArgs
 from opensora_core.train.inputs import TrainingError, check_inputs, stage_inputs
-from opensora_core.train.metrics import TREND_POINTS, summarize_loss
+from opensora_core.train.metrics import RISE_LIMIT, TREND_POINTS, summarize_loss
 from opensora_core.train.stage_folder import TABLE, StageFolder
 from opensora_core.utils.atomic import atomic_path
 from opensora_core.utils.folder_lock import FolderLock, FolderLocked
@@ -252,11 +252,12 @@ training_assets = [stdit2_stage0, stdit2_stage1, stdit2_stage2, stdit2_stage3]
 
 
 def _loss_check(index: int, stage_asset):
-    # Blocking: a stage whose loss is not finite or rose stops the run here, so neither
+    # Blocking: a stage whose loss is not finite or rose past RISE_LIMIT stops the run here, so neither
     # the next stage nor the evaluation (and with it promotion) sees a diverged model.
     @asset_check(asset=stage_asset, name=f"stdit2_stage{index}_loss", blocking=True,
-                 description="Every logged loss is finite and, from 8 logged steps on, the last quarter's mean "
-                             "is below the first quarter's. Blocks the next stage and the evaluation.")
+                 description=f"Every logged loss is finite and, from {TREND_POINTS} logged steps on, the last "
+                             f"quarter's mean is at most {RISE_LIMIT}x the first quarter's (a flat fine-tune passes, "
+                             "a diverging run does not). Blocks the next stage and the evaluation.")
     def check(training_settings: TrainingSettings) -> AssetCheckResult:
         metrics = training_settings.stage_dir(index) / "metrics.jsonl"
         if not metrics.is_file():
@@ -264,7 +265,8 @@ def _loss_check(index: int, stage_asset):
         summary = summarize_loss(metrics)
         return AssetCheckResult(passed=summary.healthy, metadata={
             "logged_steps": summary.points, "all_finite": summary.finite,
-            "trend": ("decreasing" if summary.decreased else "not decreasing") if summary.trend_judged
+            "trend": ("decreasing" if summary.decreased else "rising" if summary.rose else "flat")
+            if summary.trend_judged
             else f"not judged (fewer than {TREND_POINTS} logged steps)",
             "first_quarter_loss": summary.first, "last_quarter_loss": summary.last})
 

@@ -11,6 +11,10 @@ from opensora_core.utils.jsonl import read_jsonl
 # Fewer logged losses than this say nothing about a trend: a diffusion loss swings with
 # the timesteps drawn, so a two-step run's "rise" is noise, not divergence.
 TREND_POINTS = 8
+# A stage diverged when its last quarter's mean loss exceeds its first quarter's by more
+# than this factor. Not "must decrease": a fine-tune from a converged model (retraining
+# from the champion) logs a flat loss, which must not block its evaluation.
+RISE_LIMIT = 1.25
 
 
 @dataclass(frozen=True)
@@ -29,10 +33,15 @@ class LossSummary:
         return self.points >= TREND_POINTS
 
     @property
+    def rose(self) -> bool:
+        """The last quarter's loss is more than `RISE_LIMIT` times the first quarter's."""
+        return self.finite and self.last > self.first * RISE_LIMIT
+
+    @property
     def healthy(self) -> bool:
         """What a model needs before it is evaluated or promoted: every loss finite, and
-        decreasing where enough steps were logged to tell."""
-        return self.finite and (self.decreased or not self.trend_judged)
+        no rise beyond `RISE_LIMIT` where enough steps were logged to tell."""
+        return self.finite and not (self.trend_judged and self.rose)
 
 
 def summarize_loss(metrics_file: str | Path) -> LossSummary:

@@ -254,6 +254,7 @@ def _finished_stage(settings: TrainingSettings, index: int, curated: Path, losse
     ([1.0, 0.9, math.nan, 0.8, 0.7, 0.6, 0.5, 0.4], "a NaN"),
     ([0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1], "rising"),
     ([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], None),
+    ([1.0, 1.05, 0.98, 1.02, 1.03, 0.99, 1.04, 1.01], None),  # flat, as a fine-tune of a converged model
 ])
 def test_a_diverged_stage_blocks_the_next_stage(tmp_path, profile, curated, losses, problem):
     """The loss check is blocking: stage 1 (here reused, so nothing trains) materializes
@@ -276,6 +277,7 @@ def test_a_diverged_stage_blocks_the_next_stage(tmp_path, profile, curated, loss
         assert result.success and checks["stdit2_stage0_loss"].passed and checks["stdit2_stage1_loss"].passed
         assert "stdit2_stage1" in materialized
         assert checks["stdit2_stage1_loss"].metadata["trend"].value.startswith("not judged")
+        assert checks["stdit2_stage0_loss"].metadata["trend"].value in ("decreasing", "flat")
     else:
         assert not checks["stdit2_stage0_loss"].passed, problem
         assert "stdit2_stage1" not in materialized and not result.success, problem

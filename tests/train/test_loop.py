@@ -181,9 +181,12 @@ def test_loss_summary_flags_nan_and_rising_loss(tmp_path):
     assert good.finite and good.decreased and good.points == 8 and good.first == pytest.approx(0.95)
     assert not write([1.0, 0.9, float("nan"), 0.5]).decreased
     assert not write([0.5, 0.6, 0.7, 0.9]).decreased
-    # What the blocking stage check asks: finite, and decreasing once 8 steps were logged.
+    # What the blocking stage check asks: finite, and no rise past RISE_LIMIT once 8 steps
+    # were logged; a flat loss (a fine-tune of a converged model) passes.
     assert good.healthy and write([0.5, 0.6]).healthy and not write([0.5, float("inf")]).healthy
     assert not write([0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2]).healthy
+    flat = write([1.0, 1.05, 0.98, 1.02, 1.03, 0.99, 1.04, 1.01])
+    assert flat.healthy and not flat.decreased and not flat.rose
 
 
 def test_an_rflow_stage_exports_its_objective_and_samples_with_its_own_sampler(tmp_path, training_table, test_profile):
