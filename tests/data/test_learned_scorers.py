@@ -297,7 +297,6 @@ def _digest_in_a_process(path: str) -> str:
 
 
 def test_processes_hashing_at_once_keep_every_digest(tmp_path, monkeypatch):
-    import gc
     import json
     import multiprocessing
 
@@ -307,10 +306,9 @@ def test_processes_hashing_at_once_keep_every_digest(tmp_path, monkeypatch):
     for i in range(8):
         files.append(tmp_path / f"w{i}.bin")
         files[-1].write_bytes(bytes([i]) * 1024)
-    # Garbage left by earlier tests (a PyAV decoder with its threads) must be freed here:
-    # freed in a forked child, whose copy has no such threads, it waits for them forever.
-    gc.collect()
-    with multiprocessing.get_context("fork").Pool(4) as pool:
+    # Spawned, not forked: earlier tests leave threads in this process (servers, PyAV
+    # decoders), and a forked child can wait forever on a lock one of them held.
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
         pool.map(_digest_in_a_process, [str(f) for f in files])
     assert len(json.loads(cache.read_text())) == 8
     cache.write_text("null")  # valid JSON, not a table: taken as empty
