@@ -278,6 +278,8 @@ def run_pipeline(root: Path, profile: str = "embedded", console: Console | None 
     console.print(table)
     console.print("Open both UIs with [bold]make ui[/] (Dagster http://127.0.0.1:3000: the asset graph and "
                   "this run; MLflow http://127.0.0.1:5000: stage runs, eval run, model registry `stdit2`).")
+    console.print("Generate from the champion with your own prompt, and compare versions: [bold]make app[/] "
+                  "(http://127.0.0.1:7860).")
     return {"result": result, "evaluation": evaluation, "dataset": dataset, "timings": timings,
             "peak_rss_mib": (own, child)}
 

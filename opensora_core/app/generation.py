@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from opensora_core.infer.mask_strategy import NAMED_MASK_STRATEGIES, named_mask_strategy
 from opensora_core.infer.sample import (
     PromptRequest,
     SampleSettings,
@@ -30,14 +31,7 @@ from opensora_core.utils.atomic import write_text_atomic
 
 # The mask strategies Open-Sora's app offers by name; "raw" takes the text as given.
 # `{window}` is the frames per loop and `{tail}` the frames an extension keeps.
-MASK_PRESETS = {
-    "none": "",
-    "image-to-video": "0",  # the reference's first frame starts the video
-    "extend": "0,0,-{tail},0,{tail}",  # the reference's last frames start the video
-    "connect": "0;0,1,0,-1,1",  # reference 1 starts it, reference 2 ends it
-    "edit": "0,0,0,0,{window},0.4",  # every frame re-noised for 40% of the steps
-    "raw": None,
-}
+MASK_PRESETS = ("none", *NAMED_MASK_STRATEGIES, "raw")
 MAX_SEED = 2**31 - 1
 REQUEST_FILE = "app_request.json"  # the form, beside the sample, for History's re-run
 
@@ -134,8 +128,12 @@ def plan(form: GenerateForm) -> Plan:
     num_frames = min(total, window)
     if form.mask not in MASK_PRESETS:
         raise ValueError(f"mask strategy {form.mask!r}: expected one of {', '.join(MASK_PRESETS)}")
-    strategy = (form.mask_strategy or "").strip() if form.mask == "raw" else MASK_PRESETS[form.mask].format(
-        window=num_frames, tail=max(1, min(8, num_frames // 2)))
+    if form.mask == "raw":
+        strategy = (form.mask_strategy or "").strip()
+    elif form.mask == "none":
+        strategy = ""
+    else:
+        strategy = named_mask_strategy(form.mask, num_frames, tail=max(1, min(8, num_frames // 2)))
     references = [str(p) for p in form.references if p]
     if strategy and not references:
         problems.append(f"mask strategy {form.mask!r} needs a reference image or video")

@@ -24,6 +24,7 @@ import numpy as np
 
 from opensora_core.data.synthetic import BACKGROUNDS, SHAPES, moving_shape_clip, video_caption
 from opensora_core.eval.metrics import classify_color, estimate_motion, parse_synthetic_prompt
+from opensora_core.infer.mask_strategy import named_mask_strategy
 
 CONDITIONING_KINDS = ("i2v", "extend")
 
@@ -75,10 +76,11 @@ def build_cases(
                                    background, seed=int(rng.integers(2**31)))
         stem = folder / f"{kind}_{index:03d}_{color}_{shape}_{direction}"
         if kind == "i2v":
-            reference, strategy, first = write_image(stem.with_suffix(".png"), frames[0]), "0", 0
+            reference, first = write_image(stem.with_suffix(".png"), frames[0]), 0
+            strategy = named_mask_strategy("image-to-video", num_frames, tail=1)
         else:
             reference = write_video(stem.with_suffix(".mp4"), frames[:num_frames], fps=8)
-            strategy, first = f"0,0,-{context},0,{context}", context - 1
+            strategy, first = named_mask_strategy("extend", num_frames, tail=context), context - 1
         cases.append(ConditionedCase(kind, video_caption(color, shape, direction), str(reference), strategy,
                                      color, direction, first))
     return cases

@@ -20,6 +20,25 @@ FIELDS = ("loop", "ref_id", "ref_start", "target_start", "length", "edit_ratio")
 DEFAULTS = (0, 0, 0, 0, 1, 0.0)
 
 
+# The conditioning tasks by name (the web app offers them; evaluation scores two), each a
+# mask strategy: "image-to-video" starts the video with the reference's first frame,
+# "extend" with its last `tail` frames, "connect" starts with reference 1 and ends with
+# reference 2, "edit" re-noises every frame of the reference for 40% of the steps.
+NAMED_MASK_STRATEGIES = {
+    "image-to-video": "0",
+    "extend": "0,0,-{tail},0,{tail}",
+    "connect": "0;0,1,0,-1,1",
+    "edit": "0,0,0,0,{num_frames},0.4",
+}
+
+
+def named_mask_strategy(name: str, num_frames: int, tail: int) -> str:
+    """The mask strategy of a named conditioning task for a `num_frames` window."""
+    if name not in NAMED_MASK_STRATEGIES:
+        raise MaskStrategyError(f"mask strategy {name!r}: expected one of {', '.join(NAMED_MASK_STRATEGIES)}")
+    return NAMED_MASK_STRATEGIES[name].format(num_frames=num_frames, tail=tail)
+
+
 class MaskStrategyError(ValueError):
     """A malformed or impossible mask strategy."""
 

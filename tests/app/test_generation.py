@@ -16,7 +16,7 @@ pytest.importorskip("gradio", reason="the app extra is not installed (pip instal
 
 
 def test_length_in_seconds_and_loops_follow_open_soras_app():
-    # 2 s at 24 // 3 = 8 written frames per second: 16 frames, one loop of 16
+    # two seconds at 24 // 3 = 8 written frames per second: 16 frames, one loop of 16
     one = plan(GenerateForm("a cat", "m", length=2, length_unit="seconds", window=16))
     assert (one.settings.num_frames, one.settings.loops, one.total_frames) == (16, 1, 16)
     # 41 frames, 16 a loop, each later loop continuing from 4: 16 + 12 + 12 + 12 >= 41
