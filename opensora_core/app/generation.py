@@ -223,7 +223,8 @@ def run_plan(generator, provenance: dict, plan: Plan, out_root: Path, form: Gene
     """Sample `plan` with `sample_to_files` into a new folder under `out_root` (built
     under a hidden name, renamed when complete), with the form beside it for re-runs."""
     out_root = Path(out_root)
-    name = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**6:06d}"
+    now = time.time_ns()  # one reading: names sort in creation order within a second too
+    name = time.strftime("%Y%m%d-%H%M%S", time.localtime(now // 10**9)) + f"-{now % 10**9:09d}"
     partial = out_root / f".{name}.partial"
     counter = StepCounter(plan.settings.steps * plan.settings.loops, on_step, cancel)
     hook = generator.model.register_forward_pre_hook(counter)
