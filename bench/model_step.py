@@ -16,7 +16,8 @@ the same tokens; the only difference is attention: STDiT-2 attends within a fram
 then across frames (cost ~ T*S^2 + S*T^2), the DiT attends over all T*S tokens at once
 (cost ~ (T*S)^2). Timings are medians over repeats after one warm-up step, measured side
 by side in one process. Peak memory is the allocator's peak above the pre-step level:
-CUDA's on GPUs, glibc's heap (sampled after every op) on CPU. "saved" is the exact size
+CUDA's on GPUs, glibc's heap on CPU (sampled after every op; for compiled blocks, whose
+kernels a dispatch mode would not see, by a thread every 0.5 ms). "saved" is the exact size
 of the activations autograd keeps for backward. Achieved GFLOP/s divides the step's
 FLOPs (counted by `torch.utils.flop_counter` on the meta device: matmuls, convolutions,
 attention) by its time; "of peak" compares that with a 2048x2048 `torch.mm` timed in the
@@ -31,6 +32,7 @@ import gc
 import itertools
 import multiprocessing
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 
@@ -152,6 +154,41 @@ class CPUPeakMemory(TorchDispatchMode):
         return self.peak - self.baseline
 
 
+class SampledPeakMemory:
+    """Heap use sampled by a thread every `interval` seconds: the probe for compiled
+    models, which a dispatch mode would not measure (Dynamo runs every frame it sees
+    under one eagerly, and keeps skipping those frames after it exits)."""
+
+    def __init__(self, interval: float = 0.0005):
+        self.interval = interval
+        self.baseline = heap_in_use()
+        self.peak = self.baseline
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, heap_in_use())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, heap_in_use())
+
+    @property
+    def peak_above_baseline(self) -> int:
+        return self.peak - self.baseline
+
+
+def is_compiled(model: nn.Module) -> bool:
+    return any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+
+
 def measure_step(model: nn.Module, inputs: dict, repeats: int, device: torch.device,
                  precision: str = "fp32") -> tuple[float, int, int]:
     """(median seconds, peak bytes above the pre-step baseline, bytes saved for backward)
@@ -188,7 +225,7 @@ def measure_step(model: nn.Module, inputs: dict, repeats: int, device: torch.dev
         step()
         peak = torch.cuda.max_memory_allocated(device) - baseline
     else:
-        with CPUPeakMemory() as probe:
+        with SampledPeakMemory() if is_compiled(model) else CPUPeakMemory() as probe:
             forward().float().square().mean().backward()
         peak = probe.peak_above_baseline
 

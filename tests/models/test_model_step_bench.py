@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from bench.model_step import (
     matmul_peak_flops,
+    measure_step,
     run_model_step_benchmark,
     train_step_flops,
 )
@@ -59,6 +60,21 @@ def test_benchmark_compiles_each_block_when_asked():
     assert [(r.compiled, r.precision) for r in rows] == [(True, "fp32")]
     assert counters["stats"]["unique_graphs"] > 0
     assert "compiled" in console.export_text()
+
+
+def test_measuring_a_compiled_model_leaves_its_blocks_compiled():
+    # A dispatch-mode memory probe would make Dynamo run the blocks eagerly from then on:
+    # every later compiled row would time eager code.
+    torch._dynamo.reset()
+    model = STDiT2(STDiT2Config(hidden_size=48, depth=2, num_heads=2, caption_channels=16, model_max_length=4))
+    for block in model.blocks:
+        block.compile()
+    inputs = {"x": torch.randn(1, 4, 2, 4, 4), "timestep": torch.tensor([1.0]), "y": torch.randn(1, 1, 4, 16)}
+    seconds, peak, saved = measure_step(model, inputs, 1, torch.device("cpu"))
+    assert seconds > 0 and peak > 0 and saved > 0
+    with torch.profiler.profile() as profile:
+        model(**inputs).float().square().mean().backward()
+    assert any("Compiled" in event.name for event in profile.events())
 
 
 def test_benchmark_refuses_unknown_settings():
