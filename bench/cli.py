@@ -83,11 +83,20 @@ def bench_sampling(
     presets: Annotated[str, typer.Option(help="Comma-separated presets.")] = "stdit2-tiny,stdit2-small",
     num_frames: Annotated[int, typer.Option()] = 16,
     size: Annotated[int, typer.Option(help="Square side in pixels (multiple of 16).")] = 64,
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 or both.")] = "both",
+    compile: Annotated[str, typer.Option(help="torch.compile each block: off, on or both.")] = "both",
 ) -> None:
-    """Seconds per denoising step and per video: IDDPM 100 steps vs DPM-Solver++ 20."""
+    """Seconds per denoising step and per video: IDDPM 100 steps vs DPM-Solver++ 20, fp32/bf16, eager/compiled."""
     from bench.sampling import run_sampling_benchmark
 
-    run_sampling_benchmark([p.strip() for p in presets.split(",") if p.strip()], num_frames, size, console)
+    dtypes = {"fp32": ("fp32",), "bf16": ("bf16",), "both": ("fp32", "bf16")}
+    compiles = {"off": (False,), "on": (True,), "both": (False, True)}
+    if dtype not in dtypes:
+        fail(f"--dtype {dtype!r}: expected one of {', '.join(dtypes)}")
+    if compile not in compiles:
+        fail(f"--compile {compile!r}: expected one of {', '.join(compiles)}")
+    run_sampling_benchmark([p.strip() for p in presets.split(",") if p.strip()], num_frames, size, console,
+                           dtypes[dtype], compiles[compile])
 
 
 @bench_app.command("dataloader")

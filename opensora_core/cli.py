@@ -227,6 +227,9 @@ def sample(
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: the profile's device).")] = None,
     dtype: Annotated[str | None, typer.Option(
         help="Model dtype: bf16, fp16 or fp32 (default: bf16 on CUDA as Open-Sora, fp32 on CPU).")] = None,
+    compile: Annotated[bool, typer.Option(
+        help="torch.compile each block: the first denoising step pays the compilation, every later one runs "
+             "faster (many prompts, steps or loops).")] = False,
 ) -> None:
     """Generate videos (the help above). Long for its typer options only: the prompts are
     `_prompt_lines`, the size `_frame_size`, the rest `infer.sample`."""
@@ -252,7 +255,7 @@ def sample(
         if problems:  # before seconds of model loading
             fail("cannot sample:\n  " + "\n  ".join(problems))
         generator, provenance = load_generation_stack(checkpoint, preset, profile, device,
-                                                      None if dtype is None else _dtype(dtype))
+                                                      None if dtype is None else _dtype(dtype), compile)
         written = sample_to_files(generator, requests, settings, out, provenance, start_index, num_sample,
                                   prompt_as_path)
     except (ValueError, FileNotFoundError) as err:

@@ -144,6 +144,13 @@ def test_cli_same_seed_same_bytes(tmp_path):
     assert sidecar["preset"] == "stdit2-tiny" and sidecar["vae"].startswith("dct")
 
 
+def test_cli_compiled_blocks_sample_what_eager_ones_do(tmp_path):
+    eager, compiled = _run_cli(tmp_path / "eager"), _run_cli(tmp_path / "compiled", extra=["--compile"])
+    assert eager.exit_code == compiled.exit_code == 0, compiled.output
+    a, b = (read_frames(tmp_path / d / "sample_000.mp4", 4).astype(float) for d in ("eager", "compiled"))
+    assert abs(a - b).mean() < 1.0
+
+
 def test_cli_writes_png_for_one_frame(tmp_path):
     result = _run_cli(tmp_path, extra=["--num-frames", "1"])
     assert result.exit_code == 0, result.output

@@ -69,13 +69,14 @@ def check_encoders(config, profile, checkpoint_file: Path, word_weights: dict | 
 
 def load_generation_stack(
     checkpoint: str | Path | None = None, preset: str | None = None, profile: str = "embedded",
-    device: str | None = None, dtype: str | torch.dtype | None = None,
+    device: str | None = None, dtype: str | torch.dtype | None = None, compile: bool = False,
 ) -> tuple[VideoGenerator, dict]:
     """Model (from a checkpoint, or a preset's random init), the profile's video
     autoencoder and text encoder, and the provenance recorded in sidecars. A jointly
     trained word-embedding text encoder is read from `text_encoder.safetensors`
     beside the checkpoint. `device` defaults to the profile's; `dtype` (the model's)
-    to bf16 on CUDA as Open-Sora samples, fp32 on CPU. Only the profile's encoders
+    to bf16 on CUDA as Open-Sora samples, fp32 on CPU. `compile`: each block compiled in
+    place, as training's `compile` does. Only the profile's encoders
     and device are read: sampling needs no tracking server."""
     from opensora_core.config import load_sampling_profile
     from opensora_core.utils.dtypes import resolve_dtype
@@ -97,6 +98,9 @@ def load_generation_stack(
     model, objective, shift, checkpoint_file = _load_model(checkpoint, preset)
     model = model.to(dtype)
     model.use_attention_backend(settings.attention_backend)
+    if compile:
+        for block in model.blocks:
+            block.compile()
     vae, text_encoder = _load_encoders(model.config, settings, checkpoint_file, device)
     provenance = {
         "checkpoint": None if checkpoint_file is None else str(checkpoint_file),
