@@ -72,10 +72,15 @@ def bench_model(
     unknown = [n for n in names if n != "custom" and n not in SETUPS]
     if unknown or not names:
         fail(f"--setup {setup!r}: expected some of {', '.join([*SETUPS, 'custom'])}")
+    from pydantic import ValidationError
+
     for name in names:
         console.print(f"[bold]setup {name}[/]")
-        run_model_step_benchmark(frame_counts=frame_counts, repeats=repeats, console=console,
-                                 **(custom if name == "custom" else SETUPS[name]))
+        try:
+            run_model_step_benchmark(frame_counts=frame_counts, repeats=repeats, console=console,
+                                     **(custom if name == "custom" else SETUPS[name]))
+        except ValidationError as err:  # a custom model size STDiT-2 cannot have
+            fail(f"--setup {name}: " + "; ".join(e["msg"] for e in err.errors()))
 
 
 @bench_app.command("sampling")

@@ -86,3 +86,5 @@ def test_benchmark_refuses_unknown_settings():
         run_model_step_benchmark(compile=())
     result = CliRunner().invoke(cli.app, ["bench", "model", "--setup", "huge"])
     assert result.exit_code == 2 and "tiny, reference, custom" in result.output
+    result = CliRunner().invoke(cli.app, ["bench", "model", "--setup", "custom", "--hidden-size", "64"])
+    assert result.exit_code == 2 and "divisible by 3" in result.output and "Traceback" not in result.output
