@@ -40,9 +40,10 @@ def rotate_interleaved_pairs(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate `x [..., L, D]` by position."""
-    if x.dtype == cos.dtype == sin.dtype == torch.float32:
+    if x.dtype == cos.dtype == sin.dtype == torch.float32 and not torch.compiler.is_compiling():
         # Each pair (x0, x1) as x0 + i*x1 times cos + i*sin: the same rotation in one
-        # complex multiply instead of a gather, a negation and two products.
+        # complex multiply instead of a gather, a negation and two products. Compiled
+        # code takes the real form, which Inductor fuses (it cannot generate complex ops).
         turn = torch.complex(cos[..., ::2], sin[..., ::2])
         pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)).contiguous())
         return torch.view_as_real(pairs * turn).flatten(-2)
