@@ -36,6 +36,8 @@ def run_sampling_benchmark(
     one 2-step video (the compilation, reported as "compile s"; every sampler then runs
     the same shapes), so its rows time compiled steps only."""
     console = console or Console()
+    if not console.is_terminal:  # a log or a pipe: every column readable, not squeezed to 80
+        console.width = max(console.width, 160)
     unknown = [d for d in dtypes if d not in DTYPES]
     if unknown or not dtypes:
         raise ValueError(f"dtypes {list(dtypes)}: expected some of {sorted(DTYPES)}")
