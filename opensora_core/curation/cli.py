@@ -232,14 +232,14 @@ def synth(
 def buckets(
     meta: Annotated[Path, typer.Option(help="Training table (meta.csv or .parquet) with num_frames, height, width.")],
     stage: Annotated[str, typer.Option(help="Stage config: path or stem such as stage1 or tiny/stage1.")],
-    seed: Annotated[int, typer.Option(help="Assignment seed (the training seed).")] = 0,
+    seed: Annotated[int | None, typer.Option(help="The training seed (default: the stage's).")] = None,
     epoch: Annotated[int, typer.Option(help="Epoch whose draw to show (each epoch draws again).")] = 0,
     out: Annotated[Path | None, typer.Option(help="Also write one row per sample to this CSV.")] = None,
 ) -> None:
     """Show what a stage's bucket_config does to a training table: samples, batches and
     tokens per (resolution, frames) bucket, and which samples are dropped and why."""
     from opensora_core.config import load_stage
-    from opensora_core.data.buckets import BucketAssigner, bucket_batches, summarize
+    from opensora_core.data.buckets import BucketAssigner, bucket_batches, stage_streams, summarize
     from opensora_core.data.meta import TableError, read_training_table
 
     try:
@@ -249,8 +249,10 @@ def buckets(
     stage_config = load_stage(stage)
     assigner = BucketAssigner(stage_config)
     rows = list(zip(table["num_frames"].astype(int), table["height"].astype(int), table["width"].astype(int)))
-    assignments = assigner.assign_all(rows, seed, epoch)
-    batches = bucket_batches(assignments, seed, epoch)
+    seed = stage_config.seed if seed is None else seed
+    streams = stage_streams(seed, stage_config.stage)  # what training draws with this seed
+    assignments = assigner.assign_all(rows, streams, epoch)
+    batches = bucket_batches(assignments, streams, epoch)
     summary = summarize(assignments, batches)
 
     console.print(_bucket_table(f"{stage}: {len(rows)} samples, seed {seed}, epoch {epoch}, "

@@ -145,6 +145,14 @@ class BucketAssigner:
         return [self.assign(t, h, w, np.random.default_rng([seed, epoch, i])) for i, (t, h, w) in enumerate(rows)]
 
 
+def stage_streams(seed: int, stage: int) -> int:
+    """The seed of a stage's random streams (data order, temporal windows, each step's
+    timesteps, masks, caption drops and noise): `seed` mixed with the stage number. The
+    draws are keyed by step, so stages sharing a seed and a bucket config (as a recipe's
+    stages do) would otherwise replay one another's batches, noise and all, step for step."""
+    return int(np.random.SeedSequence([seed, stage]).generate_state(1)[0])
+
+
 def bucket_batches(assignments: Sequence[Bucket | Dropped], seed: int, epoch: int,
                    world_size: int = 1) -> list[list[int]]:
     """All full global batches of one epoch: indices grouped by bucket, shuffled within

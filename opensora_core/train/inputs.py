@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from opensora_core.config import ProfileConfig, StageConfig, load_profile, load_stage
-from opensora_core.data.buckets import Bucket, BucketAssigner
+from opensora_core.data.buckets import Bucket, BucketAssigner, stage_streams
 from opensora_core.data.meta import TableError, read_training_table
 from opensora_core.models import STDiT2Config, load_preset
 from opensora_core.models.checkpoint_io import compare_keys, load_state_dict, read_config
@@ -45,6 +45,7 @@ class CheckedInputs:
     rows: list[tuple[int, int, int]]  # (num_frames, height, width) per sample
     assigner: BucketAssigner
     init_state: dict[str, torch.Tensor] | None  # meta tensors when checked with shapes_only
+    streams: int  # the seed of the stage's data order, temporal windows and step draws
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -147,9 +148,11 @@ def check_inputs(args: TrainArgs, shapes_only: bool = False) -> CheckedInputs:
     table = read_table(args.data)
     assigner = BucketAssigner(stage)
     rows = list(zip(table["num_frames"].astype(int), table["height"].astype(int), table["width"].astype(int)))
-    check_buckets(assigner, rows, seed)
+    streams = stage_streams(seed, stage.stage)
+    check_buckets(assigner, rows, streams)
     init_state = check_init(args.init, config, seed, shapes_only) if args.init else None
-    return CheckedInputs(stage, profile, config, seed, max_steps, ckpt_every, table, rows, assigner, init_state)
+    return CheckedInputs(stage, profile, config, seed, max_steps, ckpt_every, table, rows, assigner, init_state,
+                         streams)
 
 
 def stage_inputs(args: TrainArgs, checked: CheckedInputs, world: int = 1) -> dict:
@@ -167,4 +170,5 @@ def stage_inputs(args: TrainArgs, checked: CheckedInputs, world: int = 1) -> dic
                 entry["batch_size"] *= world
     return {"table_sha256": file_sha256(args.data), "stage_config": config,
             "init_sha256": file_sha256(init) if init is not None and init.is_file() else None,
-            "seed": checked.seed, "max_steps": checked.max_steps, "profile": args.profile}
+            "seed": checked.seed, "streams": checked.streams, "max_steps": checked.max_steps,
+            "profile": args.profile}

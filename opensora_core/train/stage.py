@@ -53,6 +53,7 @@ class Stage:
     profile: ProfileConfig
     config: STDiT2Config
     seed: int
+    streams: int  # `stage_streams`: the seed of the data order and the step's draws
     max_steps: int
     ckpt_every: int
     rank: int
@@ -153,13 +154,15 @@ def prepare_stage(args: TrainArgs) -> Stage:
         caches = (ShardedTensorCache(Path(args.cache) / "text"), ShardedTensorCache(Path(args.cache) / "video"))
     diffusion = RectifiedFlow() if stage.scheduler == "rflow" else GaussianDiffusion()
     return Stage(
-        args=args, stage=stage, profile=profile, config=checked.config, seed=seed, max_steps=checked.max_steps,
+        args=args, stage=stage, profile=profile, config=checked.config, seed=seed, streams=checked.streams,
+        max_steps=checked.max_steps,
         ckpt_every=checked.ckpt_every, rank=rank, world=world, mesh=mesh, device=device, out=out, model=model,
         text_encoder=text_encoder, trains_text=built.trains_text, vae=built.vae, trainable=trainable,
         optimizer=optimizer, ema=EMA(model, stage.ema_decay) if stage.ema_decay else None,
         dataset=VideoTextDataset(checked.table, stage.frame_interval, text_encoder, built.vae.identity(), *caches,
-                                 seed=seed),
-        sampler=BucketBatchSampler(checked.assigner, checked.rows, seed=seed, rank=rank, world_size=world),
+                                 seed=checked.streams),
+        sampler=BucketBatchSampler(checked.assigner, checked.rows, seed=checked.streams, rank=rank,
+                                   world_size=world),
         diffusion=diffusion, timesteps=build_timestep_sampler(stage.scheduler, diffusion, stage.timestep_shift),
         masks=MaskGenerator(stage.mask_ratios) if stage.mask_ratios else None,
         checkpoints=CheckpointManager(out / "checkpoints", args.keep_last, rank), lock=lock,

@@ -58,7 +58,7 @@ def train_step(s: Stage, items: list[tuple[int, Bucket]], step: int) -> tuple[fl
     autocast = s.mesh is None and s.compute_dtype != torch.float32
     # The sampler gives every rank its slice of one global batch: rank r holds global
     # samples [r * B, (r + 1) * B), whose random draws are the same at any world size.
-    draws = StepDraws(s.seed, step, len(items) * s.world, s.rank * len(items), len(items))
+    draws = StepDraws(s.streams, step, len(items) * s.world, s.rank * len(items), len(items))
     with torch.autocast(s.device.type, dtype=s.compute_dtype, enabled=autocast):
         conditions = micro_conditions(batch, s.config.micro_condition_convention)
         loss = _loss(s.model, s.text_encoder, s.vae, s.diffusion, s.timesteps, s.masks, batch, conditions, s.device,

@@ -399,3 +399,29 @@ class _Payload:
 
     def __reduce__(self):  # unpickling it creates the marker file
         return (open, (self.marker, "w"))
+
+
+def test_stages_sharing_a_seed_do_not_replay_each_others_batches_and_draws(tmp_path, training_table):
+    """A recipe's stages share a seed and often a bucket config; the draws are keyed by
+    step, so without the stage number in their key stage 2 would train its first steps on
+    stage 1's exact batches, timesteps and noise."""
+    import yaml
+
+    from opensora_core.config import read_stage_data
+    from opensora_core.data.buckets import BucketBatchSampler
+    from opensora_core.train.inputs import check_inputs
+    from opensora_core.train.step import StepDraws
+
+    def streams_of(stage_number: int, seed: int | None = None):
+        data = {**read_stage_data("tiny/stage1"), "stage": stage_number}
+        path = tmp_path / f"stage{stage_number}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        checked = check_inputs(TrainArgs(stage=str(path), data=str(training_table), out=str(tmp_path / "out"),
+                                         seed=seed))
+        order = list(BucketBatchSampler(checked.assigner, checked.rows, seed=checked.streams))
+        return checked.streams, order, StepDraws(checked.streams, 0, 2, 0, 2).noise((4,))
+
+    one, two, one_again = streams_of(1), streams_of(2), streams_of(1)
+    assert one[0] != two[0] and one[1] != two[1] and not torch.equal(one[2], two[2])
+    assert one[0] == one_again[0] and one[1] == one_again[1] and torch.equal(one[2], one_again[2])
+    assert streams_of(1, seed=5)[0] != one[0]  # and the seed still counts
