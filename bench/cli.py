@@ -26,6 +26,19 @@ BENCH_HELP = "Benchmarks that print tables (they assert nothing); the code lives
 bench_app = typer.Typer(no_args_is_help=True, add_completion=False, help=BENCH_HELP)
 
 
+OFF_ON = (("off", False), ("on", True))
+
+
+def _one_or_both(option: str, value: str, first, second) -> tuple:
+    """An option that names one of two choices or "both": the chosen values, in order.
+    A choice is a name, or (name, value) where the value differs from the name."""
+    first, second = (c if isinstance(c, tuple) else (c, c) for c in (first, second))
+    choices = {first[0]: (first[1],), second[0]: (second[1],), "both": (first[1], second[1])}
+    if value not in choices:
+        fail(f"{option} {value!r}: expected one of {', '.join(choices)}")
+    return choices[value]
+
+
 @bench_app.command("model")
 def bench_model(
     setup: Annotated[str, typer.Option(
@@ -54,20 +67,12 @@ def bench_model(
         frame_counts = [int(f) for f in frames.split(",")]
     except ValueError:
         fail(f"--frames {frames!r}: expected comma-separated integers like 16,64")
-    both = {"fp32": ("fp32",), "bf16": ("bf16",), "both": ("fp32", "bf16"), "off": (False,), "on": (True,),
-            "default": ("default",), "retained": ("retained",)}
-    for name, value, allowed in (("--precision", precision, ("fp32", "bf16", "both")),
-                                 ("--host-memory", host_memory, ("default", "retained", "both")),
-                                 ("--checkpointing", checkpointing, ("off", "on", "both")),
-                                 ("--compile", compile, ("off", "on", "both"))):
-        if value not in allowed:
-            fail(f"{name} {value!r}: expected one of {', '.join(allowed)}")
     custom = {"hidden_size": hidden_size, "depth": depth, "num_heads": num_heads, "size": size, "batch": batch,
               "caption_channels": caption_channels, "baseline": baseline,
-              "checkpointing": (False, True) if checkpointing == "both" else both[checkpointing],
-              "compile": (False, True) if compile == "both" else both[compile],
-              "precisions": both[precision],
-              "host_memory": ("default", "retained") if host_memory == "both" else both[host_memory]}
+              "precisions": _one_or_both("--precision", precision, "fp32", "bf16"),
+              "host_memory": _one_or_both("--host-memory", host_memory, "default", "retained"),
+              "checkpointing": _one_or_both("--checkpointing", checkpointing, *OFF_ON),
+              "compile": _one_or_both("--compile", compile, *OFF_ON)}
     names = [n.strip() for n in setup.split(",") if n.strip()]
     unknown = [n for n in names if n != "custom" and n not in SETUPS]
     if unknown or not names:
@@ -94,14 +99,10 @@ def bench_sampling(
     """Seconds per denoising step and per video: IDDPM 100 steps vs DPM-Solver++ 20, fp32/bf16, eager/compiled."""
     from bench.sampling import run_sampling_benchmark
 
-    dtypes = {"fp32": ("fp32",), "bf16": ("bf16",), "both": ("fp32", "bf16")}
-    compiles = {"off": (False,), "on": (True,), "both": (False, True)}
-    if dtype not in dtypes:
-        fail(f"--dtype {dtype!r}: expected one of {', '.join(dtypes)}")
-    if compile not in compiles:
-        fail(f"--compile {compile!r}: expected one of {', '.join(compiles)}")
+    dtypes = _one_or_both("--dtype", dtype, "fp32", "bf16")
+    compiles = _one_or_both("--compile", compile, *OFF_ON)
     run_sampling_benchmark([p.strip() for p in presets.split(",") if p.strip()], num_frames, size, console,
-                           dtypes[dtype], compiles[compile])
+                           dtypes, compiles)
 
 
 @bench_app.command("dataloader")

@@ -58,8 +58,7 @@ def run_sampling_benchmark(
             generator = VideoGenerator(model, DCTAutoencoder(), text_encoder)
             if compiled:
                 torch._dynamo.reset()
-                for block in model.blocks:
-                    block.compile()
+                model.compile_blocks()
                 warmup = SampleSettings(num_frames=num_frames, height=size, width=size, steps=2, sampler="dpm-solver")
                 start = time.perf_counter()
                 generator.generate_latents(request, warmup, torch.Generator().manual_seed(0), progress=False)

@@ -36,9 +36,7 @@ def parallelize_stdit2(model: nn.Module, mesh: DeviceMesh | None, mixed_precisio
     sharded master copy); compute runs in `mixed_precision`, gradients reduce in fp32."""
     model.enable_gradient_checkpointing(grad_checkpoint)
     if compile:
-        # Every block runs the same code on the same shapes: one compilation serves all.
-        for block in model.blocks:
-            block.compile()
+        model.compile_blocks()
     if mesh is None:
         return model
     policy = MixedPrecisionPolicy(param_dtype=resolve_dtype(mixed_precision), reduce_dtype=torch.float32)

@@ -45,7 +45,11 @@ class CheckedInputs:
     rows: list[tuple[int, int, int]]  # (num_frames, height, width) per sample
     assigner: BucketAssigner
     init_state: dict[str, torch.Tensor] | None  # meta tensors when checked with shapes_only
-    streams: int  # the seed of the stage's data order, temporal windows and step draws
+
+    @property
+    def streams(self) -> int:
+        """The seed of the stage's data order, temporal windows and step draws."""
+        return stage_streams(self.seed, self.stage.stage)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -148,11 +152,9 @@ def check_inputs(args: TrainArgs, shapes_only: bool = False) -> CheckedInputs:
     table = read_table(args.data)
     assigner = BucketAssigner(stage)
     rows = list(zip(table["num_frames"].astype(int), table["height"].astype(int), table["width"].astype(int)))
-    streams = stage_streams(seed, stage.stage)
-    check_buckets(assigner, rows, streams)
+    check_buckets(assigner, rows, stage_streams(seed, stage.stage))
     init_state = check_init(args.init, config, seed, shapes_only) if args.init else None
-    return CheckedInputs(stage, profile, config, seed, max_steps, ckpt_every, table, rows, assigner, init_state,
-                         streams)
+    return CheckedInputs(stage, profile, config, seed, max_steps, ckpt_every, table, rows, assigner, init_state)
 
 
 def stage_inputs(args: TrainArgs, checked: CheckedInputs, world: int = 1) -> dict:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from opensora_core.config import ProfileConfig, StageConfig
-from opensora_core.data.buckets import BucketBatchSampler
+from opensora_core.data.buckets import BucketBatchSampler, stage_streams
 from opensora_core.data.caches import ShardedTensorCache
 from opensora_core.data.dataset import VideoTextDataset
 from opensora_core.diffusion.iddpm import GaussianDiffusion
@@ -53,7 +53,6 @@ class Stage:
     profile: ProfileConfig
     config: STDiT2Config
     seed: int
-    streams: int  # `stage_streams`: the seed of the data order and the step's draws
     max_steps: int
     ckpt_every: int
     rank: int
@@ -75,6 +74,11 @@ class Stage:
     masks: MaskGenerator | None
     checkpoints: CheckpointManager
     lock: FolderLock | None = None  # rank 0's hold on `out` while the stage runs
+
+    @property
+    def streams(self) -> int:
+        """`stage_streams`: the seed of the data order, temporal windows and step draws."""
+        return stage_streams(self.seed, self.stage.stage)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -154,8 +158,7 @@ def prepare_stage(args: TrainArgs) -> Stage:
         caches = (ShardedTensorCache(Path(args.cache) / "text"), ShardedTensorCache(Path(args.cache) / "video"))
     diffusion = RectifiedFlow() if stage.scheduler == "rflow" else GaussianDiffusion()
     return Stage(
-        args=args, stage=stage, profile=profile, config=checked.config, seed=seed, streams=checked.streams,
-        max_steps=checked.max_steps,
+        args=args, stage=stage, profile=profile, config=checked.config, seed=seed, max_steps=checked.max_steps,
         ckpt_every=checked.ckpt_every, rank=rank, world=world, mesh=mesh, device=device, out=out, model=model,
         text_encoder=text_encoder, trains_text=built.trains_text, vae=built.vae, trainable=trainable,
         optimizer=optimizer, ema=EMA(model, stage.ema_decay) if stage.ema_decay else None,

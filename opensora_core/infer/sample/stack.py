@@ -99,8 +99,7 @@ def load_generation_stack(
     model = model.to(dtype)
     model.use_attention_backend(settings.attention_backend)
     if compile:
-        for block in model.blocks:
-            block.compile()
+        model.compile_blocks()
     vae, text_encoder = _load_encoders(model.config, settings, checkpoint_file, device)
     provenance = {
         "checkpoint": None if checkpoint_file is None else str(checkpoint_file),
